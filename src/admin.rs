@@ -1,0 +1,205 @@
+//! `sluice-admin`: the operator CLI. Every command prints one JSON object on stdout and exits 0,
+//! or prints a clear message on stderr and exits non-zero.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::config::Settings;
+use crate::domain::SignalType;
+use crate::keyspace::Keyspace;
+use crate::redis_pool::Redis;
+use crate::registry::{self, Registry, RegistryError};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice-admin",
+    about = "Operate Sluice: migrations, tenants, API keys, signals, schemas."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the database if needed and apply pending migrations.
+    Migrate,
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Manage signals.
+    Signal {
+        #[command(subcommand)]
+        command: SignalCommand,
+    },
+    /// Manage signal schemas.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+    /// Rebuild the Redis registry copy from PostgreSQL.
+    Sync,
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Create an API key; the key is printed once and only its hash is stored.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Revoke an API key: it stops working on every api replica within 5 seconds.
+    Revoke {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SignalCommand {
+    /// Register a signal.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        slug: String,
+        #[arg(long = "type", value_parser = parse_type)]
+        signal_type: SignalType,
+        #[arg(long)]
+        name: Option<String>,
+        /// Events per minute; default: the configured limit for the type.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Stop accepting events for a signal.
+    Deactivate {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        slug: String,
+    },
+    /// Accept events for a signal again.
+    Activate {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        slug: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SchemaCommand {
+    /// Add the next schema version of a signal from a JSON Schema file.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        slug: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+fn parse_type(s: &str) -> Result<SignalType, String> {
+    s.parse()
+}
+
+/// Runs one command; the JSON to print on success.
+pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, RegistryError> {
+    if let Command::Migrate = cli.command {
+        registry::ensure_database(&settings.postgres).await?;
+    }
+    let pg = registry::pg_pool(&settings.postgres).map_err(RegistryError::Invalid)?;
+    let redis = Redis::new(&settings.redis).map_err(RegistryError::Invalid)?;
+    let registry = Registry::new(pg, redis, Keyspace::new(settings.redis.partitions));
+    let limit_of = |signal: &registry::Signal| {
+        signal
+            .limit
+            .unwrap_or_else(|| settings.limits.for_type(signal.signal_type))
+    };
+
+    Ok(match cli.command {
+        Command::Migrate => {
+            let applied = registry.migrate().await?;
+            json!({"applied": applied, "version": registry::migrate::latest()})
+        }
+        Command::Tenant {
+            command: TenantCommand::Create { name },
+        } => {
+            let tenant = registry.create_tenant(&name).await?;
+            json!({"id": tenant.id, "name": tenant.name})
+        }
+        Command::Key {
+            command: KeyCommand::Create { tenant, name },
+        } => {
+            let (id, key) = registry.create_key(&tenant, name.as_deref()).await?;
+            json!({"id": id.as_str(), "key": key.expose()})
+        }
+        Command::Key {
+            command: KeyCommand::Revoke { id },
+        } => {
+            registry.revoke_key(&id).await?;
+            json!({"id": id, "revoked": true})
+        }
+        Command::Signal {
+            command:
+                SignalCommand::Create {
+                    tenant,
+                    slug,
+                    signal_type,
+                    name,
+                    limit,
+                },
+        } => {
+            let s = registry
+                .create_signal(&tenant, &slug, signal_type, name.as_deref(), limit)
+                .await?;
+            json!({"id": s.id, "slug": s.slug, "type": s.signal_type.as_str(), "active": s.active, "limit": limit_of(&s)})
+        }
+        Command::Signal {
+            command: SignalCommand::Deactivate { tenant, slug },
+        } => {
+            let s = registry.set_active(&tenant, &slug, false).await?;
+            json!({"id": s.id, "active": s.active})
+        }
+        Command::Signal {
+            command: SignalCommand::Activate { tenant, slug },
+        } => {
+            let s = registry.set_active(&tenant, &slug, true).await?;
+            json!({"id": s.id, "active": s.active})
+        }
+        Command::Schema {
+            command: SchemaCommand::Add { tenant, slug, file },
+        } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                RegistryError::Invalid(format!("cannot read {}: {e}", file.display()))
+            })?;
+            let schema: Value = serde_json::from_str(&text).map_err(|e| {
+                RegistryError::Invalid(format!("{} is not JSON: {e}", file.display()))
+            })?;
+            let (signal, version) = registry.add_schema(&tenant, &slug, &schema).await?;
+            json!({"signal_id": signal.id, "version": version})
+        }
+        Command::Sync => serde_json::to_value(registry.sync().await?).expect("counts serialize"),
+    })
+}

@@ -1,0 +1,119 @@
+//! `Authorization: Bearer sk_...` → the key's tenant.
+//!
+//! Keys are looked up by SHA-256 in the Redis hash `sluice:keys` and the answer, yes or no, is
+//! cached in-process for a short TTL, so the hot path usually costs no Redis round trip for auth.
+//! The TTL bounds how long a revoked key keeps working on a replica (the contract allows 5 s).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::HttpRequest;
+use actix_web::http::header::AUTHORIZATION;
+
+use super::error::ApiError;
+use crate::domain::ApiKey;
+use crate::keyspace::API_KEYS;
+use crate::redis_pool::Redis;
+
+/// Who is calling.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub tenant_id: Arc<str>,
+    pub key_id: Arc<str>,
+}
+
+/// Cached key lookups. Bounded: when full, expired entries go first, then everything.
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, (Instant, Option<Principal>)>>,
+    ttl: Duration,
+}
+
+/// Enough for every key of a large deployment; a flood of random keys only ever evicts.
+const MAX_ENTRIES: usize = 50_000;
+
+impl KeyCache {
+    pub fn new(ttl: Duration) -> Self {
+        KeyCache {
+            entries: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    /// Authenticates `req`, consulting Redis on a cache miss.
+    pub async fn authenticate(
+        &self,
+        req: &HttpRequest,
+        redis: &Redis,
+    ) -> Result<Principal, ApiError> {
+        let presented = bearer_token(req).ok_or(ApiError::MissingKey)?;
+        let hash = ApiKey::hash_presented(presented).ok_or(ApiError::InvalidKey)?;
+        if let Some(cached) = self.get(&hash) {
+            return cached.ok_or(ApiError::InvalidKey);
+        }
+        let stored: Option<String> = redis
+            .query(redis::cmd("HGET").arg(API_KEYS).arg(&hash))
+            .await?;
+        let principal = stored.as_deref().and_then(|v| {
+            let (tenant, key) = v.split_once(' ')?;
+            Some(Principal {
+                tenant_id: tenant.into(),
+                key_id: key.into(),
+            })
+        });
+        self.put(hash, principal.clone());
+        principal.ok_or(ApiError::InvalidKey)
+    }
+
+    fn get(&self, hash: &str) -> Option<Option<Principal>> {
+        let entries = self.entries.lock().expect("key cache lock");
+        let (at, principal) = entries.get(hash)?;
+        (at.elapsed() < self.ttl).then(|| principal.clone())
+    }
+
+    fn put(&self, hash: String, principal: Option<Principal>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().expect("key cache lock");
+        if entries.len() >= MAX_ENTRIES {
+            let ttl = self.ttl;
+            entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            if entries.len() >= MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (Instant::now(), principal));
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn bearer_tokens() {
+        let req = |v: &str| {
+            TestRequest::default()
+                .insert_header((AUTHORIZATION, v))
+                .to_http_request()
+        };
+        assert_eq!(bearer_token(&req("Bearer sk_abc")), Some("sk_abc"));
+        assert_eq!(bearer_token(&req("bearer  sk_abc ")), Some("sk_abc"));
+        assert_eq!(bearer_token(&req("Basic dXNlcg==")), None);
+        assert_eq!(bearer_token(&req("Bearer ")), None);
+        assert_eq!(
+            bearer_token(&TestRequest::default().to_http_request()),
+            None
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Every way a request can fail, and its exact response: status, message, headers.
+//!
+//! All errors share the contract's shape `{"success": false, "error": "..."}` (plus `details` for
+//! validation). The full cause of a 503 goes to the log, not to the client.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{ALLOW, RETRY_AFTER};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use super::rate_headers::RateHeaders;
+use crate::domain::FieldError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Missing API key")]
+    MissingKey,
+    #[error("Invalid API key")]
+    InvalidKey,
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("Content-Encoding {0:?} is not supported; send gzip or an uncompressed body")]
+    UnsupportedEncoding(String),
+    #[error("Request body exceeds the limit of {limit} bytes (counted after decompression)")]
+    PayloadTooLarge { limit: usize },
+    #[error("Invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    BadRequest(String),
+    /// Field problems; the message is the first one's.
+    #[error("{}", .0.first().map(|e| e.message.as_str()).unwrap_or("Invalid event"))]
+    Validation(Vec<FieldError>),
+    #[error("Signals not found: {}", .0.join(", "))]
+    SignalsNotFound(Vec<String>),
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        headers: RateHeaders,
+    },
+    #[error("Event store unavailable, please retry")]
+    Unavailable(String),
+    #[error("Not found: {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    #[error("Method {method} not allowed; use {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    success: bool,
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a [FieldError]>,
+}
+
+impl ApiError {
+    /// A short, fixed name for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::MissingKey | ApiError::InvalidKey => "auth",
+            ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding(_) => "media_type",
+            ApiError::PayloadTooLarge { .. } => "too_large",
+            ApiError::InvalidJson(_) | ApiError::BadRequest(_) => "malformed",
+            ApiError::Validation(_) => "validation",
+            ApiError::SignalsNotFound(_) => "signal_not_found",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::RouteNotFound { .. } | ApiError::MethodNotAllowed { .. } => "route",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
+            ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::InvalidJson(_) | ApiError::BadRequest(_) | ApiError::Validation(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::SignalsNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::RateLimited { headers, .. } => {
+                headers.apply(&mut response, true);
+            }
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(%cause, "answering 503");
+                response.insert_header((RETRY_AFTER, "1"));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response.insert_header((ALLOW, *allow));
+            }
+            ApiError::MissingKey | ApiError::InvalidKey => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            _ => {}
+        }
+        let details = match self {
+            ApiError::Validation(errors) => Some(errors.as_slice()),
+            _ => None,
+        };
+        response.json(Body {
+            success: false,
+            error: self.to_string(),
+            details,
+        })
+    }
+}
+
+impl From<crate::redis_pool::RedisError> for ApiError {
+    fn from(e: crate::redis_pool::RedisError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,235 @@
+//! `POST /v1/events/batch` and `POST /v1/events`.
+//!
+//! Both run the same steps: authenticate, read the body, parse it into validated events (CPU
+//! only), then one admission script call; they differ only in body shape and response shape.
+
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use chrono::Utc;
+use serde::Serialize;
+
+use super::AppState;
+use super::auth::Principal;
+use super::error::ApiError;
+use super::rate_headers::RateHeaders;
+use crate::domain::{self, BodyError, Event};
+use crate::ingest::{Admitted, Outcome, Verdict};
+
+/// One accepted event in a response.
+#[derive(Serialize)]
+struct AcceptedItem<'a> {
+    id: String,
+    signal_id: &'a str,
+    schema_version: Option<u32>,
+    status: &'static str,
+    reference: Option<&'a str>,
+}
+
+/// One rate-limited event in a batch response.
+#[derive(Serialize)]
+struct LimitedItem<'a> {
+    signal_id: &'a str,
+    reference: Option<&'a str>,
+    index: usize,
+}
+
+#[derive(Serialize)]
+struct BatchResponse<'a> {
+    success: bool,
+    data: Vec<AcceptedItem<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rate_limited: Vec<LimitedItem<'a>>,
+}
+
+#[derive(Serialize)]
+struct SingleResponse<'a> {
+    success: bool,
+    data: AcceptedItem<'a>,
+}
+
+pub async fn batch(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (principal, body) = read_authenticated(&req, payload, &state).await?;
+    let events = domain::parse_batch(&body).map_err(|e| state.rejected(e))?;
+    let admitted = admit(&principal, &state, &events, true).await?;
+    let headers = RateHeaders::of(&admitted);
+
+    let mut data = Vec::with_capacity(events.len());
+    let mut rate_limited = Vec::new();
+    for (index, (outcome, event)) in admitted.events.iter().zip(&events).enumerate() {
+        match outcome {
+            Outcome::Accepted { .. } => data.push(accepted_item(outcome, event, &admitted)),
+            Outcome::RateLimited { signal } => rate_limited.push(LimitedItem {
+                signal_id: &admitted.signals[*signal].id,
+                reference: event.reference.as_deref(),
+                index,
+            }),
+        }
+    }
+    if data.is_empty() {
+        return Err(ApiError::RateLimited {
+            message: "Rate limit exceeded for all events in batch".to_owned(),
+            headers,
+        });
+    }
+    let mut response = HttpResponse::Ok();
+    headers.apply(&mut response, false);
+    Ok(response.json(BatchResponse {
+        success: true,
+        data,
+        rate_limited,
+    }))
+}
+
+pub async fn single(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (principal, body) = read_authenticated(&req, payload, &state).await?;
+    let event = domain::parse_single(&body).map_err(|e| state.rejected(e))?;
+    let events = [event];
+    let admitted = admit(&principal, &state, &events, false).await?;
+    let headers = RateHeaders::of(&admitted);
+    let outcome = &admitted.events[0];
+    if let Outcome::RateLimited { .. } = outcome {
+        return Err(ApiError::RateLimited {
+            message: format!("Rate limit exceeded for signal {}", events[0].signal),
+            headers,
+        });
+    }
+    let mut response = HttpResponse::Ok();
+    headers.apply(&mut response, false);
+    Ok(response.json(SingleResponse {
+        success: true,
+        data: accepted_item(outcome, &events[0], &admitted),
+    }))
+}
+
+async fn read_authenticated(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<(Principal, String), ApiError> {
+    let principal = state.keys.authenticate(req, &state.redis).await?;
+    req.extensions_mut().insert(principal.clone());
+    let body = super::body::read_json(req, payload, state.settings.body_limit_bytes).await?;
+    Ok((principal, body))
+}
+
+/// Runs the admission script and turns refusals into errors; counts the outcome.
+async fn admit(
+    principal: &Principal,
+    state: &AppState,
+    events: &[Event<'_>],
+    batch: bool,
+) -> Result<Admitted, ApiError> {
+    let timer = state
+        .metrics
+        .script_duration
+        .with_label_values(&[] as &[&str])
+        .start_timer();
+    let verdict = state
+        .admission
+        .admit(&state.redis, &principal.tenant_id, events, Utc::now())
+        .await;
+    timer.observe_duration();
+    let reject = |reason: &str| {
+        state
+            .metrics
+            .requests_rejected
+            .with_label_values(&[reason])
+            .inc()
+    };
+    match verdict? {
+        Verdict::NotFound(slugs) => {
+            reject("signal_not_found");
+            Err(ApiError::SignalsNotFound(slugs))
+        }
+        Verdict::BadVersions(bad) => {
+            reject("schema_version");
+            let errors = bad
+                .iter()
+                .map(|b| {
+                    let field = if batch {
+                        format!("events[{}].version", b.index)
+                    } else {
+                        "version".to_owned()
+                    };
+                    let has = match b.available {
+                        0 => "it has no schema".to_owned(),
+                        n => format!("latest is {n}"),
+                    };
+                    domain::FieldError {
+                        index: b.index,
+                        message: format!(
+                            "{field}: signal {} has no schema version {} ({has})",
+                            b.slug, b.requested
+                        ),
+                        field,
+                    }
+                })
+                .collect();
+            Err(ApiError::Validation(errors))
+        }
+        Verdict::Admitted(admitted) => {
+            for outcome in &admitted.events {
+                let (counter, signal) = match outcome {
+                    Outcome::Accepted { signal, .. } => (&state.metrics.events_accepted, signal),
+                    Outcome::RateLimited { signal } => (&state.metrics.events_rate_limited, signal),
+                };
+                counter
+                    .with_label_values(&[admitted.signals[*signal].signal_type.as_str()])
+                    .inc();
+            }
+            Ok(admitted)
+        }
+    }
+}
+
+fn accepted_item<'a>(
+    outcome: &Outcome,
+    event: &'a Event<'_>,
+    admitted: &'a Admitted,
+) -> AcceptedItem<'a> {
+    let Outcome::Accepted {
+        id,
+        signal,
+        schema_version,
+    } = outcome
+    else {
+        unreachable!("only accepted outcomes are listed in data");
+    };
+    AcceptedItem {
+        id: id.to_string(),
+        signal_id: &admitted.signals[*signal].id,
+        schema_version: *schema_version,
+        status: "pending",
+        reference: event.reference.as_deref(),
+    }
+}
+
+impl AppState {
+    /// Maps a body problem to its response, and counts it.
+    fn rejected(&self, e: BodyError) -> ApiError {
+        let (reason, error) = match e {
+            BodyError::InvalidJson(what) => ("malformed", ApiError::InvalidJson(what)),
+            BodyError::NoEvents => (
+                "malformed",
+                ApiError::BadRequest("events array is required and must not be empty".to_owned()),
+            ),
+            BodyError::TooMany => (
+                "too_many",
+                ApiError::BadRequest(format!("Maximum {} events per batch", domain::MAX_BATCH)),
+            ),
+            BodyError::Invalid(errors) => ("validation", ApiError::Validation(errors)),
+        };
+        self.metrics
+            .requests_rejected
+            .with_label_values(&[reason])
+            .inc();
+        error
+    }
+}

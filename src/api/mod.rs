@@ -1,0 +1,155 @@
+//! The HTTP replica: routes, extractors and the mapping of every failure to the contract's JSON.
+//!
+//! A replica holds nothing another needs: its only state is a Redis pool, the compiled script,
+//! and a few-seconds cache of API-key lookups.
+
+mod auth;
+mod body;
+mod error;
+mod events;
+mod ops;
+mod rate_headers;
+
+pub use auth::Principal;
+pub use error::ApiError;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpMessage, HttpServer, web};
+
+use crate::config::{ApiSettings, Settings};
+use crate::ingest::Admission;
+use crate::keyspace::Keyspace;
+use crate::metrics::ApiMetrics;
+use crate::redis_pool::Redis;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub redis: Redis,
+    pub admission: Admission,
+    pub keys: auth::KeyCache,
+    pub settings: ApiSettings,
+    pub metrics: ApiMetrics,
+}
+
+impl AppState {
+    pub fn new(settings: &Settings) -> Result<Self, String> {
+        Ok(AppState {
+            redis: Redis::new(&settings.redis)?,
+            admission: Admission::new(Keyspace::new(settings.redis.partitions), settings.limits),
+            keys: auth::KeyCache::new(settings.api.key_cache_ttl),
+            settings: settings.api.clone(),
+            metrics: ApiMetrics::new(),
+        })
+    }
+}
+
+/// A bound, not yet awaited, api server.
+pub struct ApiServer {
+    pub server: Server,
+    pub addr: SocketAddr,
+}
+
+/// Binds the api on `bind` (port 0 picks a free port) and returns the running server.
+pub fn serve(settings: &Settings, bind: SocketAddr) -> Result<ApiServer, String> {
+    let state = web::Data::new(AppState::new(settings)?);
+    let workers = settings.api.workers;
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(observe))
+            .configure(routes)
+    });
+    if workers > 0 {
+        server = server.workers(workers);
+    }
+    let server = server
+        .bind(bind)
+        .map_err(|e| format!("SLUICE__API__BIND: cannot listen on {bind}: {e}"))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or("no listening address")?;
+    Ok(ApiServer {
+        server: server.run(),
+        addr,
+    })
+}
+
+/// Every route, with JSON answers for unknown paths and wrong methods.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    let post_only = || web::to(|req: actix_web::HttpRequest| ops::method_not_allowed(req, "POST"));
+    let get_only = || web::to(|req: actix_web::HttpRequest| ops::method_not_allowed(req, "GET"));
+    cfg.service(
+        web::resource("/v1/events/batch")
+            .route(web::post().to(events::batch))
+            .default_service(post_only()),
+    )
+    .service(
+        web::resource("/v1/events")
+            .route(web::post().to(events::single))
+            .default_service(post_only()),
+    )
+    .service(
+        web::resource("/livez")
+            .route(web::get().to(ops::livez))
+            .default_service(get_only()),
+    )
+    .service(
+        web::resource("/readyz")
+            .route(web::get().to(ops::readyz))
+            .default_service(get_only()),
+    )
+    .service(
+        web::resource("/metrics")
+            .route(web::get().to(ops::metrics))
+            .default_service(get_only()),
+    )
+    .default_service(web::to(ops::not_found));
+}
+
+/// Counts and times every request by route pattern and status.
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let response = next.call(req).await?;
+    if let Some(state) = state {
+        let route = response
+            .request()
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        let status = response.status();
+        state
+            .metrics
+            .http_requests
+            .with_label_values(&[route.as_str(), status.as_str()])
+            .inc();
+        state
+            .metrics
+            .http_duration
+            .with_label_values(&[route.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let tenant = response
+            .request()
+            .extensions()
+            .get::<Principal>()
+            .map(|p| Arc::clone(&p.tenant_id));
+        tracing::info!(
+            route = %route,
+            status = status.as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            tenant = tenant.as_deref().unwrap_or("-"),
+            "request"
+        );
+    }
+    Ok(response)
+}

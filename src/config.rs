@@ -1,0 +1,348 @@
+//! Typed settings, read once at start and validated before anything connects.
+//!
+//! Layers, later ones winning: built-in defaults, the TOML file named by `SLUICE_CONFIG`
+//! (optional), then environment variables `SLUICE__<SECTION>__<KEY>`. All three binaries read
+//! the same layout. A bad value stops the binary with one line naming the variable, so nothing
+//! ever starts half-configured.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+
+use crate::domain::SignalType;
+
+/// A configuration problem, phrased for the operator who has to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// Every setting of every binary. Each binary uses the sections it needs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub redis: RedisSettings,
+    pub postgres: PostgresSettings,
+    pub api: ApiSettings,
+    pub worker: WorkerSettings,
+    pub limits: Limits,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// Where the registry copy, the rate-limit counters and the partition streams live.
+    pub url: Secret,
+    /// How many partition streams tenants are spread over. Fixed once data exists: changing it
+    /// moves tenants to other streams and counters.
+    pub partitions: u16,
+    /// The longest a request waits on Redis (connecting, queueing for a connection, or one
+    /// command) before it is answered 503. Keeps a dead or slow Redis from hanging clients.
+    pub timeout: Duration,
+    /// Connections per process. Each is multiplexed, so a few carry many requests.
+    pub pool_size: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct PostgresSettings {
+    /// The system of record: registry and stored events.
+    pub url: Secret,
+    pub pool_size: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    pub bind: SocketAddr,
+    /// Largest accepted request body, counted after gzip decompression.
+    pub body_limit_bytes: usize,
+    /// How long a replica trusts its cached answer for an API key. Bounded so that a revoked
+    /// key stops working on every replica within the contract's 5 seconds.
+    pub key_cache_ttl: Duration,
+    /// HTTP worker threads; 0 means one per CPU.
+    pub workers: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub metrics_bind: SocketAddr,
+}
+
+/// Default per-minute limits by signal type; a signal may carry its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub event: u32,
+    pub metric: u32,
+    pub state: u32,
+}
+
+impl Limits {
+    pub fn for_type(&self, signal_type: SignalType) -> u32 {
+        match signal_type {
+            SignalType::Event => self.event,
+            SignalType::Metric => self.metric,
+            SignalType::State => self.state,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    /// A `tracing` filter directive such as `info` or `sluice=debug,actix_web=warn`.
+    pub level: String,
+}
+
+/// A connection string that may hold a password: printed as `<redacted>` in debug output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The longest key-cache lifetime allowed: revocation must reach every replica within 5 s,
+/// and a cache miss itself may take up to the Redis timeout.
+const MAX_KEY_CACHE_TTL_MS: u64 = 4000;
+
+const DEFAULTS: &[(&str, &str)] = &[
+    ("redis.url", "redis://127.0.0.1:6379"),
+    ("redis.partitions", "16"),
+    ("redis.timeout_ms", "1000"),
+    ("redis.pool_size", "8"),
+    ("postgres.url", "postgres://postgres@127.0.0.1:5432/sluice"),
+    ("postgres.pool_size", "8"),
+    ("api.bind", "0.0.0.0:8080"),
+    ("api.body_limit_bytes", "1048576"),
+    ("api.key_cache_ttl_ms", "2000"),
+    ("api.workers", "0"),
+    ("worker.metrics_bind", "0.0.0.0:9091"),
+    ("limits.event", "100"),
+    ("limits.metric", "1000"),
+    ("limits.state", "30"),
+    ("log.level", "info"),
+];
+
+impl Settings {
+    /// Reads defaults, `SLUICE_CONFIG` and the process environment.
+    pub fn load() -> Result<Self, ConfigError> {
+        let file = std::env::var("SLUICE_CONFIG")
+            .ok()
+            .filter(|p| !p.is_empty());
+        Self::load_from(file.as_deref(), Environment::with_prefix("SLUICE"))
+    }
+
+    /// Reads defaults, an optional TOML file and the given environment source.
+    pub fn load_from(file: Option<&str>, env: Environment) -> Result<Self, ConfigError> {
+        let mut builder = Config::builder();
+        for (key, value) in DEFAULTS {
+            builder = builder
+                .set_default(*key, *value)
+                .map_err(|e| ConfigError(e.to_string()))?;
+        }
+        if let Some(path) = file {
+            if !std::path::Path::new(path).is_file() {
+                return Err(ConfigError(format!(
+                    "SLUICE_CONFIG names {path}, which is not a readable file"
+                )));
+            }
+            builder = builder.add_source(File::new(path, FileFormat::Toml));
+        }
+        let env = env.prefix_separator("__").separator("__");
+        let raw = builder
+            .add_source(env)
+            .build()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let get = |key: &str| Field {
+            raw: &raw,
+            key: key.to_owned(),
+        };
+
+        let settings = Settings {
+            redis: RedisSettings {
+                url: Secret(get("redis.url").parse_with(parse_redis_url)?),
+                partitions: get("redis.partitions").parse_with(|v| {
+                    let n: u16 = v.parse().map_err(|_| "must be a whole number".to_owned())?;
+                    if (1..=1024).contains(&n) {
+                        Ok(n)
+                    } else {
+                        Err("must be between 1 and 1024".to_owned())
+                    }
+                })?,
+                timeout: Duration::from_millis(get("redis.timeout_ms").positive()?),
+                pool_size: get("redis.pool_size").positive()?,
+            },
+            postgres: PostgresSettings {
+                url: Secret(get("postgres.url").parse_with(|v| {
+                    tokio_postgres::Config::from_str(v)
+                        .map(|_| v.to_owned())
+                        .map_err(|e| format!("is not a PostgreSQL URL ({e})"))
+                })?),
+                pool_size: get("postgres.pool_size").positive()?,
+            },
+            api: ApiSettings {
+                bind: get("api.bind").parsed("a socket address such as 0.0.0.0:8080")?,
+                body_limit_bytes: get("api.body_limit_bytes").positive()?,
+                key_cache_ttl: Duration::from_millis(get("api.key_cache_ttl_ms").parse_with(
+                    |v| {
+                        let ms: u64 = v.parse().map_err(|_| "must be a whole number".to_owned())?;
+                        if ms <= MAX_KEY_CACHE_TTL_MS {
+                            Ok(ms)
+                        } else {
+                            Err(format!(
+                                "must be at most {MAX_KEY_CACHE_TTL_MS} so that revoked keys stop within 5 s"
+                            ))
+                        }
+                    },
+                )?),
+                workers: get("api.workers").parsed("a whole number")?,
+            },
+            worker: WorkerSettings {
+                metrics_bind: get("worker.metrics_bind")
+                    .parsed("a socket address such as 0.0.0.0:9091")?,
+            },
+            limits: Limits {
+                event: get("limits.event").positive()?,
+                metric: get("limits.metric").positive()?,
+                state: get("limits.state").positive()?,
+            },
+            log: LogSettings {
+                level: get("log.level").parse_with(|v| {
+                    tracing_subscriber::EnvFilter::try_new(v)
+                        .map(|_| v.to_owned())
+                        .map_err(|e| format!("is not a log filter ({e})"))
+                })?,
+            },
+        };
+        Ok(settings)
+    }
+}
+
+/// One key of the layered configuration, with errors that name its environment variable.
+struct Field<'a> {
+    raw: &'a Config,
+    key: String,
+}
+
+impl Field<'_> {
+    fn env_name(&self) -> String {
+        format!("SLUICE__{}", self.key.replace('.', "__").to_uppercase())
+    }
+
+    fn parse_with<T>(
+        &self,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let value = self
+            .raw
+            .get_string(&self.key)
+            .map_err(|e| ConfigError(format!("{} ({}): {e}", self.env_name(), self.key)))?;
+        parse(value.trim()).map_err(|why| {
+            ConfigError(format!(
+                "{} ({}) {why}, got {value:?}",
+                self.env_name(),
+                self.key
+            ))
+        })
+    }
+
+    fn parsed<T: FromStr>(&self, expected: &str) -> Result<T, ConfigError> {
+        self.parse_with(|v| v.parse().map_err(|_| format!("must be {expected}")))
+    }
+
+    fn positive<T: FromStr + PartialOrd + Default>(&self) -> Result<T, ConfigError> {
+        self.parse_with(|v| match v.parse::<T>() {
+            Ok(n) if n > T::default() => Ok(n),
+            _ => Err("must be a positive whole number".to_owned()),
+        })
+    }
+}
+
+fn parse_redis_url(v: &str) -> Result<String, String> {
+    use redis::IntoConnectionInfo;
+    v.into_connection_info()
+        .map(|_| v.to_owned())
+        .map_err(|e| format!("is not a Redis URL ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let source: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(
+            None,
+            Environment::with_prefix("SLUICE").source(Some(source)),
+        )
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.redis.url.expose(), "redis://127.0.0.1:6379");
+        assert_eq!(
+            s.postgres.url.expose(),
+            "postgres://postgres@127.0.0.1:5432/sluice"
+        );
+        assert_eq!(s.api.bind, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(s.worker.metrics_bind, "0.0.0.0:9091".parse().unwrap());
+        assert_eq!(
+            s.limits,
+            Limits {
+                event: 100,
+                metric: 1000,
+                state: 30
+            }
+        );
+        assert_eq!(s.redis.partitions, 16);
+        assert_eq!(s.api.body_limit_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let s = load(&[
+            ("SLUICE__LIMITS__STATE", "7"),
+            ("SLUICE__REDIS__PARTITIONS", "4"),
+        ])
+        .unwrap();
+        assert_eq!(s.limits.state, 7);
+        assert_eq!(s.redis.partitions, 4);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            ("SLUICE__REDIS__PARTITIONS", "0"),
+            ("SLUICE__LIMITS__EVENT", "lots"),
+            ("SLUICE__REDIS__URL", "not a url"),
+            (
+                "SLUICE__POSTGRES__URL",
+                "postgres://x:y@:/?sslmode=sometimes",
+            ),
+            ("SLUICE__API__BIND", "localhost"),
+            ("SLUICE__API__KEY_CACHE_TTL_MS", "60000"),
+        ] {
+            let err = load(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(var), "{var}={value}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = load(&[("SLUICE__POSTGRES__URL", "postgres://u:hunter2@db/sluice")]).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,614 @@
+//! Request bodies → validated [`Event`]s.
+//!
+//! Parsing borrows from the request body: `data` stays the client's raw JSON text (checked,
+//! never re-encoded), so an event costs a few small strings, not a tree of allocations.
+//! Every problem in every event is collected, so a client fixes a batch in one round.
+
+use std::fmt;
+
+use chrono::{DateTime, FixedOffset};
+use serde::Deserialize;
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::{is_identity_type, json_guard};
+
+/// Most events one batch request may carry.
+pub const MAX_BATCH: usize = 100;
+const MAX_SIGNAL_LEN: usize = 64;
+const MAX_IDENTITY_ID_LEN: usize = 256;
+const MAX_REFERENCE_LEN: usize = 256;
+
+/// One validated event, borrowing its `data` from the request body.
+#[derive(Debug)]
+pub struct Event<'a> {
+    /// The signal's slug, resolved against the tenant's registry by the admission script.
+    pub signal: String,
+    pub version: SchemaVersion,
+    pub identity_type: String,
+    pub identity_id: String,
+    /// A JSON object, exactly as the client sent it.
+    pub data: &'a RawValue,
+    /// When it happened; `None` means "at receipt".
+    pub timestamp: Option<DateTime<FixedOffset>>,
+    pub reference: Option<String>,
+}
+
+/// Which schema version an event claims.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaVersion {
+    Latest,
+    Exact(u32),
+}
+
+/// One problem with one field of one event.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub index: usize,
+    pub field: String,
+    pub message: String,
+}
+
+/// Why a body was refused before any event was looked at.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not JSON, or not an object.
+    InvalidJson(String),
+    /// `events` missing, not an array, or empty.
+    NoEvents,
+    TooMany,
+    /// One or more events break a rule; every problem found, in request order.
+    Invalid(Vec<FieldError>),
+}
+
+fn empty_object() -> &'static RawValue {
+    serde_json::from_str("{}").expect("literal JSON")
+}
+
+/// Parses `{"events": [...]}`.
+pub fn parse_batch(body: &str) -> Result<Vec<Event<'_>>, BodyError> {
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        events: Option<&'a RawValue>,
+    }
+    if !body.trim_start().starts_with('{') {
+        // Report a syntax error where there is one, else the wrong kind of value.
+        let raw: &RawValue = serde_json::from_str(body).map_err(invalid_json)?;
+        return Err(BodyError::InvalidJson(format!(
+            "expected a JSON object, found {}",
+            kind_of(raw)
+        )));
+    }
+    let body: Body = serde_json::from_str(body).map_err(invalid_json)?;
+    let raw_events = body.events.ok_or(BodyError::NoEvents)?;
+    let events =
+        serde_json::from_str::<BoundedList>(raw_events.get()).map_err(|_| BodyError::NoEvents)?;
+    if events.total == 0 {
+        return Err(BodyError::NoEvents);
+    }
+    if events.total > MAX_BATCH {
+        return Err(BodyError::TooMany);
+    }
+    let mut errors = Vec::new();
+    let parsed: Vec<Event> = events
+        .items
+        .iter()
+        .enumerate()
+        .filter_map(|(index, raw)| {
+            let path = Path { index, batch: true };
+            parse_event(raw, path, &mut errors)
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(BodyError::Invalid(errors))
+    }
+}
+
+/// Parses a single event object (`POST /v1/events`). Field names in errors have no `events[i]`
+/// prefix.
+pub fn parse_single(body: &str) -> Result<Event<'_>, BodyError> {
+    let raw: &RawValue = serde_json::from_str(body).map_err(invalid_json)?;
+    if !raw.get().starts_with('{') {
+        return Err(BodyError::InvalidJson(format!(
+            "expected a JSON object, found {}",
+            kind_of(raw)
+        )));
+    }
+    let mut errors = Vec::new();
+    match parse_event(
+        raw,
+        Path {
+            index: 0,
+            batch: false,
+        },
+        &mut errors,
+    ) {
+        Some(event) if errors.is_empty() => Ok(event),
+        _ => Err(BodyError::Invalid(errors)),
+    }
+}
+
+fn invalid_json(e: serde_json::Error) -> BodyError {
+    BodyError::InvalidJson(e.to_string())
+}
+
+fn kind_of(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// The first [`MAX_BATCH`] elements of a JSON array, and how many it had in all. Elements
+/// past the limit are skipped without being stored, so a huge array costs no memory.
+struct BoundedList<'a> {
+    items: Vec<&'a RawValue>,
+    total: usize,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for BoundedList<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ListVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ListVisitor<'a> {
+            type Value = BoundedList<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_BATCH));
+                while items.len() < MAX_BATCH {
+                    match seq.next_element::<&'de RawValue>()? {
+                        Some(item) => items.push(item),
+                        None => {
+                            let total = items.len();
+                            return Ok(BoundedList { items, total });
+                        }
+                    }
+                }
+                let mut total = items.len();
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    total += 1;
+                }
+                Ok(BoundedList { items, total })
+            }
+        }
+        d.deserialize_seq(ListVisitor(std::marker::PhantomData))
+    }
+}
+
+/// Where an event sits, for naming its fields in errors.
+#[derive(Clone, Copy)]
+struct Path {
+    index: usize,
+    batch: bool,
+}
+
+impl Path {
+    fn field(self, name: &str) -> String {
+        match (self.batch, name.is_empty()) {
+            (true, true) => format!("events[{}]", self.index),
+            (true, false) => format!("events[{}].{name}", self.index),
+            (false, true) => "event".to_owned(),
+            (false, false) => name.to_owned(),
+        }
+    }
+
+    fn error(self, name: &str, problem: &str) -> FieldError {
+        let field = self.field(name);
+        FieldError {
+            index: self.index,
+            message: format!("{field} {problem}"),
+            field,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow)]
+    signal: Option<&'a RawValue>,
+    #[serde(borrow)]
+    version: Option<&'a RawValue>,
+    #[serde(borrow)]
+    identity: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    reference: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawIdentity<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+fn parse_event<'a>(raw: &'a RawValue, at: Path, errors: &mut Vec<FieldError>) -> Option<Event<'a>> {
+    if !raw.get().starts_with('{') {
+        errors.push(at.error("", "must be an object"));
+        return None;
+    }
+    let ev: RawEvent<'a> = match serde_json::from_str(raw.get()) {
+        Ok(ev) => ev,
+        Err(e) => {
+            // The only way a JSON object fails here is a field given twice.
+            errors.push(at.error("", &format!("is not a valid event: {}", strip_position(&e))));
+            return None;
+        }
+    };
+    let before = errors.len();
+
+    let signal = required_string(ev.signal, at, "signal", errors).and_then(|s| {
+        let len = s.chars().count();
+        if len > MAX_SIGNAL_LEN {
+            errors.push(at.error(
+                "signal",
+                &format!("must be at most {MAX_SIGNAL_LEN} characters"),
+            ));
+            None
+        } else {
+            Some(s)
+        }
+    });
+
+    let version = match ev.version {
+        None => Some(SchemaVersion::Latest),
+        Some(v) => parse_version(v.get()).or_else(|| {
+            errors.push(at.error("version", "must be a positive integer or \"latest\""));
+            None
+        }),
+    };
+
+    let (identity_type, identity_id) = match ev.identity {
+        None => {
+            errors.push(at.error("identity", "is required"));
+            (None, None)
+        }
+        Some(raw) if !raw.get().starts_with('{') => {
+            errors.push(at.error("identity", "must be an object with type and id"));
+            (None, None)
+        }
+        Some(raw) => match serde_json::from_str::<RawIdentity>(raw.get()) {
+            Err(e) => {
+                errors.push(at.error("identity", &format!("is not valid: {}", strip_position(&e))));
+                (None, None)
+            }
+            Ok(identity) => {
+                let kind = required_string(identity.kind, at, "identity.type", errors).and_then(|t| {
+                    if is_identity_type(&t) {
+                        Some(t)
+                    } else {
+                        errors.push(at.error(
+                            "identity.type",
+                            "must be account, contact, deal, lead, or a custom type of 1-64 characters of a-z, 0-9, '_' and '-'",
+                        ));
+                        None
+                    }
+                });
+                let id = required_string(identity.id, at, "identity.id", errors).and_then(|id| {
+                    bounded_text(id, MAX_IDENTITY_ID_LEN, at, "identity.id", errors)
+                });
+                (kind, id)
+            }
+        },
+    };
+
+    let data = match ev.data {
+        None => Some(empty_object()),
+        Some(raw) if !raw.get().starts_with('{') => {
+            errors.push(at.error("data", "must be a JSON object"));
+            None
+        }
+        Some(raw) => match json_guard::unstorable(raw.get()) {
+            Some(why) => {
+                errors.push(at.error("data", &format!("cannot be stored: {why}")));
+                None
+            }
+            None => Some(raw),
+        },
+    };
+
+    let timestamp = match ev.timestamp {
+        None => Some(None),
+        Some(raw) => match string_of(raw) {
+            Ok(s) => match DateTime::parse_from_rfc3339(&s) {
+                Ok(t) => Some(Some(t)),
+                Err(_) => {
+                    errors.push(at.error(
+                        "timestamp",
+                        "must be an RFC 3339 timestamp with an offset, e.g. 2026-11-26T10:15:00Z",
+                    ));
+                    None
+                }
+            },
+            Err(problem) => {
+                errors.push(at.error("timestamp", problem));
+                None
+            }
+        },
+    };
+
+    let reference = match ev.reference {
+        None => Some(None),
+        Some(raw) => match string_of(raw) {
+            Ok(s) => bounded_text(s, MAX_REFERENCE_LEN, at, "reference", errors).map(Some),
+            Err(problem) => {
+                errors.push(at.error("reference", problem));
+                None
+            }
+        },
+    };
+
+    if errors.len() > before {
+        return None;
+    }
+    Some(Event {
+        signal: signal?,
+        version: version?,
+        identity_type: identity_type?,
+        identity_id: identity_id?,
+        data: data?,
+        timestamp: timestamp?,
+        reference: reference?,
+    })
+}
+
+/// A JSON string's text, or what is wrong with it.
+fn string_of(raw: &RawValue) -> Result<String, &'static str> {
+    if !raw.get().starts_with('"') {
+        return Err("must be a string");
+    }
+    serde_json::from_str(raw.get())
+        .map_err(|_| "must be valid Unicode text (it has an unpaired surrogate escape)")
+}
+
+fn required_string(
+    raw: Option<&RawValue>,
+    at: Path,
+    name: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    let Some(raw) = raw else {
+        errors.push(at.error(name, "is required"));
+        return None;
+    };
+    match string_of(raw) {
+        Ok(s) if s.is_empty() => {
+            errors.push(at.error(name, "is required"));
+            None
+        }
+        Ok(s) => Some(s),
+        Err(problem) => {
+            errors.push(at.error(name, problem));
+            None
+        }
+    }
+}
+
+/// Text stored as-is in PostgreSQL: at most `max` characters and no NUL.
+fn bounded_text(
+    s: String,
+    max: usize,
+    at: Path,
+    name: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    if s.chars().count() > max {
+        errors.push(at.error(name, &format!("must be 1-{max} characters")));
+        None
+    } else if s.contains('\0') {
+        errors.push(at.error(name, "must not contain the NUL character"));
+        None
+    } else {
+        Some(s)
+    }
+}
+
+fn parse_version(raw: &str) -> Option<SchemaVersion> {
+    if raw == "\"latest\"" {
+        return Some(SchemaVersion::Latest);
+    }
+    // Only a plain positive integer literal: no fraction, exponent or sign.
+    if raw.bytes().all(|b| b.is_ascii_digit()) && !raw.starts_with('0') {
+        let n: u32 = raw.parse().ok()?;
+        if n <= i32::MAX as u32 {
+            return Some(SchemaVersion::Exact(n));
+        }
+    }
+    None
+}
+
+/// serde_json appends "at line L column C" positions relative to the event's own text, which
+/// would mislead a client reading them against the whole body.
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(extra: &str) -> String {
+        format!(r#"{{"signal":"page_view","identity":{{"type":"account","id":"acc-1"}}{extra}}}"#)
+    }
+
+    fn batch(events: &[String]) -> String {
+        format!(r#"{{"events":[{}]}}"#, events.join(","))
+    }
+
+    fn errors_of(body: &str) -> Vec<FieldError> {
+        match parse_batch(body) {
+            Err(BodyError::Invalid(errors)) => errors,
+            other => panic!("expected field errors for {body}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_event_gets_defaults() {
+        let body = batch(&[event("")]);
+        let events = parse_batch(&body).unwrap();
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(e.signal, "page_view");
+        assert_eq!(e.version, SchemaVersion::Latest);
+        assert_eq!(e.data.get(), "{}");
+        assert_eq!(e.timestamp, None);
+        assert_eq!(e.reference, None);
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let body = batch(&[event(
+            r#","version":3,"data":{"plan":"pro","n":[1,2]},"timestamp":"2026-11-26T10:15:00+01:00","reference":"evt-1""#,
+        )]);
+        let e = &parse_batch(&body).unwrap()[0];
+        assert_eq!(e.version, SchemaVersion::Exact(3));
+        assert_eq!(e.data.get(), r#"{"plan":"pro","n":[1,2]}"#);
+        assert_eq!(
+            e.timestamp.unwrap().to_rfc3339(),
+            "2026-11-26T10:15:00+01:00"
+        );
+        assert_eq!(e.reference.as_deref(), Some("evt-1"));
+    }
+
+    #[test]
+    fn top_level_problems() {
+        assert!(matches!(parse_batch("{"), Err(BodyError::InvalidJson(m)) if m.contains("line 1")));
+        assert!(
+            matches!(parse_batch("[1]"), Err(BodyError::InvalidJson(m)) if m.contains("object"))
+        );
+        assert!(matches!(
+            parse_batch("\"x\""),
+            Err(BodyError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            parse_batch(r#"{"events":[]}"#),
+            Err(BodyError::NoEvents)
+        ));
+        assert!(matches!(
+            parse_batch(r#"{"events":{}}"#),
+            Err(BodyError::NoEvents)
+        ));
+        assert!(matches!(
+            parse_batch(r#"{"events":null}"#),
+            Err(BodyError::NoEvents)
+        ));
+        assert!(matches!(parse_batch(r#"{}"#), Err(BodyError::NoEvents)));
+        assert!(
+            matches!(parse_batch(r#"{"events":[],"events":[]}"#), Err(BodyError::InvalidJson(m)) if m.contains("duplicate"))
+        );
+        let many = batch(&vec![event(""); 101]);
+        assert_eq!(parse_batch(&many).unwrap_err(), BodyError::TooMany);
+        assert_eq!(
+            parse_batch(&batch(&vec![event(""); 100])).unwrap().len(),
+            100
+        );
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_path() {
+        let body = batch(&[
+            event(""),
+            r#"{"signal":"x","identity":{"type":"account"}}"#.to_owned(),
+            r#"{"signal":7,"identity":{"type":"Bad Type","id":""},"version":0,"data":[1],"timestamp":"yesterday","reference":5}"#.to_owned(),
+            "42".to_owned(),
+        ]);
+        let errors = errors_of(&body);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "events[1].identity.id",
+                "events[2].signal",
+                "events[2].version",
+                "events[2].identity.type",
+                "events[2].identity.id",
+                "events[2].data",
+                "events[2].timestamp",
+                "events[2].reference",
+                "events[3]",
+            ]
+        );
+        assert_eq!(errors[0].message, "events[1].identity.id is required");
+        assert_eq!(errors[0].index, 1);
+    }
+
+    #[test]
+    fn hostile_values_are_refused() {
+        let long_id = "é".repeat(257);
+        for (extra_identity_id, field) in [
+            (long_id.as_str(), "events[0].identity.id"),
+            ("a\\u0000b", "events[0].identity.id"),
+            ("\\ud800", "events[0].identity.id"),
+        ] {
+            let body = batch(&[format!(
+                r#"{{"signal":"s","identity":{{"type":"account","id":"{extra_identity_id}"}}}}"#
+            )]);
+            assert_eq!(errors_of(&body)[0].field, field);
+        }
+        let ok_id = "é".repeat(256);
+        let body = batch(&[format!(
+            r#"{{"signal":"s","identity":{{"type":"account","id":"{ok_id}"}}}}"#
+        )]);
+        assert!(parse_batch(&body).is_ok());
+        for data in [r#"{"a":"\u0000"}"#, r#"{"a":1e999}"#, r#"{"a":"\udfff"}"#] {
+            let body = batch(&[event(&format!(r#","data":{data}"#))]);
+            assert_eq!(errors_of(&body)[0].field, "events[0].data");
+        }
+        let dup = batch(&[
+            r#"{"signal":"a","signal":"b","identity":{"type":"account","id":"1"}}"#.to_owned(),
+        ]);
+        assert!(errors_of(&dup)[0].message.contains("duplicate field"));
+        assert!(
+            errors_of(&batch(&[event(r#","version":1.0"#)]))[0]
+                .field
+                .ends_with("version")
+        );
+        assert!(
+            errors_of(&batch(&[event(r#","version":2147483648"#)]))[0]
+                .field
+                .ends_with("version")
+        );
+        assert!(
+            errors_of(&batch(&[event(r#","version":"2""#)]))[0]
+                .field
+                .ends_with("version")
+        );
+    }
+
+    #[test]
+    fn nulls_mean_absent() {
+        let body = batch(&[event(
+            r#","version":null,"data":null,"timestamp":null,"reference":null"#,
+        )]);
+        let e = &parse_batch(&body).unwrap()[0];
+        assert_eq!(e.version, SchemaVersion::Latest);
+        assert_eq!(e.data.get(), "{}");
+    }
+
+    #[test]
+    fn single_events_name_fields_without_prefix() {
+        let body = event(r#","version":"latest""#);
+        let e = parse_single(&body).unwrap();
+        assert_eq!(e.version, SchemaVersion::Latest);
+        match parse_single(r#"{"identity":{"type":"account","id":"1"}}"#) {
+            Err(BodyError::Invalid(errors)) => assert_eq!(errors[0].message, "signal is required"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse_single("[]"), Err(BodyError::InvalidJson(_))));
+    }
+}

@@ -1,0 +1,137 @@
+//! Identifiers handed out by `sluice-admin`, and API keys.
+
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use sha2::{Digest, Sha256};
+
+/// `n` characters of `[A-Za-z0-9]` from the operating system's generator.
+pub fn random_base62(n: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(n)
+        .map(char::from)
+        .collect()
+}
+
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $len:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            pub fn generate() -> Self {
+                $name(format!("{}{}", $prefix, random_base62($len)))
+            }
+
+            /// Accepts only ids of this kind's shape, so a typo is caught before any lookup.
+            pub fn parse(s: &str) -> Result<Self, String> {
+                let ok = s
+                    .strip_prefix($prefix)
+                    .is_some_and(|rest| rest.len() == $len && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
+                if ok {
+                    Ok($name(s.to_owned()))
+                } else {
+                    Err(format!("{s:?} is not a valid {} id ({}{} characters)", stringify!($name), $prefix, $len))
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+prefixed_id!(
+    /// A tenant: the owner of signals and API keys.
+    TenantId, "ten_", 16
+);
+prefixed_id!(
+    /// A signal, as returned to clients: `sig_` and 8 base62 characters.
+    SignalId, "sig_", 8
+);
+prefixed_id!(
+    /// An API key's public id, used to revoke it. Never the secret.
+    KeyId, "key_", 16
+);
+
+/// An API key secret: `sk_` followed by 32 random bytes in hex. Shown once at creation; only
+/// its SHA-256 is ever stored.
+pub struct ApiKey(String);
+
+impl ApiKey {
+    const PREFIX: &'static str = "sk_";
+    const HEX_LEN: usize = 64;
+
+    pub fn generate() -> Self {
+        let bytes: [u8; 32] = rand::rng().random();
+        let mut s = String::with_capacity(Self::PREFIX.len() + Self::HEX_LEN);
+        s.push_str(Self::PREFIX);
+        for b in bytes {
+            s.push_str(&format!("{b:02x}"));
+        }
+        ApiKey(s)
+    }
+
+    /// The hash under which the key is stored, or `None` when `presented` cannot be a key
+    /// (so malformed keys are refused without a lookup).
+    pub fn hash_presented(presented: &str) -> Option<String> {
+        let hex = presented.strip_prefix(Self::PREFIX)?;
+        if hex.len() != Self::HEX_LEN
+            || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return None;
+        }
+        Some(sha256_hex(presented))
+    }
+
+    pub fn hash(&self) -> String {
+        sha256_hex(&self.0)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    let digest = Sha256::digest(s.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_back() {
+        let sig = SignalId::generate();
+        assert_eq!(sig.as_str().len(), 12);
+        assert_eq!(SignalId::parse(sig.as_str()).unwrap(), sig);
+        assert!(TenantId::parse(sig.as_str()).is_err());
+        assert!(SignalId::parse("sig_short").is_err());
+    }
+
+    #[test]
+    fn keys_hash_only_when_well_formed() {
+        let key = ApiKey::generate();
+        assert_eq!(ApiKey::hash_presented(key.expose()), Some(key.hash()));
+        assert_ne!(ApiKey::generate().expose(), key.expose());
+        assert_eq!(ApiKey::hash_presented("sk_123"), None);
+        assert_eq!(ApiKey::hash_presented(&key.expose().to_uppercase()), None);
+        assert_eq!(ApiKey::hash_presented(&key.expose()[1..]), None);
+    }
+}

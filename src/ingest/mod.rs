@@ -1,0 +1,268 @@
+//! Admission: one call of `lua/admit.lua` per request resolves the slugs, checks versions,
+//! applies the per-signal windows and enqueues every admitted event, atomically.
+//!
+//! This module builds the script's `KEYS`/`ARGV` from validated events and decodes its reply
+//! into a [`Verdict`]; it knows nothing of HTTP.
+
+mod entry;
+
+pub use entry::StreamEvent;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use redis::{Script, Value};
+use uuid::Uuid;
+
+use crate::config::Limits;
+use crate::domain::{Event, SchemaVersion, SignalType};
+use crate::keyspace::Keyspace;
+use crate::redis_pool::{Redis, RedisError};
+
+static ADMIT_LUA: &str = include_str!("../../lua/admit.lua");
+
+/// What the script decided for a request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Distinct slugs, in first-seen order, that are unknown or inactive. Nothing was written.
+    NotFound(Vec<String>),
+    /// Events that asked for a schema version their signal does not have. Nothing was written.
+    BadVersions(Vec<BadVersion>),
+    Admitted(Admitted),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadVersion {
+    /// Position of the event in the request.
+    pub index: usize,
+    pub slug: String,
+    pub requested: u32,
+    /// How many versions the signal has (the latest version; 0 = no schema).
+    pub available: u32,
+}
+
+/// The outcome of an admitted request: every event either enqueued or rate limited.
+#[derive(Debug)]
+pub struct Admitted {
+    /// One entry per event, in request order.
+    pub events: Vec<Outcome>,
+    /// One entry per distinct signal of the request.
+    pub signals: Vec<SignalWindow>,
+    /// Redis's clock when the script ran.
+    pub now: DateTime<Utc>,
+    /// When the current window ends.
+    pub reset: DateTime<Utc>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted {
+        id: Uuid,
+        signal: usize,
+        schema_version: Option<u32>,
+    },
+    RateLimited {
+        signal: usize,
+    },
+}
+
+/// A signal's state in the current window, after this request.
+#[derive(Debug)]
+pub struct SignalWindow {
+    pub id: String,
+    pub signal_type: SignalType,
+    pub limit: u32,
+    pub remaining: u32,
+}
+
+/// The admission script and what it needs to build its arguments.
+pub struct Admission {
+    script: Script,
+    keyspace: Keyspace,
+    limits: Limits,
+}
+
+impl Admission {
+    pub fn new(keyspace: Keyspace, limits: Limits) -> Self {
+        Admission {
+            script: Script::new(ADMIT_LUA),
+            keyspace,
+            limits,
+        }
+    }
+
+    /// Runs the script for `events` of `tenant`, received at `received_at`.
+    pub async fn admit(
+        &self,
+        redis: &Redis,
+        tenant: &str,
+        events: &[Event<'_>],
+        received_at: DateTime<Utc>,
+    ) -> Result<Verdict, RedisError> {
+        // Distinct slugs in first-seen order; each event refers to its slug by number.
+        let mut slug_numbers: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+        let mut slugs: Vec<&str> = Vec::new();
+        let event_slugs: Vec<usize> = events
+            .iter()
+            .map(|e| {
+                *slug_numbers.entry(e.signal.as_str()).or_insert_with(|| {
+                    slugs.push(e.signal.as_str());
+                    slugs.len() - 1
+                })
+            })
+            .collect();
+
+        let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+
+        let mut call = self.script.prepare_invoke();
+        call.key(self.keyspace.registry(tenant));
+        call.key(Keyspace::stream(self.keyspace.partition_of(tenant)));
+        for slug in &slugs {
+            call.key(self.keyspace.rate_limit(tenant, slug));
+        }
+        call.arg(tenant)
+            .arg(self.limits.event)
+            .arg(self.limits.metric)
+            .arg(self.limits.state)
+            .arg(slugs.len())
+            .arg(&slugs);
+        let requested: Vec<u32> = events
+            .iter()
+            .map(|e| match e.version {
+                SchemaVersion::Latest => 0,
+                SchemaVersion::Exact(v) => v,
+            })
+            .collect();
+        for (((event, slug), version), id) in
+            events.iter().zip(&event_slugs).zip(&requested).zip(&ids)
+        {
+            let payload = StreamEvent::from_event(event, received_at).to_json();
+            call.arg(slug + 1)
+                .arg(version)
+                .arg(id.to_string())
+                .arg(payload);
+        }
+
+        let reply: Value = redis.invoke(&call).await?;
+        decode(reply, &slugs, &event_slugs, &requested, ids).map_err(|why| {
+            RedisError::Command(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected reply from admit.lua",
+                why,
+            )))
+        })
+    }
+}
+
+/// Decodes the script's reply. `requested` holds each event's requested version (0: latest).
+fn decode(
+    reply: Value,
+    slugs: &[&str],
+    event_slugs: &[usize],
+    requested: &[u32],
+    ids: Vec<Uuid>,
+) -> Result<Verdict, String> {
+    let Value::Array(items) = reply else {
+        return Err(format!("not an array: {reply:?}"));
+    };
+    let mut items = items.into_iter();
+    let tag = text(items.next())?;
+    let ints: Vec<Value> = items.collect();
+    match tag.as_str() {
+        "notfound" => ints
+            .into_iter()
+            .map(|v| slug_at(slugs, int(Some(v))? as usize).map(str::to_owned))
+            .collect::<Result<_, _>>()
+            .map(Verdict::NotFound),
+        "badversion" => ints
+            .chunks(3)
+            .map(|c| {
+                let index = int(c.first().cloned())? as usize - 1;
+                let slug = event_slugs.get(index).ok_or("event index out of range")?;
+                Ok(BadVersion {
+                    index,
+                    slug: slugs[*slug].to_owned(),
+                    requested: int(c.get(1).cloned())? as u32,
+                    available: int(c.get(2).cloned())? as u32,
+                })
+            })
+            .collect::<Result<_, String>>()
+            .map(Verdict::BadVersions),
+        "ok" => {
+            let mut it = ints.into_iter();
+            let now_s = int(it.next())?;
+            let now_us = int(it.next())?;
+            let reset_s = int(it.next())?;
+            let flags = text(it.next())?;
+            let mut signals = Vec::with_capacity(slugs.len());
+            let mut latest = Vec::with_capacity(slugs.len());
+            for _ in slugs {
+                signals.push(SignalWindow {
+                    id: text(it.next())?,
+                    signal_type: text(it.next())?.parse()?,
+                    limit: int(it.next())? as u32,
+                    remaining: int(it.next())? as u32,
+                });
+                latest.push(int(it.next())? as u32);
+            }
+            if flags.len() != event_slugs.len() {
+                return Err(format!(
+                    "{} flags for {} events",
+                    flags.len(),
+                    event_slugs.len()
+                ));
+            }
+            let events = flags
+                .bytes()
+                .zip(event_slugs)
+                .zip(requested)
+                .zip(ids)
+                .map(|(((flag, &signal), &version), id)| match flag {
+                    b'1' => Outcome::Accepted {
+                        id,
+                        signal,
+                        // The script enqueued the requested version, or the latest for "latest"
+                        // (0: the signal has no schema).
+                        schema_version: Some(if version > 0 { version } else { latest[signal] })
+                            .filter(|&v| v > 0),
+                    },
+                    _ => Outcome::RateLimited { signal },
+                })
+                .collect::<Vec<_>>();
+            let now = Utc
+                .timestamp_opt(now_s, (now_us as u32).saturating_mul(1000))
+                .single()
+                .ok_or("bad TIME")?;
+            let reset = Utc.timestamp_opt(reset_s, 0).single().ok_or("bad reset")?;
+            Ok(Verdict::Admitted(Admitted {
+                events,
+                signals,
+                now,
+                reset,
+            }))
+        }
+        other => Err(format!("unknown reply tag {other:?}")),
+    }
+}
+
+fn slug_at<'a>(slugs: &[&'a str], number: usize) -> Result<&'a str, String> {
+    number
+        .checked_sub(1)
+        .and_then(|i| slugs.get(i).copied())
+        .ok_or_else(|| format!("slug number {number} out of range"))
+}
+
+fn int(v: Option<Value>) -> Result<i64, String> {
+    match v {
+        Some(Value::Int(n)) => Ok(n),
+        other => Err(format!("expected an integer, got {other:?}")),
+    }
+}
+
+fn text(v: Option<Value>) -> Result<String, String> {
+    match v {
+        Some(Value::BulkString(b)) => String::from_utf8(b).map_err(|e| e.to_string()),
+        Some(Value::SimpleString(s)) => Ok(s),
+        other => Err(format!("expected a string, got {other:?}")),
+    }
+}

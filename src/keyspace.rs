@@ -1,0 +1,184 @@
+//! Every Redis key Sluice uses, in one place.
+//!
+//! A tenant lives in one of `P` partitions. Every key a request touches carries that partition's
+//! hash tag (`{p07}`), so the admission script's keys always share one Redis Cluster slot and a
+//! tenant's batch never spans shards.
+//!
+//! | key                                   | type   | holds                                            |
+//! |---------------------------------------|--------|--------------------------------------------------|
+//! | `sluice:{pNN}:reg:<tenant>`           | hash   | slug → packed signal (see [`PackedSignal`])      |
+//! | `sluice:{pNN}:rl:<tenant>:<slug>`     | hash   | `w` window start (unix s), `n` admitted in it    |
+//! | `sluice:{pNN}:events`                 | stream | admitted events, one entry each                  |
+//! | `sluice:{pNN}:dead`                   | stream | entries the worker could not store               |
+//! | `sluice:keys`                         | hash   | sha256(api key) → `<tenant> <key id>`            |
+//!
+//! The rate-limit key is named by slug, not by signal id and window as first sketched: the api
+//! knows only slugs before the script runs, and the window comes from Redis's clock inside the
+//! script, while every key a script touches must be passed in `KEYS` (Cluster routes on them).
+//! A slug is permanent within its tenant, so slug and signal id name the same counter; keeping
+//! the window inside the hash lets one key serve every window.
+
+use crate::domain::SignalType;
+
+/// The API-key index. Not partitioned: it is read outside the admission script, by key hash.
+pub const API_KEYS: &str = "sluice:keys";
+
+/// Maps tenants to partitions and names their keys.
+#[derive(Clone, Copy, Debug)]
+pub struct Keyspace {
+    partitions: u16,
+}
+
+impl Keyspace {
+    pub fn new(partitions: u16) -> Self {
+        assert!(partitions > 0, "partition count is validated at start");
+        Keyspace { partitions }
+    }
+
+    pub fn partitions(&self) -> u16 {
+        self.partitions
+    }
+
+    /// The tenant's partition: FNV-1a of its id, so every binary and version agrees.
+    pub fn partition_of(&self, tenant: &str) -> u16 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in tenant.bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        (hash % u64::from(self.partitions)) as u16
+    }
+
+    /// The Cluster hash tag of a partition, e.g. `{p07}`.
+    pub fn tag(partition: u16) -> String {
+        format!("{{p{partition:02}}}")
+    }
+
+    pub fn registry(&self, tenant: &str) -> String {
+        format!(
+            "sluice:{}:reg:{tenant}",
+            Self::tag(self.partition_of(tenant))
+        )
+    }
+
+    pub fn rate_limit(&self, tenant: &str, slug: &str) -> String {
+        format!(
+            "sluice:{}:rl:{tenant}:{slug}",
+            Self::tag(self.partition_of(tenant))
+        )
+    }
+
+    pub fn stream(partition: u16) -> String {
+        format!("sluice:{}:events", Self::tag(partition))
+    }
+
+    pub fn dead_stream(partition: u16) -> String {
+        format!("sluice:{}:dead", Self::tag(partition))
+    }
+
+    /// Every partition's stream, for consumers and operators.
+    pub fn streams(&self) -> impl Iterator<Item = String> {
+        (0..self.partitions).map(Self::stream)
+    }
+}
+
+/// A signal as the registry copy holds it: `<id>|<type>|<active 1/0>|<limit or empty>|<schema versions>`.
+///
+/// Small and flat so the Lua script reads it with one pattern match. An empty limit means "the
+/// default for the type", which each api replica passes in from its configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackedSignal {
+    pub id: String,
+    pub signal_type: SignalType,
+    pub active: bool,
+    pub limit: Option<u32>,
+    /// Versions are numbered 1..=n, so the count is also the latest version (0: no schema).
+    pub schema_versions: u32,
+}
+
+impl PackedSignal {
+    pub fn pack(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|{}",
+            self.id,
+            self.signal_type,
+            u8::from(self.active),
+            self.limit.map(|l| l.to_string()).unwrap_or_default(),
+            self.schema_versions
+        )
+    }
+
+    pub fn unpack(s: &str) -> Option<Self> {
+        let mut parts = s.split('|');
+        let id = parts.next()?.to_owned();
+        let signal_type = parts.next()?.parse().ok()?;
+        let active = match parts.next()? {
+            "1" => true,
+            "0" => false,
+            _ => return None,
+        };
+        let limit = match parts.next()? {
+            "" => None,
+            l => Some(l.parse().ok()?),
+        };
+        let schema_versions = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(PackedSignal {
+            id,
+            signal_type,
+            active,
+            limit,
+            schema_versions,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_a_tenant_share_one_hash_tag() {
+        let ks = Keyspace::new(16);
+        let p = ks.partition_of("ten_abc");
+        let tag = Keyspace::tag(p);
+        assert!(ks.registry("ten_abc").contains(&tag));
+        assert!(ks.rate_limit("ten_abc", "page_view").contains(&tag));
+        assert!(Keyspace::stream(p).contains(&tag));
+        assert_eq!(Keyspace::tag(7), "{p07}");
+    }
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        let ks = Keyspace::new(16);
+        // Pinned: changing the hash would move every tenant to another stream.
+        assert_eq!(ks.partition_of("ten_abc"), ks.partition_of("ten_abc"));
+        let used: std::collections::HashSet<u16> = (0..200)
+            .map(|i| ks.partition_of(&format!("ten_{i:016}")))
+            .collect();
+        assert_eq!(used.len(), 16);
+        assert_eq!(Keyspace::new(1).partition_of("anything"), 0);
+    }
+
+    #[test]
+    fn packed_signals_round_trip() {
+        let s = PackedSignal {
+            id: "sig_AbCd1234".into(),
+            signal_type: SignalType::Metric,
+            active: true,
+            limit: Some(5),
+            schema_versions: 2,
+        };
+        assert_eq!(s.pack(), "sig_AbCd1234|metric|1|5|2");
+        assert_eq!(PackedSignal::unpack(&s.pack()), Some(s.clone()));
+        let default_limit = PackedSignal {
+            limit: None,
+            active: false,
+            ..s
+        };
+        assert_eq!(
+            PackedSignal::unpack(&default_limit.pack()),
+            Some(default_limit)
+        );
+        assert_eq!(PackedSignal::unpack("sig_x|metric|1|5"), None);
+    }
+}

@@ -1,0 +1,124 @@
+//! Every Prometheus metric, declared in one place with its help text.
+//!
+//! Labels are low-cardinality only (route, status code, signal type, reason): never a tenant,
+//! key or signal id, which would grow without bound.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+/// The api's metrics.
+#[derive(Clone)]
+pub struct ApiMetrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub events_accepted: IntCounterVec,
+    pub events_rate_limited: IntCounterVec,
+    pub requests_rejected: IntCounterVec,
+    pub script_duration: HistogramVec,
+}
+
+/// Buckets for request and script latency: 250 µs to 5 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+impl ApiMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_http_requests_total",
+                "HTTP requests answered, by route and status code.",
+            ),
+            &["route", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_http_request_duration_seconds",
+                "Time from request start to response, by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let events_accepted = IntCounterVec::new(
+            Opts::new(
+                "sluice_events_accepted_total",
+                "Events admitted and enqueued, by signal type.",
+            ),
+            &["signal_type"],
+        )
+        .expect("valid metric");
+        let events_rate_limited = IntCounterVec::new(
+            Opts::new(
+                "sluice_events_rate_limited_total",
+                "Events refused by their signal's rate limit, by signal type.",
+            ),
+            &["signal_type"],
+        )
+        .expect("valid metric");
+        let requests_rejected = IntCounterVec::new(
+            Opts::new(
+                "sluice_requests_rejected_total",
+                "Ingest requests refused without admitting any event, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let script_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_redis_script_duration_seconds",
+                "Round trip of the admission script call, including waiting for a connection.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &[],
+        )
+        .expect("valid metric");
+        for m in [
+            &http_requests,
+            &events_accepted,
+            &events_rate_limited,
+            &requests_rejected,
+        ] {
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+        }
+        for m in [&http_duration, &script_duration] {
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+        }
+        ApiMetrics {
+            registry,
+            http_requests,
+            http_duration,
+            events_accepted,
+            events_rate_limited,
+            requests_rejected,
+            script_duration,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        render(&self.registry)
+    }
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .expect("text encoding to a Vec cannot fail");
+    String::from_utf8(out).expect("the text format is UTF-8")
+}

@@ -1,0 +1,441 @@
+//! Tenants, API keys, signals and schemas.
+//!
+//! PostgreSQL is the system of record. Every change is written through to the Redis copy the
+//! api reads ([`copy`]), and [`Registry::sync`] rebuilds that copy whole. Ordering keeps the copy
+//! from ever promising more than PostgreSQL holds: signals are committed before they are copied;
+//! a key is copied inside its creating transaction, so a key is never shown to an operator
+//! unless both stores have it.
+
+pub mod copy;
+pub mod migrate;
+
+use deadpool_postgres::{Pool, PoolConfig, Runtime};
+use serde_json::Value;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row};
+
+use crate::config::PostgresSettings;
+use crate::domain::{ApiKey, KeyId, SignalId, SignalType, Slug, TenantId};
+use crate::keyspace::{Keyspace, PackedSignal};
+use crate::redis_pool::Redis;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    #[error(
+        "saved in PostgreSQL, but the Redis registry copy could not be updated ({0}); \
+         run `sluice-admin sync` once Redis is reachable"
+    )]
+    CopyStale(String),
+    #[error("Redis: {0}")]
+    Redis(String),
+}
+
+impl From<tokio_postgres::Error> for RegistryError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // The server's own message says more than the driver's summary.
+        let msg = match e.as_db_error() {
+            Some(db) => db.message().to_owned(),
+            None => e.to_string(),
+        };
+        RegistryError::Postgres(msg)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for RegistryError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        RegistryError::Postgres(e.to_string())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signal {
+    pub id: String,
+    pub tenant_id: String,
+    pub slug: String,
+    pub name: String,
+    pub signal_type: SignalType,
+    pub active: bool,
+    pub limit: Option<u32>,
+    /// Versions are 1..=n; n is also the latest (0: no schema).
+    pub schema_versions: u32,
+}
+
+impl Signal {
+    pub fn packed(&self) -> PackedSignal {
+        PackedSignal {
+            id: self.id.clone(),
+            signal_type: self.signal_type,
+            active: self.active,
+            limit: self.limit,
+            schema_versions: self.schema_versions,
+        }
+    }
+
+    fn from_row(row: &Row) -> Result<Self, RegistryError> {
+        let kind: String = row.get("type");
+        Ok(Signal {
+            id: row.get("id"),
+            tenant_id: row.get("tenant_id"),
+            slug: row.get("slug"),
+            name: row.get("name"),
+            signal_type: kind.parse().map_err(RegistryError::Postgres)?,
+            active: row.get("active"),
+            limit: row.get::<_, Option<i32>>("rate_limit").map(|l| l as u32),
+            schema_versions: row.get::<_, i32>("schema_versions") as u32,
+        })
+    }
+}
+
+/// An active API key as the copy holds it.
+#[derive(Clone, Debug)]
+pub struct ActiveKey {
+    pub hash: String,
+    pub tenant_id: String,
+    pub key_id: String,
+}
+
+/// What `sync` copied.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SyncCounts {
+    pub tenants: usize,
+    pub signals: usize,
+    pub keys: usize,
+}
+
+const SIGNAL_COLUMNS: &str = "s.id, s.tenant_id, s.slug, s.name, s.type, s.active, s.rate_limit, \
+     (SELECT coalesce(max(version), 0) FROM signal_schemas v WHERE v.signal_id = s.id) AS schema_versions";
+
+/// The registry in PostgreSQL, with its Redis copy.
+pub struct Registry {
+    pg: Pool,
+    redis: Redis,
+    keyspace: Keyspace,
+}
+
+/// Builds a PostgreSQL pool; connections open on first use.
+pub fn pg_pool(settings: &PostgresSettings) -> Result<Pool, String> {
+    let mut cfg = deadpool_postgres::Config::new();
+    cfg.url = Some(settings.url.expose().to_owned());
+    cfg.pool = Some(PoolConfig::new(settings.pool_size));
+    cfg.create_pool(Some(Runtime::Tokio1), NoTls)
+        .map_err(|e| format!("SLUICE__POSTGRES__URL: cannot build a PostgreSQL pool: {e}"))
+}
+
+/// Creates the configured database when the server does not have it yet, so a fresh
+/// PostgreSQL needs no manual step before `sluice-admin migrate`.
+pub async fn ensure_database(settings: &PostgresSettings) -> Result<(), RegistryError> {
+    let config: tokio_postgres::Config = settings
+        .url
+        .expose()
+        .parse()
+        .map_err(|e| RegistryError::Invalid(format!("{e}")))?;
+    match config.connect(NoTls).await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let name = config.get_dbname().unwrap_or("postgres").to_owned();
+    let mut maintenance = config.clone();
+    maintenance.dbname("postgres");
+    let (client, connection) = maintenance.connect(NoTls).await?;
+    tokio::spawn(connection);
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match client
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .await
+    {
+        Ok(()) => Ok(()),
+        // Someone else created it meanwhile.
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Registry {
+    pub fn new(pg: Pool, redis: Redis, keyspace: Keyspace) -> Self {
+        Registry {
+            pg,
+            redis,
+            keyspace,
+        }
+    }
+
+    /// Applies pending migrations; returns the versions applied now.
+    pub async fn migrate(&self) -> Result<Vec<i32>, RegistryError> {
+        let mut client = self.pg.get().await?;
+        Ok(migrate::run(&mut client).await?)
+    }
+
+    pub async fn create_tenant(&self, name: &str) -> Result<Tenant, RegistryError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 200 || name.contains('\0') {
+            return Err(RegistryError::Invalid(
+                "tenant name must be 1-200 characters".into(),
+            ));
+        }
+        let id = TenantId::generate();
+        let client = self.pg.get().await?;
+        client
+            .execute(
+                "INSERT INTO tenants (id, name) VALUES ($1, $2)",
+                &[&id.as_str(), &name],
+            )
+            .await?;
+        Ok(Tenant {
+            id: id.to_string(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Creates a key for `tenant`; returns its id and the secret, which is never seen again.
+    pub async fn create_key(
+        &self,
+        tenant: &str,
+        name: Option<&str>,
+    ) -> Result<(KeyId, ApiKey), RegistryError> {
+        let tenant = self.existing_tenant(tenant).await?;
+        let id = KeyId::generate();
+        let key = ApiKey::generate();
+        let hash = key.hash();
+        let mut client = self.pg.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO api_keys (id, tenant_id, name, key_hash) VALUES ($1, $2, $3, $4)",
+            &[&id.as_str(), &tenant.as_str(), &name, &hash],
+        )
+        .await?;
+        let active = ActiveKey {
+            hash,
+            tenant_id: tenant.to_string(),
+            key_id: id.to_string(),
+        };
+        copy::put_key(&self.redis, &active)
+            .await
+            .map_err(|e| RegistryError::Redis(e.to_string()))?;
+        if let Err(e) = tx.commit().await {
+            let _ = copy::remove_key(&self.redis, &active.hash).await;
+            return Err(e.into());
+        }
+        Ok((id, key))
+    }
+
+    /// Revokes a key. Revoking a revoked key again is harmless and re-applies the removal.
+    pub async fn revoke_key(&self, id: &str) -> Result<(), RegistryError> {
+        let id = KeyId::parse(id).map_err(RegistryError::Invalid)?;
+        let client = self.pg.get().await?;
+        let row = client
+            .query_opt(
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING key_hash",
+                &[&id.as_str()],
+            )
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("no API key with id {id}")))?;
+        let hash: String = row.get(0);
+        copy::remove_key(&self.redis, &hash)
+            .await
+            .map_err(|e| RegistryError::CopyStale(e.to_string()))
+    }
+
+    pub async fn create_signal(
+        &self,
+        tenant: &str,
+        slug: &str,
+        signal_type: SignalType,
+        name: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Signal, RegistryError> {
+        let tenant = self.existing_tenant(tenant).await?;
+        let slug = Slug::parse(slug).map_err(RegistryError::Invalid)?;
+        if let Some(l) = limit {
+            if l == 0 || l > i32::MAX as u32 {
+                return Err(RegistryError::Invalid(
+                    "--limit must be a positive number of events per minute".into(),
+                ));
+            }
+        }
+        let name = name
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or(slug.as_str());
+        let client = self.pg.get().await?;
+        let signal = loop {
+            let id = SignalId::generate();
+            let inserted = client
+                .query_one(
+                    &format!(
+                        "INSERT INTO signals AS s (id, tenant_id, slug, name, type, rate_limit)
+                         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {SIGNAL_COLUMNS}"
+                    ),
+                    &[
+                        &id.as_str(),
+                        &tenant.as_str(),
+                        &slug.as_str(),
+                        &name,
+                        &signal_type.as_str(),
+                        &limit.map(|l| l as i32),
+                    ],
+                )
+                .await;
+            match inserted {
+                Ok(row) => break Signal::from_row(&row)?,
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
+                    if constraint == "signals_pkey" {
+                        continue; // a random id collided; draw another
+                    }
+                    return Err(RegistryError::Conflict(format!(
+                        "tenant {tenant} already has a signal with slug {slug}"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.copy_signal(&signal).await?;
+        Ok(signal)
+    }
+
+    pub async fn set_active(
+        &self,
+        tenant: &str,
+        slug: &str,
+        active: bool,
+    ) -> Result<Signal, RegistryError> {
+        let client = self.pg.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE signals AS s SET active = $3, updated_at = now()
+                     WHERE tenant_id = $1 AND slug = $2 RETURNING {SIGNAL_COLUMNS}"
+                ),
+                &[&tenant, &slug, &active],
+            )
+            .await?
+            .ok_or_else(|| self.no_signal(tenant, slug))?;
+        let signal = Signal::from_row(&row)?;
+        self.copy_signal(&signal).await?;
+        Ok(signal)
+    }
+
+    /// Adds the next schema version of a signal. The document must be a valid JSON Schema.
+    pub async fn add_schema(
+        &self,
+        tenant: &str,
+        slug: &str,
+        schema: &Value,
+    ) -> Result<(Signal, u32), RegistryError> {
+        if !(schema.is_object() || schema.is_boolean()) {
+            return Err(RegistryError::Invalid(
+                "a JSON Schema must be an object (or true/false)".into(),
+            ));
+        }
+        jsonschema::validator_for(schema)
+            .map_err(|e| RegistryError::Invalid(format!("not a valid JSON Schema: {e}")))?;
+        let mut client = self.pg.get().await?;
+        let tx = client.transaction().await?;
+        // Locking the signal row numbers concurrent additions 1, 2, 3 without gaps or clashes.
+        let row = tx
+            .query_opt(
+                "SELECT id FROM signals WHERE tenant_id = $1 AND slug = $2 FOR UPDATE",
+                &[&tenant, &slug],
+            )
+            .await?
+            .ok_or_else(|| self.no_signal(tenant, slug))?;
+        let signal_id: String = row.get(0);
+        let version: i32 = tx
+            .query_one(
+                "INSERT INTO signal_schemas (signal_id, version, schema)
+                 SELECT $1, coalesce(max(version), 0) + 1, $2 FROM signal_schemas WHERE signal_id = $1
+                 RETURNING version",
+                &[&signal_id, schema],
+            )
+            .await?
+            .get(0);
+        let row = tx
+            .query_one(
+                &format!("SELECT {SIGNAL_COLUMNS} FROM signals s WHERE s.id = $1"),
+                &[&signal_id],
+            )
+            .await?;
+        tx.commit().await?;
+        let signal = Signal::from_row(&row)?;
+        self.copy_signal(&signal).await?;
+        Ok((signal, version as u32))
+    }
+
+    /// Rebuilds the Redis copy from PostgreSQL.
+    pub async fn sync(&self) -> Result<SyncCounts, RegistryError> {
+        let client = self.pg.get().await?;
+        let tenants: Vec<String> = client
+            .query("SELECT id FROM tenants", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let signals = client
+            .query(
+                &format!("SELECT {SIGNAL_COLUMNS} FROM signals s ORDER BY s.tenant_id"),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(Signal::from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys: Vec<ActiveKey> = client
+            .query(
+                "SELECT key_hash, tenant_id, id FROM api_keys WHERE revoked_at IS NULL",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| ActiveKey {
+                hash: r.get(0),
+                tenant_id: r.get(1),
+                key_id: r.get(2),
+            })
+            .collect();
+        copy::replace_all(&self.redis, &self.keyspace, &tenants, &signals, &keys)
+            .await
+            .map_err(|e| RegistryError::Redis(e.to_string()))?;
+        Ok(SyncCounts {
+            tenants: tenants.len(),
+            signals: signals.len(),
+            keys: keys.len(),
+        })
+    }
+
+    async fn copy_signal(&self, signal: &Signal) -> Result<(), RegistryError> {
+        copy::put_signal(&self.redis, &self.keyspace, signal)
+            .await
+            .map_err(|e| RegistryError::CopyStale(e.to_string()))
+    }
+
+    async fn existing_tenant(&self, tenant: &str) -> Result<TenantId, RegistryError> {
+        let id = TenantId::parse(tenant).map_err(RegistryError::Invalid)?;
+        let client = self.pg.get().await?;
+        match client
+            .query_opt("SELECT 1 FROM tenants WHERE id = $1", &[&id.as_str()])
+            .await?
+        {
+            Some(_) => Ok(id),
+            None => Err(RegistryError::NotFound(format!("no tenant with id {id}"))),
+        }
+    }
+
+    fn no_signal(&self, tenant: &str, slug: &str) -> RegistryError {
+        RegistryError::NotFound(format!("tenant {tenant} has no signal with slug {slug}"))
+    }
+}
