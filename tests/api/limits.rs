@@ -1,0 +1,232 @@
+//! Per-signal fixed windows: order of admission, partial limiting, headers, and exactness across
+//! replicas under concurrency.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+
+use crate::support::{TestEnv, event};
+
+/// Waits out the end of a window so a test's requests all fall in one window.
+async fn fresh_window(env: &TestEnv) {
+    let (secs, _): (u64, u64) = redis::cmd("TIME").query(&mut env.redis.conn()).unwrap();
+    let into = secs % 60;
+    if into >= 45 {
+        actix_web::rt::time::sleep(Duration::from_secs(61 - into)).await;
+    }
+}
+
+#[actix_web::test]
+async fn partial_limiting_admits_in_request_order_and_lists_the_rest() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    let state_id = env.signal(&tenant, "plan", "state", Some(3)).await;
+    env.signal(&tenant, "visits", "metric", None).await;
+    let api = env.spawn_api().await;
+    fresh_window(&env).await;
+
+    let mut events = Vec::new();
+    for i in 0..5 {
+        let mut e = event("plan", &format!("acc-{i}"));
+        e["reference"] = json!(format!("p{i}"));
+        events.push(e);
+        events.push(event("visits", &format!("acc-{i}")));
+    }
+    let reply = api.batch(&key, json!(events)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let data = reply.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 8, "3 of plan + 5 of visits");
+    let refs: Vec<&Value> = data
+        .iter()
+        .map(|d| &d["reference"])
+        .filter(|r| !r.is_null())
+        .collect();
+    assert_eq!(
+        refs,
+        [&json!("p0"), &json!("p1"), &json!("p2")],
+        "the first three in request order"
+    );
+    let limited = reply.body["rate_limited"].as_array().unwrap();
+    assert_eq!(
+        limited,
+        &vec![
+            json!({"signal_id": state_id, "reference": "p3", "index": 6}),
+            json!({"signal_id": state_id, "reference": "p4", "index": 8}),
+        ]
+    );
+    assert_eq!(
+        reply.header("x-ratelimit-limit"),
+        Some("1000"),
+        "highest limit among the signals"
+    );
+    assert_eq!(
+        reply.header("x-ratelimit-remaining"),
+        Some("0"),
+        "lowest remaining among them"
+    );
+    assert_eq!(
+        env.stream_entries().len(),
+        8,
+        "only admitted events are enqueued"
+    );
+}
+
+#[actix_web::test]
+async fn a_fully_limited_batch_is_429_with_retry_after() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "plan", "state", None).await;
+    let api = env.spawn_api().await;
+    fresh_window(&env).await;
+
+    let thirty: Vec<Value> = (0..30).map(|i| event("plan", &i.to_string())).collect();
+    let first = api.batch(&key, json!(thirty)).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("x-ratelimit-limit"),
+        Some("30"),
+        "state default"
+    );
+    assert_eq!(first.header("x-ratelimit-remaining"), Some("0"));
+
+    let reply = api
+        .batch(&key, json!([event("plan", "x"), event("plan", "y")]))
+        .await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.error(), "Rate limit exceeded for all events in batch");
+    assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
+    let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let reset =
+        chrono::DateTime::parse_from_rfc3339(reply.header("x-ratelimit-reset").unwrap()).unwrap();
+    let until = reset.timestamp() - chrono::Utc::now().timestamp();
+    assert!(
+        (until - retry as i64).abs() <= 2,
+        "Retry-After {retry} vs reset in {until}"
+    );
+    assert_eq!(env.stream_entries().len(), 30);
+}
+
+#[actix_web::test]
+async fn a_counter_from_an_older_window_counts_as_zero() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "plan", "state", Some(1)).await;
+    let api = env.spawn_api().await;
+    fresh_window(&env).await;
+    assert_eq!(
+        api.batch(&key, json!([event("plan", "1")])).await.status,
+        200
+    );
+    assert_eq!(
+        api.batch(&key, json!([event("plan", "2")])).await.status,
+        429
+    );
+
+    // Age the counter by one window, as if a minute had passed.
+    let keyspace = sluice::keyspace::Keyspace::new(env.settings().redis.partitions);
+    let rl = keyspace.rate_limit(&tenant, "plan");
+    let mut conn = env.redis.conn();
+    let w: i64 = redis::cmd("HGET")
+        .arg(&rl)
+        .arg("w")
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&rl)
+        .arg("w")
+        .arg(w - 60)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        api.batch(&key, json!([event("plan", "3")])).await.status,
+        200
+    );
+    let n: i64 = redis::cmd("HGET")
+        .arg(&rl)
+        .arg("n")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[actix_web::test]
+async fn a_signal_limit_of_its_own_overrides_the_type_default() {
+    let env = TestEnv::start_with(&[("SLUICE__LIMITS__EVENT", "2")]).await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "default_limit", "event", None).await;
+    env.signal(&tenant, "own_limit", "event", Some(4)).await;
+    let api = env.spawn_api().await;
+    fresh_window(&env).await;
+    let five = |slug: &str| {
+        json!(
+            (0..5)
+                .map(|i| event(slug, &i.to_string()))
+                .collect::<Vec<_>>()
+        )
+    };
+    let a = api.batch(&key, five("default_limit")).await;
+    assert_eq!(a.body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(a.header("x-ratelimit-limit"), Some("2"));
+    let b = api.batch(&key, five("own_limit")).await;
+    assert_eq!(b.body["data"].as_array().unwrap().len(), 4);
+    assert_eq!(b.header("x-ratelimit-limit"), Some("4"));
+}
+
+#[actix_web::test]
+async fn rate_limit_never_overadmits_across_replicas() {
+    let env = TestEnv::start_with(&[("SLUICE__API__WORKERS", "2")]).await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "plan", "state", None).await;
+    let replicas = [
+        env.spawn_api().await,
+        env.spawn_api().await,
+        env.spawn_api().await,
+    ];
+    fresh_window(&env).await;
+
+    // 60 concurrent requests of 2 events each, spread over the replicas: 120 asks for 30 slots.
+    let requests = (0..60).map(|i| {
+        let api = &replicas[i % replicas.len()];
+        let key = key.clone();
+        async move {
+            api.batch(
+                &key,
+                json!([
+                    event("plan", &format!("{i}a")),
+                    event("plan", &format!("{i}b"))
+                ]),
+            )
+            .await
+        }
+    });
+    let replies = join_all(requests).await;
+
+    let mut accepted = Vec::new();
+    for reply in &replies {
+        match reply.status {
+            200 => accepted.extend(
+                reply.body["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d["id"].as_str().unwrap().to_owned()),
+            ),
+            429 => assert_eq!(reply.error(), "Rate limit exceeded for all events in batch"),
+            other => panic!("unexpected {other}: {}", reply.text),
+        }
+    }
+    assert_eq!(accepted.len(), 30, "exactly the limit is admitted");
+    let mut stored: Vec<String> = env
+        .stream_entries()
+        .into_iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    stored.sort();
+    accepted.sort();
+    assert_eq!(
+        stored, accepted,
+        "every acknowledged event, and only those, is in the stream"
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the api, the admission script and `sluice-admin` against real Redis and
+//! PostgreSQL processes started by `support`.
+
+mod admin;
+mod errors;
+mod ingest;
+mod limits;
+mod support;

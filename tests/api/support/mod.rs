@@ -1,0 +1,249 @@
+//! Spawning Sluice against real dependencies, and talking to it over real HTTP.
+
+pub mod servers;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use config::Environment;
+use serde_json::Value;
+use sluice::config::Settings;
+use sluice::keyspace::Keyspace;
+use sluice::redis_pool::Redis;
+use sluice::registry::{self, Registry};
+
+pub use servers::{Postgres, RedisServer, wait_until};
+
+/// Redis, PostgreSQL (migrated) and the settings that point at them.
+pub struct TestEnv {
+    pub redis: RedisServer,
+    pub pg: Postgres,
+    pub registry: Registry,
+    vars: HashMap<String, String>,
+}
+
+impl TestEnv {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts the dependencies; `vars` are extra `SLUICE__...` settings.
+    pub async fn start_with(vars: &[(&str, &str)]) -> Self {
+        let redis = RedisServer::start();
+        let pg = Postgres::start();
+        let mut map: HashMap<String, String> = HashMap::from([
+            ("SLUICE__REDIS__URL".into(), redis.url()),
+            ("SLUICE__POSTGRES__URL".into(), pg.url("sluice")),
+            ("SLUICE__API__WORKERS".into(), "1".into()),
+            ("SLUICE__LOG__LEVEL".into(), "warn".into()),
+        ]);
+        for (k, v) in vars {
+            map.insert(k.to_string(), v.to_string());
+        }
+        let settings = settings_from(&map);
+        registry::ensure_database(&settings.postgres).await.unwrap();
+        let registry = Registry::new(
+            registry::pg_pool(&settings.postgres).unwrap(),
+            Redis::new(&settings.redis).unwrap(),
+            Keyspace::new(settings.redis.partitions),
+        );
+        registry.migrate().await.unwrap();
+        TestEnv {
+            redis,
+            pg,
+            registry,
+            vars: map,
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        settings_from(&self.vars)
+    }
+
+    /// The environment a binary needs to use these dependencies.
+    pub fn env_vars(&self) -> &HashMap<String, String> {
+        &self.vars
+    }
+
+    /// Starts an api replica in this process on a free port.
+    pub async fn spawn_api(&self) -> TestApi {
+        self.spawn_api_with(&self.settings())
+    }
+
+    pub fn spawn_api_with(&self, settings: &Settings) -> TestApi {
+        let api = sluice::api::serve(settings, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let handle = api.server.handle();
+        actix_web::rt::spawn(api.server);
+        TestApi {
+            base: format!("http://{}", api.addr),
+            handle,
+            client: client(),
+        }
+    }
+
+    /// A tenant with one API key. Returns (tenant id, key).
+    pub async fn tenant(&self) -> (String, String) {
+        let tenant = self.registry.create_tenant("Test tenant").await.unwrap();
+        let (_, key) = self
+            .registry
+            .create_key(&tenant.id, Some("test"))
+            .await
+            .unwrap();
+        (tenant.id, key.expose().to_owned())
+    }
+
+    /// Registers a signal; returns its id.
+    pub async fn signal(&self, tenant: &str, slug: &str, kind: &str, limit: Option<u32>) -> String {
+        self.registry
+            .create_signal(tenant, slug, kind.parse().unwrap(), None, limit)
+            .await
+            .unwrap()
+            .id
+    }
+
+    /// A direct connection to the test database.
+    pub async fn pg_client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.pg.url("sluice"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        actix_web::rt::spawn(conn);
+        client
+    }
+
+    /// Every entry of every partition stream, as field maps.
+    pub fn stream_entries(&self) -> Vec<HashMap<String, String>> {
+        let mut conn = self.redis.conn();
+        let keyspace = Keyspace::new(self.settings().redis.partitions);
+        let mut all = Vec::new();
+        for stream in keyspace.streams() {
+            let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg("-")
+                .arg("+")
+                .query(&mut conn)
+                .unwrap();
+            for id in reply.ids {
+                let fields = id
+                    .map
+                    .into_iter()
+                    .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap()))
+                    .collect();
+                all.push(fields);
+            }
+        }
+        all
+    }
+}
+
+fn settings_from(vars: &HashMap<String, String>) -> Settings {
+    Settings::load_from(
+        None,
+        Environment::with_prefix("SLUICE").source(Some(vars.clone())),
+    )
+    .unwrap()
+}
+
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .disable_redirects()
+        .finish()
+}
+
+/// A running api replica.
+pub struct TestApi {
+    pub base: String,
+    handle: ServerHandle,
+    client: awc::Client,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
+    /// The contract's error shape, or a panic saying why not.
+    pub fn error(&self) -> &str {
+        assert_eq!(self.body["success"], false, "not an error: {}", self.text);
+        self.body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message: {}", self.text))
+    }
+}
+
+impl TestApi {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs JSON with a bearer key.
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Reply {
+        self.send(
+            self.client
+                .post(self.url(path))
+                .insert_header(("Authorization", format!("Bearer {key}")))
+                .insert_header(("Content-Type", "application/json")),
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
+    pub async fn batch(&self, key: &str, events: Value) -> Reply {
+        self.post(
+            "/v1/events/batch",
+            key,
+            &serde_json::json!({ "events": events }),
+        )
+        .await
+    }
+
+    /// Sends `body` with the given request, whatever it is.
+    pub async fn send(&self, req: awc::ClientRequest, body: Vec<u8>) -> Reply {
+        let mut res = req.send_body(body).await.expect("the api answers");
+        let bytes = res.body().limit(16 << 20).await.expect("a readable body");
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Reply {
+            status: res.status().as_u16(),
+            headers: res
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                .collect(),
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    pub fn request(&self, method: awc::http::Method, path: &str) -> awc::ClientRequest {
+        self.client.request(method, self.url(path))
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(self.url(path)), Vec::new()).await
+    }
+}
+
+impl Drop for TestApi {
+    fn drop(&mut self) {
+        // Stops accepting and lets the workers go; the test's runtime ends right after.
+        let stopping = self.handle.stop(false);
+        actix_web::rt::spawn(stopping);
+    }
+}
+
+/// An event of `signal` for account `id`.
+pub fn event(signal: &str, id: &str) -> Value {
+    serde_json::json!({"signal": signal, "identity": {"type": "account", "id": id}})
+}

@@ -1,0 +1,344 @@
+//! Real `redis-server` and PostgreSQL processes for tests, on free loopback ports in temporary
+//! directories, stopped when dropped.
+//!
+//! PostgreSQL refuses to run as root, so when the tests run as root the server runs as the
+//! `postgres` user (created by Debian's package). `initdb` is slow, so it runs once per machine
+//! into a template under the target directory; each test copies the template and starts its
+//! own server on it.
+
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` on loopback.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args([
+                "--dir",
+                self.dir.path().to_str().unwrap(),
+                "--loglevel",
+                "warning",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (deploy/dev/install-deps.sh)");
+        self.child = Some(child);
+        wait_until("redis-server to accept connections", || {
+            redis::Client::open(self.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Pauses the process (SIGSTOP), as a hung Redis would be: connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        signal(self.child.as_ref().unwrap().id(), "STOP");
+    }
+
+    pub fn thaw(&self) {
+        signal(self.child.as_ref().unwrap().id(), "CONT");
+    }
+
+    /// A synchronous connection, for inspecting state from tests.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            signal(child.id(), "CONT");
+        }
+        self.stop();
+    }
+}
+
+/// A PostgreSQL server on loopback, trusting local connections.
+pub struct Postgres {
+    pub port: u16,
+    child: Option<Child>,
+    _dir: TempDir,
+}
+
+impl Postgres {
+    pub fn start() -> Self {
+        let bin = pg_bin_dir();
+        let template = template(&bin);
+        let dir = tempfile::tempdir().unwrap();
+        // The server user must be able to reach its data directory inside our temp dir.
+        fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&template)
+            .arg(&data)
+            .status()
+            .unwrap();
+        assert!(status.success(), "copying the PostgreSQL template");
+        let port = free_port();
+        let child = as_server_user(Command::new(bin.join("postgres")))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&data)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+            ])
+            .args([
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "shared_buffers=32MB",
+                "-c",
+                "max_connections=200",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting postgres");
+        let pg = Postgres {
+            port,
+            child: Some(child),
+            _dir: dir,
+        };
+        let url = pg.url("postgres");
+        wait_until("postgres to accept connections", || {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                            .await
+                            .is_ok()
+                    })
+            })
+            .join()
+            .unwrap()
+        });
+        pg
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Fast shutdown: children exit with the postmaster instead of lingering.
+            signal(child.id(), "INT");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` with a server in it.
+fn pg_bin_dir() -> PathBuf {
+    let mut dirs: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (deploy/dev/install-deps.sh)")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, bin)| bin.join("postgres").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+        .expect("a PostgreSQL server under /usr/lib/postgresql/*/bin")
+        .1
+}
+
+/// An initialised data directory to copy, made once per machine.
+fn template(bin: &Path) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    fs::create_dir_all(&root).unwrap();
+    let version = bin
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let template = root.join(format!("pg-template-{version}"));
+    let ready = root.join(format!("pg-template-{version}.ready"));
+    let lock = File::create(root.join("pg-template.lock")).unwrap();
+    lock.lock().unwrap();
+    if !ready.exists() {
+        let _ = fs::remove_dir_all(&template);
+        fs::create_dir_all(&template).unwrap();
+        if let Some((uid, gid)) = server_user() {
+            let status = Command::new("chown")
+                .arg(format!("{uid}:{gid}"))
+                .arg(&template)
+                .status()
+                .unwrap();
+            assert!(status.success());
+            // Every directory above the template must be traversable by the server user.
+            let mut dir = template.parent();
+            while let Some(d) = dir {
+                let mode = fs::metadata(d).unwrap().permissions();
+                let m = std::os::unix::fs::PermissionsExt::mode(&mode);
+                if m & 0o001 == 0 {
+                    fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(m | 0o011))
+                        .unwrap();
+                }
+                dir = d.parent();
+            }
+        }
+        let out = as_server_user(Command::new(bin.join("initdb")))
+            .arg("-D")
+            .arg(&template)
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        File::create(&ready).unwrap();
+    }
+    lock.unlock().unwrap();
+    template
+}
+
+/// The `postgres` user's uid and gid when we run as root, else `None`.
+fn server_user() -> Option<(u32, u32)> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let euid: u32 = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))?
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()?;
+    if euid != 0 {
+        return None;
+    }
+    let passwd = fs::read_to_string("/etc/passwd").expect("/etc/passwd");
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("postgres:"))
+        .expect("running as root needs the postgres user (Debian's postgresql package creates it)");
+    let fields: Vec<&str> = line.split(':').collect();
+    Some((fields[2].parse().unwrap(), fields[3].parse().unwrap()))
+}
+
+fn as_server_user(mut cmd: Command) -> Command {
+    if let Some((uid, gid)) = server_user() {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Polls `ready` until it holds, for at most 30 s.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
