@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Brings the whole system up locally, from a fresh Debian/Ubuntu machine with Rust:
+# installs redis-server and PostgreSQL if absent, runs them under .sluice/, builds and starts
+# Sluice, creates a demo tenant, API key and signals, and prints a curl to paste.
+# Run it again at any time: it restarts what it started and keeps the data.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$ROOT"
+
+"$ROOT/deploy/dev/install-deps.sh"
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+mkdir -p "$STATE"
+"$ROOT/deploy/dev/down.sh" >/dev/null
+
+echo "sluice: building (release)..." >&2
+cargo build --release --locked --bins -q
+BIN="$ROOT/target/release"
+
+# Redis, with an append-only file so acknowledged events survive a restart.
+mkdir -p "$STATE/redis"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" \
+  --appendonly yes --appendfsync everysec --save "" \
+  --daemonize yes --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log"
+
+# PostgreSQL.
+PG_DATA=$(pg_data_dir)
+if [ ! -f "$PG_DATA/PG_VERSION" ]; then
+  mkdir -p "$PG_DATA"
+  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$PG_DATA"
+  as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C >/dev/null
+fi
+as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w \
+  -o "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1" start >/dev/null
+
+"$BIN/sluice-admin" migrate >/dev/null
+
+# The demo tenant: created once, reused afterwards.
+if [ -f "$STATE/demo.env" ]; then
+  source "$STATE/demo.env"
+  "$BIN/sluice-admin" sync >/dev/null
+else
+  # sluice-admin prints compact JSON objects; pull one string field out of it.
+  json() { sed -E "s/.*\"$1\":\"([^\"]*)\".*/\1/"; }
+  TENANT=$("$BIN/sluice-admin" tenant create --name "Demo" | json id)
+  KEY=$("$BIN/sluice-admin" key create --tenant "$TENANT" --name demo | json key)
+  "$BIN/sluice-admin" signal create --tenant "$TENANT" --slug page_view --type event --name "Page view" >/dev/null
+  "$BIN/sluice-admin" signal create --tenant "$TENANT" --slug mrr --type metric --name "Monthly recurring revenue" >/dev/null
+  "$BIN/sluice-admin" signal create --tenant "$TENANT" --slug plan --type state --name "Current plan" >/dev/null
+  "$BIN/sluice-admin" schema add --tenant "$TENANT" --slug mrr --file "$ROOT/deploy/dev/mrr.schema.json" >/dev/null
+  printf 'TENANT=%s\nKEY=%s\n' "$TENANT" "$KEY" > "$STATE/demo.env"
+  chmod 600 "$STATE/demo.env"
+fi
+
+nohup "$BIN/sluice-api" >"$STATE/api.log" 2>&1 &
+echo $! > "$STATE/api.pid"
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$API_PORT/readyz" >/dev/null || { echo "sluice-api did not become ready; see $STATE/api.log" >&2; exit 1; }
+
+cat <<MSG
+
+Sluice is up.
+  api          http://127.0.0.1:$API_PORT   (log: $STATE/api.log)
+  redis        127.0.0.1:$REDIS_PORT   postgres 127.0.0.1:$PG_PORT (database sluice)
+  demo tenant  $TENANT   signals: page_view (event), mrr (metric, schema v1), plan (state)
+  stop with    deploy/dev/down.sh
+
+Send two events:
+
+curl -s http://127.0.0.1:$API_PORT/v1/events/batch \\
+  -H 'Authorization: Bearer $KEY' \\
+  -H 'Content-Type: application/json' \\
+  -d '{"events": [
+        {"signal": "page_view", "identity": {"type": "account", "id": "acc_123"},
+         "data": {"path": "/pricing"}, "reference": "evt-001"},
+        {"signal": "mrr", "identity": {"type": "account", "id": "acc_123"},
+         "data": {"value": 499.0}, "reference": "evt-002"}
+      ]}'
+MSG
