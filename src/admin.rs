@@ -11,6 +11,8 @@ use crate::domain::SignalType;
 use crate::keyspace::Keyspace;
 use crate::redis_pool::Redis;
 use crate::registry::{self, Registry, RegistryError};
+use crate::worker::dead_letters;
+use crate::worker::streams::Streams;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +50,27 @@ enum Command {
     },
     /// Rebuild the Redis registry copy from PostgreSQL.
     Sync,
+    /// Inspect and replay entries the worker could not store.
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLetterCommand {
+    /// List dead letters, newest first (not yet replayed ones unless --all).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Put dead letters back on their streams: one by --id, or every one not yet replayed.
+    Replay {
+        #[arg(long)]
+        id: Option<i64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -131,7 +154,8 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, RegistryError> 
     }
     let pg = registry::pg_pool(&settings.postgres).map_err(RegistryError::Invalid)?;
     let redis = Redis::new(&settings.redis).map_err(RegistryError::Invalid)?;
-    let registry = Registry::new(pg, redis, Keyspace::new(settings.redis.partitions));
+    let keyspace = Keyspace::new(settings.redis.partitions);
+    let registry = Registry::new(pg.clone(), redis.clone(), keyspace);
     let limit_of = |signal: &registry::Signal| {
         signal
             .limit
@@ -201,5 +225,14 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, RegistryError> 
             json!({"signal_id": signal.id, "version": version})
         }
         Command::Sync => serde_json::to_value(registry.sync().await?).expect("counts serialize"),
+        Command::DeadLetters {
+            command: DeadLetterCommand::List { all, limit },
+        } => dead_letters::list(&pg, all, i64::from(limit)).await?,
+        Command::DeadLetters {
+            command: DeadLetterCommand::Replay { id },
+        } => {
+            let streams = Streams::new(redis, keyspace, "sluice-admin".to_owned());
+            dead_letters::replay(&pg, &streams, id).await?
+        }
     })
 }

@@ -65,7 +65,24 @@ pub struct ApiSettings {
 
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
+    /// Where the worker serves `/metrics`, `/livez` and `/readyz`.
     pub metrics_bind: SocketAddr,
+    /// This process's name in the consumer group; unique per process unless set.
+    pub consumer: String,
+    /// Most entries read from each partition stream per `XREADGROUP`.
+    pub batch_size: usize,
+    /// How long one read waits for new entries before handing back a short batch.
+    pub block: Duration,
+    /// Pending entries idle longer than this belong to a consumer presumed dead, and are claimed.
+    pub claim_idle: Duration,
+    /// Deliveries after which an entry that still is not stored goes to the dead letters.
+    pub max_deliveries: u32,
+    /// Days of `events` partitions to keep; 0 keeps everything.
+    pub retention_days: u32,
+    /// How often the Redis registry copy is rebuilt from PostgreSQL.
+    pub reconcile_interval: Duration,
+    /// How often streams are trimmed below what the group still needs.
+    pub trim_interval: Duration,
 }
 
 /// Default per-minute limits by signal type; a signal may carry its own.
@@ -124,6 +141,14 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("api.key_cache_ttl_ms", "2000"),
     ("api.workers", "0"),
     ("worker.metrics_bind", "0.0.0.0:9091"),
+    ("worker.consumer", ""),
+    ("worker.batch_size", "1000"),
+    ("worker.block_ms", "50"),
+    ("worker.claim_idle_ms", "30000"),
+    ("worker.max_deliveries", "5"),
+    ("worker.retention_days", "0"),
+    ("worker.reconcile_interval_ms", "30000"),
+    ("worker.trim_interval_ms", "10000"),
     ("limits.event", "100"),
     ("limits.metric", "1000"),
     ("limits.state", "30"),
@@ -207,6 +232,22 @@ impl Settings {
             worker: WorkerSettings {
                 metrics_bind: get("worker.metrics_bind")
                     .parsed("a socket address such as 0.0.0.0:9091")?,
+                consumer: get("worker.consumer").parse_with(|v| {
+                    if v.len() > 200 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                        Err("must be at most 200 characters with no spaces".to_owned())
+                    } else if v.is_empty() {
+                        Ok(default_consumer_name())
+                    } else {
+                        Ok(v.to_owned())
+                    }
+                })?,
+                batch_size: get("worker.batch_size").positive()?,
+                block: Duration::from_millis(get("worker.block_ms").positive()?),
+                claim_idle: Duration::from_millis(get("worker.claim_idle_ms").positive()?),
+                max_deliveries: get("worker.max_deliveries").positive()?,
+                retention_days: get("worker.retention_days").parsed("a whole number of days")?,
+                reconcile_interval: Duration::from_millis(get("worker.reconcile_interval_ms").positive()?),
+                trim_interval: Duration::from_millis(get("worker.trim_interval_ms").positive()?),
             },
             limits: Limits {
                 event: get("limits.event").positive()?,
@@ -263,6 +304,21 @@ impl Field<'_> {
             _ => Err("must be a positive whole number".to_owned()),
         })
     }
+}
+
+/// `<host>-<pid>-<random>`: unique per process, readable in `XINFO CONSUMERS`.
+fn default_consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && !h.contains(char::is_whitespace))
+        .unwrap_or_else(|| "worker".to_owned());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        crate::domain::random_base62(6)
+    )
 }
 
 fn parse_redis_url(v: &str) -> Result<String, String> {

@@ -21,6 +21,10 @@
 //! - [`redis_pool`]: the connection pool, with one deadline over every call (503, never a hang).
 //! - [`registry`]: tenants, API keys, signals and schemas in PostgreSQL (the system of record),
 //!   the migrations, and the Redis registry copy the api reads.
+//! - [`worker`]: `sluice-worker`. Reads the partition streams as one consumer group, validates
+//!   each event against its schema version, stores batches in PostgreSQL exactly once (rollups
+//!   and latest states in the same transaction), then acknowledges; claims what dead consumers
+//!   left, dead-letters what can never be stored, trims what is done.
 //! - [`admin`]: the `sluice-admin` commands.
 //! - [`metrics`]: every Prometheus metric, in one place.
 //!
@@ -36,3 +40,4 @@ pub mod metrics;
 pub mod redis_pool;
 pub mod registry;
 pub mod telemetry;
+pub mod worker;

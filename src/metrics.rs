@@ -3,8 +3,10 @@
 //! Labels are low-cardinality only (route, status code, signal type, reason): never a tenant,
 //! key or signal id, which would grow without bound.
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The api's metrics.
@@ -113,6 +115,130 @@ impl Default for ApiMetrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The worker's metrics.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    registry: Registry,
+    pub events_stored: IntCounterVec,
+    pub events_duplicate: IntCounter,
+    pub batch_duration: Histogram,
+    pub stream_pending: IntGaugeVec,
+    pub stream_lag: IntGaugeVec,
+    pub claims: IntCounter,
+    pub dead_letters: IntCounter,
+    pub redis_up: IntGauge,
+    pub postgres_up: IntGauge,
+}
+
+impl WorkerMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        WorkerMetrics {
+            events_stored: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "sluice_worker_events_stored_total",
+                        "Events written to PostgreSQL, by status (processed or invalid).",
+                    ),
+                    &["status"],
+                ),
+            ),
+            events_duplicate: register(
+                r,
+                IntCounter::new(
+                    "sluice_worker_duplicates_total",
+                    "Redelivered events that were already stored, and so were skipped.",
+                ),
+            ),
+            batch_duration: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "sluice_worker_batch_duration_seconds",
+                        "Time to validate, store and acknowledge one batch.",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ]),
+                ),
+            ),
+            stream_pending: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "sluice_worker_stream_pending",
+                        "Entries delivered to a worker but not yet acknowledged, by partition.",
+                    ),
+                    &["partition"],
+                ),
+            ),
+            stream_lag: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "sluice_worker_stream_lag",
+                        "Entries in a partition stream not yet delivered to any worker (-1: unknown).",
+                    ),
+                    &["partition"],
+                ),
+            ),
+            claims: register(
+                r,
+                IntCounter::new(
+                    "sluice_worker_claimed_total",
+                    "Entries taken over from consumers that left them pending too long.",
+                ),
+            ),
+            dead_letters: register(
+                r,
+                IntCounter::new(
+                    "sluice_worker_dead_letters_total",
+                    "Entries moved to the dead letters because they could not be stored.",
+                ),
+            ),
+            redis_up: register(
+                r,
+                IntGauge::new(
+                    "sluice_worker_redis_up",
+                    "1 while the last Redis read succeeded.",
+                ),
+            ),
+            postgres_up: register(
+                r,
+                IntGauge::new(
+                    "sluice_worker_postgres_up",
+                    "1 while the last PostgreSQL write succeeded.",
+                ),
+            ),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        render(&self.registry)
+    }
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
 }
 
 fn render(registry: &Registry) -> String {

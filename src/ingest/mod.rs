@@ -6,7 +6,7 @@
 
 mod entry;
 
-pub use entry::StreamEvent;
+pub use entry::{StreamEntry, StreamEvent};
 
 use std::collections::HashMap;
 

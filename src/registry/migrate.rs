@@ -4,11 +4,18 @@
 use tokio_postgres::Client;
 
 /// Every migration, in order. Append only: an applied migration never changes.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "registry",
-    include_str!("../../migrations/0001_registry.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "registry",
+        include_str!("../../migrations/0001_registry.sql"),
+    ),
+    (
+        2,
+        "events",
+        include_str!("../../migrations/0002_events.sql"),
+    ),
+];
 
 /// An arbitrary constant naming Sluice's migration lock.
 const LOCK_ID: i64 = 0x51_1CE0_5EED;

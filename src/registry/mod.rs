@@ -174,6 +174,10 @@ impl Registry {
         }
     }
 
+    pub fn keyspace(&self) -> Keyspace {
+        self.keyspace
+    }
+
     /// Applies pending migrations; returns the versions applied now.
     pub async fn migrate(&self) -> Result<Vec<i32>, RegistryError> {
         let mut client = self.pg.get().await?;

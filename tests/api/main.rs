@@ -6,3 +6,4 @@ mod errors;
 mod ingest;
 mod limits;
 mod support;
+mod worker;

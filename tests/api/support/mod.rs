@@ -247,3 +247,137 @@ impl Drop for TestApi {
 pub fn event(signal: &str, id: &str) -> Value {
     serde_json::json!({"signal": signal, "identity": {"type": "account", "id": id}})
 }
+
+/// A `sluice-worker` process.
+pub struct WorkerProcess {
+    child: std::process::Child,
+    pub metrics_url: String,
+}
+
+impl TestEnv {
+    /// Starts the real `sluice-worker` binary against this environment; `vars` override settings.
+    pub fn spawn_worker(&self, vars: &[(&str, &str)]) -> WorkerProcess {
+        let port = servers::free_port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-worker"));
+        cmd.envs(self.env_vars())
+            .env_remove("SLUICE_CONFIG")
+            .env("SLUICE__WORKER__METRICS_BIND", format!("127.0.0.1:{port}"))
+            .env("SLUICE__WORKER__BLOCK_MS", "20")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        if std::env::var_os("SLUICE_TEST_WORKER_LOGS").is_some() {
+            cmd.stderr(std::process::Stdio::inherit())
+                .env("SLUICE__LOG__LEVEL", "info");
+        }
+        WorkerProcess {
+            child: cmd.spawn().unwrap(),
+            metrics_url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Polls until `events` holds `n` rows (or fails after `secs`); returns the count.
+    pub async fn wait_for_events(&self, n: i64, secs: u64) -> i64 {
+        let client = self.pg_client().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let count: i64 = match client.query_one("SELECT count(*) FROM events", &[]).await {
+                Ok(row) => row.get(0),
+                Err(_) => -1,
+            };
+            if count >= n || std::time::Instant::now() > deadline {
+                return count;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Pending entries of the consumer group, over all partitions.
+    pub fn pending(&self) -> i64 {
+        let mut conn = self.redis.conn();
+        let keyspace = Keyspace::new(self.settings().redis.partitions);
+        keyspace
+            .streams()
+            .map(|s| {
+                redis::cmd("XPENDING")
+                    .arg(&s)
+                    .arg("sluice")
+                    .query::<(
+                        i64,
+                        Option<String>,
+                        Option<String>,
+                        Option<Vec<(String, String)>>,
+                    )>(&mut conn)
+                    .map(|r| r.0)
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+impl WorkerProcess {
+    /// SIGKILL: the process dies wherever it is.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit (at most `secs`); the exit status code.
+    pub fn terminate(&mut self, secs: u64) -> Option<i32> {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// GETs one of the worker's endpoints: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        match client()
+            .get(format!("{}{path}", self.metrics_url))
+            .send()
+            .await
+        {
+            Ok(mut res) => {
+                let body = res
+                    .body()
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                (res.status().as_u16(), body)
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// Waits until `/readyz` answers `status` (at most 30 s).
+    pub async fn wait_ready(&self, status: u16) -> String {
+        for _ in 0..300 {
+            let (s, body) = self.get("/readyz").await;
+            if s == status {
+                return body;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("worker /readyz never answered {status}");
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -124,6 +124,8 @@ impl Drop for RedisServer {
 pub struct Postgres {
     pub port: u16,
     child: Option<Child>,
+    bin: PathBuf,
+    data: PathBuf,
     _dir: TempDir,
 }
 
@@ -146,12 +148,23 @@ impl Postgres {
             .status()
             .unwrap();
         assert!(status.success(), "copying the PostgreSQL template");
-        let port = free_port();
-        let child = as_server_user(Command::new(bin.join("postgres")))
+        let mut pg = Postgres {
+            port: free_port(),
+            child: None,
+            bin,
+            data,
+            _dir: dir,
+        };
+        pg.spawn();
+        pg
+    }
+
+    fn spawn(&mut self) {
+        let child = as_server_user(Command::new(self.bin.join("postgres")))
             .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(&data)
+            .arg(&self.data)
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(&self.data)
             .args([
                 "-c",
                 "listen_addresses=127.0.0.1",
@@ -172,12 +185,8 @@ impl Postgres {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting postgres");
-        let pg = Postgres {
-            port,
-            child: Some(child),
-            _dir: dir,
-        };
-        let url = pg.url("postgres");
+        self.child = Some(child);
+        let url = self.url("postgres");
         wait_until("postgres to accept connections", || {
             let url = url.clone();
             std::thread::spawn(move || {
@@ -194,18 +203,15 @@ impl Postgres {
             .join()
             .unwrap()
         });
-        pg
     }
 
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
-}
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
+    /// Stops the server the way an operator would (fast shutdown).
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // Fast shutdown: children exit with the postmaster instead of lingering.
             signal(child.id(), "INT");
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
@@ -217,6 +223,18 @@ impl Drop for Postgres {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts it again on the same data and port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -1,0 +1,118 @@
+//! The worker's periodic chores, beside the main loop: trimming streams, publishing stream
+//! metrics, rebuilding the Redis registry copy, and managing `events` partitions.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::Worker;
+
+/// How often per-partition pending and lag gauges are refreshed.
+const STATS_EVERY: Duration = Duration::from_secs(5);
+/// How often partitions ahead are created and old ones dropped.
+const PARTITIONS_EVERY: Duration = Duration::from_secs(3600);
+/// Consumers holding nothing for this long are processes that exited.
+const FORGET_CONSUMERS_AFTER: Duration = Duration::from_secs(3600);
+/// Days of partitions created ahead of need.
+const DAYS_AHEAD: i64 = 2;
+
+impl Worker {
+    pub(super) async fn maintain(&self) {
+        let mut shutdown = self.shutdown.clone();
+        let far_past = Instant::now()
+            .checked_sub(Duration::from_secs(86_400))
+            .unwrap_or_else(Instant::now);
+        let (mut trimmed, mut stats, mut reconciled, mut partitioned) =
+            (far_past, far_past, far_past, far_past);
+        while !self.stopping() {
+            if reconciled.elapsed() >= self.settings.reconcile_interval {
+                match self.registry.sync().await {
+                    Ok(counts) => {
+                        reconciled = Instant::now();
+                        tracing::debug!(?counts, "registry copy reconciled");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reconciling the registry copy failed"),
+                }
+            }
+            if partitioned.elapsed() >= PARTITIONS_EVERY {
+                if self.partitions().await {
+                    partitioned = Instant::now();
+                }
+            }
+            if trimmed.elapsed() >= self.settings.trim_interval {
+                trimmed = Instant::now();
+                self.trim().await;
+            }
+            if stats.elapsed() >= STATS_EVERY {
+                stats = Instant::now();
+                self.publish_stats().await;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.wait_for(|stop| *stop) => {}
+            }
+        }
+    }
+
+    async fn partitions(&self) -> bool {
+        let today = Utc::now().date_naive();
+        let days = (-1..=DAYS_AHEAD).map(|d| today + chrono::Duration::days(d));
+        if let Err(e) = self.sink.ensure_partitions(days).await {
+            tracing::warn!(error = %e, "creating events partitions failed");
+            return false;
+        }
+        if self.settings.retention_days > 0 {
+            match self
+                .sink
+                .drop_older_than(self.settings.retention_days, today)
+                .await
+            {
+                Ok(dropped) if !dropped.is_empty() => {
+                    tracing::info!(?dropped, "dropped expired events partitions")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping expired partitions failed");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    async fn trim(&self) {
+        for p in 0..self.streams_partitions() {
+            match self.streams.trim(p).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(partition = p, removed = n, "trimmed stream"),
+                Err(e) => {
+                    tracing::warn!(error = %e, partition = p, "trimming failed");
+                    return;
+                }
+            }
+            let idle = FORGET_CONSUMERS_AFTER.as_millis() as u64;
+            if let Err(e) = self.streams.forget_idle_consumers(p, idle).await {
+                tracing::debug!(error = %e, "forgetting idle consumers failed");
+            }
+        }
+    }
+
+    async fn publish_stats(&self) {
+        for p in 0..self.streams_partitions() {
+            match self.streams.stats(p).await {
+                Ok(s) => {
+                    let label = p.to_string();
+                    self.metrics
+                        .stream_pending
+                        .with_label_values(&[label.as_str()])
+                        .set(s.pending);
+                    self.metrics
+                        .stream_lag
+                        .with_label_values(&[label.as_str()])
+                        .set(s.lag);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,452 @@
+//! `sluice-worker`: drains every partition stream into PostgreSQL.
+//!
+//! Requirements, in order of importance:
+//! 1. An entry leaves the stream only after PostgreSQL has committed it (or, when it can never
+//!    be stored, after it is in `dead_letters`). Acknowledge after commit, never before.
+//! 2. Storage is idempotent on the event id, so redelivery (a crash before `XACK`, a claim from
+//!    a consumer presumed dead) never stores or counts anything twice.
+//! 3. One bad entry never blocks the rest of its batch: PostgreSQL's refusals are isolated to
+//!    the entry, which is stored as `invalid` with its raw data, or dead-lettered.
+//! 4. Outages are waited out: while PostgreSQL or Redis is down the worker retries with capped,
+//!    jittered backoff, acknowledges nothing, and reports itself unready.
+//!
+//! The loop: replay this consumer's own pending entries, then read new ones; every so often,
+//! claim entries that other consumers left pending too long. Each batch is decoded, validated
+//! against its schema version, stored in one transaction, then acknowledged.
+
+pub mod dead_letters;
+pub mod http;
+mod maintenance;
+pub mod sink;
+pub mod streams;
+mod validate;
+
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use tokio::sync::watch;
+
+use crate::config::{PostgresSettings, Settings, WorkerSettings};
+use crate::ingest::StreamEntry;
+use crate::keyspace::Keyspace;
+use crate::metrics::WorkerMetrics;
+use crate::redis_pool::{Redis, RedisError};
+use crate::registry::{self, Registry};
+use sink::{Record, Sink, SinkError};
+use streams::{RawEntry, Streams};
+
+/// Everything the worker's tasks share.
+pub struct Worker {
+    settings: WorkerSettings,
+    postgres: PostgresSettings,
+    /// Compiled schemas, kept across batches.
+    validator: tokio::sync::Mutex<validate::Validator>,
+    streams: Streams,
+    sink: Sink,
+    registry: Registry,
+    redis: Redis,
+    metrics: WorkerMetrics,
+    /// Flips to `true` once: finish the batch in hand, then stop.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Worker {
+    pub fn new(
+        settings: &Settings,
+        metrics: WorkerMetrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, String> {
+        let redis = Redis::new(&settings.redis)?;
+        let pg: Pool = registry::pg_pool(&settings.postgres)?;
+        let keyspace = Keyspace::new(settings.redis.partitions);
+        Ok(Worker {
+            settings: settings.worker.clone(),
+            postgres: settings.postgres.clone(),
+            validator: Default::default(),
+            streams: Streams::new(redis.clone(), keyspace, settings.worker.consumer.clone()),
+            sink: Sink::new(pg.clone()),
+            registry: Registry::new(pg, redis.clone(), keyspace),
+            redis,
+            metrics,
+            shutdown,
+        })
+    }
+
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    pub fn pg(&self) -> &Pool {
+        self.sink.pool()
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Runs until shutdown is signalled; returns once the batch in hand is finished.
+    pub async fn run(&self) {
+        tracing::info!(consumer = self.streams.consumer(), "worker starting");
+        if !self.start().await {
+            return;
+        }
+        tokio::join!(self.consume(), self.maintain());
+        tracing::info!("worker stopped");
+    }
+
+    /// Migrations, consumer groups, the registry copy: retried until they succeed.
+    async fn start(&self) -> bool {
+        let migrated = self
+            .retry("migrating PostgreSQL", &[], move || async move {
+                registry::ensure_database(&self.postgres)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.registry.migrate().await.map_err(|e| e.to_string())
+            })
+            .await;
+        if migrated.is_none() {
+            return false;
+        }
+        let grouped = self
+            .retry("creating consumer groups", &[], move || async move {
+                self.streams
+                    .ensure_groups()
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        grouped.is_some()
+    }
+
+    async fn consume(&self) {
+        let mut own_pending = true;
+        let mut last_claim = Instant::now();
+        let claim_every = (self.settings.claim_idle / 4).max(Duration::from_millis(100));
+        let mut backoff = Backoff::new();
+        while !self.stopping() {
+            let read = if own_pending {
+                self.streams.read(self.settings.batch_size, 0, true).await
+            } else if last_claim.elapsed() >= claim_every {
+                last_claim = Instant::now();
+                self.claim().await
+            } else {
+                let block = self.settings.block.as_millis() as u64;
+                self.streams
+                    .read(self.settings.batch_size, block, false)
+                    .await
+            };
+            let entries = match read {
+                Ok(entries) => {
+                    backoff.reset();
+                    entries
+                }
+                Err(e) => {
+                    self.metrics.redis_up.set(0);
+                    tracing::warn!(error = %e, "reading streams failed; retrying");
+                    if is_nogroup(&e) {
+                        // Redis lost its data (a restart without persistence, a failover).
+                        let _ = self.streams.ensure_groups().await;
+                    }
+                    backoff.wait(&self.shutdown).await;
+                    continue;
+                }
+            };
+            self.metrics.redis_up.set(1);
+            if entries.is_empty() {
+                own_pending = false;
+                continue;
+            }
+            self.process(entries).await;
+        }
+    }
+
+    /// Takes over entries pending too long with consumers presumed dead; those delivered
+    /// `max_deliveries` times already go to the dead letters instead.
+    async fn claim(&self) -> Result<Vec<RawEntry>, RedisError> {
+        let idle = self.settings.claim_idle.as_millis() as u64;
+        let mut claimed = Vec::new();
+        for p in 0..self.streams_partitions() {
+            let stale = self.streams.stale(p, idle, 100).await?;
+            if stale.is_empty() {
+                continue;
+            }
+            let (dead, retry): (Vec<_>, Vec<_>) = stale
+                .into_iter()
+                .partition(|s| s.deliveries >= u64::from(self.settings.max_deliveries));
+            if !dead.is_empty() {
+                let ids: Vec<String> = dead.iter().map(|s| s.entry_id.clone()).collect();
+                let entries = self.streams.claim(p, idle, &ids).await?;
+                for entry in &entries {
+                    let deliveries = dead
+                        .iter()
+                        .find(|s| s.entry_id == entry.entry_id)
+                        .map_or(0, |s| s.deliveries);
+                    let reason = format!("not stored after {deliveries} deliveries");
+                    if self.dead_letter(entry, &reason, deliveries).await.is_none() {
+                        return Ok(claimed);
+                    }
+                }
+            }
+            let ids: Vec<String> = retry.into_iter().map(|s| s.entry_id).collect();
+            let entries = self.streams.claim(p, idle, &ids).await?;
+            self.metrics.claims.inc_by(entries.len() as u64);
+            claimed.extend(entries);
+        }
+        if !claimed.is_empty() {
+            tracing::info!(
+                entries = claimed.len(),
+                "claimed entries from idle consumers"
+            );
+        }
+        Ok(claimed)
+    }
+
+    fn streams_partitions(&self) -> u16 {
+        self.registry_keyspace().partitions()
+    }
+
+    fn registry_keyspace(&self) -> Keyspace {
+        self.registry.keyspace()
+    }
+
+    /// Stores one batch and acknowledges it. Returns early only on shutdown while a dependency
+    /// is down, leaving the batch pending for another worker.
+    async fn process(&self, entries: Vec<RawEntry>) {
+        let timer = Instant::now();
+        let mut decoded = Vec::with_capacity(entries.len());
+        let mut held = Vec::with_capacity(entries.len());
+        for raw in entries {
+            match StreamEntry::decode(|f| raw.field(f)) {
+                Ok(entry) => {
+                    decoded.push(entry);
+                    held.push(raw);
+                }
+                Err(reason) => {
+                    // An entry that cannot even be read will never be storable.
+                    if self
+                        .dead_letter(&raw, &format!("unreadable entry: {reason}"), 1)
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+
+        let decoded = &decoded;
+        let Some(records) = self
+            .retry("loading schemas", &held, move || async move {
+                let mut validator = self.validator.lock().await;
+                validator
+                    .records(self.sink.pool(), decoded.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+        else {
+            return;
+        };
+
+        let records = &records;
+        let stored = self
+            .retry_sink("storing a batch", &held, move || self.sink.store(records))
+            .await;
+        match stored {
+            None => return,
+            Some(Ok(stored)) => self.count(&stored),
+            Some(Err(reason)) => {
+                tracing::warn!(%reason, entries = records.len(), "batch refused; storing its events one by one");
+                for (record, raw) in records.iter().zip(&held) {
+                    if !self.store_alone(record, raw).await {
+                        return;
+                    }
+                }
+            }
+        }
+
+        if let Err(e) = self.streams.ack(&held).await {
+            // Stored but still pending: a later claim redelivers them and the insert is a no-op.
+            tracing::warn!(error = %e, "acknowledging failed; entries will be claimed again");
+        }
+        self.metrics
+            .batch_duration
+            .observe(timer.elapsed().as_secs_f64());
+    }
+
+    /// Stores one event of a refused batch: as it is, else as invalid with its data kept as
+    /// text, else in the dead letters. False on shutdown during an outage.
+    async fn store_alone(&self, record: &Record, raw: &RawEntry) -> bool {
+        let Some(result) = self
+            .retry_sink("storing an event", std::slice::from_ref(raw), move || {
+                self.sink.store(std::slice::from_ref(record))
+            })
+            .await
+        else {
+            return false;
+        };
+        let reason = match result {
+            Ok(stored) => {
+                self.count(&stored);
+                return true;
+            }
+            Err(reason) => reason,
+        };
+        let Some(result) = self
+            .retry_sink("storing a refused event", std::slice::from_ref(raw), || {
+                self.sink.store_refused(record, reason.as_str())
+            })
+            .await
+        else {
+            return false;
+        };
+        match result {
+            Ok(stored) => {
+                self.count(&stored);
+                true
+            }
+            Err(again) => self
+                .dead_letter(raw, &format!("{reason}; then {again}"), 1)
+                .await
+                .is_some(),
+        }
+    }
+
+    /// Records an entry in `dead_letters` and the dead stream, then acknowledges it.
+    /// `None` on shutdown during an outage.
+    async fn dead_letter(&self, raw: &RawEntry, reason: &str, deliveries: u64) -> Option<()> {
+        let reason = reason.replace('\0', "\u{fffd}");
+        let stream = Keyspace::stream(raw.partition);
+        let (stream_ref, reason_ref) = (&stream, &reason);
+        self.retry("recording a dead letter", std::slice::from_ref(raw), move || async move {
+            let (stream, reason) = (stream_ref, reason_ref);
+            let client = self.sink.pool().get().await.map_err(|e| e.to_string())?;
+            client
+                .execute(
+                    "INSERT INTO dead_letters (stream, entry_id, event_id, tenant_id, raw, error, deliveries)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (stream, entry_id) DO UPDATE SET error = excluded.error, deliveries = excluded.deliveries",
+                    &[
+                        &stream,
+                        &raw.entry_id,
+                        &raw.field("id"),
+                        &raw.field("tenant"),
+                        &raw.fields_json(),
+                        &reason,
+                        &(deliveries as i32),
+                    ],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            self.streams.add_dead(raw, &reason).await.map_err(|e| e.to_string())?;
+            self.streams.ack(std::slice::from_ref(raw)).await.map_err(|e| e.to_string())
+        })
+        .await?;
+        self.metrics.dead_letters.inc();
+        tracing::warn!(entry = %raw.entry_id, %stream, %reason, "entry moved to dead letters");
+        Some(())
+    }
+
+    fn count(&self, stored: &sink::Stored) {
+        self.metrics
+            .events_stored
+            .with_label_values(&["processed"])
+            .inc_by(stored.processed);
+        self.metrics
+            .events_stored
+            .with_label_values(&["invalid"])
+            .inc_by(stored.invalid);
+        self.metrics.events_duplicate.inc_by(stored.duplicates);
+        self.metrics.postgres_up.set(1);
+    }
+
+    /// Retries a storage step while PostgreSQL is unavailable; a refusal is handed back.
+    async fn retry_sink<T, F, Fut>(
+        &self,
+        what: &str,
+        held: &[RawEntry],
+        mut step: F,
+    ) -> Option<Result<T, String>>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SinkError>>,
+    {
+        self.retry(what, held, || {
+            let attempt = step();
+            async move {
+                match attempt.await {
+                    Ok(v) => Ok(Ok(v)),
+                    Err(SinkError::Refused(reason)) => Ok(Err(reason)),
+                    Err(e @ SinkError::Unavailable(_)) => Err(e.to_string()),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs `step` until it succeeds, backing off between failures and keeping `held` entries
+    /// claimed meanwhile. `None` when shutdown comes first.
+    async fn retry<T, F, Fut>(&self, what: &str, held: &[RawEntry], mut step: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, String>>,
+    {
+        let mut backoff = Backoff::new();
+        let mut last_touch = Instant::now();
+        loop {
+            match step().await {
+                Ok(v) => return Some(v),
+                Err(error) => {
+                    self.metrics.postgres_up.set(0);
+                    tracing::warn!(%error, "{what} failed; retrying");
+                    if self.stopping() {
+                        tracing::warn!(
+                            "stopping with {} entries unacknowledged; another worker will claim them",
+                            held.len()
+                        );
+                        return None;
+                    }
+                    if !held.is_empty() && last_touch.elapsed() >= self.settings.claim_idle / 3 {
+                        last_touch = Instant::now();
+                        let _ = self.streams.touch(held).await;
+                    }
+                    backoff.wait(&self.shutdown).await;
+                }
+            }
+        }
+    }
+}
+
+fn is_nogroup(e: &RedisError) -> bool {
+    matches!(e, RedisError::Command(err) if err.code() == Some("NOGROUP"))
+}
+
+/// Capped exponential backoff with jitter, so restarting workers do not retry in lockstep.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// Sleeps for the next interval, or until shutdown.
+    async fn wait(&mut self, shutdown: &watch::Receiver<bool>) {
+        let jitter = rand::random_range(0.5..1.5);
+        let pause = self.next.mul_f64(jitter);
+        self.next = (self.next * 2).min(Self::MAX);
+        let mut shutdown = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Storing a batch in PostgreSQL, exactly once.
+//!
+//! One transaction per batch: insert the events with `ON CONFLICT DO NOTHING`, then update
+//! rollups and states for the rows that insert actually returned. A batch seen twice (a crash
+//! before `XACK`, a claim from a dead consumer) inserts nothing the second time, so nothing is
+//! counted twice.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
+use deadpool_postgres::{GenericClient, Pool};
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use crate::domain::SignalType;
+use crate::ingest::StreamEntry;
+
+/// An event ready to store: the entry plus the verdict of validation.
+#[derive(Debug)]
+pub struct Record {
+    pub entry: StreamEntry,
+    /// `None`: processed; `Some(reason)`: stored as invalid.
+    pub invalid: Option<String>,
+    /// `data.value` of a processed metric event.
+    pub value: Option<f64>,
+}
+
+/// How a storage attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// PostgreSQL is unreachable, restarting, or the transaction lost a race: try again.
+    #[error("PostgreSQL unavailable: {0}")]
+    Unavailable(String),
+    /// PostgreSQL refused the data itself: retrying the same rows fails the same way.
+    #[error("PostgreSQL refused the data: {0}")]
+    Refused(String),
+}
+
+impl From<tokio_postgres::Error> for SinkError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let msg = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        match e.code() {
+            // Data exceptions, integrity and "no partition for this row" are about the rows.
+            Some(code) if refused(code) => SinkError::Refused(msg),
+            _ => SinkError::Unavailable(msg),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for SinkError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        SinkError::Unavailable(e.to_string())
+    }
+}
+
+fn refused(code: &SqlState) -> bool {
+    let c = code.code();
+    c.starts_with("22") || c.starts_with("54") || (c.starts_with("23") && c != "23505")
+}
+
+/// What a stored batch did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub processed: u64,
+    pub invalid: u64,
+    /// Events already stored by an earlier delivery.
+    pub duplicates: u64,
+}
+
+pub struct Sink {
+    pg: Pool,
+    /// Days whose `events` partition is known to exist.
+    partitions: std::sync::Mutex<HashSet<NaiveDate>>,
+}
+
+impl Sink {
+    pub fn new(pg: Pool) -> Self {
+        Sink {
+            pg,
+            partitions: Default::default(),
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pg
+    }
+
+    /// Stores `records` in one transaction.
+    pub async fn store(&self, records: &[Record]) -> Result<Stored, SinkError> {
+        self.ensure_partitions(records.iter().map(|r| r.entry.received_at.date_naive()))
+            .await?;
+        let mut client = self.pg.get().await?;
+        let tx = client.transaction().await?;
+        let stored = store_in(&tx, records).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// Stores one event that PostgreSQL refused as it was: status `invalid`, the reason, and
+    /// its data kept as a JSON string of the raw text, which PostgreSQL always accepts.
+    pub async fn store_refused(&self, record: &Record, reason: &str) -> Result<Stored, SinkError> {
+        let raw = serde_json::Value::String(record.entry.data.get().to_owned());
+        let fallback = Record {
+            entry: StreamEntry {
+                data: serde_json::value::to_raw_value(&raw).expect("a string serializes"),
+                ..record.entry.clone()
+            },
+            invalid: Some(format!("stored as text: {reason}")),
+            value: None,
+        };
+        self.store(std::slice::from_ref(&fallback)).await
+    }
+
+    /// Creates the daily `events` partitions for `days` where missing.
+    pub async fn ensure_partitions(
+        &self,
+        days: impl IntoIterator<Item = NaiveDate>,
+    ) -> Result<(), SinkError> {
+        let missing: Vec<NaiveDate> = {
+            let known = self.partitions.lock().expect("partition set");
+            let mut days: Vec<NaiveDate> =
+                days.into_iter().filter(|d| !known.contains(d)).collect();
+            days.sort();
+            days.dedup();
+            days
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.pg.get().await?;
+        for day in missing {
+            let tx = client.transaction().await?;
+            // Serialises creation across workers; CREATE ... IF NOT EXISTS alone can still race.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('sluice.events.partitions'))",
+                &[],
+            )
+            .await?;
+            let next = day.succ_opt().expect("a representable day");
+            tx.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} PARTITION OF events FOR VALUES FROM ('{day} 00:00:00+00') TO ('{next} 00:00:00+00')",
+                partition_name(day)
+            ))
+            .await?;
+            tx.commit().await?;
+            self.partitions.lock().expect("partition set").insert(day);
+        }
+        Ok(())
+    }
+
+    /// Drops daily partitions older than `days` days; returns the names dropped.
+    pub async fn drop_older_than(
+        &self,
+        days: u32,
+        today: NaiveDate,
+    ) -> Result<Vec<String>, SinkError> {
+        let cutoff = today - Duration::days(i64::from(days));
+        let client = self.pg.get().await?;
+        let names: Vec<String> = client
+            .query(
+                "SELECT c.relname FROM pg_inherits i
+                 JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+                 WHERE p.relname = 'events'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut dropped = Vec::new();
+        for name in names {
+            let Some(day) = name
+                .strip_prefix("events_")
+                .and_then(|d| NaiveDate::parse_from_str(d, "%Y%m%d").ok())
+            else {
+                continue;
+            };
+            if day < cutoff {
+                client
+                    .batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+                    .await?;
+                self.partitions.lock().expect("partition set").remove(&day);
+                dropped.push(name);
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+pub fn partition_name(day: NaiveDate) -> String {
+    format!("events_{}", day.format("%Y%m%d"))
+}
+
+async fn store_in(tx: &impl GenericClient, records: &[Record]) -> Result<Stored, SinkError> {
+    // The same event may arrive twice in one batch (its own pending entry and a claim).
+    let mut seen = HashSet::with_capacity(records.len());
+    let records: Vec<&Record> = records.iter().filter(|r| seen.insert(r.entry.id)).collect();
+
+    let n = records.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut tenants = Vec::with_capacity(n);
+    let mut signals = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut itypes = Vec::with_capacity(n);
+    let mut iids = Vec::with_capacity(n);
+    let mut datas = Vec::with_capacity(n);
+    let mut occurred = Vec::with_capacity(n);
+    let mut received = Vec::with_capacity(n);
+    let mut refs = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut errors = Vec::with_capacity(n);
+    for r in &records {
+        let e = &r.entry;
+        ids.push(e.id);
+        tenants.push(e.tenant.as_str());
+        signals.push(e.signal.as_str());
+        versions.push(e.schema_version.map(|v| v as i32));
+        itypes.push(e.identity_type.as_str());
+        iids.push(e.identity_id.as_str());
+        datas.push(e.data.get());
+        occurred.push(e.occurred_at);
+        received.push(e.received_at);
+        refs.push(e.reference.as_deref());
+        statuses.push(if r.invalid.is_some() {
+            "invalid"
+        } else {
+            "processed"
+        });
+        errors.push(r.invalid.as_deref());
+    }
+    let inserted: HashSet<Uuid> = tx
+        .query(
+            "INSERT INTO events (id, tenant_id, signal_id, schema_version, identity_type, identity_id,
+                                 data, occurred_at, received_at, reference, status, error)
+             SELECT id, t, s, v, it, iid, d::jsonb, o, r, ref, st, err
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+                         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::text[])
+                  AS u(id, t, s, v, it, iid, d, o, r, ref, st, err)
+             ON CONFLICT DO NOTHING
+             RETURNING id",
+            &[
+                &ids, &tenants, &signals, &versions, &itypes, &iids, &datas, &occurred, &received, &refs,
+                &statuses, &errors,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+
+    let fresh: Vec<&Record> = records
+        .iter()
+        .copied()
+        .filter(|r| inserted.contains(&r.entry.id))
+        .collect();
+    upsert_rollups(tx, &fresh).await?;
+    upsert_states(tx, &fresh).await?;
+
+    let invalid = fresh.iter().filter(|r| r.invalid.is_some()).count() as u64;
+    Ok(Stored {
+        processed: fresh.len() as u64 - invalid,
+        invalid,
+        duplicates: (records.len() - fresh.len()) as u64,
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Aggregate {
+    count: i64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+async fn upsert_rollups(tx: &impl GenericClient, fresh: &[&Record]) -> Result<(), SinkError> {
+    // Sorted keys: concurrent workers lock rollup rows in the same order, avoiding deadlocks.
+    let mut buckets: BTreeMap<(&str, &str, &str, &str, DateTime<Utc>), (&str, Aggregate)> =
+        BTreeMap::new();
+    for r in fresh {
+        let (Some(value), None) = (r.value, &r.invalid) else {
+            continue;
+        };
+        if r.entry.signal_type != SignalType::Metric {
+            continue;
+        }
+        let e = &r.entry;
+        for (granularity, start) in [
+            ("hour", truncate(e.occurred_at, Duration::hours(1))),
+            ("day", truncate(e.occurred_at, Duration::days(1))),
+        ] {
+            let key = (
+                e.signal.as_str(),
+                e.identity_type.as_str(),
+                e.identity_id.as_str(),
+                granularity,
+                start,
+            );
+            let agg = buckets.entry(key).or_insert((
+                e.tenant.as_str(),
+                Aggregate {
+                    count: 0,
+                    sum: 0.0,
+                    min: value,
+                    max: value,
+                },
+            ));
+            agg.1.count += 1;
+            agg.1.sum += value;
+            agg.1.min = agg.1.min.min(value);
+            agg.1.max = agg.1.max.max(value);
+        }
+    }
+    if buckets.is_empty() {
+        return Ok(());
+    }
+    let mut cols: (
+        Vec<&str>,
+        Vec<&str>,
+        Vec<&str>,
+        Vec<&str>,
+        Vec<DateTime<Utc>>,
+        Vec<&str>,
+    ) = Default::default();
+    let mut aggs: (Vec<i64>, Vec<f64>, Vec<f64>, Vec<f64>) = Default::default();
+    for ((signal, itype, iid, granularity, start), (tenant, a)) in &buckets {
+        cols.0.push(signal);
+        cols.1.push(itype);
+        cols.2.push(iid);
+        cols.3.push(granularity);
+        cols.4.push(*start);
+        cols.5.push(tenant);
+        aggs.0.push(a.count);
+        aggs.1.push(a.sum);
+        aggs.2.push(a.min);
+        aggs.3.push(a.max);
+    }
+    tx.execute(
+        "INSERT INTO metric_rollups AS m (signal_id, identity_type, identity_id, granularity, bucket_start,
+                                         tenant_id, count, sum, min, max)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
+                              $7::bigint[], $8::float8[], $9::float8[], $10::float8[])
+         ON CONFLICT (signal_id, identity_type, identity_id, granularity, bucket_start) DO UPDATE SET
+             count = m.count + excluded.count,
+             sum = m.sum + excluded.sum,
+             min = least(m.min, excluded.min),
+             max = greatest(m.max, excluded.max)",
+        &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &aggs.0, &aggs.1, &aggs.2, &aggs.3],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn upsert_states(tx: &impl GenericClient, fresh: &[&Record]) -> Result<(), SinkError> {
+    // The newest event per identity in this batch, by (timestamp, id); sorted keys as above.
+    let mut latest: BTreeMap<(&str, &str, &str), &Record> = BTreeMap::new();
+    for r in fresh {
+        if r.entry.signal_type != SignalType::State || r.invalid.is_some() {
+            continue;
+        }
+        let e = &r.entry;
+        let key = (
+            e.signal.as_str(),
+            e.identity_type.as_str(),
+            e.identity_id.as_str(),
+        );
+        let newer = |old: &&Record| (e.occurred_at, e.id) > (old.entry.occurred_at, old.entry.id);
+        match latest.get(&key) {
+            Some(old) if !newer(old) => {}
+            _ => {
+                latest.insert(key, r);
+            }
+        }
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let mut cols: (
+        Vec<&str>,
+        Vec<&str>,
+        Vec<&str>,
+        Vec<&str>,
+        Vec<&str>,
+        Vec<DateTime<Utc>>,
+        Vec<Uuid>,
+    ) = Default::default();
+    for ((signal, itype, iid), r) in &latest {
+        cols.0.push(signal);
+        cols.1.push(itype);
+        cols.2.push(iid);
+        cols.3.push(&r.entry.tenant);
+        cols.4.push(r.entry.data.get());
+        cols.5.push(r.entry.occurred_at);
+        cols.6.push(r.entry.id);
+    }
+    // An older event arriving later never overwrites a newer state.
+    tx.execute(
+        "INSERT INTO signal_states AS s (signal_id, identity_type, identity_id, tenant_id, data, occurred_at, event_id)
+         SELECT sig, it, iid, t, d::jsonb, o, e
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::uuid[])
+              AS u(sig, it, iid, t, d, o, e)
+         ON CONFLICT (signal_id, identity_type, identity_id) DO UPDATE SET
+             data = excluded.data, occurred_at = excluded.occurred_at, event_id = excluded.event_id,
+             tenant_id = excluded.tenant_id, updated_at = now()
+         WHERE (s.occurred_at, s.event_id) < (excluded.occurred_at, excluded.event_id)",
+        &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6],
+    )
+    .await?;
+    Ok(())
+}
+
+fn truncate(t: DateTime<Utc>, unit: Duration) -> DateTime<Utc> {
+    t.duration_trunc(unit)
+        .expect("timestamps are far from the representable range")
+}

@@ -1,0 +1,477 @@
+//! The worker's side of the partition streams: the consumer group, reading, claiming from dead
+//! consumers, acknowledging, and trimming only what the group no longer needs.
+
+use std::collections::HashMap;
+
+use redis::Value;
+use redis::streams::{StreamId, StreamReadReply};
+
+use crate::keyspace::Keyspace;
+use crate::redis_pool::{Redis, RedisError};
+
+/// Roughly how many entries each dead stream keeps.
+const DEAD_STREAM_LEN: u64 = 10_000;
+
+/// The consumer group every worker joins.
+pub const GROUP: &str = "sluice";
+
+/// One entry read from a stream.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    pub partition: u16,
+    /// The stream entry id, e.g. `1764151200000-0`.
+    pub entry_id: String,
+    pub fields: HashMap<String, Value>,
+}
+
+impl RawEntry {
+    pub fn field(&self, name: &str) -> Option<String> {
+        match self.fields.get(name)? {
+            Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+            Value::SimpleString(s) => Some(s.clone()),
+            Value::Int(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The fields as a JSON object of strings, for the dead letters (bytes that are not UTF-8
+    /// are replaced, so such an entry is readable but not byte-exact).
+    pub fn fields_json(&self) -> String {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .fields
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                    Value::SimpleString(s) => s.clone(),
+                    Value::Int(n) => n.to_string(),
+                    other => format!("{other:?}"),
+                };
+                (k.clone(), serde_json::Value::String(text))
+            })
+            .collect();
+        serde_json::Value::Object(map).to_string()
+    }
+
+    fn from_stream_id(partition: u16, id: StreamId) -> Self {
+        RawEntry {
+            partition,
+            entry_id: id.id,
+            fields: id.map,
+        }
+    }
+}
+
+/// A pending entry that sat idle past the claim time.
+#[derive(Debug)]
+pub struct Stale {
+    pub entry_id: String,
+    pub deliveries: u64,
+}
+
+/// Per-partition group state, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GroupStats {
+    pub pending: i64,
+    /// Entries not yet delivered to the group (Redis 7 `lag`); -1 when Redis cannot tell.
+    pub lag: i64,
+}
+
+pub struct Streams {
+    redis: Redis,
+    keyspace: Keyspace,
+    consumer: String,
+}
+
+impl Streams {
+    pub fn new(redis: Redis, keyspace: Keyspace, consumer: String) -> Self {
+        Streams {
+            redis,
+            keyspace,
+            consumer,
+        }
+    }
+
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// Creates the group on every partition stream (and the stream itself) where missing.
+    /// The group starts at `0`, so entries added before any worker ran are delivered too.
+    pub async fn ensure_groups(&self) -> Result<(), RedisError> {
+        for p in 0..self.keyspace.partitions() {
+            let created: Result<(), RedisError> = self
+                .redis
+                .query(
+                    redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(Keyspace::stream(p))
+                        .arg(GROUP)
+                        .arg("0")
+                        .arg("MKSTREAM"),
+                )
+                .await;
+            match created {
+                Err(RedisError::Command(e)) if e.code() == Some("BUSYGROUP") => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to `count` entries per stream: `pending_only` re-reads this consumer's own
+    /// unacknowledged entries (after a restart with the same name), otherwise new entries,
+    /// waiting up to `block_ms` for some to arrive.
+    pub async fn read(
+        &self,
+        count: usize,
+        block_ms: u64,
+        pending_only: bool,
+    ) -> Result<Vec<RawEntry>, RedisError> {
+        let streams: Vec<String> = self.keyspace.streams().collect();
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count);
+        if !pending_only {
+            cmd.arg("BLOCK").arg(block_ms);
+        }
+        cmd.arg("STREAMS").arg(&streams);
+        let start = if pending_only { "0" } else { ">" };
+        for _ in &streams {
+            cmd.arg(start);
+        }
+        let reply: Option<StreamReadReply> = self.redis.query(&cmd).await?;
+        let mut entries = Vec::new();
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            let partition = self.partition_of(&key.key);
+            entries.extend(
+                key.ids
+                    .into_iter()
+                    // A pending entry that was trimmed or deleted comes back without fields.
+                    .filter(|id| !id.map.is_empty())
+                    .map(|id| RawEntry::from_stream_id(partition, id)),
+            );
+        }
+        Ok(entries)
+    }
+
+    /// Entries of `partition` pending longer than `idle_ms` with any consumer.
+    pub async fn stale(
+        &self,
+        partition: u16,
+        idle_ms: u64,
+        count: usize,
+    ) -> Result<Vec<Stale>, RedisError> {
+        let reply: Vec<(String, String, u64, u64)> = self
+            .redis
+            .query(
+                redis::cmd("XPENDING")
+                    .arg(Keyspace::stream(partition))
+                    .arg(GROUP)
+                    .arg("IDLE")
+                    .arg(idle_ms)
+                    .arg("-")
+                    .arg("+")
+                    .arg(count),
+            )
+            .await?;
+        Ok(reply
+            .into_iter()
+            .map(|(entry_id, _consumer, _idle, deliveries)| Stale {
+                entry_id,
+                deliveries,
+            })
+            .collect())
+    }
+
+    /// Takes over entries idle longer than `idle_ms`; each claim counts as a delivery.
+    pub async fn claim(
+        &self,
+        partition: u16,
+        idle_ms: u64,
+        ids: &[String],
+    ) -> Result<Vec<RawEntry>, RedisError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reply: Value = self
+            .redis
+            .query(
+                redis::cmd("XCLAIM")
+                    .arg(Keyspace::stream(partition))
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(idle_ms)
+                    .arg(ids),
+            )
+            .await?;
+        let claimed: redis::streams::StreamClaimReply = redis::from_redis_value(strip_nils(reply))
+            .map_err(|e| RedisError::Command(e.into()))?;
+        Ok(claimed
+            .ids
+            .into_iter()
+            .filter(|id| !id.map.is_empty())
+            .map(|id| RawEntry::from_stream_id(partition, id))
+            .collect())
+    }
+
+    /// Re-asserts this consumer's ownership of entries it is still working on (a batch held up
+    /// by a PostgreSQL outage), so no other worker claims them meanwhile. `JUSTID` leaves the
+    /// delivery count alone: waiting is not a failed delivery.
+    pub async fn touch(&self, entries: &[RawEntry]) -> Result<(), RedisError> {
+        for (partition, ids) in by_partition(entries) {
+            let _: Value = self
+                .redis
+                .query(
+                    redis::cmd("XCLAIM")
+                        .arg(Keyspace::stream(partition))
+                        .arg(GROUP)
+                        .arg(&self.consumer)
+                        .arg(0)
+                        .arg(&ids)
+                        .arg("JUSTID"),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn ack(&self, entries: &[RawEntry]) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        for (partition, ids) in by_partition(entries) {
+            pipe.cmd("XACK")
+                .arg(Keyspace::stream(partition))
+                .arg(GROUP)
+                .arg(ids)
+                .ignore();
+        }
+        self.redis.pipeline::<()>(&pipe).await
+    }
+
+    /// Appends an entry to its partition's dead stream, with the reason.
+    pub async fn add_dead(&self, entry: &RawEntry, error: &str) -> Result<(), RedisError> {
+        // The dead stream is a recent view for operators; dead_letters in PostgreSQL is the record.
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(Keyspace::dead_stream(entry.partition))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(DEAD_STREAM_LEN)
+            .arg("*");
+        for (k, v) in &entry.fields {
+            match v {
+                Value::BulkString(b) => cmd.arg(k).arg(b.as_slice()),
+                other => cmd.arg(k).arg(format!("{other:?}")),
+            };
+        }
+        cmd.arg("dead_entry_id")
+            .arg(&entry.entry_id)
+            .arg("dead_error")
+            .arg(error);
+        self.redis.query::<String>(&cmd).await.map(drop)
+    }
+
+    /// Puts an entry (a replayed dead letter) back on its tenant's stream.
+    pub async fn requeue(
+        &self,
+        tenant: &str,
+        fields: &[(String, String)],
+    ) -> Result<String, RedisError> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(Keyspace::stream(self.keyspace.partition_of(tenant)))
+            .arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        self.redis.query(&cmd).await
+    }
+
+    /// Trims `partition`'s stream below the oldest entry the group still needs: the first
+    /// pending entry, or the first not yet delivered. Entries below both have been stored and
+    /// acknowledged. Returns how many entries were removed.
+    pub async fn trim(&self, partition: u16) -> Result<u64, RedisError> {
+        let stream = Keyspace::stream(partition);
+        let Some(info) = self.group_info(&stream).await? else {
+            return Ok(0); // no group yet: nothing is known to be consumed
+        };
+        let first_undelivered = next_id(&info.last_delivered);
+        let first_pending: Option<String> = if info.pending > 0 {
+            let reply: Vec<(String, String, u64, u64)> = self
+                .redis
+                .query(
+                    redis::cmd("XPENDING")
+                        .arg(&stream)
+                        .arg(GROUP)
+                        .arg("-")
+                        .arg("+")
+                        .arg(1),
+                )
+                .await?;
+            reply.into_iter().next().map(|r| r.0)
+        } else {
+            None
+        };
+        let keep_from = match first_pending {
+            Some(p) if id_lt(&p, &first_undelivered) => p,
+            _ => first_undelivered,
+        };
+        self.redis
+            .query(
+                redis::cmd("XTRIM")
+                    .arg(&stream)
+                    .arg("MINID")
+                    .arg(&keep_from),
+            )
+            .await
+    }
+
+    /// Removes consumers that hold nothing and have been idle for `idle_ms` (processes that
+    /// exited), so `XINFO CONSUMERS` stays readable.
+    pub async fn forget_idle_consumers(
+        &self,
+        partition: u16,
+        idle_ms: u64,
+    ) -> Result<(), RedisError> {
+        let stream = Keyspace::stream(partition);
+        let consumers: Vec<HashMap<String, Value>> = self
+            .redis
+            .query(redis::cmd("XINFO").arg("CONSUMERS").arg(&stream).arg(GROUP))
+            .await?;
+        for c in consumers {
+            let name: Option<String> = c
+                .get("name")
+                .and_then(|v| redis::from_redis_value(v.clone()).ok());
+            let pending: i64 = c
+                .get("pending")
+                .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                .unwrap_or(1);
+            let idle: i64 = c
+                .get("idle")
+                .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                .unwrap_or(0);
+            if let Some(name) = name {
+                if pending == 0 && idle as u64 > idle_ms && name != self.consumer {
+                    let _: i64 = self
+                        .redis
+                        .query(
+                            redis::cmd("XGROUP")
+                                .arg("DELCONSUMER")
+                                .arg(&stream)
+                                .arg(GROUP)
+                                .arg(&name),
+                        )
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn stats(&self, partition: u16) -> Result<GroupStats, RedisError> {
+        Ok(self
+            .group_info(&Keyspace::stream(partition))
+            .await?
+            .map(|g| GroupStats {
+                pending: g.pending,
+                lag: g.lag,
+            })
+            .unwrap_or_default())
+    }
+
+    async fn group_info(&self, stream: &str) -> Result<Option<GroupInfo>, RedisError> {
+        let groups: Result<Vec<HashMap<String, Value>>, RedisError> = self
+            .redis
+            .query(redis::cmd("XINFO").arg("GROUPS").arg(stream))
+            .await;
+        let groups = match groups {
+            Ok(g) => g,
+            Err(RedisError::Command(e)) if e.to_string().contains("no such key") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        for g in groups {
+            let text = |k: &str| {
+                g.get(k)
+                    .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+            };
+            if text("name").as_deref() == Some(GROUP) {
+                return Ok(Some(GroupInfo {
+                    last_delivered: text("last-delivered-id").unwrap_or_else(|| "0-0".into()),
+                    pending: text("pending").and_then(|p| p.parse().ok()).unwrap_or(0),
+                    lag: text("lag").and_then(|p| p.parse().ok()).unwrap_or(-1),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    fn partition_of(&self, stream: &str) -> u16 {
+        (0..self.keyspace.partitions())
+            .find(|p| Keyspace::stream(*p) == stream)
+            .expect("replies name only the streams asked for")
+    }
+}
+
+struct GroupInfo {
+    last_delivered: String,
+    pending: i64,
+    lag: i64,
+}
+
+fn by_partition(entries: &[RawEntry]) -> Vec<(u16, Vec<&str>)> {
+    let mut map: HashMap<u16, Vec<&str>> = HashMap::new();
+    for e in entries {
+        map.entry(e.partition).or_default().push(&e.entry_id);
+    }
+    let mut v: Vec<_> = map.into_iter().collect();
+    v.sort_by_key(|(p, _)| *p);
+    v
+}
+
+/// XCLAIM answers nil for entries deleted meanwhile; drop those before decoding.
+fn strip_nils(v: Value) -> Value {
+    match v {
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .filter(|i| !matches!(i, Value::Nil))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+fn id_lt(a: &str, b: &str) -> bool {
+    parse_id(a) < parse_id(b)
+}
+
+/// The smallest stream id greater than `id`.
+fn next_id(id: &str) -> String {
+    let (ms, seq) = parse_id(id);
+    match seq.checked_add(1) {
+        Some(s) => format!("{ms}-{s}"),
+        None => format!("{}-0", ms + 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        assert!(id_lt("999-5", "1000-0"));
+        assert!(id_lt("1000-2", "1000-10"));
+        assert!(!id_lt("1000-10", "1000-10"));
+        assert_eq!(next_id("1000-9"), "1000-10");
+        assert_eq!(next_id("0-0"), "0-1");
+    }
+}

@@ -1,0 +1,134 @@
+//! Turning stream entries into records: schema validation with compiled schemas cached, and
+//! the checks each signal type needs before it can be rolled up or kept as a state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use serde_json::Value;
+
+use super::sink::{Record, SinkError};
+use crate::domain::SignalType;
+use crate::ingest::StreamEntry;
+
+/// Schema versions never change once added, so compiled validators are kept for good; the
+/// cache is bounded only against a pathological number of versions.
+const MAX_CACHED: usize = 10_000;
+/// How many schema violations an invalid event's `error` lists.
+const MAX_REPORTED: usize = 5;
+
+type Compiled = Option<Arc<jsonschema::Validator>>;
+
+#[derive(Default)]
+pub struct Validator {
+    /// (signal id, version) → compiled schema, or `None` when PostgreSQL has no such version.
+    cache: HashMap<(String, u32), Compiled>,
+}
+
+impl Validator {
+    /// Validates every entry, loading the schemas it has not compiled yet.
+    pub async fn records(
+        &mut self,
+        pg: &Pool,
+        entries: Vec<StreamEntry>,
+    ) -> Result<Vec<Record>, SinkError> {
+        let wanted: Vec<(String, u32)> = entries
+            .iter()
+            .filter_map(|e| Some((e.signal.clone(), e.schema_version?)))
+            .filter(|k| !self.cache.contains_key(k))
+            .collect();
+        if !wanted.is_empty() {
+            self.load(pg, wanted).await?;
+        }
+        Ok(entries.into_iter().map(|e| self.check(e)).collect())
+    }
+
+    async fn load(&mut self, pg: &Pool, mut wanted: Vec<(String, u32)>) -> Result<(), SinkError> {
+        wanted.sort();
+        wanted.dedup();
+        if self.cache.len() + wanted.len() > MAX_CACHED {
+            self.cache.clear();
+        }
+        let signals: Vec<&str> = wanted.iter().map(|(s, _)| s.as_str()).collect();
+        let versions: Vec<i32> = wanted.iter().map(|(_, v)| *v as i32).collect();
+        let client = pg.get().await?;
+        let rows = client
+            .query(
+                "SELECT s.signal_id, s.version, s.schema FROM signal_schemas s
+                 JOIN unnest($1::text[], $2::int[]) AS w(signal_id, version)
+                   ON w.signal_id = s.signal_id AND w.version = s.version",
+                &[&signals, &versions],
+            )
+            .await?;
+        for row in rows {
+            let key: (String, u32) = (row.get(0), row.get::<_, i32>(1) as u32);
+            let schema: Value = row.get(2);
+            // Schemas are checked when added; one that no longer compiles counts as missing.
+            let compiled = jsonschema::validator_for(&schema).ok().map(Arc::new);
+            self.cache.insert(key, compiled);
+        }
+        for key in wanted {
+            self.cache.entry(key).or_insert(None);
+        }
+        Ok(())
+    }
+
+    fn check(&self, entry: StreamEntry) -> Record {
+        let data: Value = match serde_json::from_str(entry.data.get()) {
+            Ok(v) => v,
+            Err(e) => return invalid(entry, format!("data is not readable JSON: {e}")),
+        };
+        if let Some(version) = entry.schema_version {
+            match self.cache.get(&(entry.signal.clone(), version)) {
+                Some(Some(schema)) => {
+                    let problems: Vec<String> = schema
+                        .iter_errors(&data)
+                        .take(MAX_REPORTED)
+                        .map(|e| {
+                            let at = e.instance_path().to_string();
+                            if at.is_empty() {
+                                e.to_string()
+                            } else {
+                                format!("{at}: {e}")
+                            }
+                        })
+                        .collect();
+                    if !problems.is_empty() {
+                        let reason = format!(
+                            "data does not match schema version {version}: {}",
+                            problems.join("; ")
+                        );
+                        return invalid(entry, reason);
+                    }
+                }
+                _ => {
+                    let reason = format!(
+                        "schema version {version} of signal {} not found",
+                        entry.signal
+                    );
+                    return invalid(entry, reason);
+                }
+            }
+        }
+        let value = match entry.signal_type {
+            SignalType::Metric => match data.get("value").and_then(Value::as_f64) {
+                Some(v) if v.is_finite() => Some(v),
+                _ => return invalid(entry, "metric events need a numeric data.value".to_owned()),
+            },
+            _ => None,
+        };
+        Record {
+            entry,
+            invalid: None,
+            value,
+        }
+    }
+}
+
+fn invalid(entry: StreamEntry, reason: String) -> Record {
+    Record {
+        entry,
+        invalid: Some(reason),
+        value: None,
+    }
+}
