@@ -51,18 +51,27 @@ else
   chmod 600 "$STATE/demo.env"
 fi
 
+nohup "$BIN/sluice-worker" >"$STATE/worker.log" 2>&1 &
+echo $! > "$STATE/worker.pid"
 nohup "$BIN/sluice-api" >"$STATE/api.log" 2>&1 &
 echo $! > "$STATE/api.pid"
-for _ in $(seq 100); do
-  curl -fs "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -fs "http://127.0.0.1:$API_PORT/readyz" >/dev/null || { echo "sluice-api did not become ready; see $STATE/api.log" >&2; exit 1; }
+
+wait_ready() {
+  for _ in $(seq 100); do
+    curl -fs "$1/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "$2 did not become ready; see $STATE/$2.log" >&2
+  exit 1
+}
+wait_ready "http://127.0.0.1:$API_PORT" api
+wait_ready "http://127.0.0.1:$WORKER_PORT" worker
 
 cat <<MSG
 
 Sluice is up.
   api          http://127.0.0.1:$API_PORT   (log: $STATE/api.log)
+  worker       http://127.0.0.1:$WORKER_PORT/metrics   (log: $STATE/worker.log)
   redis        127.0.0.1:$REDIS_PORT   postgres 127.0.0.1:$PG_PORT (database sluice)
   demo tenant  $TENANT   signals: page_view (event), mrr (metric, schema v1), plan (state)
   stop with    deploy/dev/down.sh
@@ -78,4 +87,8 @@ curl -s http://127.0.0.1:$API_PORT/v1/events/batch \\
         {"signal": "mrr", "identity": {"type": "account", "id": "acc_123"},
          "data": {"value": 499.0}, "reference": "evt-002"}
       ]}'
+
+Then see them stored:
+
+psql -h 127.0.0.1 -p $PG_PORT -U postgres sluice -c 'SELECT id, signal_id, status, data FROM events'
 MSG

@@ -13,6 +13,11 @@
 //! The loop: replay this consumer's own pending entries, then read new ones; every so often,
 //! claim entries that other consumers left pending too long. Each batch is decoded, validated
 //! against its schema version, stored in one transaction, then acknowledged.
+//!
+//! Claiming uses `XPENDING … IDLE` then `XCLAIM` rather than `XAUTOCLAIM`: the dead-letter rule
+//! needs each entry's delivery count, which `XPENDING` reports and `XAUTOCLAIM` does not. A worker
+//! waiting out an outage re-claims its own entries with `XCLAIM … JUSTID` (which leaves the
+//! delivery count alone), so a long outage never turns healthy entries into dead letters.
 
 pub mod dead_letters;
 pub mod http;
