@@ -61,6 +61,8 @@ pub struct ApiSettings {
     pub key_cache_ttl: Duration,
     /// HTTP worker threads; 0 means one per CPU.
     pub workers: usize,
+    /// After SIGTERM, how long in-flight requests may take to finish before the process exits.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -107,6 +109,14 @@ impl Limits {
 pub struct LogSettings {
     /// A `tracing` filter directive such as `info` or `sluice=debug,actix_web=warn`.
     pub level: String,
+    pub format: LogFormat,
+}
+
+/// `json`: one JSON object per line, for log pipelines; `text`: for people.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// A connection string that may hold a password: printed as `<redacted>` in debug output.
@@ -140,6 +150,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("api.body_limit_bytes", "1048576"),
     ("api.key_cache_ttl_ms", "2000"),
     ("api.workers", "0"),
+    ("api.shutdown_grace_secs", "25"),
     ("worker.metrics_bind", "0.0.0.0:9091"),
     ("worker.consumer", ""),
     ("worker.batch_size", "1000"),
@@ -153,6 +164,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("limits.metric", "1000"),
     ("limits.state", "30"),
     ("log.level", "info"),
+    ("log.format", "text"),
 ];
 
 impl Settings {
@@ -228,6 +240,7 @@ impl Settings {
                     },
                 )?),
                 workers: get("api.workers").parsed("a whole number")?,
+                shutdown_grace: Duration::from_secs(get("api.shutdown_grace_secs").parsed("a whole number of seconds")?),
             },
             worker: WorkerSettings {
                 metrics_bind: get("worker.metrics_bind")
@@ -259,6 +272,11 @@ impl Settings {
                     tracing_subscriber::EnvFilter::try_new(v)
                         .map(|_| v.to_owned())
                         .map_err(|e| format!("is not a log filter ({e})"))
+                })?,
+                format: get("log.format").parse_with(|v| match v {
+                    "text" => Ok(LogFormat::Text),
+                    "json" => Ok(LogFormat::Json),
+                    _ => Err("must be text or json".to_owned()),
                 })?,
             },
         };

@@ -17,7 +17,7 @@ pub struct ApiMetrics {
     pub http_duration: HistogramVec,
     pub events_accepted: IntCounterVec,
     pub events_rate_limited: IntCounterVec,
-    pub requests_rejected: IntCounterVec,
+    pub events_rejected: IntCounterVec,
     pub script_duration: HistogramVec,
 }
 
@@ -62,10 +62,10 @@ impl ApiMetrics {
             &["signal_type"],
         )
         .expect("valid metric");
-        let requests_rejected = IntCounterVec::new(
+        let events_rejected = IntCounterVec::new(
             Opts::new(
-                "sluice_requests_rejected_total",
-                "Ingest requests refused without admitting any event, by reason.",
+                "sluice_events_rejected_total",
+                "Events in ingest requests refused whole (nothing admitted), by reason.",
             ),
             &["reason"],
         )
@@ -83,7 +83,7 @@ impl ApiMetrics {
             &http_requests,
             &events_accepted,
             &events_rate_limited,
-            &requests_rejected,
+            &events_rejected,
         ] {
             registry
                 .register(Box::new(m.clone()))
@@ -100,7 +100,7 @@ impl ApiMetrics {
             http_duration,
             events_accepted,
             events_rate_limited,
-            requests_rejected,
+            events_rejected,
             script_duration,
         }
     }

@@ -137,11 +137,12 @@ async fn admit(
         .await;
     timer.observe_duration();
     let reject = |reason: &str| {
+        let events = events.len() as u64;
         state
             .metrics
-            .requests_rejected
+            .events_rejected
             .with_label_values(&[reason])
-            .inc()
+            .inc_by(events)
     };
     match verdict? {
         Verdict::NotFound(slugs) => {
@@ -212,24 +213,27 @@ fn accepted_item<'a>(
 }
 
 impl AppState {
-    /// Maps a body problem to its response, and counts it.
+    /// Maps a body problem to its response, and counts the events it refused (none can be
+    /// counted in a body that is not JSON or has no events array).
     fn rejected(&self, e: BodyError) -> ApiError {
-        let (reason, error) = match e {
-            BodyError::InvalidJson(what) => ("malformed", ApiError::InvalidJson(what)),
+        let (reason, events, error) = match e {
+            BodyError::InvalidJson(what) => ("malformed", 0, ApiError::InvalidJson(what)),
             BodyError::NoEvents => (
                 "malformed",
+                0,
                 ApiError::BadRequest("events array is required and must not be empty".to_owned()),
             ),
-            BodyError::TooMany => (
+            BodyError::TooMany(n) => (
                 "too_many",
+                n,
                 ApiError::BadRequest(format!("Maximum {} events per batch", domain::MAX_BATCH)),
             ),
-            BodyError::Invalid(errors) => ("validation", ApiError::Validation(errors)),
+            BodyError::Invalid(errors, n) => ("validation", n, ApiError::Validation(errors)),
         };
         self.metrics
-            .requests_rejected
+            .events_rejected
             .with_label_values(&[reason])
-            .inc();
+            .inc_by(events as u64);
         error
     }
 }

@@ -19,8 +19,18 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpMessage, HttpServer, web};
+use tracing::Instrument;
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// A client's request id is echoed into logs and headers only when it is short, printable
+/// ASCII: anything else could forge log lines or bloat them.
+fn is_sane_request_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+}
 
 use crate::config::{ApiSettings, Settings};
 use crate::ingest::Admission;
@@ -68,6 +78,8 @@ pub fn serve(settings: &Settings, bind: SocketAddr) -> Result<ApiServer, String>
     if workers > 0 {
         server = server.workers(workers);
     }
+    // SIGTERM/SIGINT: stop accepting, let in-flight requests finish within the grace period.
+    server = server.shutdown_timeout(settings.api.shutdown_grace.as_secs());
     let server = server
         .bind(bind)
         .map_err(|e| format!("SLUICE__API__BIND: cannot listen on {bind}: {e}"))?;
@@ -114,14 +126,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(ops::not_found));
 }
 
-/// Counts and times every request by route pattern and status.
+/// Tags every request with an id (the client's `X-Request-Id` when it is sane, else a new
+/// one, returned either way), then counts, times and logs it in one line.
 async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let response = next.call(req).await?;
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_sane_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut response = next.call(req).instrument(span.clone()).await?;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID), value);
+    }
+    let _entered = span.enter();
     if let Some(state) = state {
         let route = response
             .request()
@@ -144,6 +171,7 @@ async fn observe(
             .get::<Principal>()
             .map(|p| Arc::clone(&p.tenant_id));
         tracing::info!(
+            method = %response.request().method(),
             route = %route,
             status = status.as_u16(),
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,

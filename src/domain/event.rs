@@ -56,9 +56,11 @@ pub enum BodyError {
     InvalidJson(String),
     /// `events` missing, not an array, or empty.
     NoEvents,
-    TooMany,
-    /// One or more events break a rule; every problem found, in request order.
-    Invalid(Vec<FieldError>),
+    /// More than [`MAX_BATCH`] events; how many there were.
+    TooMany(usize),
+    /// One or more events break a rule: every problem found, in request order, and how many
+    /// events the body held.
+    Invalid(Vec<FieldError>, usize),
 }
 
 fn empty_object() -> &'static RawValue {
@@ -88,7 +90,7 @@ pub fn parse_batch(body: &str) -> Result<Vec<Event<'_>>, BodyError> {
         return Err(BodyError::NoEvents);
     }
     if events.total > MAX_BATCH {
-        return Err(BodyError::TooMany);
+        return Err(BodyError::TooMany(events.total));
     }
     let mut errors = Vec::new();
     let parsed: Vec<Event> = events
@@ -103,7 +105,7 @@ pub fn parse_batch(body: &str) -> Result<Vec<Event<'_>>, BodyError> {
     if errors.is_empty() {
         Ok(parsed)
     } else {
-        Err(BodyError::Invalid(errors))
+        Err(BodyError::Invalid(errors, events.total))
     }
 }
 
@@ -127,7 +129,7 @@ pub fn parse_single(body: &str) -> Result<Event<'_>, BodyError> {
         &mut errors,
     ) {
         Some(event) if errors.is_empty() => Ok(event),
-        _ => Err(BodyError::Invalid(errors)),
+        _ => Err(BodyError::Invalid(errors, 1)),
     }
 }
 
@@ -452,7 +454,7 @@ mod tests {
 
     fn errors_of(body: &str) -> Vec<FieldError> {
         match parse_batch(body) {
-            Err(BodyError::Invalid(errors)) => errors,
+            Err(BodyError::Invalid(errors, _)) => errors,
             other => panic!("expected field errors for {body}, got {other:?}"),
         }
     }
@@ -512,7 +514,7 @@ mod tests {
             matches!(parse_batch(r#"{"events":[],"events":[]}"#), Err(BodyError::InvalidJson(m)) if m.contains("duplicate"))
         );
         let many = batch(&vec![event(""); 101]);
-        assert_eq!(parse_batch(&many).unwrap_err(), BodyError::TooMany);
+        assert_eq!(parse_batch(&many).unwrap_err(), BodyError::TooMany(101));
         assert_eq!(
             parse_batch(&batch(&vec![event(""); 100])).unwrap().len(),
             100
@@ -606,7 +608,9 @@ mod tests {
         let e = parse_single(&body).unwrap();
         assert_eq!(e.version, SchemaVersion::Latest);
         match parse_single(r#"{"identity":{"type":"account","id":"1"}}"#) {
-            Err(BodyError::Invalid(errors)) => assert_eq!(errors[0].message, "signal is required"),
+            Err(BodyError::Invalid(errors, 1)) => {
+                assert_eq!(errors[0].message, "signal is required")
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse_single("[]"), Err(BodyError::InvalidJson(_))));

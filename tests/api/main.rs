@@ -5,5 +5,6 @@ mod admin;
 mod errors;
 mod ingest;
 mod limits;
+mod ops;
 mod support;
 mod worker;

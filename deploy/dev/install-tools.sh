@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the validators the test command runs over the deployment files: promtool (Debian
+# package prometheus), docker-compose (Debian package), and kubernetes-validate (PyPI, in a
+# virtualenv under .sluice/tools). Safe to run again; installs only what is missing.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+VENV="$ROOT/.sluice/tools/venv"
+
+need=()
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "install-tools: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The prometheus package starts a server where a service manager runs; only promtool is wanted.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+    $sudo systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+  fi
+fi
+
+if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
+  echo "install-tools: installing kubernetes-validate into $VENV" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'kubernetes-validate==1.37.0'
+fi

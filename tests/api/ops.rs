@@ -1,0 +1,284 @@
+//! Operating Sluice: metrics that pass promtool, request ids, structured logs that never carry
+//! keys or event data, and graceful shutdown of the api.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{TestEnv, event, servers::free_port};
+
+/// `promtool check metrics` over an exposition: no error and no lint finding.
+fn assert_promtool_clean(exposition: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (deploy/dev/install-tools.sh)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && findings.trim().is_empty(),
+        "promtool: {findings}\n---\n{exposition}"
+    );
+}
+
+#[actix_web::test]
+async fn api_and_worker_metrics_pass_promtool_without_lint_findings() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "plan", "state", Some(1)).await;
+    env.signal(&tenant, "mrr", "metric", None).await;
+    let api = env.spawn_api().await;
+    // Every api metric gets samples: accepted, rate limited, rejected, a 404, a 401.
+    let mut mrr = event("mrr", "a");
+    mrr["data"] = json!({"value": 3});
+    assert_eq!(
+        api.batch(&key, json!([event("plan", "a"), event("plan", "b"), mrr]))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        api.batch(&key, json!([{"signal": "plan"}])).await.status,
+        400
+    );
+    assert_eq!(api.get("/nope").await.status, 404);
+    let metrics = api.get("/metrics").await;
+    for name in [
+        "sluice_http_requests_total",
+        "sluice_http_request_duration_seconds_bucket",
+        "sluice_events_accepted_total",
+        "sluice_events_rate_limited_total",
+        "sluice_events_rejected_total",
+        "sluice_redis_script_duration_seconds_bucket",
+    ] {
+        assert!(metrics.text.contains(name), "{name} missing");
+    }
+    assert!(
+        metrics
+            .text
+            .contains(r#"sluice_events_rejected_total{reason="validation"} 1"#),
+        "{}",
+        metrics.text
+    );
+    assert!(!metrics.text.contains(&tenant), "no tenant ids in labels");
+    assert_promtool_clean(&metrics.text);
+
+    let worker = env.spawn_worker(&[]);
+    assert_eq!(env.wait_for_events(2, 30).await, 2);
+    // Gauges are published every few seconds.
+    let mut exposition = String::new();
+    for _ in 0..100 {
+        exposition = worker.get("/metrics").await.1;
+        if exposition.contains("sluice_worker_stream_lag{") {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    for name in [
+        "sluice_worker_events_stored_total{status=\"processed\"} 2",
+        "sluice_worker_batch_duration_seconds_bucket",
+        "sluice_worker_stream_pending{",
+        "sluice_worker_stream_lag{",
+        "sluice_worker_dead_letters_total",
+    ] {
+        assert!(
+            exposition.contains(name),
+            "{name} missing from\n{exposition}"
+        );
+    }
+    assert_promtool_clean(&exposition);
+}
+
+#[actix_web::test]
+async fn request_ids_are_kept_when_sane_and_made_otherwise() {
+    let env = TestEnv::start().await;
+    let api = env.spawn_api().await;
+    let kept = api
+        .send(
+            api.request(awc::http::Method::GET, "/livez")
+                .insert_header(("X-Request-Id", "abc-123")),
+            vec![],
+        )
+        .await;
+    assert_eq!(kept.header("x-request-id"), Some("abc-123"));
+    let made = api.get("/livez").await;
+    let id = made
+        .header("x-request-id")
+        .expect("an id is always returned");
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    let long = "x".repeat(500);
+    let replaced = api
+        .send(
+            api.request(awc::http::Method::GET, "/livez")
+                .insert_header(("X-Request-Id", long.as_str())),
+            vec![],
+        )
+        .await;
+    assert_ne!(replaced.header("x-request-id"), Some(long.as_str()));
+}
+
+/// Starts the real `sluice-api` binary on a free port; returns it and its base URL.
+fn spawn_api_process(env: &TestEnv, extra: &[(&str, &str)]) -> (std::process::Child, String) {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-api"));
+    cmd.envs(env.env_vars())
+        .env_remove("SLUICE_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("SLUICE__API__BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let base = format!("127.0.0.1:{port}");
+    crate::support::wait_until("sluice-api to listen", || TcpStream::connect(&base).is_ok());
+    (child, base)
+}
+
+fn sigterm(child: &std::process::Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+}
+
+/// A raw HTTP/1.1 POST of a batch; the connection, with the body not yet fully sent.
+fn start_post(base: &str, key: &str, body: &[u8], send_first: usize) -> TcpStream {
+    let mut stream = TcpStream::connect(base).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let head = format!(
+        "POST /v1/events/batch HTTP/1.1\r\nHost: {base}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nX-Request-Id: req-under-test\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body[..send_first]).unwrap();
+    stream
+}
+
+fn status_of(stream: &mut TcpStream) -> u16 {
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[actix_web::test]
+async fn json_logs_have_one_line_per_request_and_never_the_key_or_event_data() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", None).await;
+    let (mut child, base) = spawn_api_process(
+        &env,
+        &[
+            ("SLUICE__LOG__FORMAT", "json"),
+            ("SLUICE__LOG__LEVEL", "info"),
+        ],
+    );
+    let mut e = event("page_view", "identity-secret-id");
+    e["data"] = json!({"marker": "event-data-must-not-be-logged"});
+    let body = json!({"events": [e]}).to_string();
+    let mut stream = start_post(&base, &key, body.as_bytes(), body.len());
+    assert_eq!(status_of(&mut stream), 200);
+    sigterm(&child);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    child.wait().unwrap();
+
+    assert!(!stderr.contains(&key), "the API key was logged");
+    assert!(
+        !stderr.contains(&key[3..20]),
+        "part of the API key was logged"
+    );
+    assert!(
+        !stderr.contains("event-data-must-not-be-logged"),
+        "event data was logged"
+    );
+    assert!(
+        !stderr.contains("identity-secret-id"),
+        "identity ids are event data too"
+    );
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let requests: Vec<&Value> = lines.iter().filter(|l| l["message"] == "request").collect();
+    assert_eq!(requests.len(), 1, "{stderr}");
+    let line = requests[0];
+    assert_eq!(line["route"], "/v1/events/batch");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["tenant"], tenant.as_str());
+    assert_eq!(line["method"], "POST");
+    assert!(line["latency_ms"].as_f64().is_some());
+    assert_eq!(line["span"]["request_id"], "req-under-test");
+}
+
+#[actix_web::test]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", None).await;
+    let (mut child, base) = spawn_api_process(&env, &[("SLUICE__API__SHUTDOWN_GRACE_SECS", "10")]);
+    let body = json!({"events": [event("page_view", "in-flight")]}).to_string();
+    // Half the body is sent; then the process is asked to stop.
+    let mut stream = start_post(&base, &key, body.as_bytes(), body.len() / 2);
+    std::thread::sleep(Duration::from_millis(200));
+    sigterm(&child);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        TcpStream::connect(&base).is_err(),
+        "no new connections once stopping"
+    );
+    stream
+        .write_all(&body.as_bytes()[body.len() / 2..])
+        .unwrap();
+    assert_eq!(
+        status_of(&mut stream),
+        200,
+        "the in-flight request completes"
+    );
+    drop(stream);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "did not exit within the grace period"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        env.stream_entries().len(),
+        1,
+        "the in-flight event was admitted"
+    );
+}
