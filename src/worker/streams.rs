@@ -199,14 +199,7 @@ impl Streams {
         }
         let reply: Value = self
             .redis
-            .query(
-                redis::cmd("XCLAIM")
-                    .arg(Keyspace::stream(partition))
-                    .arg(GROUP)
-                    .arg(&self.consumer)
-                    .arg(idle_ms)
-                    .arg(ids),
-            )
+            .query(&self.xclaim(partition, idle_ms, ids))
             .await?;
         let claimed: redis::streams::StreamClaimReply = redis::from_redis_value(strip_nils(reply))
             .map_err(|e| RedisError::Command(e.into()))?;
@@ -225,18 +218,26 @@ impl Streams {
         for (partition, ids) in by_partition(entries) {
             let _: Value = self
                 .redis
-                .query(
-                    redis::cmd("XCLAIM")
-                        .arg(Keyspace::stream(partition))
-                        .arg(GROUP)
-                        .arg(&self.consumer)
-                        .arg(0)
-                        .arg(&ids)
-                        .arg("JUSTID"),
-                )
+                .query(self.xclaim(partition, 0, &ids).arg("JUSTID"))
                 .await?;
         }
         Ok(())
+    }
+
+    /// `XCLAIM` of `ids` in `partition` to this consumer, for entries idle at least `min_idle_ms`.
+    fn xclaim(
+        &self,
+        partition: u16,
+        min_idle_ms: u64,
+        ids: &[impl redis::ToRedisArgs],
+    ) -> redis::Cmd {
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(Keyspace::stream(partition))
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(min_idle_ms)
+            .arg(ids);
+        cmd
     }
 
     pub async fn ack(&self, entries: &[RawEntry]) -> Result<(), RedisError> {

@@ -8,17 +8,9 @@ use serde_json::{Value, json};
 
 use crate::support::{TestEnv, event};
 
-async fn env_with_signal() -> (TestEnv, crate::support::TestApi, String) {
-    let env = TestEnv::start().await;
-    let (tenant, key) = env.tenant().await;
-    env.signal(&tenant, "page_view", "event", None).await;
-    let api = env.spawn_api().await;
-    (env, api, key)
-}
-
 #[actix_web::test]
 async fn missing_and_invalid_keys_are_401() {
-    let (env, api, key) = env_with_signal().await;
+    let (env, api, key) = TestEnv::with_page_view().await;
     let body = json!({"events": [event("page_view", "a")]});
 
     let no_header = api
@@ -58,7 +50,7 @@ async fn missing_and_invalid_keys_are_401() {
 
 #[actix_web::test]
 async fn malformed_bodies_are_400_and_ingest_nothing() {
-    let (env, api, key) = env_with_signal().await;
+    let (env, api, key) = TestEnv::with_page_view().await;
     let raw = |body: &'static str| {
         api.send(
             api.request(Method::POST, "/v1/events/batch")
@@ -120,7 +112,7 @@ async fn malformed_bodies_are_400_and_ingest_nothing() {
 
 #[actix_web::test]
 async fn more_than_100_events_is_400() {
-    let (env, api, key) = env_with_signal().await;
+    let (env, api, key) = TestEnv::with_page_view().await;
     let events: Vec<Value> = (0..101)
         .map(|i| event("page_view", &i.to_string()))
         .collect();
@@ -132,7 +124,7 @@ async fn more_than_100_events_is_400() {
 
 #[actix_web::test]
 async fn field_errors_name_the_first_bad_field_and_list_every_problem() {
-    let (env, api, key) = env_with_signal().await;
+    let (env, api, key) = TestEnv::with_page_view().await;
     let reply = api
         .batch(
             &key,
@@ -172,7 +164,7 @@ async fn field_errors_name_the_first_bad_field_and_list_every_problem() {
 
 #[actix_web::test]
 async fn unknown_schema_version_is_400_naming_event_version_and_signal() {
-    let (env, api, key) = env_with_signal().await;
+    let (env, api, key) = TestEnv::with_page_view().await;
     let mut e = event("page_view", "a");
     e["version"] = json!(2);
     let reply = api.batch(&key, json!([event("page_view", "ok"), e])).await;
@@ -188,7 +180,7 @@ async fn unknown_schema_version_is_400_naming_event_version_and_signal() {
 
 #[actix_web::test]
 async fn unknown_or_inactive_signals_are_404_listing_distinct_slugs_in_order() {
-    let (env, api, key) = env_with_signal().await;
+    let (env, api, key) = TestEnv::with_page_view().await;
     let tenant = env.registry.create_tenant("x").await.unwrap();
     let _ = tenant;
     let reply = api
@@ -246,7 +238,7 @@ async fn oversized_bodies_are_413_plain_and_after_decompression() {
 
 #[actix_web::test]
 async fn gzip_bodies_are_accepted_and_bad_gzip_is_400() {
-    let (env, api, key) = env_with_signal().await;
+    let (env, api, key) = TestEnv::with_page_view().await;
     let body = json!({"events": [event("page_view", "gz")]}).to_string();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(body.as_bytes()).unwrap();
@@ -267,7 +259,7 @@ async fn gzip_bodies_are_accepted_and_bad_gzip_is_400() {
 
 #[actix_web::test]
 async fn non_json_content_types_are_415() {
-    let (env, api, key) = env_with_signal().await;
+    let (env, api, key) = TestEnv::with_page_view().await;
     let body = json!({"events": [event("page_view", "a")]})
         .to_string()
         .into_bytes();
@@ -301,7 +293,7 @@ async fn non_json_content_types_are_415() {
 
 #[actix_web::test]
 async fn redis_down_is_503_quickly_and_ready_says_so() {
-    let (mut env, api, key) = env_with_signal().await;
+    let (mut env, api, key) = TestEnv::with_page_view().await;
     // Warm the key cache, then take Redis away.
     assert_eq!(
         api.batch(&key, json!([event("page_view", "a")]))
@@ -339,7 +331,7 @@ async fn redis_down_is_503_quickly_and_ready_says_so() {
 
 #[actix_web::test]
 async fn hung_redis_is_503_within_the_timeout() {
-    let (env, api, key) = env_with_signal().await;
+    let (env, api, key) = TestEnv::with_page_view().await;
     assert_eq!(
         api.batch(&key, json!([event("page_view", "a")]))
             .await
@@ -360,7 +352,7 @@ async fn hung_redis_is_503_within_the_timeout() {
 
 #[actix_web::test]
 async fn unknown_routes_and_wrong_methods_answer_in_the_contract_shape() {
-    let (_env, api, _key) = env_with_signal().await;
+    let (_env, api, _key) = TestEnv::with_page_view().await;
     let missing = api.get("/v1/nothing").await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.error(), "Not found: GET /v1/nothing");

@@ -299,10 +299,7 @@ async fn a_revoked_key_stops_working_on_every_replica_within_5_seconds() {
 
 #[actix_web::test]
 async fn odd_but_valid_unicode_is_kept_exactly() {
-    let env = TestEnv::start().await;
-    let (tenant, key) = env.tenant().await;
-    env.signal(&tenant, "page_view", "event", None).await;
-    let api = env.spawn_api().await;
+    let (env, api, key) = TestEnv::with_page_view().await;
     let id = "ünï\u{200d}😀\u{202e}\u{fffd}".to_owned();
     let mut e = event("page_view", &id);
     e["data"] = json!({"emoji": "👩‍👩‍👧", "rtl": "\u{202e}abc", "escaped": "\\u0000 is text here"});
@@ -317,10 +314,7 @@ async fn odd_but_valid_unicode_is_kept_exactly() {
 
 #[actix_web::test]
 async fn metrics_count_requests_and_probes_answer() {
-    let env = TestEnv::start().await;
-    let (tenant, key) = env.tenant().await;
-    env.signal(&tenant, "page_view", "event", None).await;
-    let api = env.spawn_api().await;
+    let (_env, api, key) = TestEnv::with_page_view().await;
     assert_eq!(
         api.batch(&key, json!([event("page_view", "1")]))
             .await

@@ -57,6 +57,16 @@ impl TestEnv {
         }
     }
 
+    /// The common case: a tenant with a key, an event signal `page_view`, and an api replica.
+    /// Returns (env, api, key).
+    pub async fn with_page_view() -> (Self, TestApi, String) {
+        let env = Self::start().await;
+        let (tenant, key) = env.tenant().await;
+        env.signal(&tenant, "page_view", "event", None).await;
+        let api = env.spawn_api().await;
+        (env, api, key)
+    }
+
     pub fn settings(&self) -> Settings {
         settings_from(&self.vars)
     }
