@@ -63,6 +63,14 @@ pub struct ApiSettings {
     pub workers: usize,
     /// After SIGTERM, how long in-flight requests may take to finish before the process exits.
     pub shutdown_grace: Duration,
+    /// How long a client may take to send the request line and headers (slow clients are cut off).
+    pub client_timeout: Duration,
+    /// How long a client may take to send the whole body once the headers are in.
+    pub body_timeout: Duration,
+    /// Open connections per HTTP worker thread; past it, new connections wait in the backlog.
+    pub max_connections: usize,
+    /// How long an idle keep-alive connection stays open.
+    pub keep_alive: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -151,6 +159,10 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("api.key_cache_ttl_ms", "2000"),
     ("api.workers", "0"),
     ("api.shutdown_grace_secs", "25"),
+    ("api.client_timeout_ms", "5000"),
+    ("api.body_timeout_ms", "10000"),
+    ("api.max_connections", "10000"),
+    ("api.keep_alive_secs", "30"),
     ("worker.metrics_bind", "0.0.0.0:9091"),
     ("worker.consumer", ""),
     ("worker.batch_size", "1000"),
@@ -241,6 +253,10 @@ impl Settings {
                 )?),
                 workers: get("api.workers").parsed("a whole number")?,
                 shutdown_grace: Duration::from_secs(get("api.shutdown_grace_secs").parsed("a whole number of seconds")?),
+                client_timeout: Duration::from_millis(get("api.client_timeout_ms").positive()?),
+                body_timeout: Duration::from_millis(get("api.body_timeout_ms").positive()?),
+                max_connections: get("api.max_connections").positive()?,
+                keep_alive: Duration::from_secs(get("api.keep_alive_secs").parsed("a whole number of seconds")?),
             },
             worker: WorkerSettings {
                 metrics_bind: get("worker.metrics_bind")

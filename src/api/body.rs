@@ -2,6 +2,7 @@
 //! to the decompressed bytes so a small gzip bomb cannot expand past it.
 
 use std::io::Read;
+use std::time::Duration;
 
 use actix_web::HttpRequest;
 use actix_web::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -10,11 +11,13 @@ use futures_util::StreamExt;
 
 use super::error::ApiError;
 
-/// Reads the body of `req` as UTF-8 JSON text of at most `limit` bytes after decompression.
+/// Reads the body of `req` as UTF-8 JSON text of at most `limit` bytes after decompression,
+/// within `deadline` (a client trickling its body is answered 408).
 pub async fn read_json(
     req: &HttpRequest,
     mut payload: Payload,
     limit: usize,
+    deadline: Duration,
 ) -> Result<String, ApiError> {
     if !is_json(req) {
         return Err(ApiError::UnsupportedMediaType);
@@ -43,14 +46,21 @@ pub async fn read_json(
     // Compressed input is never larger than the limit either: gzip that does not shrink its
     // content is not worth sending.
     let mut raw = Vec::with_capacity(declared.unwrap_or(0).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| ApiError::BadRequest(format!("Could not read the request body: {e}")))?;
-        if raw.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
+    let read = async {
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::BadRequest(format!("Could not read the request body: {e}"))
+            })?;
+            if raw.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            raw.extend_from_slice(&chunk);
         }
-        raw.extend_from_slice(&chunk);
-    }
+        Ok(())
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout(deadline))??;
 
     let bytes = if gzip {
         let mut out = Vec::with_capacity((raw.len() * 4).min(limit));

@@ -23,6 +23,8 @@ pub enum ApiError {
     UnsupportedEncoding(String),
     #[error("Request body exceeds the limit of {limit} bytes (counted after decompression)")]
     PayloadTooLarge { limit: usize },
+    #[error("Request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("Invalid JSON: {0}")]
     InvalidJson(String),
     #[error("{0}")]
@@ -60,6 +62,7 @@ impl ApiError {
             ApiError::MissingKey | ApiError::InvalidKey => "auth",
             ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding(_) => "media_type",
             ApiError::PayloadTooLarge { .. } => "too_large",
+            ApiError::BodyTimeout(_) => "timeout",
             ApiError::InvalidJson(_) | ApiError::BadRequest(_) => "malformed",
             ApiError::Validation(_) => "validation",
             ApiError::SignalsNotFound(_) => "signal_not_found",
@@ -78,6 +81,7 @@ impl ResponseError for ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::InvalidJson(_) | ApiError::BadRequest(_) | ApiError::Validation(_) => {
                 StatusCode::BAD_REQUEST
             }

@@ -115,7 +115,13 @@ async fn read_authenticated(
 ) -> Result<(Principal, String), ApiError> {
     let principal = state.keys.authenticate(req, &state.redis).await?;
     req.extensions_mut().insert(principal.clone());
-    let body = super::body::read_json(req, payload, state.settings.body_limit_bytes).await?;
+    let body = super::body::read_json(
+        req,
+        payload,
+        state.settings.body_limit_bytes,
+        state.settings.body_timeout,
+    )
+    .await?;
     Ok((principal, body))
 }
 

@@ -79,7 +79,13 @@ pub fn serve(settings: &Settings, bind: SocketAddr) -> Result<ApiServer, String>
         server = server.workers(workers);
     }
     // SIGTERM/SIGINT: stop accepting, let in-flight requests finish within the grace period.
-    server = server.shutdown_timeout(settings.api.shutdown_grace.as_secs());
+    // Slow or idle clients are cut off so they cannot hold connections forever.
+    server = server
+        .shutdown_timeout(settings.api.shutdown_grace.as_secs())
+        .client_request_timeout(settings.api.client_timeout)
+        .client_disconnect_timeout(std::time::Duration::from_secs(1))
+        .keep_alive(settings.api.keep_alive)
+        .max_connections(settings.api.max_connections);
     let server = server
         .bind(bind)
         .map_err(|e| format!("SLUICE__API__BIND: cannot listen on {bind}: {e}"))?;

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, FixedOffset};
+use chrono::{DateTime, Datelike, FixedOffset};
 use serde::Deserialize;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -324,7 +324,11 @@ fn parse_event<'a>(raw: &'a RawValue, at: Path, errors: &mut Vec<FieldError>) ->
         None => Some(None),
         Some(raw) => match string_of(raw) {
             Ok(s) => match DateTime::parse_from_rfc3339(&s) {
-                Ok(t) => Some(Some(t)),
+                Ok(t) if t.with_timezone(&chrono::Utc).year() >= 1 => Some(Some(t)),
+                Ok(_) => {
+                    errors.push(at.error("timestamp", "must be in year 1 or later"));
+                    None
+                }
                 Err(_) => {
                     errors.push(at.error(
                         "timestamp",
@@ -614,5 +618,123 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(parse_single("[]"), Err(BodyError::InvalidJson(_))));
+    }
+}
+
+/// Whatever arrives, parsing never panics, and everything it accepts holds the invariants the
+/// rest of the pipeline relies on.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Any JSON value, nested a few levels, with strings drawn to include hostile characters.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let text = prop_oneof![
+            any::<String>(),
+            "[a-z_]{0,70}",
+            Just("\u{0}".to_owned()),
+            Just("é\u{200d}😀\u{202e}".to_owned()),
+            Just("latest".to_owned()),
+            Just("2026-11-26T10:15:00Z".to_owned()),
+            Just("0000-01-01T00:00:00Z".to_owned()),
+        ];
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number)),
+            text.prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("signal".to_owned()),
+                        Just("identity".to_owned()),
+                        Just("type".to_owned()),
+                        Just("id".to_owned()),
+                        Just("data".to_owned()),
+                        Just("version".to_owned()),
+                        Just("timestamp".to_owned()),
+                        Just("reference".to_owned()),
+                        Just("events".to_owned()),
+                        any::<String>(),
+                    ],
+                    inner,
+                    0..8,
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn check_accepted(events: &[Event<'_>]) {
+        assert!(!events.is_empty() && events.len() <= MAX_BATCH);
+        for e in events {
+            assert!(!e.signal.is_empty() && e.signal.chars().count() <= MAX_SIGNAL_LEN);
+            assert!(is_identity_type(&e.identity_type));
+            let n = e.identity_id.chars().count();
+            assert!((1..=MAX_IDENTITY_ID_LEN).contains(&n) && !e.identity_id.contains('\0'));
+            assert!(e.data.get().starts_with('{'));
+            assert_eq!(json_guard::unstorable(e.data.get()), None);
+            assert!(
+                e.reference
+                    .as_ref()
+                    .is_none_or(|r| r.chars().count() <= MAX_REFERENCE_LEN && !r.contains('\0'))
+            );
+            assert!(e.timestamp.is_none_or(|t| t.year() >= 1));
+            if let SchemaVersion::Exact(v) = e.version {
+                assert!(v >= 1 && v <= i32::MAX as u32);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                if let Ok(events) = parse_batch(text) {
+                    check_accepted(&events);
+                }
+                if let Ok(event) = parse_single(text) {
+                    check_accepted(std::slice::from_ref(&event));
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics_and_accepted_events_hold_every_rule(events in prop::collection::vec(json_value(), 0..6)) {
+            let body = serde_json::json!({ "events": events }).to_string();
+            match parse_batch(&body) {
+                Ok(parsed) => check_accepted(&parsed),
+                Err(BodyError::Invalid(errors, n)) => {
+                    prop_assert!(!errors.is_empty());
+                    prop_assert_eq!(n, events.len());
+                    prop_assert!(errors.iter().all(|e| e.index < events.len() && e.message.starts_with(&e.field)));
+                }
+                Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn well_formed_events_with_hostile_values_are_judged_not_crashed(
+            signal in any::<String>(),
+            kind in any::<String>(),
+            id in any::<String>(),
+            reference in any::<String>(),
+            data in json_value(),
+        ) {
+            let body = serde_json::json!({"events": [{
+                "signal": signal, "identity": {"type": kind, "id": id}, "data": data, "reference": reference,
+            }]}).to_string();
+            if let Ok(parsed) = parse_batch(&body) {
+                check_accepted(&parsed);
+            }
+        }
     }
 }

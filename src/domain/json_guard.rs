@@ -3,17 +3,33 @@
 //!
 //! - the escape `\u0000` (PostgreSQL text cannot contain NUL),
 //! - unpaired UTF-16 surrogate escapes such as `\ud800`,
-//! - numbers outside the range of a 64-bit float, such as `1e400`.
+//! - numbers outside the range of a 64-bit float, such as `1e400`,
+//! - nesting deeper than [`MAX_DEPTH`] (serde_json, and so the worker, stops at 128 levels).
 //!
 //! Catching them at the edge turns a would-be poison event into a clear 400.
 //! The scan walks the raw text once and allocates nothing.
+
+/// Deepest nesting of arrays and objects accepted in event data.
+pub const MAX_DEPTH: usize = 64;
 
 /// Returns why `raw` (already known to be valid JSON) cannot be stored, if it cannot.
 pub fn unstorable(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
     let mut i = 0;
+    let mut depth = 0usize;
     while i < bytes.len() {
         match bytes[i] {
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Some(format!("nesting deeper than {MAX_DEPTH} levels"));
+                }
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
             b'"' => match scan_string(bytes, i + 1) {
                 Ok(end) => i = end,
                 Err(why) => return Some(why),
@@ -102,6 +118,8 @@ mod tests {
             r#"{}"#,
             r#"{"a":[1,-2.5,3e10,true,null],"b":"x\\u0000y","c":"\ud83d\ude00","d":"\"\\"}"#,
             r#"{"n": 1.7976931348623157e308, "é": "ünïcödé"}"#,
+            &format!("{}{}", "[".repeat(64), "]".repeat(64)),
+            r#"{"[": "{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{"}"#,
         ] {
             assert_eq!(unstorable(ok), None, "{ok}");
         }
@@ -117,6 +135,7 @@ mod tests {
             r#"{"a":"\udc00"}"#,
             r#"{"a":1e400}"#,
             r#"{"a":-1e400}"#,
+            &format!("{}{}", "[".repeat(65), "]".repeat(65)),
         ] {
             assert!(unstorable(bad).is_some(), "{bad}");
         }

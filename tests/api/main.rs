@@ -3,6 +3,7 @@
 
 mod admin;
 mod errors;
+mod hostile;
 mod ingest;
 mod limits;
 mod ops;
