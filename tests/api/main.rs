@@ -3,6 +3,7 @@
 
 mod admin;
 mod errors;
+mod faults;
 mod hostile;
 mod ingest;
 mod limits;

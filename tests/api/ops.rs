@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{TestEnv, event, servers::free_port};
+use crate::support::{TestEnv, event};
 
 /// `promtool check metrics` over an exposition: no error and no lint finding.
 fn assert_promtool_clean(exposition: &str) {
@@ -133,25 +133,6 @@ async fn request_ids_are_kept_when_sane_and_made_otherwise() {
     assert_ne!(replaced.header("x-request-id"), Some(long.as_str()));
 }
 
-/// Starts the real `sluice-api` binary on a free port; returns it and its base URL.
-fn spawn_api_process(env: &TestEnv, extra: &[(&str, &str)]) -> (std::process::Child, String) {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-api"));
-    cmd.envs(env.env_vars())
-        .env_remove("SLUICE_CONFIG")
-        .env_remove("RUST_LOG")
-        .env("SLUICE__API__BIND", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in extra {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().unwrap();
-    let base = format!("127.0.0.1:{port}");
-    crate::support::wait_until("sluice-api to listen", || TcpStream::connect(&base).is_ok());
-    (child, base)
-}
-
 fn sigterm(child: &std::process::Child) {
     let _ = Command::new("kill")
         .arg("-TERM")
@@ -189,8 +170,9 @@ async fn json_logs_have_one_line_per_request_and_never_the_key_or_event_data() {
     let env = TestEnv::start().await;
     let (tenant, key) = env.tenant().await;
     env.signal(&tenant, "page_view", "event", None).await;
-    let (mut child, base) = spawn_api_process(
+    let (mut child, base) = crate::support::spawn_api_process(
         &env,
+        None,
         &[
             ("SLUICE__LOG__FORMAT", "json"),
             ("SLUICE__LOG__LEVEL", "info"),
@@ -244,7 +226,11 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     let env = TestEnv::start().await;
     let (tenant, key) = env.tenant().await;
     env.signal(&tenant, "page_view", "event", None).await;
-    let (mut child, base) = spawn_api_process(&env, &[("SLUICE__API__SHUTDOWN_GRACE_SECS", "10")]);
+    let (mut child, base) = crate::support::spawn_api_process(
+        &env,
+        None,
+        &[("SLUICE__API__SHUTDOWN_GRACE_SECS", "10")],
+    );
     let body = json!({"events": [event("page_view", "in-flight")]}).to_string();
     // Half the body is sent; then the process is asked to stop.
     let mut stream = start_post(&base, &key, body.as_bytes(), body.len() / 2);

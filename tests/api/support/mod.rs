@@ -30,7 +30,15 @@ impl TestEnv {
 
     /// Starts the dependencies; `vars` are extra `SLUICE__...` settings.
     pub async fn start_with(vars: &[(&str, &str)]) -> Self {
-        let redis = RedisServer::start();
+        Self::start_on(RedisServer::start(), vars).await
+    }
+
+    /// Like `start_with`, with a Redis that keeps every acknowledged write across a kill -9.
+    pub async fn start_durable_with(vars: &[(&str, &str)]) -> Self {
+        Self::start_on(RedisServer::start_durable(), vars).await
+    }
+
+    async fn start_on(redis: RedisServer, vars: &[(&str, &str)]) -> Self {
         let pg = Postgres::start();
         let mut map: HashMap<String, String> = HashMap::from([
             ("SLUICE__REDIS__URL".into(), redis.url()),
@@ -390,4 +398,30 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Starts the real `sluice-api` binary on `port` (a free one when `None`), its stderr piped;
+/// returns the process and its `host:port`.
+pub fn spawn_api_process(
+    env: &TestEnv,
+    port: Option<u16>,
+    extra: &[(&str, &str)],
+) -> (std::process::Child, String) {
+    let port = port.unwrap_or_else(servers::free_port);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-api"));
+    cmd.envs(env.env_vars())
+        .env_remove("SLUICE_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("SLUICE__API__BIND", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let base = format!("127.0.0.1:{port}");
+    wait_until("sluice-api to listen", || {
+        std::net::TcpStream::connect(&base).is_ok()
+    });
+    (child, base)
 }

@@ -29,16 +29,28 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: TempDir,
+    /// Append-only file with fsync on every write: a kill -9 loses nothing acknowledged.
+    durable: bool,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A Redis that keeps its data across a kill -9 and restart.
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut server = RedisServer {
             port,
             child: None,
             dir,
+            durable,
         };
         server.spawn();
         server
@@ -58,7 +70,9 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                if self.durable { "yes" } else { "no" },
+                "--appendfsync",
+                "always",
             ])
             .args([
                 "--dir",
@@ -87,7 +101,7 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port, empty.
+    /// Starts it again on the same port (with its data when durable).
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
@@ -168,10 +182,10 @@ impl Postgres {
             .args([
                 "-c",
                 "listen_addresses=127.0.0.1",
+                // Safe against process crashes (the OS keeps the writes). Commits stay
+                // synchronous: a crashed server must never forget a commit the worker acked.
                 "-c",
                 "fsync=off",
-                "-c",
-                "synchronous_commit=off",
             ])
             .args([
                 "-c",
@@ -223,6 +237,21 @@ impl Postgres {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Crashes the server: an immediate shutdown (SIGQUIT), which needs crash recovery at the
+    /// next start.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "QUIT");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it after a stop or crash, on the same data and port.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.spawn();
     }
 
     /// Starts it again on the same data and port.
