@@ -51,7 +51,9 @@ impl From<tokio_postgres::Error> for RegistryError {
 
 impl From<deadpool_postgres::PoolError> for RegistryError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        RegistryError::Postgres(e.to_string())
+        RegistryError::Postgres(format!(
+            "cannot connect ({e}); this needs access to the database named by SLUICE__POSTGRES__URL"
+        ))
     }
 }
 
@@ -146,6 +148,11 @@ pub async fn ensure_database(settings: &PostgresSettings) -> Result<(), Registry
     match config.connect(NoTls).await {
         Ok(_) => return Ok(()),
         Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {}
+        Err(e) if e.as_db_error().is_none() => {
+            return Err(RegistryError::Postgres(format!(
+                "cannot connect ({e}); this needs access to the database named by SLUICE__POSTGRES__URL"
+            )));
+        }
         Err(e) => return Err(e.into()),
     }
     let name = config.get_dbname().unwrap_or("postgres").to_owned();

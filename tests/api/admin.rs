@@ -351,3 +351,84 @@ async fn binaries_refuse_a_bad_configuration_with_one_line_naming_the_key() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("SLUICE__LIMITS__EVENT"));
 }
+
+#[actix_web::test]
+async fn admin_says_it_needs_database_access_when_postgres_is_unreachable() {
+    let env = TestEnv::start().await;
+    let closed = crate::support::servers::free_port();
+    for args in [
+        vec!["migrate"],
+        vec!["tenant", "create", "--name", "x"],
+        vec!["sync"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice-admin"))
+            .args(&args)
+            .envs(env.env_vars())
+            .env(
+                "SLUICE__POSTGRES__URL",
+                format!("postgres://postgres@127.0.0.1:{closed}/sluice"),
+            )
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("needs access to the database")
+                && stderr.contains("SLUICE__POSTGRES__URL"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn no_secret_ever_reaches_redis_and_isolation_holds_both_ways() {
+    let env = TestEnv::start().await;
+    let (tenant_a, key_a) = env.tenant().await;
+    let (tenant_b, key_b) = env.tenant().await;
+    env.signal(&tenant_a, "only_a", "state", Some(5)).await;
+    env.signal(&tenant_b, "only_b", "state", Some(5)).await;
+    let api = env.spawn_api().await;
+    assert_eq!(
+        api.batch(&key_a, json!([event("only_b", "1")]))
+            .await
+            .status,
+        404,
+        "A cannot write B's signal"
+    );
+    assert_eq!(
+        api.batch(&key_b, json!([event("only_a", "1")]))
+            .await
+            .status,
+        404,
+        "B cannot write A's signal"
+    );
+    let a = api.batch(&key_a, json!([event("only_a", "1")])).await;
+    let b = api.batch(&key_b, json!([event("only_b", "1")])).await;
+    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(
+        a.header("x-ratelimit-remaining"),
+        Some("4"),
+        "A's window holds only A's event"
+    );
+    assert_eq!(
+        b.header("x-ratelimit-remaining"),
+        Some("4"),
+        "B's window holds only B's event"
+    );
+
+    // Dump every key and value in Redis: no API key secret anywhere, only their hashes.
+    let mut conn = env.redis.conn();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    let mut everything = keys.join("\n");
+    for k in &keys {
+        let dump: Vec<u8> = redis::cmd("DUMP").arg(k).query(&mut conn).unwrap();
+        everything.push_str(&String::from_utf8_lossy(&dump));
+    }
+    for key in [&key_a, &key_b] {
+        assert!(
+            !everything.contains(&key[3..]),
+            "an API key secret is stored in Redis"
+        );
+    }
+    assert!(everything.contains(&sluice::domain::ApiKey::hash_presented(&key_a).unwrap()));
+}
