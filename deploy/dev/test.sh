@@ -9,4 +9,4 @@ deploy/dev/install-deps.sh
 deploy/dev/install-tools.sh
 cargo fmt --all -- --check
 deploy/dev/check-deploy.sh
-cargo test --locked --all-targets
+cargo test --locked --lib --tests

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# Reproduces BENCHMARKS.md on this machine, in one run: starts Redis, PostgreSQL, the api and the
+# worker itself, measures them beside the raw limits of their dependencies, and rewrites
+# BENCHMARKS.md (the "History" section comes from bench/history.md).
+#   bench/run.sh            # full run, a few minutes
+#   BENCH_SECONDS=3 bench/run.sh   # shorter measurements
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+SECONDS_PER_RUN=${BENCH_SECONDS:-8}
+BACKLOG=${BENCH_BACKLOG:-200000}
+
+"$ROOT/deploy/dev/install-deps.sh"
+command -v python3 >/dev/null || { echo "bench: python3 is needed to read results" >&2; exit 1; }
+echo "bench: building release binaries" >&2
+cargo build --release --locked --bins -q
+BIN="$ROOT/target/release"
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench.XXXXXX")
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$WORK/pg/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
+  redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+REDIS_PORT=$(free_port); PG_PORT=$(free_port)
+export SLUICE__REDIS__URL="redis://127.0.0.1:$REDIS_PORT"
+export SLUICE__POSTGRES__URL="postgres://postgres@127.0.0.1:$PG_PORT/sluice"
+export SLUICE__LOG__LEVEL=warn
+
+# Redis as deployed: append-only file, fsync every second.
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$WORK" --appendonly yes --appendfsync everysec \
+  --save "" --daemonize yes --logfile "$WORK/redis.log"
+mkdir -p "$WORK/pg"; [ "$(id -u)" -eq 0 ] && chown postgres "$WORK/pg"
+as_pg "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust -E UTF8 --locale=C >/dev/null
+as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w -o "-p $PG_PORT -k $WORK/pg -c listen_addresses=127.0.0.1" start >/dev/null
+"$BIN/sluice-admin" migrate >/dev/null
+field() { sed -E "s/.*\"$1\":\"([^\"]*)\".*/\1/"; }
+TENANT=$("$BIN/sluice-admin" tenant create --name bench | field id)
+KEY=$("$BIN/sluice-admin" key create --tenant "$TENANT" | field key)
+"$BIN/sluice-admin" signal create --tenant "$TENANT" --slug bench --type event --limit 2000000000 >/dev/null
+STREAM="sluice:{p$(printf %02d "$(python3 -c "
+h=0xcbf29ce484222325
+for b in b'$TENANT': h=((h^b)*0x100000001b3)&0xFFFFFFFFFFFFFFFF
+print(h%16)")")}:events"
+
+start_apis() { # $1 = replicas
+  API_URLS=(); API_PIDS=()
+  for _ in $(seq "$1"); do
+    local port; port=$(free_port)
+    SLUICE__API__BIND="127.0.0.1:$port" "$BIN/sluice-api" 2>>"$WORK/api.log" &
+    API_PIDS+=($!); PIDS+=($!); API_URLS+=("--url" "http://127.0.0.1:$port")
+    for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
+  done
+}
+stop_apis() { for pid in "${API_PIDS[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done; }
+loadgen() { "$BIN/sluice-loadgen" "${API_URLS[@]}" --key "$KEY" --signal bench --json "$@"; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval('d'+sys.argv[1]))" "$1"; }
+peak_rss_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$1/status"; }
+
+RESULTS="$WORK/results.txt"; : > "$RESULTS"
+record() { echo "$1=$2" >> "$RESULTS"; }
+
+# 1. Ingest throughput: batch sizes x replicas, worker not running (the api alone).
+for replicas in 1 2; do
+  start_apis "$replicas"
+  for batch in 1 10 100; do
+    redis-cli -p "$REDIS_PORT" del "$STREAM" >/dev/null
+    out=$(loadgen --batch "$batch" --connections 32 --duration "$SECONDS_PER_RUN")
+    record "ingest_${replicas}_${batch}_eps" "$(echo "$out" | json "['events_per_sec']")"
+    record "ingest_${replicas}_${batch}_rps" "$(echo "$out" | json "['requests_per_sec']")"
+    record "ingest_${replicas}_${batch}_p50" "$(echo "$out" | json "['latency_ms']['p50']")"
+    record "ingest_${replicas}_${batch}_p99" "$(echo "$out" | json "['latency_ms']['p99']")"
+    record "ingest_${replicas}_${batch}_non200" "$(echo "$out" | json "['statuses']" | python3 -c "import ast,sys; d=ast.literal_eval(sys.stdin.read()); print(', '.join(f'{k}: {v}' for k,v in d.items() if k!='200'))")"
+    echo "bench: ingest replicas=$replicas batch=$batch: $(echo "$out" | json "['events_per_sec']") events/s" >&2
+  done
+  if [ "$replicas" -eq 1 ]; then
+    # 2. Latency at light load: 4 connections, 10-event batches, 200 requests/s.
+    out=$(loadgen --batch 10 --connections 4 --rate 200 --duration "$SECONDS_PER_RUN")
+    record light_p50 "$(echo "$out" | json "['latency_ms']['p50']")"
+    record light_p95 "$(echo "$out" | json "['latency_ms']['p95']")"
+    record light_p99 "$(echo "$out" | json "['latency_ms']['p99']")"
+    record light_max "$(echo "$out" | json "['latency_ms']['max']")"
+    # 3. Peak memory of the replica after all of the above.
+    record api_rss_mib "$(peak_rss_mib "${API_PIDS[0]}")"
+  fi
+  stop_apis
+done
+
+# 4. The physical limit: pipelined XADD of entries shaped exactly like Sluice's.
+start_apis 1
+redis-cli -p "$REDIS_PORT" del "$STREAM" >/dev/null
+loadgen --batch 100 --connections 1 --requests 1 --warmup 0 --duration 5 >/dev/null
+FIELDS=()
+while IFS= read -r line; do FIELDS+=("$line"); done < <(redis-cli -p "$REDIS_PORT" --raw xrange "$STREAM" - + count 1 | tail -n +2)
+ENTRY_BYTES=0
+for f in "${FIELDS[@]}"; do ENTRY_BYTES=$((ENTRY_BYTES + ${#f})); done
+record entry_bytes "$ENTRY_BYTES"
+stop_apis
+raw=$(redis-benchmark -p "$REDIS_PORT" -c 32 -P 100 -n 2000000 -q xadd rawbench '*' "${FIELDS[@]}" 2>/dev/null | tr '\r' '\n' | grep -Eo '[0-9.]+ requests per second' | tail -n 1 | awk '{print $1}')
+redis-cli -p "$REDIS_PORT" del rawbench >/dev/null
+record raw_xadd "$raw"
+
+# 5. Worker drain of a backlog, beside a raw \copy of the same rows.
+start_apis 1
+redis-cli -p "$REDIS_PORT" del "$STREAM" >/dev/null
+loadgen --batch 100 --connections 16 --requests $((BACKLOG / 100)) --warmup 0 --duration 600 >/dev/null
+stop_apis
+BACKLOG_LEN=$(redis-cli -p "$REDIS_PORT" xlen "$STREAM")
+SLUICE__WORKER__METRICS_BIND="127.0.0.1:$(free_port)" "$BIN/sluice-worker" 2>>"$WORK/worker.log" &
+WORKER=$!; PIDS+=($WORKER)
+t0=$(date +%s.%N)
+while [ "$(psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d sluice -Atc 'select count(*) from events')" -lt "$BACKLOG_LEN" ]; do sleep 0.2; done
+t1=$(date +%s.%N)
+kill $WORKER; wait $WORKER 2>/dev/null || true
+record drain_events "$BACKLOG_LEN"
+record drain_seconds "$(python3 -c "print($t1-$t0)")"
+PSQL=(psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d sluice -q)
+"${PSQL[@]}" -c "\\copy (select * from events) to '$WORK/events.csv' csv"
+"${PSQL[@]}" -c "create table events_copy (like events including defaults including indexes)"
+t0=$(date +%s.%N)
+"${PSQL[@]}" -c "\\copy events_copy from '$WORK/events.csv' csv"
+t1=$(date +%s.%N)
+record copy_seconds "$(python3 -c "print($t1-$t0)")"
+
+# 6. BENCHMARKS.md
+python3 - "$RESULTS" "$ROOT/BENCHMARKS.md" "$ROOT/bench/history.md" "$SECONDS_PER_RUN" <<'PY'
+import sys, platform, subprocess, datetime
+r = dict(l.rstrip("\n").split("=", 1) for l in open(sys.argv[1]) if "=" in l)
+f = lambda k: float(r[k])
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+mem = next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+ver = lambda cmd: subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip().splitlines()[0]
+raw = f("raw_xadd")
+drain = f("drain_events") / f("drain_seconds"); copy = f("drain_events") / f("copy_seconds")
+best100 = max(f("ingest_1_100_eps"), f("ingest_2_100_eps"))
+rows = []
+for rep in (1, 2):
+    for b in (1, 10, 100):
+        k = f"ingest_{rep}_{b}"
+        rows.append(f"| {rep} | {b} | {f(k+'_eps'):,.0f} | {f(k+'_rps'):,.0f} | {f(k+'_p50'):.2f} | {f(k+'_p99'):.2f} | {r[k+'_non200'] or 'none'} |")
+def verdict(ok): return "met" if ok else "not met"
+out = f"""# Benchmarks
+
+Reproduce with one command: `bench/run.sh` (starts Redis, PostgreSQL, the api and the worker itself;
+{sys.argv[4]} s per measurement; about four minutes). The load generator is `sluice-loadgen`, on the same
+machine, sharing its cores.
+
+- Machine: {cpu}, {subprocess.run("nproc", capture_output=True, text=True).stdout.strip()} cores, {int(mem)//1024} MiB
+- Run: {datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}; {ver("redis-server --version")}; {ver("psql --version")}
+- Redis with `appendonly yes`, `appendfsync everysec`; PostgreSQL defaults.
+
+## Ingest (api only, worker stopped; 32 connections, events of about 200 bytes)
+
+| api replicas | batch | events/s | requests/s | p50 ms | p99 ms | non-200 |
+|---|---|---|---|---|---|---|
+""" + "\n".join(rows) + f"""
+
+## Against the physical limits
+
+| measure | value | target | |
+|---|---|---|---|
+| raw pipelined XADD of identical entries ({r['entry_bytes']} bytes; redis-benchmark, 32 clients, pipeline 100) | {raw:,.0f} entries/s | | |
+| best ingest with 100-event batches ÷ raw XADD | {best100:,.0f} ÷ {raw:,.0f} = **{best100/raw:.2f}** | ≥ 0.6 | {verdict(best100/raw >= 0.6)} |
+| latency at light load (4 connections, batch 10, 200 req/s) | p50 {f('light_p50'):.2f} ms, p95 {f('light_p95'):.2f} ms, p99 **{f('light_p99'):.2f} ms**, max {f('light_max'):.2f} ms | p99 ≤ 5 ms | {verdict(f('light_p99') <= 5)} |
+| latency at saturation (1 replica, batch 100, 32 connections) | p50 {f('ingest_1_100_p50'):.2f} ms, p99 {f('ingest_1_100_p99'):.2f} ms | | |
+| api peak RSS after the runs above | **{r['api_rss_mib']} MiB** | ≤ 128 MiB | {verdict(float(r['api_rss_mib']) <= 128)} |
+| worker drain of a {int(f('drain_events')):,}-event backlog | {drain:,.0f} events/s ({f('drain_seconds'):.1f} s) | | |
+| raw `\\copy` of the same rows into a table like `events` | {copy:,.0f} rows/s ({f('copy_seconds'):.1f} s) | | |
+| worker drain ÷ raw COPY | **{drain/copy:.2f}** | ≥ 0.5 | {verdict(drain/copy >= 0.5)} |
+
+"""
+try:
+    out += open(sys.argv[3]).read()
+except FileNotFoundError:
+    pass
+open(sys.argv[2], "w").write(out)
+PY
+echo "bench: wrote BENCHMARKS.md" >&2
