@@ -21,6 +21,12 @@ mkdir -p "$STATE/redis"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" \
   --appendonly yes --appendfsync everysec --save "" \
   --daemonize yes --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log"
+# A large append-only file takes a while to load; Redis answers LOADING until then.
+for _ in $(seq 600); do
+  [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ] && break
+  sleep 0.1
+done
+[ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ] || { echo "redis did not become ready; see $STATE/redis.log" >&2; exit 1; }
 
 # PostgreSQL.
 PG_DATA=$(pg_data_dir)
