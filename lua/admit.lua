@@ -12,8 +12,8 @@
 -- ARGV[2..4]     default per-minute limits for types event, metric, state
 -- ARGV[5]        S, the number of distinct slugs (in first-seen order)
 -- ARGV[6..5+S]   the slugs
--- then 4 values per event, in request order:
---                slug number s, requested schema version (0 = latest), event id, payload JSON
+-- then 3 values per event, in request order:
+--                slug number s, requested schema version (0 = latest), event JSON (with its id)
 --
 -- Reply, one of:
 --   {"notfound", s, ...}             slugs (by number) unknown or inactive for the tenant
@@ -21,6 +21,10 @@
 --   {"ok", now_s, now_us, reset_s, admitted, then per slug: id, type, limit, remaining, latest}
 --       admitted: one character per event, "1" admitted or "0" rate limited
 --       remaining: what the slug's window has left after this request
+--
+-- Each admitted event becomes one stream entry of two fields, few so that XADD stays cheap:
+--   m   "<tenant>|<signal id>|<signal type>|<resolved schema version, 0 = none>"
+--   e   the event JSON built by the api
 --
 -- Atomicity: everything is read and checked before the first write, so a refused request
 -- writes nothing; then each admitted event is XADDed and its slug's counter is raised by exactly
@@ -66,7 +70,7 @@ end
 -- 2. Check requested schema versions.
 local bad = { 'badversion' }
 local e = 0
-for i = first_event, #ARGV, 4 do
+for i = first_event, #ARGV, 3 do
   e = e + 1
   local v = tonumber(ARGV[i + 1])
   if v > 0 then
@@ -103,15 +107,20 @@ end
 
 -- 4. Admit in request order until each slug's window is full; enqueue what is admitted.
 local flags = {}
-for i = first_event, #ARGV, 4 do
+local metas = {}
+for i = first_event, #ARGV, 3 do
   local s = tonumber(ARGV[i])
   if remaining[s] > 0 then
-    local sig = signals[s]
-    local v = tonumber(ARGV[i + 1])
-    if v == 0 then v = sig.latest end
-    redis.call('XADD', KEYS[2], '*',
-      'id', ARGV[i + 2], 'tenant', tenant, 'signal', sig.id, 'type', sig.type,
-      'version', v, 'event', ARGV[i + 3])
+    local v = ARGV[i + 1]
+    local key = ARGV[i] .. ':' .. v
+    local meta = metas[key]
+    if not meta then
+      local sig = signals[s]
+      if v == '0' then v = sig.latest end
+      meta = tenant .. '|' .. sig.id .. '|' .. sig.type .. '|' .. v
+      metas[key] = meta
+    end
+    redis.call('XADD', KEYS[2], '*', 'm', meta, 'e', ARGV[i + 2])
     remaining[s] = remaining[s] - 1
     admitted_of[s] = admitted_of[s] + 1
     flags[#flags + 1] = '1'

@@ -1,12 +1,23 @@
-//! The Redis connection pool, with one deadline over every operation.
+//! Connections to Redis, with one deadline over every operation.
 //!
-//! Requirement: a dead or slow Redis never hangs a request. Every call here (waiting for a
-//! connection, connecting, the command itself) finishes within the configured timeout or fails
-//! with [`RedisError`], which the api answers with 503.
+//! Requirement: a dead or slow Redis never hangs a request. Every call here (connecting, the
+//! command itself) finishes within the configured timeout or fails with [`RedisError`], which
+//! the api answers with 503.
+//!
+//! Connections are multiplexed: one TCP connection carries any number of concurrent commands.
+//! So instead of checking a connection out of the pool per call (which costs a health-check
+//! round trip, `UNWATCH` + `PING`, every time), each process keeps `pool_size` long-lived
+//! connections, made by the deadpool pool with its timeouts and used round-robin. A connection
+//! that fails at the transport level is dropped and replaced on next use. Measured effect:
+//! BENCHMARKS.md, "History".
 
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, ScriptInvocation};
 
 use crate::config::RedisSettings;
@@ -21,16 +32,23 @@ pub enum RedisError {
     Command(#[from] redis::RedisError),
 }
 
-/// A cheap-to-clone handle on the pool.
+/// A cheap-to-clone handle on the connections.
 #[derive(Clone)]
 pub struct Redis {
     pool: Pool,
     timeout: Duration,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Long-lived multiplexed connections; `None` until first used or after a failure.
+    slots: Vec<Mutex<Option<MultiplexedConnection>>>,
+    next: AtomicUsize,
 }
 
 impl Redis {
-    /// Builds the pool. Connections are opened on first use, so a binary can start (and report
-    /// itself unready) while Redis is still down.
+    /// Prepares the connections. They are opened on first use, so a binary can start (and
+    /// report itself unready) while Redis is still down.
     pub fn new(settings: &RedisSettings) -> Result<Self, String> {
         let mut cfg = deadpool_redis::Config::from_url(settings.url.expose());
         let mut pool = PoolConfig::new(settings.pool_size);
@@ -43,19 +61,21 @@ impl Redis {
         let pool = cfg
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| format!("SLUICE__REDIS__URL: cannot build a Redis pool: {e}"))?;
+        let slots = (0..settings.pool_size).map(|_| Mutex::new(None)).collect();
         Ok(Redis {
             pool,
             timeout: settings.timeout,
+            shared: Arc::new(Shared {
+                slots,
+                next: AtomicUsize::new(0),
+            }),
         })
     }
 
     /// Runs one command.
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
-        self.deadline(async {
-            let mut conn = self.pool.get().await?;
-            Ok(cmd.query_async(&mut conn).await?)
-        })
-        .await
+        self.with_connection(async |conn| cmd.query_async(conn).await)
+            .await
     }
 
     /// Runs a pipeline of commands in one round trip.
@@ -63,11 +83,8 @@ impl Redis {
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, RedisError> {
-        self.deadline(async {
-            let mut conn = self.pool.get().await?;
-            Ok(pipe.query_async(&mut conn).await?)
-        })
-        .await
+        self.with_connection(async |conn| pipe.query_async(conn).await)
+            .await
     }
 
     /// Runs a Lua script by its SHA, loading it first where Redis does not have it yet.
@@ -75,11 +92,8 @@ impl Redis {
         &self,
         script: &ScriptInvocation<'_>,
     ) -> Result<T, RedisError> {
-        self.deadline(async {
-            let mut conn = self.pool.get().await?;
-            Ok(script.invoke_async(&mut conn).await?)
-        })
-        .await
+        self.with_connection(async |conn| script.invoke_async(conn).await)
+            .await
     }
 
     /// `PING`, for readiness checks.
@@ -87,12 +101,41 @@ impl Redis {
         self.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
-    async fn deadline<T>(
+    /// Runs `op` on a connection within the deadline; a connection that failed at the
+    /// transport level (or did not answer in time) is replaced.
+    async fn with_connection<T>(
         &self,
-        op: impl Future<Output = Result<T, RedisError>>,
+        op: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
     ) -> Result<T, RedisError> {
-        tokio::time::timeout(self.timeout, op)
-            .await
-            .unwrap_or(Err(RedisError::Timeout(self.timeout)))
+        let slot = self.shared.next.fetch_add(1, Ordering::Relaxed) % self.shared.slots.len();
+        let attempt = async {
+            let mut conn = self.connection(slot).await?;
+            op(&mut conn).await.map_err(|e| {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    self.discard(slot);
+                }
+                RedisError::Command(e)
+            })
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.discard(slot);
+                Err(RedisError::Timeout(self.timeout))
+            }
+        }
+    }
+
+    async fn connection(&self, slot: usize) -> Result<MultiplexedConnection, RedisError> {
+        if let Some(conn) = self.shared.slots[slot].lock().expect("slot lock").clone() {
+            return Ok(conn);
+        }
+        let conn = deadpool_redis::Connection::take(self.pool.get().await?);
+        *self.shared.slots[slot].lock().expect("slot lock") = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn discard(&self, slot: usize) {
+        self.shared.slots[slot].lock().expect("slot lock").take();
     }
 }

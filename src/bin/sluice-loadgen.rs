@@ -16,7 +16,10 @@ use clap::Parser;
 use serde_json::json;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "sluice-loadgen", about = "Load generator for the Sluice ingest API")]
+#[command(
+    name = "sluice-loadgen",
+    about = "Load generator for the Sluice ingest API"
+)]
 struct Args {
     /// Base URL of an api replica; repeat for several.
     #[arg(long = "url", required = true)]
@@ -64,7 +67,8 @@ struct Tally {
 
 fn bodies(args: &Args, conn: usize) -> Vec<String> {
     // The padding brings each event to about --event-bytes.
-    let skeleton = r#"{"signal":"","identity":{"type":"account","id":"acc-000000"},"data":{"pad":""}}"#.len();
+    let skeleton =
+        r#"{"signal":"","identity":{"type":"account","id":"acc-000000"},"data":{"pad":""}}"#.len();
     (0..8)
         .map(|variant| {
             let events: Vec<serde_json::Value> = (0..args.batch)
@@ -84,14 +88,19 @@ fn bodies(args: &Args, conn: usize) -> Vec<String> {
 }
 
 async fn connection(args: Args, conn: usize, start_measuring: Instant, stop_at: Instant) -> Tally {
-    let url = format!("{}/v1/events/batch", args.urls[conn % args.urls.len()].trim_end_matches('/'));
+    let url = format!(
+        "{}/v1/events/batch",
+        args.urls[conn % args.urls.len()].trim_end_matches('/')
+    );
     let key = format!("Bearer {}", args.keys[conn % args.keys.len()]);
     let bodies = bodies(&args, conn);
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .connector(awc::Connector::new().limit(1))
         .finish();
-    let interval = args.rate.map(|r| Duration::from_secs_f64(args.connections as f64 / r));
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.connections as f64 / r));
     let per_conn_limit = args.requests.map(|r| r.div_ceil(args.connections as u64));
     let mut tally = Tally::default();
     let mut next_send = Instant::now();
@@ -131,7 +140,9 @@ async fn connection(args: Args, conn: usize, start_measuring: Instant, stop_at: 
         }
         match status {
             Some(s) => {
-                tally.latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                tally
+                    .latencies_us
+                    .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 *tally.statuses.entry(s).or_default() += 1;
                 tally.events_accepted += accepted;
             }
@@ -168,22 +179,36 @@ fn main() {
     let stop_at = start_measuring + Duration::from_secs_f64(args.duration);
 
     // One OS thread per core, each with its own runtime, connections spread over them.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(args.connections);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(args.connections);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let args = args.clone();
             std::thread::spawn(move || {
                 actix_web::rt::System::new().block_on(async move {
                     let conns = (t..args.connections).step_by(threads);
-                    futures_util::future::join_all(conns.map(|c| connection(args.clone(), c, start_measuring, stop_at))).await
+                    futures_util::future::join_all(
+                        conns.map(|c| connection(args.clone(), c, start_measuring, stop_at)),
+                    )
+                    .await
                 })
             })
         })
         .collect();
-    let tallies: Vec<Tally> = handles.into_iter().flat_map(|h| h.join().expect("load thread")).collect();
-    let measured = Instant::now().saturating_duration_since(start_measuring).as_secs_f64().max(1e-9);
+    let tallies: Vec<Tally> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("load thread"))
+        .collect();
+    let measured = Instant::now()
+        .saturating_duration_since(start_measuring)
+        .as_secs_f64()
+        .max(1e-9);
 
-    let mut latencies: Vec<u32> = tallies.iter().flat_map(|t| t.latencies_us.iter().copied()).collect();
+    let mut latencies: Vec<u32> = tallies
+        .iter()
+        .flat_map(|t| t.latencies_us.iter().copied())
+        .collect();
     latencies.sort_unstable();
     let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
     for t in &tallies {
@@ -216,9 +241,18 @@ fn main() {
         println!("{report}");
         return;
     }
-    println!("connections {}  batch {}  event ~{} B  measured {:.1} s", args.connections, args.batch, args.event_bytes, measured);
-    println!("requests    {requests}  ({:.0}/s)", requests as f64 / measured);
-    println!("events      {events}  ({:.0}/s accepted)", events as f64 / measured);
+    println!(
+        "connections {}  batch {}  event ~{} B  measured {:.1} s",
+        args.connections, args.batch, args.event_bytes, measured
+    );
+    println!(
+        "requests    {requests}  ({:.0}/s)",
+        requests as f64 / measured
+    );
+    println!(
+        "events      {events}  ({:.0}/s accepted)",
+        events as f64 / measured
+    );
     println!(
         "latency ms  p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
         percentile(&latencies, 50.0),
@@ -226,8 +260,19 @@ fn main() {
         percentile(&latencies, 99.0),
         latencies.last().map_or(0.0, |m| f64::from(*m) / 1000.0)
     );
-    let non_200: Vec<String> = statuses.iter().filter(|(s, _)| **s != 200).map(|(s, n)| format!("{s}: {n}")).collect();
-    println!("non-200     {}", if non_200.is_empty() { "none".to_owned() } else { non_200.join(", ") });
+    let non_200: Vec<String> = statuses
+        .iter()
+        .filter(|(s, _)| **s != 200)
+        .map(|(s, n)| format!("{s}: {n}"))
+        .collect();
+    println!(
+        "non-200     {}",
+        if non_200.is_empty() {
+            "none".to_owned()
+        } else {
+            non_200.join(", ")
+        }
+    );
     if transport_errors > 0 {
         println!("no answer   {transport_errors}");
     }

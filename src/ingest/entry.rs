@@ -1,11 +1,13 @@
 //! The stream entry format, shared by the api (which writes it) and the worker (which reads it).
 //!
-//! An entry's fields: `id` (the event id returned to the client), `tenant`, `signal` (`sig_…`),
-//! `type` (signal type), `version` (resolved schema version, 0 for none), set by the admission
-//! script; and `event`, this JSON object, built by the api:
+//! An entry has two fields, few so that `XADD` inside the admission script stays cheap:
+//!
+//! - `m`: `<tenant>|<signal id>|<signal type>|<schema version>`, set by the admission script
+//!   (the version resolved from "latest"; 0 when the signal has no schema);
+//! - `e`: this JSON object, built by the api:
 //!
 //! ```json
-//! {"identity_type":"account","identity_id":"acc-1","data":{...},
+//! {"id":"0193…","identity_type":"account","identity_id":"acc-1","data":{...},
 //!  "occurred_at":"2026-11-26T10:15:00.000000Z","received_at":"2026-11-26T10:15:00.123456Z",
 //!  "reference":"evt-001"}
 //! ```
@@ -13,12 +15,20 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use uuid::Uuid;
 
-use crate::domain::Event;
+use crate::domain::{Event, SignalType};
 
-/// The `event` field of a stream entry.
+/// The meta field of an entry.
+pub const META: &str = "m";
+/// The event field of an entry.
+pub const EVENT: &str = "e";
+
+/// The `e` field of a stream entry.
 #[derive(Debug, Serialize)]
 pub struct StreamEvent<'a> {
+    /// The id returned to the client.
+    pub id: String,
     pub identity_type: &'a str,
     pub identity_id: &'a str,
     /// The client's JSON object, copied through verbatim.
@@ -29,12 +39,13 @@ pub struct StreamEvent<'a> {
 }
 
 impl<'a> StreamEvent<'a> {
-    pub fn from_event(event: &'a Event<'a>, received_at: DateTime<Utc>) -> Self {
+    pub fn from_event(id: Uuid, event: &'a Event<'a>, received_at: DateTime<Utc>) -> Self {
         let occurred_at = event
             .timestamp
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or(received_at);
         StreamEvent {
+            id: id.hyphenated().to_string(),
             identity_type: &event.identity_type,
             identity_id: &event.identity_id,
             data: event.data,
@@ -52,10 +63,10 @@ impl<'a> StreamEvent<'a> {
 /// A stream entry as the worker reads it back.
 #[derive(Debug, Clone)]
 pub struct StreamEntry {
-    pub id: uuid::Uuid,
+    pub id: Uuid,
     pub tenant: String,
     pub signal: String,
-    pub signal_type: crate::domain::SignalType,
+    pub signal_type: SignalType,
     /// Resolved schema version; `None` when the signal had no schema.
     pub schema_version: Option<u32>,
     pub identity_type: String,
@@ -69,6 +80,7 @@ pub struct StreamEntry {
 
 #[derive(serde::Deserialize)]
 struct OwnedStreamEvent {
+    id: String,
     identity_type: String,
     identity_id: String,
     data: Box<RawValue>,
@@ -77,26 +89,49 @@ struct OwnedStreamEvent {
     reference: Option<String>,
 }
 
+/// The parts of `m`.
+pub struct Meta<'a> {
+    pub tenant: &'a str,
+    pub signal: &'a str,
+    pub signal_type: &'a str,
+    pub version: &'a str,
+}
+
+impl<'a> Meta<'a> {
+    pub fn parse(m: &'a str) -> Option<Self> {
+        let mut parts = m.split('|');
+        let meta = Meta {
+            tenant: parts.next()?,
+            signal: parts.next()?,
+            signal_type: parts.next()?,
+            version: parts.next()?,
+        };
+        parts.next().is_none().then_some(meta)
+    }
+}
+
 impl StreamEntry {
-    /// Decodes an entry's fields; the error says which field is wrong.
+    /// Decodes an entry's fields; the error says what is wrong.
     pub fn decode(field: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let get = |name: &str| field(name).ok_or_else(|| format!("entry has no {name} field"));
-        let id = uuid::Uuid::parse_str(&get("id")?).map_err(|e| format!("bad id: {e}"))?;
-        let version: u32 = get("version")?
+        let m = field(META).ok_or("entry has no m field")?;
+        let meta = Meta::parse(&m).ok_or_else(|| format!("bad m field {m:?}"))?;
+        let version: u32 = meta
+            .version
             .parse()
-            .map_err(|_| "bad version field".to_owned())?;
+            .map_err(|_| "bad schema version in m".to_owned())?;
+        let e = field(EVENT).ok_or("entry has no e field")?;
         let event: OwnedStreamEvent =
-            serde_json::from_str(&get("event")?).map_err(|e| format!("bad event field: {e}"))?;
+            serde_json::from_str(&e).map_err(|e| format!("bad e field: {e}"))?;
         let time = |s: &str| {
             DateTime::parse_from_rfc3339(s)
                 .map(|t| t.with_timezone(&Utc))
                 .map_err(|e| format!("bad timestamp {s:?}: {e}"))
         };
         Ok(StreamEntry {
-            id,
-            tenant: get("tenant")?,
-            signal: get("signal")?,
-            signal_type: get("type")?.parse()?,
+            id: Uuid::parse_str(&event.id).map_err(|e| format!("bad id: {e}"))?,
+            tenant: meta.tenant.to_owned(),
+            signal: meta.signal.to_owned(),
+            signal_type: meta.signal_type.parse()?,
             schema_version: (version > 0).then_some(version),
             identity_type: event.identity_type,
             identity_id: event.identity_id,
@@ -106,6 +141,15 @@ impl StreamEntry {
             reference: event.reference,
         })
     }
+}
+
+/// The event id in an `e` field, for naming entries that do not decode whole.
+pub fn event_id_of(e: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: String,
+    }
+    serde_json::from_str::<IdOnly>(e).ok().map(|i| i.id)
 }
 
 #[cfg(test)]
@@ -118,18 +162,16 @@ mod tests {
         let body = r#"{"signal":"s","identity":{"type":"deal","id":"d-1"},"data":{"value":3},"timestamp":"2026-01-02T03:04:05.123456789+02:00","reference":"r"}"#;
         let event = parse_single(body).unwrap();
         let received = Utc::now();
-        let json = StreamEvent::from_event(&event, received).to_json();
-        let fields = [
-            ("id", uuid::Uuid::now_v7().to_string()),
-            ("tenant", "ten_x".to_owned()),
-            ("signal", "sig_x".to_owned()),
-            ("type", "metric".to_owned()),
-            ("version", "2".to_owned()),
-            ("event", json),
-        ];
+        let id = Uuid::now_v7();
+        let json = StreamEvent::from_event(id, &event, received).to_json();
+        assert_eq!(event_id_of(&json), Some(id.to_string()));
+        let fields = [("m", "ten_x|sig_x|metric|2".to_owned()), ("e", json)];
         let entry =
             StreamEntry::decode(|n| fields.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone()))
                 .unwrap();
+        assert_eq!(entry.id, id);
+        assert_eq!(entry.tenant, "ten_x");
+        assert_eq!(entry.signal, "sig_x");
         assert_eq!(entry.identity_type, "deal");
         assert_eq!(entry.schema_version, Some(2));
         assert_eq!(entry.data.get(), r#"{"value":3}"#);
@@ -142,5 +184,6 @@ mod tests {
             received.timestamp_micros()
         );
         assert!(StreamEntry::decode(|_| None).is_err());
+        assert!(Meta::parse("a|b|c").is_none() && Meta::parse("a|b|c|d|e").is_none());
     }
 }

@@ -4,9 +4,9 @@
 //! This module builds the script's `KEYS`/`ARGV` from validated events and decodes its reply
 //! into a [`Verdict`]; it knows nothing of HTTP.
 
-mod entry;
+pub mod entry;
 
-pub use entry::{StreamEntry, StreamEvent};
+pub use entry::{Meta, StreamEntry, StreamEvent, event_id_of};
 
 use std::collections::HashMap;
 
@@ -136,11 +136,8 @@ impl Admission {
         for (((event, slug), version), id) in
             events.iter().zip(&event_slugs).zip(&requested).zip(&ids)
         {
-            let payload = StreamEvent::from_event(event, received_at).to_json();
-            call.arg(slug + 1)
-                .arg(version)
-                .arg(id.to_string())
-                .arg(payload);
+            let payload = StreamEvent::from_event(*id, event, received_at).to_json();
+            call.arg(slug + 1).arg(version).arg(payload);
         }
 
         let reply: Value = redis.invoke(&call).await?;

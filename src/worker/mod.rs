@@ -334,8 +334,8 @@ impl Worker {
                     &[
                         &stream,
                         &raw.entry_id,
-                        &raw.field("id"),
-                        &raw.field("tenant"),
+                        &raw.event_id(),
+                        &raw.tenant(),
                         &raw.fields_json(),
                         &reason,
                         &(deliveries as i32),

@@ -34,6 +34,19 @@ impl RawEntry {
         }
     }
 
+    /// The event id, when the entry is readable that far.
+    pub fn event_id(&self) -> Option<String> {
+        self.field(crate::ingest::entry::EVENT)
+            .as_deref()
+            .and_then(crate::ingest::event_id_of)
+    }
+
+    /// The tenant, when the entry is readable that far.
+    pub fn tenant(&self) -> Option<String> {
+        let m = self.field(crate::ingest::entry::META)?;
+        crate::ingest::Meta::parse(&m).map(|meta| meta.tenant.to_owned())
+    }
+
     /// The fields as a JSON object of strings, for the dead letters (bytes that are not UTF-8
     /// are replaced, so such an entry is readable but not byte-exact).
     pub fn fields_json(&self) -> String {

@@ -74,6 +74,15 @@ impl Validator {
     }
 
     fn check(&self, entry: StreamEntry) -> Record {
+        // The api already checked that data is a storable object; it needs parsing only to be
+        // checked against a schema or to have its metric value read.
+        if entry.schema_version.is_none() && entry.signal_type != SignalType::Metric {
+            return Record {
+                entry,
+                invalid: None,
+                value: None,
+            };
+        }
         let data: Value = match serde_json::from_str(entry.data.get()) {
             Ok(v) => v,
             Err(e) => return invalid(entry, format!("data is not readable JSON: {e}")),

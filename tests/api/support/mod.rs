@@ -129,7 +129,9 @@ impl TestEnv {
         client
     }
 
-    /// Every entry of every partition stream, as field maps.
+    /// Every entry of every partition stream, as field maps: the raw fields `m` and `e`, and
+    /// for readable assertions what they hold (`id`, `tenant`, `signal`, `type`, `version`,
+    /// `event`).
     pub fn stream_entries(&self) -> Vec<HashMap<String, String>> {
         let mut conn = self.redis.conn();
         let keyspace = Keyspace::new(self.settings().redis.partitions);
@@ -142,11 +144,22 @@ impl TestEnv {
                 .query(&mut conn)
                 .unwrap();
             for id in reply.ids {
-                let fields = id
+                let mut fields: HashMap<String, String> = id
                     .map
                     .into_iter()
                     .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap()))
                     .collect();
+                if let (Some(m), Some(e)) = (fields.get("m").cloned(), fields.get("e").cloned()) {
+                    let meta: Vec<&str> = m.split('|').collect();
+                    for (name, value) in ["tenant", "signal", "type", "version"].iter().zip(meta) {
+                        fields.insert(name.to_string(), value.to_owned());
+                    }
+                    fields.insert(
+                        "id".into(),
+                        sluice::ingest::event_id_of(&e).unwrap_or_default(),
+                    );
+                    fields.insert("event".into(), e);
+                }
                 all.push(fields);
             }
         }
