@@ -165,7 +165,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("api.keep_alive_secs", "30"),
     ("worker.metrics_bind", "0.0.0.0:9091"),
     ("worker.consumer", ""),
-    ("worker.batch_size", "1000"),
+    ("worker.batch_size", "5000"),
     ("worker.block_ms", "50"),
     ("worker.claim_idle_ms", "30000"),
     ("worker.max_deliveries", "5"),

@@ -123,22 +123,37 @@ impl Worker {
         grouped.is_some()
     }
 
+    /// The main loop. While one batch is being stored, the next is already being read, so
+    /// PostgreSQL and Redis work at the same time; batches are still stored one after another.
     async fn consume(&self) {
         let mut own_pending = true;
         let mut last_claim = Instant::now();
         let claim_every = (self.settings.claim_idle / 4).max(Duration::from_millis(100));
         let mut backoff = Backoff::new();
+        // A batch read but not yet stored.
+        let mut in_hand: Option<Vec<RawEntry>> = None;
         while !self.stopping() {
-            let read = if own_pending {
-                self.streams.read(self.settings.batch_size, 0, true).await
-            } else if last_claim.elapsed() >= claim_every {
-                last_claim = Instant::now();
-                self.claim().await
-            } else {
-                let block = self.settings.block.as_millis() as u64;
-                self.streams
-                    .read(self.settings.batch_size, block, false)
-                    .await
+            let read = async {
+                if own_pending {
+                    self.streams.read(self.settings.batch_size, 0, true).await
+                } else if last_claim.elapsed() >= claim_every {
+                    last_claim = Instant::now();
+                    self.claim().await
+                } else {
+                    let block = self.settings.block.as_millis() as u64;
+                    self.streams
+                        .read(self.settings.batch_size, block, false)
+                        .await
+                }
+            };
+            let read = match in_hand.take() {
+                // Re-reading our own pending entries while storing them would return them again.
+                Some(batch) if own_pending => {
+                    self.process(batch).await;
+                    read.await
+                }
+                Some(batch) => tokio::join!(read, self.process(batch)).0,
+                None => read.await,
             };
             let entries = match read {
                 Ok(entries) => {
@@ -161,7 +176,11 @@ impl Worker {
                 own_pending = false;
                 continue;
             }
-            self.process(entries).await;
+            in_hand = Some(entries);
+        }
+        // Shutdown: the batch in hand is finished (stored, acknowledged) before exiting.
+        if let Some(batch) = in_hand {
+            self.process(batch).await;
         }
     }
 
