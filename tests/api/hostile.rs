@@ -495,3 +495,49 @@ async fn slow_clients_are_cut_off() {
     assert!(text.contains(r#""success":false"#), "{text}");
     assert!(env.stream_entries().is_empty());
 }
+
+#[actix_web::test]
+async fn the_connection_cap_holds_new_connections_until_a_slot_frees() {
+    let env = TestEnv::start_with(&[
+        ("SLUICE__API__MAX_CONNECTIONS", "2"),
+        ("SLUICE__API__WORKERS", "1"),
+        ("SLUICE__API__CLIENT_TIMEOUT_MS", "1500"),
+    ])
+    .await;
+    let api = env.spawn_api().await;
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    let (held, status) = actix_web::rt::task::spawn_blocking(move || {
+        // Two clients take both slots and stall mid-headers.
+        let stalled: Vec<TcpStream> = (0..2)
+            .map(|_| {
+                let mut s = TcpStream::connect(&addr).unwrap();
+                s.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n").unwrap();
+                s
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        // A third is not served until the head timeout frees a slot.
+        let started = Instant::now();
+        let mut third = TcpStream::connect(&addr).unwrap();
+        third
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        third
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = third.read(&mut buf).unwrap_or(0);
+        drop(stalled);
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(
+        held >= Duration::from_millis(1000),
+        "served after {held:?}: the cap did not hold it back"
+    );
+}
