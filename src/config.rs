@@ -32,8 +32,13 @@ pub struct Settings {
 
 #[derive(Clone, Debug)]
 pub struct RedisSettings {
-    /// Where the registry copy, the rate-limit counters and the partition streams live.
+    /// Where the registry copy, the rate-limit counters and the partition streams live. In
+    /// cluster mode, a comma-separated list of seed nodes.
     pub url: Secret,
+    pub mode: RedisMode,
+    /// When above 0, the api acknowledges a request only after `WAIT` confirms that this many
+    /// replicas hold its writes, so a master's death loses nothing acknowledged.
+    pub min_replicas_ack: u32,
     /// How many partition streams tenants are spread over. Fixed once data exists: changing it
     /// moves tenants to other streams and counters.
     pub partitions: u16,
@@ -42,6 +47,25 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// Connections per process. Each is multiplexed, so a few carry many requests.
     pub pool_size: usize,
+}
+
+impl RedisSettings {
+    /// The seed URLs, one per node given.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .expose()
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+}
+
+/// One Redis, or a Redis Cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisMode {
+    Standalone,
+    Cluster,
 }
 
 #[derive(Clone, Debug)]
@@ -149,6 +173,8 @@ const MAX_KEY_CACHE_TTL_MS: u64 = 4000;
 
 const DEFAULTS: &[(&str, &str)] = &[
     ("redis.url", "redis://127.0.0.1:6379"),
+    ("redis.mode", "standalone"),
+    ("redis.min_replicas_ack", "0"),
     ("redis.partitions", "16"),
     ("redis.timeout_ms", "1000"),
     ("redis.pool_size", "8"),
@@ -216,7 +242,13 @@ impl Settings {
 
         let settings = Settings {
             redis: RedisSettings {
-                url: Secret(get("redis.url").parse_with(parse_redis_url)?),
+                url: Secret(get("redis.url").parse_with(parse_redis_urls)?),
+                mode: get("redis.mode").parse_with(|v| match v {
+                    "standalone" => Ok(RedisMode::Standalone),
+                    "cluster" => Ok(RedisMode::Cluster),
+                    _ => Err("must be standalone or cluster".to_owned()),
+                })?,
+                min_replicas_ack: get("redis.min_replicas_ack").parsed("a whole number of replicas")?,
                 partitions: get("redis.partitions").parse_with(|v| {
                     let n: u16 = v.parse().map_err(|_| "must be a whole number".to_owned())?;
                     if (1..=1024).contains(&n) {
@@ -355,11 +387,14 @@ fn default_consumer_name() -> String {
     )
 }
 
-fn parse_redis_url(v: &str) -> Result<String, String> {
+/// One Redis URL, or (for cluster mode) several separated by commas.
+fn parse_redis_urls(v: &str) -> Result<String, String> {
     use redis::IntoConnectionInfo;
-    v.into_connection_info()
-        .map(|_| v.to_owned())
-        .map_err(|e| format!("is not a Redis URL ({e})"))
+    for url in v.split(',').map(str::trim) {
+        url.into_connection_info()
+            .map_err(|e| format!("is not a Redis URL or list of them ({e})"))?;
+    }
+    Ok(v.to_owned())
 }
 
 #[cfg(test)]
@@ -417,6 +452,8 @@ mod tests {
             ("SLUICE__REDIS__PARTITIONS", "0"),
             ("SLUICE__LIMITS__EVENT", "lots"),
             ("SLUICE__REDIS__URL", "not a url"),
+            ("SLUICE__REDIS__MODE", "sentinel"),
+            ("SLUICE__REDIS__URL", "redis://a:1,nope"),
             (
                 "SLUICE__POSTGRES__URL",
                 "postgres://x:y@:/?sslmode=sometimes",

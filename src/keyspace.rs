@@ -182,3 +182,53 @@ mod tests {
         assert_eq!(PackedSignal::unpack("sig_x|metric|1|5"), None);
     }
 }
+
+/// The Redis Cluster hash slot of `key` (CRC16/XMODEM of its hash tag, or of the whole key,
+/// modulo 16384), as Redis computes it.
+pub fn cluster_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let close = bytes[open + 1..].iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+    });
+    let mut crc: u16 = 0;
+    for &b in tagged.unwrap_or(bytes) {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from `CLUSTER KEYSLOT` on Redis 7.
+        assert_eq!(cluster_slot("foo"), 12182);
+        assert_eq!(
+            cluster_slot("{user1000}.following"),
+            cluster_slot("user1000")
+        );
+        assert_eq!(
+            cluster_slot("{}x"),
+            cluster_slot("{}x"),
+            "an empty tag hashes the whole key"
+        );
+        let ks = Keyspace::new(16);
+        let tag_slot = cluster_slot(&Keyspace::stream(3));
+        assert_eq!(
+            cluster_slot(&ks.registry("ten_x")),
+            cluster_slot(&Keyspace::stream(ks.partition_of("ten_x")))
+        );
+        assert_eq!(cluster_slot(&Keyspace::dead_stream(3)), tag_slot);
+        assert_eq!(tag_slot, 7085, "CLUSTER KEYSLOT {{p03}}x");
+    }
+}

@@ -41,6 +41,11 @@ pub enum ApiError {
     },
     #[error("Event store unavailable, please retry")]
     Unavailable(String),
+    #[error(
+        "Events were enqueued but not confirmed by enough Redis replicas; they may still be stored, \
+         so a retry may store them twice"
+    )]
+    NotReplicated(String),
     #[error("Not found: {method} {path}")]
     RouteNotFound { method: String, path: String },
     #[error("Method {method} not allowed; use {allow}")]
@@ -67,7 +72,7 @@ impl ApiError {
             ApiError::Validation(_) => "validation",
             ApiError::SignalsNotFound(_) => "signal_not_found",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::NotReplicated(_) => "unavailable",
             ApiError::RouteNotFound { .. } | ApiError::MethodNotAllowed { .. } => "route",
         }
     }
@@ -87,7 +92,9 @@ impl ResponseError for ApiError {
             }
             ApiError::SignalsNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::NotReplicated(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -98,7 +105,7 @@ impl ResponseError for ApiError {
             ApiError::RateLimited { headers, .. } => {
                 headers.apply(&mut response, true);
             }
-            ApiError::Unavailable(cause) => {
+            ApiError::Unavailable(cause) | ApiError::NotReplicated(cause) => {
                 tracing::warn!(%cause, "answering 503");
                 response.insert_header((RETRY_AFTER, "1"));
             }
@@ -124,6 +131,11 @@ impl ResponseError for ApiError {
 
 impl From<crate::redis_pool::RedisError> for ApiError {
     fn from(e: crate::redis_pool::RedisError) -> Self {
-        ApiError::Unavailable(e.to_string())
+        match e {
+            crate::redis_pool::RedisError::NotReplicated { .. } => {
+                ApiError::NotReplicated(e.to_string())
+            }
+            _ => ApiError::Unavailable(e.to_string()),
+        }
     }
 }

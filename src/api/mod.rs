@@ -51,7 +51,11 @@ impl AppState {
     pub fn new(settings: &Settings) -> Result<Self, String> {
         Ok(AppState {
             redis: Redis::new(&settings.redis)?,
-            admission: Admission::new(Keyspace::new(settings.redis.partitions), settings.limits),
+            admission: Admission::new(
+                Keyspace::new(settings.redis.partitions),
+                settings.limits,
+                settings.redis.min_replicas_ack,
+            ),
             keys: auth::KeyCache::new(settings.api.key_cache_ttl),
             settings: settings.api.clone(),
             metrics: ApiMetrics::new(),

@@ -80,14 +80,17 @@ pub struct Admission {
     script: Script,
     keyspace: Keyspace,
     limits: Limits,
+    /// Replicas that must confirm a request's writes before it is acknowledged (0: none).
+    min_replicas_ack: u32,
 }
 
 impl Admission {
-    pub fn new(keyspace: Keyspace, limits: Limits) -> Self {
+    pub fn new(keyspace: Keyspace, limits: Limits, min_replicas_ack: u32) -> Self {
         Admission {
             script: Script::new(ADMIT_LUA),
             keyspace,
             limits,
+            min_replicas_ack,
         }
     }
 
@@ -116,7 +119,8 @@ impl Admission {
 
         let mut call = self.script.prepare_invoke();
         call.key(self.keyspace.registry(tenant));
-        call.key(Keyspace::stream(self.keyspace.partition_of(tenant)));
+        let stream = Keyspace::stream(self.keyspace.partition_of(tenant));
+        call.key(&stream);
         for slug in &slugs {
             call.key(self.keyspace.rate_limit(tenant, slug));
         }
@@ -140,7 +144,7 @@ impl Admission {
             call.arg(slug + 1).arg(version).arg(payload);
         }
 
-        let reply: Value = redis.invoke(&call).await?;
+        let reply: Value = redis.invoke(&call, &stream, self.min_replicas_ack).await?;
         decode(reply, &slugs, &event_slugs, &requested, ids).map_err(|why| {
             RedisError::Command(redis::RedisError::from((
                 redis::ErrorKind::Parse,

@@ -141,19 +141,63 @@ impl Streams {
         block_ms: u64,
         pending_only: bool,
     ) -> Result<Vec<RawEntry>, RedisError> {
-        let streams: Vec<String> = self.keyspace.streams().collect();
+        let start = if pending_only { "0" } else { ">" };
+        if !self.redis.is_cluster() {
+            // One command over every stream, waiting up to block_ms for any of them.
+            let block = (!pending_only).then_some(block_ms);
+            let streams: Vec<String> = self.keyspace.streams().collect();
+            return self.read_streams(&streams, count, block, start).await;
+        }
+        // A cluster refuses one command over keys of several slots: read each partition on its
+        // own, concurrently and without blocking (a blocked read would hold up the node
+        // connection every other command shares), and pause when all are empty.
+        let reads = (0..self.keyspace.partitions()).map(|p| async move {
+            self.read_streams(&[Keyspace::stream(p)], count, None, start)
+                .await
+        });
+        let mut entries = Vec::new();
+        let mut failed = None;
+        let mut ok = 0;
+        for read in futures_util::future::join_all(reads).await {
+            match read {
+                Ok(e) => {
+                    ok += 1;
+                    entries.extend(e);
+                }
+                // One shard failing over must not stop the others from draining.
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            if ok == 0 {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "reading some partitions failed; the others go on");
+        }
+        if entries.is_empty() && !pending_only {
+            tokio::time::sleep(std::time::Duration::from_millis(block_ms)).await;
+        }
+        Ok(entries)
+    }
+
+    async fn read_streams(
+        &self,
+        streams: &[String],
+        count: usize,
+        block_ms: Option<u64>,
+        start: &str,
+    ) -> Result<Vec<RawEntry>, RedisError> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
             .arg(&self.consumer)
             .arg("COUNT")
             .arg(count);
-        if !pending_only {
-            cmd.arg("BLOCK").arg(block_ms);
+        if let Some(ms) = block_ms {
+            cmd.arg("BLOCK").arg(ms);
         }
-        cmd.arg("STREAMS").arg(&streams);
-        let start = if pending_only { "0" } else { ">" };
-        for _ in &streams {
+        cmd.arg("STREAMS").arg(streams);
+        for _ in streams {
             cmd.arg(start);
         }
         let reply: Option<StreamReadReply> = self.redis.query(&cmd).await?;
@@ -253,16 +297,24 @@ impl Streams {
         cmd
     }
 
+    /// Acknowledges entries, one `XACK` per partition (a cluster keeps partitions apart).
     pub async fn ack(&self, entries: &[RawEntry]) -> Result<(), RedisError> {
-        let mut pipe = redis::pipe();
-        for (partition, ids) in by_partition(entries) {
-            pipe.cmd("XACK")
-                .arg(Keyspace::stream(partition))
-                .arg(GROUP)
-                .arg(ids)
-                .ignore();
+        let acks = by_partition(entries)
+            .into_iter()
+            .map(|(partition, ids)| async move {
+                self.redis
+                    .query::<i64>(
+                        redis::cmd("XACK")
+                            .arg(Keyspace::stream(partition))
+                            .arg(GROUP)
+                            .arg(ids),
+                    )
+                    .await
+            });
+        for ack in futures_util::future::join_all(acks).await {
+            ack?;
         }
-        self.redis.pipeline::<()>(&pipe).await
+        Ok(())
     }
 
     /// Appends an entry to its partition's dead stream, with the reason.

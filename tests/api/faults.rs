@@ -15,18 +15,20 @@ use crate::support::{TestEnv, event, spawn_api_process};
 
 /// What the load saw.
 #[derive(Default)]
-struct LoadReport {
-    acked: Vec<String>,
-    statuses: HashMap<u16, u64>,
+pub struct LoadReport {
+    /// Every acknowledged event id, with when its response arrived.
+    pub acked: Vec<(Instant, String)>,
+    pub statuses: HashMap<u16, u64>,
     /// Requests that got no HTTP answer (a replica down or killed mid-request).
-    no_answer: u64,
+    pub no_answer: u64,
 }
 
-/// Sends batches of 10 events from `clients` concurrent loops, round-robin over `targets`,
-/// until `stop`. Runs on its own thread and runtime so fault injection can block freely.
-fn start_load(
+/// Sends batches of 10 events from `clients` concurrent loops, round-robin over `targets` and
+/// `keys` (tenants), until `stop`. Runs on its own thread and runtime so fault injection can
+/// block freely. Every key's tenant needs the signals `visits` (metric) and `clicks` (event).
+pub fn start_load(
     targets: Vec<String>,
-    key: String,
+    keys: Vec<String>,
     clients: usize,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<LoadReport> {
@@ -34,7 +36,7 @@ fn start_load(
         actix_web::rt::System::new().block_on(async move {
             let loops = (0..clients).map(|c| {
                 let targets = targets.clone();
-                let key = key.clone();
+                let keys = keys.clone();
                 let stop = stop.clone();
                 async move {
                     let client = awc::Client::builder()
@@ -44,6 +46,7 @@ fn start_load(
                     let mut n = 0usize;
                     while !stop.load(Ordering::Relaxed) {
                         let target = &targets[(c + n) % targets.len()];
+                        let key = &keys[(c + n) % keys.len()];
                         let events: Vec<Value> = (0..10)
                             .map(|i| {
                                 if i % 2 == 0 {
@@ -69,12 +72,11 @@ fn start_load(
                                 match res.body().limit(1 << 20).await {
                                     Ok(body) if status == 200 => {
                                         let body: Value = serde_json::from_slice(&body).unwrap();
+                                        let at = Instant::now();
                                         report.acked.extend(
-                                            body["data"]
-                                                .as_array()
-                                                .unwrap()
-                                                .iter()
-                                                .map(|d| d["id"].as_str().unwrap().to_owned()),
+                                            body["data"].as_array().unwrap().iter().map(|d| {
+                                                (at, d["id"].as_str().unwrap().to_owned())
+                                            }),
                                         );
                                     }
                                     // An answer cut off before its body arrived acknowledges nothing.
@@ -132,7 +134,7 @@ async fn every_acknowledged_event_survives_killed_workers_apis_redis_and_postgre
 
     let stop = Arc::new(AtomicBool::new(false));
     let targets = apis.iter().map(|(_, addr)| addr.clone()).collect();
-    let load = start_load(targets, key.clone(), 6, stop.clone());
+    let load = start_load(targets, vec![key.clone()], 6, stop.clone());
     let pause = |secs: f64| std::thread::sleep(Duration::from_secs_f64(secs));
 
     pause(2.0);
@@ -198,7 +200,7 @@ async fn every_acknowledged_event_survives_killed_workers_apis_redis_and_postgre
         assert!(Instant::now() < deadline);
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     };
-    let acked: std::collections::HashSet<&String> = report.acked.iter().collect();
+    let acked: std::collections::HashSet<&String> = report.acked.iter().map(|(_, id)| id).collect();
     assert_eq!(acked.len(), report.acked.len(), "ids are unique");
     let mut missing = acked.len();
     let mut stored: HashMap<String, i64> = HashMap::new();

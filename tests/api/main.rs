@@ -2,6 +2,7 @@
 //! PostgreSQL processes started by `support`.
 
 mod admin;
+mod cluster;
 mod errors;
 mod faults;
 mod hostile;

@@ -10,14 +10,14 @@ use sluice::keyspace::Keyspace;
 use crate::support::{TestApi, TestEnv, event};
 
 /// Settings that let one signal take all the load these tests send.
-const HIGH_LIMITS: &[(&str, &str)] = &[
+pub const HIGH_LIMITS: &[(&str, &str)] = &[
     ("SLUICE__LIMITS__EVENT", "1000000"),
     ("SLUICE__LIMITS__METRIC", "1000000"),
     ("SLUICE__LIMITS__STATE", "1000000"),
 ];
 
 /// Sends `batches` batches of 100 events alternating two signals; returns every acknowledged id.
-async fn ingest(api: &TestApi, key: &str, batches: usize, tag: &str) -> Vec<String> {
+pub async fn ingest(api: &TestApi, key: &str, batches: usize, tag: &str) -> Vec<String> {
     let mut ids = Vec::new();
     for b in 0..batches {
         let events: Vec<Value> = (0..100)
@@ -54,7 +54,7 @@ async fn setup() -> (TestEnv, TestApi, String) {
 }
 
 /// Every acknowledged id is in `events` exactly once, and nothing else is.
-async fn assert_exactly_once(env: &TestEnv, acked: &[String]) {
+pub async fn assert_exactly_once(env: &TestEnv, acked: &[String]) {
     let client = env.pg_client().await;
     let rows = client
         .query("SELECT id::text, count(*) FROM events GROUP BY id", &[])

@@ -1,5 +1,6 @@
 //! Spawning Sluice against real dependencies, and talking to it over real HTTP.
 
+pub mod cluster;
 pub mod servers;
 
 use std::collections::HashMap;
@@ -36,6 +37,17 @@ impl TestEnv {
     /// Like `start_with`, with a Redis that keeps every acknowledged write across a kill -9.
     pub async fn start_durable_with(vars: &[(&str, &str)]) -> Self {
         Self::start_on(RedisServer::start_durable(), vars).await
+    }
+
+    /// Like `start_with`, on a Redis Cluster (the standalone `redis` of the env is then unused).
+    pub async fn start_on_cluster(cluster: &cluster::RedisCluster, vars: &[(&str, &str)]) -> Self {
+        let seeds = cluster.seeds();
+        let mut all: Vec<(&str, &str)> = vec![
+            ("SLUICE__REDIS__MODE", "cluster"),
+            ("SLUICE__REDIS__URL", seeds.as_str()),
+        ];
+        all.extend_from_slice(vars);
+        Self::start_on(RedisServer::start(), &all).await
     }
 
     async fn start_on(redis: RedisServer, vars: &[(&str, &str)]) -> Self {

@@ -1,0 +1,255 @@
+//! A Redis Cluster on loopback: six `redis-server --cluster-enabled yes` nodes joined by
+//! `redis-cli --cluster create … --cluster-replicas 1` (three masters, one replica each).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::servers::{free_port, wait_until};
+
+pub struct RedisCluster {
+    nodes: Vec<Node>,
+}
+
+struct Node {
+    port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl Node {
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+            ])
+            .args([
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until("a cluster node to answer", || {
+            cli(port, &["PING"]).is_some_and(|o| o.trim() == "PONG")
+        });
+    }
+}
+
+/// Runs `redis-cli -p port args…`; its stdout when it exits 0.
+fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let mut nodes: Vec<Node> = (0..6)
+            .map(|_| Node {
+                port: free_port(),
+                child: None,
+                dir: tempfile::tempdir().unwrap(),
+            })
+            .collect();
+        for node in &mut nodes {
+            node.spawn();
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Seed URLs for `SLUICE__REDIS__URL`.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn live_port(&self) -> u16 {
+        self.nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a live node")
+            .port
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` with three masters serving all
+    /// slots, and every replica is in sync.
+    pub fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            // Healthy: every live node sees all slots served, and every replica is in sync with its
+            // master (a replica that never synced would refuse to take over).
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info = cli(n.port, &["CLUSTER", "INFO"]).unwrap_or_default();
+                let repl = cli(n.port, &["INFO", "replication"]).unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+            });
+            if ok && self.masters().len() == 3 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster not healthy in {within:?}: masters {:?}, info {:?}",
+                self.masters(),
+                cli(self.live_port(), &["CLUSTER", "INFO"]).map(|i| i
+                    .lines()
+                    .take(6)
+                    .collect::<Vec<_>>()
+                    .join(" "))
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// (port, first slot, last slot) of every master serving slots.
+    pub fn masters(&self) -> Vec<(u16, u16, u16)> {
+        let nodes = cli(self.live_port(), &["CLUSTER", "NODES"]).unwrap_or_default();
+        let mut masters = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let port: u16 = fields[1]
+                .split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            for range in &fields[8..] {
+                if let Some((a, b)) = range.split_once('-') {
+                    masters.push((port, a.parse().unwrap_or(0), b.parse().unwrap_or(0)));
+                } else if let Ok(s) = range.parse() {
+                    masters.push((port, s, s));
+                }
+            }
+        }
+        masters
+    }
+
+    /// The port of the replica of master `master_port`.
+    pub fn replica_of(&self, master_port: u16) -> u16 {
+        let nodes = cli(self.live_port(), &["CLUSTER", "NODES"]).unwrap_or_default();
+        let port_of = |f: &str| {
+            f.split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse::<u16>().ok())
+                .unwrap_or(0)
+        };
+        let lines: Vec<Vec<&str>> = nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let master_id = lines
+            .iter()
+            .find(|f| f.len() > 2 && port_of(f[1]) == master_port)
+            .expect("the master")[0];
+        let replica = lines
+            .iter()
+            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == master_id)
+            .expect("its replica");
+        port_of(replica[1])
+    }
+
+    /// The port of the master that serves `slot`.
+    pub fn master_of(&self, slot: u16) -> u16 {
+        self.masters()
+            .into_iter()
+            .find(|(_, a, b)| (*a..=*b).contains(&slot))
+            .expect("slot served")
+            .0
+    }
+
+    /// Waits until a replica has taken over the slots of the killed master `port`.
+    pub fn wait_failover(&self, port: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.masters().iter().any(|(p, _, _)| *p == port) {
+            assert!(
+                Instant::now() < deadline,
+                "no failover of {port} in {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.wait_healthy(deadline.saturating_duration_since(Instant::now()));
+    }
+
+    /// SIGKILL one node.
+    pub fn kill(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed node again; it rejoins the cluster (as a replica if it lost its slots).
+    pub fn restart(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster");
+        node.spawn();
+    }
+
+    /// Runs a command on the master holding `key`.
+    pub fn on_key(&self, key: &str, args: &[&str]) -> Option<String> {
+        cli(self.master_of(sluice::keyspace::cluster_slot(key)), args)
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
