@@ -29,7 +29,8 @@ PYEOF
 docker-compose -f docker-compose.yml config -q
 "$ROOT/.sluice/tools/venv/bin/kubernetes-validate" --strict --quiet \
   k8s/namespace.yaml k8s/configmap.yaml k8s/secret.example.yaml k8s/api.yaml k8s/ingress.yaml \
-  k8s/worker.yaml k8s/migrate-job.yaml
+  k8s/worker.yaml k8s/migrate-job.yaml \
+  k8s/overlays/redis-cluster/configmap-patch.yaml k8s/overlays/redis-cluster/secret.example.yaml
 promtool check config deploy/prometheus/prometheus.yml >/dev/null
 promtool check rules deploy/prometheus/alerts.yml >/dev/null
 promtool test rules deploy/prometheus/alerts_test.yml >/dev/null
