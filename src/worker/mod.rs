@@ -189,7 +189,7 @@ impl Worker {
     async fn claim(&self) -> Result<Vec<RawEntry>, RedisError> {
         let idle = self.settings.claim_idle.as_millis() as u64;
         let mut claimed = Vec::new();
-        for p in 0..self.streams_partitions() {
+        for p in 0..self.partitions() {
             let stale = self.streams.stale(p, idle, 100).await?;
             if stale.is_empty() {
                 continue;
@@ -225,12 +225,9 @@ impl Worker {
         Ok(claimed)
     }
 
-    fn streams_partitions(&self) -> u16 {
-        self.registry_keyspace().partitions()
-    }
-
-    fn registry_keyspace(&self) -> Keyspace {
-        self.registry.keyspace()
+    /// How many partition streams there are.
+    fn partitions(&self) -> u16 {
+        self.registry.keyspace().partitions()
     }
 
     /// Stores one batch and acknowledges it. Returns early only on shutdown while a dependency

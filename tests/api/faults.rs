@@ -227,20 +227,7 @@ async fn every_acknowledged_event_survives_killed_workers_apis_redis_and_postgre
     );
     let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "stored twice: {twice:?}");
-    let rolled: i64 = client
-        .query_one(
-            "SELECT coalesce(sum(count), 0)::bigint FROM metric_rollups WHERE granularity = 'day'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let metrics: i64 = client
-        .query_one("SELECT count(*) FROM events e JOIN signals s ON s.id = e.signal_id WHERE s.type = 'metric'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(rolled, metrics, "each metric event rolled up once");
+    crate::worker::assert_rolled_up_once(&client).await;
 
     // Nothing that was not killed died.
     for (child, addr) in apis.iter_mut() {

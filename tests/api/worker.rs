@@ -54,6 +54,31 @@ async fn setup() -> (TestEnv, TestApi, String) {
 }
 
 /// Every acknowledged id is in `events` exactly once, and nothing else is.
+/// The day rollups count every processed metric event exactly once.
+pub async fn assert_rolled_up_once(client: &tokio_postgres::Client) {
+    let rolled: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(count), 0)::bigint FROM metric_rollups WHERE granularity = 'day'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let metrics: i64 = client
+        .query_one(
+            "SELECT count(*) FROM events e JOIN signals s ON s.id = e.signal_id
+             WHERE s.type = 'metric' AND e.status = 'processed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rolled, metrics,
+        "every processed metric event rolled up exactly once"
+    );
+}
+
 pub async fn assert_exactly_once(env: &TestEnv, acked: &[String]) {
     let client = env.pg_client().await;
     let rows = client
@@ -79,24 +104,7 @@ pub async fn assert_exactly_once(env: &TestEnv, acked: &[String]) {
         acked.len(),
         "nothing stored that was not acknowledged"
     );
-    // Rollups count each metric event once.
-    let rolled: i64 = client
-        .query_one(
-            "SELECT coalesce(sum(count), 0)::bigint FROM metric_rollups WHERE granularity = 'day'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let metrics: i64 = client
-        .query_one("SELECT count(*) FROM events e JOIN signals s ON s.id = e.signal_id WHERE s.type = 'metric' AND e.status = 'processed'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        rolled, metrics,
-        "every processed metric event rolled up exactly once"
-    );
+    assert_rolled_up_once(&client).await;
 }
 
 #[actix_web::test]
