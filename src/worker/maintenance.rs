@@ -81,7 +81,7 @@ impl Worker {
     }
 
     async fn trim(&self) {
-        for p in 0..self.partitions() {
+        for p in 0..self.partition_count() {
             match self.streams.trim(p).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(partition = p, removed = n, "trimmed stream"),
@@ -98,7 +98,7 @@ impl Worker {
     }
 
     async fn publish_stats(&self) {
-        for p in 0..self.partitions() {
+        for p in 0..self.partition_count() {
             match self.streams.stats(p).await {
                 Ok(s) => {
                     let label = p.to_string();

@@ -189,7 +189,7 @@ impl Worker {
     async fn claim(&self) -> Result<Vec<RawEntry>, RedisError> {
         let idle = self.settings.claim_idle.as_millis() as u64;
         let mut claimed = Vec::new();
-        for p in 0..self.partitions() {
+        for p in 0..self.partition_count() {
             let stale = self.streams.stale(p, idle, 100).await?;
             if stale.is_empty() {
                 continue;
@@ -226,7 +226,7 @@ impl Worker {
     }
 
     /// How many partition streams there are.
-    fn partitions(&self) -> u16 {
+    fn partition_count(&self) -> u16 {
         self.registry.keyspace().partitions()
     }
 
