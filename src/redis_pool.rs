@@ -210,10 +210,10 @@ impl Redis {
         let attempt = async {
             let mut conn = self.connection(slot).await?;
             op(&mut conn).await.inspect_err(|e| {
-                if let RedisError::Command(e) = e {
-                    if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
-                        self.discard(slot);
-                    }
+                if let RedisError::Command(e) = e
+                    && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
+                {
+                    self.discard(slot);
                 }
             })
         };

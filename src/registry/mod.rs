@@ -271,12 +271,12 @@ impl Registry {
     ) -> Result<Signal, RegistryError> {
         let tenant = self.existing_tenant(tenant).await?;
         let slug = Slug::parse(slug).map_err(RegistryError::Invalid)?;
-        if let Some(l) = limit {
-            if l == 0 || l > i32::MAX as u32 {
-                return Err(RegistryError::Invalid(
-                    "--limit must be a positive number of events per minute".into(),
-                ));
-            }
+        if let Some(l) = limit
+            && (l == 0 || l > i32::MAX as u32)
+        {
+            return Err(RegistryError::Invalid(
+                "--limit must be a positive number of events per minute".into(),
+            ));
         }
         let name = name
             .map(str::trim)

@@ -34,10 +34,8 @@ impl Worker {
                     Err(e) => tracing::warn!(error = %e, "reconciling the registry copy failed"),
                 }
             }
-            if partitioned.elapsed() >= PARTITIONS_EVERY {
-                if self.partitions().await {
-                    partitioned = Instant::now();
-                }
+            if partitioned.elapsed() >= PARTITIONS_EVERY && self.partitions().await {
+                partitioned = Instant::now();
             }
             if trimmed.elapsed() >= self.settings.trim_interval {
                 trimmed = Instant::now();

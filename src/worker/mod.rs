@@ -359,7 +359,7 @@ impl Worker {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            self.streams.add_dead(raw, &reason).await.map_err(|e| e.to_string())?;
+            self.streams.add_dead(raw, reason).await.map_err(|e| e.to_string())?;
             self.streams.ack(std::slice::from_ref(raw)).await.map_err(|e| e.to_string())
         })
         .await?;

@@ -267,8 +267,19 @@ async fn store_in(tx: &impl GenericClient, records: &[Record]) -> Result<Stored,
     })
 }
 
-#[derive(Clone, Copy)]
-struct Aggregate {
+/// Which rollup row an event counts in.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct BucketKey<'a> {
+    signal: &'a str,
+    identity_type: &'a str,
+    identity_id: &'a str,
+    granularity: &'static str,
+    start: DateTime<Utc>,
+}
+
+/// What a batch adds to one rollup row.
+struct Aggregate<'a> {
+    tenant: &'a str,
     count: i64,
     sum: f64,
     min: f64,
@@ -277,8 +288,7 @@ struct Aggregate {
 
 async fn upsert_rollups(tx: &impl GenericClient, fresh: &[&Record]) -> Result<(), SinkError> {
     // Sorted keys: concurrent workers lock rollup rows in the same order, avoiding deadlocks.
-    let mut buckets: BTreeMap<(&str, &str, &str, &str, DateTime<Utc>), (&str, Aggregate)> =
-        BTreeMap::new();
+    let mut buckets: BTreeMap<BucketKey, Aggregate> = BTreeMap::new();
     for r in fresh {
         let (Some(value), None) = (r.value, &r.invalid) else {
             continue;
@@ -287,55 +297,55 @@ async fn upsert_rollups(tx: &impl GenericClient, fresh: &[&Record]) -> Result<()
             continue;
         }
         let e = &r.entry;
-        for (granularity, start) in [
-            ("hour", truncate(e.occurred_at, Duration::hours(1))),
-            ("day", truncate(e.occurred_at, Duration::days(1))),
-        ] {
-            let key = (
-                e.signal.as_str(),
-                e.identity_type.as_str(),
-                e.identity_id.as_str(),
+        for (granularity, unit) in [("hour", Duration::hours(1)), ("day", Duration::days(1))] {
+            let key = BucketKey {
+                signal: &e.signal,
+                identity_type: &e.identity_type,
+                identity_id: &e.identity_id,
                 granularity,
-                start,
-            );
-            let agg = buckets.entry(key).or_insert((
-                e.tenant.as_str(),
-                Aggregate {
-                    count: 0,
-                    sum: 0.0,
-                    min: value,
-                    max: value,
-                },
-            ));
-            agg.1.count += 1;
-            agg.1.sum += value;
-            agg.1.min = agg.1.min.min(value);
-            agg.1.max = agg.1.max.max(value);
+                start: truncate(e.occurred_at, unit),
+            };
+            let agg = buckets.entry(key).or_insert(Aggregate {
+                tenant: &e.tenant,
+                count: 0,
+                sum: 0.0,
+                min: value,
+                max: value,
+            });
+            agg.count += 1;
+            agg.sum += value;
+            agg.min = agg.min.min(value);
+            agg.max = agg.max.max(value);
         }
     }
     if buckets.is_empty() {
         return Ok(());
     }
-    let mut cols: (
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<DateTime<Utc>>,
-        Vec<&str>,
-    ) = Default::default();
-    let mut aggs: (Vec<i64>, Vec<f64>, Vec<f64>, Vec<f64>) = Default::default();
-    for ((signal, itype, iid, granularity, start), (tenant, a)) in &buckets {
-        cols.0.push(signal);
-        cols.1.push(itype);
-        cols.2.push(iid);
-        cols.3.push(granularity);
-        cols.4.push(*start);
-        cols.5.push(tenant);
-        aggs.0.push(a.count);
-        aggs.1.push(a.sum);
-        aggs.2.push(a.min);
-        aggs.3.push(a.max);
+    let n = buckets.len();
+    let (mut signals, mut itypes, mut iids, mut grans) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut starts, mut tenants) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut counts, mut sums, mut mins, mut maxs) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (k, a) in &buckets {
+        signals.push(k.signal);
+        itypes.push(k.identity_type);
+        iids.push(k.identity_id);
+        grans.push(k.granularity);
+        starts.push(k.start);
+        tenants.push(a.tenant);
+        counts.push(a.count);
+        sums.push(a.sum);
+        mins.push(a.min);
+        maxs.push(a.max);
     }
     tx.execute(
         "INSERT INTO metric_rollups AS m (signal_id, identity_type, identity_id, granularity, bucket_start,
@@ -347,7 +357,7 @@ async fn upsert_rollups(tx: &impl GenericClient, fresh: &[&Record]) -> Result<()
              sum = m.sum + excluded.sum,
              min = least(m.min, excluded.min),
              max = greatest(m.max, excluded.max)",
-        &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &aggs.0, &aggs.1, &aggs.2, &aggs.3],
+        &[&signals, &itypes, &iids, &grans, &starts, &tenants, &counts, &sums, &mins, &maxs],
     )
     .await?;
     Ok(())
@@ -355,46 +365,33 @@ async fn upsert_rollups(tx: &impl GenericClient, fresh: &[&Record]) -> Result<()
 
 async fn upsert_states(tx: &impl GenericClient, fresh: &[&Record]) -> Result<(), SinkError> {
     // The newest event per identity in this batch, by (timestamp, id); sorted keys as above.
-    let mut latest: BTreeMap<(&str, &str, &str), &Record> = BTreeMap::new();
+    let mut latest: BTreeMap<(&str, &str, &str), &StreamEntry> = BTreeMap::new();
     for r in fresh {
         if r.entry.signal_type != SignalType::State || r.invalid.is_some() {
             continue;
         }
         let e = &r.entry;
-        let key = (
-            e.signal.as_str(),
-            e.identity_type.as_str(),
-            e.identity_id.as_str(),
-        );
-        let newer = |old: &&Record| (e.occurred_at, e.id) > (old.entry.occurred_at, old.entry.id);
-        match latest.get(&key) {
-            Some(old) if !newer(old) => {}
-            _ => {
-                latest.insert(key, r);
-            }
+        let slot = latest
+            .entry((&e.signal, &e.identity_type, &e.identity_id))
+            .or_insert(e);
+        if (e.occurred_at, e.id) > (slot.occurred_at, slot.id) {
+            *slot = e;
         }
     }
     if latest.is_empty() {
         return Ok(());
     }
-    let mut cols: (
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<DateTime<Utc>>,
-        Vec<Uuid>,
-    ) = Default::default();
-    for ((signal, itype, iid), r) in &latest {
-        cols.0.push(signal);
-        cols.1.push(itype);
-        cols.2.push(iid);
-        cols.3.push(&r.entry.tenant);
-        cols.4.push(r.entry.data.get());
-        cols.5.push(r.entry.occurred_at);
-        cols.6.push(r.entry.id);
-    }
+    let entries: Vec<&StreamEntry> = latest.into_values().collect();
+    let column = |f: fn(&StreamEntry) -> &str| entries.iter().map(|e| f(e)).collect::<Vec<&str>>();
+    let (signals, itypes, iids, tenants) = (
+        column(|e| &e.signal),
+        column(|e| &e.identity_type),
+        column(|e| &e.identity_id),
+        column(|e| &e.tenant),
+    );
+    let datas = column(|e| e.data.get());
+    let occurred: Vec<DateTime<Utc>> = entries.iter().map(|e| e.occurred_at).collect();
+    let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
     // An older event arriving later never overwrites a newer state.
     tx.execute(
         "INSERT INTO signal_states AS s (signal_id, identity_type, identity_id, tenant_id, data, occurred_at, event_id)
@@ -405,7 +402,7 @@ async fn upsert_states(tx: &impl GenericClient, fresh: &[&Record]) -> Result<(),
              data = excluded.data, occurred_at = excluded.occurred_at, event_id = excluded.event_id,
              tenant_id = excluded.tenant_id, updated_at = now()
          WHERE (s.occurred_at, s.event_id) < (excluded.occurred_at, excluded.event_id)",
-        &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &cols.6],
+        &[&signals, &itypes, &iids, &tenants, &datas, &occurred, &ids],
     )
     .await?;
     Ok(())

@@ -417,19 +417,21 @@ impl Streams {
                 .get("idle")
                 .and_then(|v| redis::from_redis_value(v.clone()).ok())
                 .unwrap_or(0);
-            if let Some(name) = name {
-                if pending == 0 && idle as u64 > idle_ms && name != self.consumer {
-                    let _: i64 = self
-                        .redis
-                        .query(
-                            redis::cmd("XGROUP")
-                                .arg("DELCONSUMER")
-                                .arg(&stream)
-                                .arg(GROUP)
-                                .arg(&name),
-                        )
-                        .await?;
-                }
+            if let Some(name) = name
+                && pending == 0
+                && idle as u64 > idle_ms
+                && name != self.consumer
+            {
+                let _: i64 = self
+                    .redis
+                    .query(
+                        redis::cmd("XGROUP")
+                            .arg("DELCONSUMER")
+                            .arg(&stream)
+                            .arg(GROUP)
+                            .arg(&name),
+                    )
+                    .await?;
             }
         }
         Ok(())
