@@ -255,18 +255,22 @@ impl Worker {
             }
         }
 
-        let decoded = &decoded;
-        let Some(records) = self
+        let entries = &decoded;
+        let loaded = self
             .retry("loading schemas", &held, move || async move {
                 let mut validator = self.validator.lock().await;
                 validator
-                    .records(self.sink.pool(), decoded.clone())
+                    .load_missing(self.sink.pool(), entries)
                     .await
                     .map_err(|e| e.to_string())
             })
-            .await
-        else {
+            .await;
+        if loaded.is_none() {
             return;
+        }
+        let records: Vec<Record> = {
+            let validator = self.validator.lock().await;
+            decoded.into_iter().map(|e| validator.check(e)).collect()
         };
 
         let records = &records;

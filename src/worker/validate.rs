@@ -21,35 +21,39 @@ type Compiled = Option<Arc<jsonschema::Validator>>;
 
 #[derive(Default)]
 pub struct Validator {
-    /// (signal id, version) → compiled schema, or `None` when PostgreSQL has no such version.
-    cache: HashMap<(String, u32), Compiled>,
+    /// signal id → version → compiled schema, or `None` when PostgreSQL has no such version.
+    cache: HashMap<String, HashMap<u32, Compiled>>,
+    /// How many versions `cache` holds.
+    cached: usize,
 }
 
 impl Validator {
-    /// Validates every entry, loading the schemas it has not compiled yet.
-    pub async fn records(
+    /// Compiles the schema versions `entries` need that are not cached yet. The only step that
+    /// talks to PostgreSQL, so the only one retried during an outage.
+    pub async fn load_missing(
         &mut self,
         pg: &Pool,
-        entries: Vec<StreamEntry>,
-    ) -> Result<Vec<Record>, SinkError> {
-        let wanted: Vec<(String, u32)> = entries
+        entries: &[StreamEntry],
+    ) -> Result<(), SinkError> {
+        let mut wanted: Vec<(&str, u32)> = entries
             .iter()
-            .filter_map(|e| Some((e.signal.clone(), e.schema_version?)))
-            .filter(|k| !self.cache.contains_key(k))
+            .filter_map(|e| Some((e.signal.as_str(), e.schema_version?)))
+            .filter(|(signal, version)| {
+                self.cache
+                    .get(*signal)
+                    .is_none_or(|v| !v.contains_key(version))
+            })
             .collect();
-        if !wanted.is_empty() {
-            self.load(pg, wanted).await?;
+        if wanted.is_empty() {
+            return Ok(());
         }
-        Ok(entries.into_iter().map(|e| self.check(e)).collect())
-    }
-
-    async fn load(&mut self, pg: &Pool, mut wanted: Vec<(String, u32)>) -> Result<(), SinkError> {
-        wanted.sort();
+        wanted.sort_unstable();
         wanted.dedup();
-        if self.cache.len() + wanted.len() > MAX_CACHED {
+        if self.cached + wanted.len() > MAX_CACHED {
             self.cache.clear();
+            self.cached = 0;
         }
-        let signals: Vec<&str> = wanted.iter().map(|(s, _)| s.as_str()).collect();
+        let signals: Vec<&str> = wanted.iter().map(|(s, _)| *s).collect();
         let versions: Vec<i32> = wanted.iter().map(|(_, v)| *v as i32).collect();
         let client = pg.get().await?;
         let rows = client
@@ -60,20 +64,26 @@ impl Validator {
                 &[&signals, &versions],
             )
             .await?;
+        let mut found: HashMap<(String, u32), Compiled> = HashMap::with_capacity(rows.len());
         for row in rows {
-            let key: (String, u32) = (row.get(0), row.get::<_, i32>(1) as u32);
             let schema: Value = row.get(2);
             // Schemas are checked when added; one that no longer compiles counts as missing.
             let compiled = jsonschema::validator_for(&schema).ok().map(Arc::new);
-            self.cache.insert(key, compiled);
+            found.insert((row.get(0), row.get::<_, i32>(1) as u32), compiled);
         }
-        for key in wanted {
-            self.cache.entry(key).or_insert(None);
+        for (signal, version) in wanted {
+            let compiled = found.remove(&(signal.to_owned(), version)).flatten();
+            self.cache
+                .entry(signal.to_owned())
+                .or_default()
+                .insert(version, compiled);
+            self.cached += 1;
         }
         Ok(())
     }
 
-    fn check(&self, entry: StreamEntry) -> Record {
+    /// Turns an entry into a record; its schema version must have been loaded.
+    pub fn check(&self, entry: StreamEntry) -> Record {
         // The api already checked that data is a storable object; it needs parsing only to be
         // checked against a schema or to have its metric value read.
         if entry.schema_version.is_none() && entry.signal_type != SignalType::Metric {
@@ -88,7 +98,11 @@ impl Validator {
             Err(e) => return invalid(entry, format!("data is not readable JSON: {e}")),
         };
         if let Some(version) = entry.schema_version {
-            match self.cache.get(&(entry.signal.clone(), version)) {
+            match self
+                .cache
+                .get(&entry.signal)
+                .and_then(|versions| versions.get(&version))
+            {
                 Some(Some(schema)) => {
                     let problems: Vec<String> = schema
                         .iter_errors(&data)
