@@ -182,14 +182,30 @@ async fn admit(
             Err(ApiError::Validation(errors))
         }
         Verdict::Admitted(admitted) => {
+            // Tallied per signal first: one labelled-counter lookup per signal, not per event.
+            let mut tally = vec![(0u64, 0u64); admitted.signals.len()];
             for outcome in &admitted.events {
-                let (counter, signal) = match outcome {
-                    Outcome::Accepted { signal, .. } => (&state.metrics.events_accepted, signal),
-                    Outcome::RateLimited { signal } => (&state.metrics.events_rate_limited, signal),
-                };
-                counter
-                    .with_label_values(&[admitted.signals[*signal].signal_type.as_str()])
-                    .inc();
+                match outcome {
+                    Outcome::Accepted { signal, .. } => tally[*signal].0 += 1,
+                    Outcome::RateLimited { signal } => tally[*signal].1 += 1,
+                }
+            }
+            for (window, (accepted, limited)) in admitted.signals.iter().zip(tally) {
+                let label = [window.signal_type.as_str()];
+                if accepted > 0 {
+                    state
+                        .metrics
+                        .events_accepted
+                        .with_label_values(&label)
+                        .inc_by(accepted);
+                }
+                if limited > 0 {
+                    state
+                        .metrics
+                        .events_rate_limited
+                        .with_label_values(&label)
+                        .inc_by(limited);
+                }
             }
             Ok(admitted)
         }

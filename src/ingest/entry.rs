@@ -12,6 +12,8 @@
 //!  "reference":"evt-001"}
 //! ```
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -33,24 +35,31 @@ pub struct StreamEvent<'a> {
     pub identity_id: &'a str,
     /// The client's JSON object, copied through verbatim.
     pub data: &'a RawValue,
-    pub occurred_at: String,
-    pub received_at: String,
+    pub occurred_at: Cow<'a, str>,
+    pub received_at: &'a str,
     pub reference: Option<&'a str>,
 }
 
+/// A time as entries carry it: RFC 3339 in UTC with microseconds (PostgreSQL's precision).
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
 impl<'a> StreamEvent<'a> {
-    pub fn from_event(id: Uuid, event: &'a Event<'a>, received_at: DateTime<Utc>) -> Self {
-        let occurred_at = event
-            .timestamp
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or(received_at);
+    /// `received` is the request's receipt time, formatted once by [`timestamp`] for all its
+    /// events; it is also the time of an event that gives none.
+    pub fn from_event(id: Uuid, event: &'a Event<'a>, received: &'a str) -> Self {
+        let occurred_at = match event.timestamp {
+            Some(t) => Cow::Owned(timestamp(t.with_timezone(&Utc))),
+            None => Cow::Borrowed(received),
+        };
         StreamEvent {
             id: id.hyphenated().to_string(),
             identity_type: &event.identity_type,
             identity_id: &event.identity_id,
             data: event.data,
-            occurred_at: occurred_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-            received_at: received_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            occurred_at,
+            received_at: received,
             reference: event.reference.as_deref(),
         }
     }
@@ -163,7 +172,7 @@ mod tests {
         let event = parse_single(body).unwrap();
         let received = Utc::now();
         let id = Uuid::now_v7();
-        let json = StreamEvent::from_event(id, &event, received).to_json();
+        let json = StreamEvent::from_event(id, &event, &timestamp(received)).to_json();
         assert_eq!(event_id_of(&json), Some(id.to_string()));
         let fields = [("m", "ten_x|sig_x|metric|2".to_owned()), ("e", json)];
         let entry =

@@ -130,6 +130,7 @@ impl Admission {
             .arg(self.limits.state)
             .arg(slugs.len())
             .arg(&slugs);
+        let received = entry::timestamp(received_at);
         let requested: Vec<u32> = events
             .iter()
             .map(|e| match e.version {
@@ -140,7 +141,7 @@ impl Admission {
         for (((event, slug), version), id) in
             events.iter().zip(&event_slugs).zip(&requested).zip(&ids)
         {
-            let payload = StreamEvent::from_event(*id, event, received_at).to_json();
+            let payload = StreamEvent::from_event(*id, event, &received).to_json();
             call.arg(slug + 1).arg(version).arg(payload);
         }
 
