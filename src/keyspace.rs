@@ -107,29 +107,6 @@ impl PackedSignal {
             self.schema_versions
         )
     }
-
-    pub fn unpack(s: &str) -> Option<Self> {
-        let mut parts = s.split('|');
-        let id = parts.next()?.to_owned();
-        let signal_type = parts.next()?.parse().ok()?;
-        let active = match parts.next()? {
-            "1" => true,
-            "0" => false,
-            _ => return None,
-        };
-        let limit = match parts.next()? {
-            "" => None,
-            l => Some(l.parse().ok()?),
-        };
-        let schema_versions = parts.next()?.parse().ok()?;
-        parts.next().is_none().then_some(PackedSignal {
-            id,
-            signal_type,
-            active,
-            limit,
-            schema_versions,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -160,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn packed_signals_round_trip() {
+    fn packed_signals_read_as_the_script_expects() {
         let s = PackedSignal {
             id: "sig_AbCd1234".into(),
             signal_type: SignalType::Metric,
@@ -169,17 +146,13 @@ mod tests {
             schema_versions: 2,
         };
         assert_eq!(s.pack(), "sig_AbCd1234|metric|1|5|2");
-        assert_eq!(PackedSignal::unpack(&s.pack()), Some(s.clone()));
+        // An inactive signal with the type's default limit: an empty limit field.
         let default_limit = PackedSignal {
             limit: None,
             active: false,
             ..s
         };
-        assert_eq!(
-            PackedSignal::unpack(&default_limit.pack()),
-            Some(default_limit)
-        );
-        assert_eq!(PackedSignal::unpack("sig_x|metric|1|5"), None);
+        assert_eq!(default_limit.pack(), "sig_AbCd1234|metric|0||2");
     }
 }
 

@@ -60,24 +60,6 @@ struct Body<'a> {
     details: Option<&'a [FieldError]>,
 }
 
-impl ApiError {
-    /// A short, fixed name for metrics and logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ApiError::MissingKey | ApiError::InvalidKey => "auth",
-            ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding(_) => "media_type",
-            ApiError::PayloadTooLarge { .. } => "too_large",
-            ApiError::BodyTimeout(_) => "timeout",
-            ApiError::InvalidJson(_) | ApiError::BadRequest(_) => "malformed",
-            ApiError::Validation(_) => "validation",
-            ApiError::SignalsNotFound(_) => "signal_not_found",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Unavailable(_) | ApiError::NotReplicated(_) => "unavailable",
-            ApiError::RouteNotFound { .. } | ApiError::MethodNotAllowed { .. } => "route",
-        }
-    }
-}
-
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {

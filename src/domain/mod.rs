@@ -23,8 +23,6 @@ pub enum SignalType {
 }
 
 impl SignalType {
-    pub const ALL: [SignalType; 3] = [SignalType::Event, SignalType::Metric, SignalType::State];
-
     pub fn as_str(self) -> &'static str {
         match self {
             SignalType::Event => "event",
