@@ -2,7 +2,9 @@
 //!
 //! Keys are looked up by SHA-256 in the Redis hash `sluice:keys` and the answer, yes or no, is
 //! cached in-process for a short TTL, so the hot path usually costs no Redis round trip for auth.
-//! The TTL bounds how long a revoked key keeps working on a replica (the contract allows 5 s).
+//! The TTL bounds how long a revoked key keeps working on a replica after the revocation reached
+//! the Redis copy (the contract allows 5 s; the default TTL is 2 s). The registry copy never
+//! brings a revoked key back (see `registry::copy`), so the bound holds through rebuilds.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,6 +53,9 @@ impl KeyCache {
         if let Some(cached) = self.get(&hash) {
             return cached.ok_or(ApiError::InvalidKey);
         }
+        // An answer ages from when its read began: a revocation written while the read was on
+        // its way is then at most one TTL behind, whatever the read's latency.
+        let asked_at = Instant::now();
         let stored: Option<String> = redis
             .query(redis::cmd("HGET").arg(API_KEYS).arg(&hash))
             .await?;
@@ -61,7 +66,7 @@ impl KeyCache {
                 key_id: key.into(),
             })
         });
-        self.put(hash, principal.clone());
+        self.put(hash, asked_at, principal.clone());
         principal.ok_or(ApiError::InvalidKey)
     }
 
@@ -71,7 +76,7 @@ impl KeyCache {
         (at.elapsed() < self.ttl).then(|| principal.clone())
     }
 
-    fn put(&self, hash: String, principal: Option<Principal>) {
+    fn put(&self, hash: String, asked_at: Instant, principal: Option<Principal>) {
         if self.ttl.is_zero() {
             return;
         }
@@ -83,7 +88,7 @@ impl KeyCache {
                 entries.clear();
             }
         }
-        entries.insert(hash, (Instant::now(), principal));
+        entries.insert(hash, (asked_at, principal));
     }
 }
 

@@ -15,6 +15,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "events",
         include_str!("../../migrations/0002_events.sql"),
     ),
+    (
+        3,
+        "registry versions",
+        include_str!("../../migrations/0003_registry_versions.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming Sluice's migration lock.

@@ -1,10 +1,14 @@
 //! Tenants, API keys, signals and schemas.
 //!
 //! PostgreSQL is the system of record. Every change is written through to the Redis copy the
-//! api reads ([`copy`]), and [`Registry::sync`] rebuilds that copy whole. Ordering keeps the copy
-//! from ever promising more than PostgreSQL holds: signals are committed before they are copied;
-//! a key is copied inside its creating transaction, so a key is never shown to an operator
-//! unless both stores have it.
+//! api reads ([`copy`]), and [`Registry::sync`] rebuilds that copy whole. Every change takes the
+//! next version of the registry clock (one row, locked until commit, so versions follow commit
+//! order) and the copy applies an entry only when its version is newer than what it holds: no
+//! interleaving of write-throughs and rebuilds can revert a change.
+//!
+//! Ordering keeps the copy from ever promising more than PostgreSQL holds: signals are committed
+//! before they are copied; a key is copied inside its creating transaction, so a key is never
+//! shown to an operator unless both stores have it.
 
 pub mod copy;
 pub mod migrate;
@@ -18,6 +22,7 @@ use crate::config::PostgresSettings;
 use crate::domain::{ApiKey, KeyId, SignalId, SignalType, Slug, TenantId};
 use crate::keyspace::{Keyspace, PackedSignal};
 use crate::redis_pool::Redis;
+use copy::RegistryCopy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -74,6 +79,8 @@ pub struct Signal {
     pub limit: Option<u32>,
     /// Versions are 1..=n; n is also the latest (0: no schema).
     pub schema_versions: u32,
+    /// The registry clock's value at this row's last change; the copy keeps the newest.
+    pub version: i64,
 }
 
 impl Signal {
@@ -98,34 +105,59 @@ impl Signal {
             active: row.get("active"),
             limit: row.get::<_, Option<i32>>("rate_limit").map(|l| l as u32),
             schema_versions: row.get::<_, i32>("schema_versions") as u32,
+            version: row.get("version"),
         })
     }
 }
 
-/// An active API key as the copy holds it.
+/// An API key as the copy needs it.
 #[derive(Clone, Debug)]
-pub struct ActiveKey {
+pub struct KeyRow {
+    /// SHA-256 (hex) of the key: the field the api looks up.
     pub hash: String,
     pub tenant_id: String,
     pub key_id: String,
+    /// The registry clock's value at the key's last change (creation or revocation).
+    pub version: i64,
+    /// A revoked key is a tombstone in the copy: no entry, its version kept.
+    pub revoked: bool,
 }
 
-/// What `sync` copied.
+/// What `sync` copied, and what it had to repair.
 #[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SyncCounts {
     pub tenants: usize,
     pub signals: usize,
+    /// Active keys.
     pub keys: usize,
+    pub repaired: Repaired,
 }
 
-const SIGNAL_COLUMNS: &str = "s.id, s.tenant_id, s.slug, s.name, s.type, s.active, s.rate_limit, \
+/// Entries of the copy a rebuild found wrong (missing, stale or left over) and corrected. Zero
+/// while write-through works; anything else is drift: a flushed or failed-over Redis, a write-
+/// through that failed, or a hand edit.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Repaired {
+    pub signals: u64,
+    pub keys: u64,
+}
+
+const SIGNAL_COLUMNS: &str = "s.id, s.tenant_id, s.slug, s.name, s.type, s.active, s.rate_limit, s.version, \
      (SELECT coalesce(max(version), 0) FROM signal_schemas v WHERE v.signal_id = s.id) AS schema_versions";
 
 /// The registry in PostgreSQL, with its Redis copy.
 pub struct Registry {
     pg: Pool,
-    redis: Redis,
+    copy: RegistryCopy,
     keyspace: Keyspace,
+}
+
+/// Takes the next registry version. The first statement of every changing transaction: the
+/// clock row stays locked until commit, so changes are numbered in the order they commit.
+const NEXT_VERSION: &str = "UPDATE registry_clock SET version = version + 1 RETURNING version";
+
+async fn next_version(tx: &tokio_postgres::Transaction<'_>) -> Result<i64, RegistryError> {
+    Ok(tx.query_one(NEXT_VERSION, &[]).await?.get(0))
 }
 
 /// Builds a PostgreSQL pool; connections open on first use.
@@ -176,7 +208,7 @@ impl Registry {
     pub fn new(pg: Pool, redis: Redis, keyspace: Keyspace) -> Self {
         Registry {
             pg,
-            redis,
+            copy: RegistryCopy::new(redis, keyspace),
             keyspace,
         }
     }
@@ -224,21 +256,25 @@ impl Registry {
         let hash = key.hash();
         let mut client = self.pg.get().await?;
         let tx = client.transaction().await?;
+        let version = next_version(&tx).await?;
         tx.execute(
-            "INSERT INTO api_keys (id, tenant_id, name, key_hash) VALUES ($1, $2, $3, $4)",
-            &[&id.as_str(), &tenant.as_str(), &name, &hash],
+            "INSERT INTO api_keys (id, tenant_id, name, key_hash, version) VALUES ($1, $2, $3, $4, $5)",
+            &[&id.as_str(), &tenant.as_str(), &name, &hash, &version],
         )
         .await?;
-        let active = ActiveKey {
+        let row = KeyRow {
             hash,
             tenant_id: tenant.to_string(),
             key_id: id.to_string(),
+            version,
+            revoked: false,
         };
-        copy::put_key(&self.redis, &active)
+        self.copy
+            .put_key(&row)
             .await
             .map_err(|e| RegistryError::Redis(e.to_string()))?;
         if let Err(e) = tx.commit().await {
-            let _ = copy::remove_key(&self.redis, &active.hash).await;
+            let _ = self.copy.remove_key(&row.hash, version).await;
             return Err(e.into());
         }
         Ok((id, key))
@@ -247,16 +283,27 @@ impl Registry {
     /// Revokes a key. Revoking a revoked key again is harmless and re-applies the removal.
     pub async fn revoke_key(&self, id: &str) -> Result<(), RegistryError> {
         let id = KeyId::parse(id).map_err(RegistryError::Invalid)?;
-        let client = self.pg.get().await?;
-        let row = client
+        let mut client = self.pg.get().await?;
+        let tx = client.transaction().await?;
+        let version = next_version(&tx).await?;
+        let row = tx
             .query_opt(
-                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING key_hash",
-                &[&id.as_str()],
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()), version = $2
+                 WHERE id = $1 RETURNING key_hash, tenant_id",
+                &[&id.as_str(), &version],
             )
             .await?
             .ok_or_else(|| RegistryError::NotFound(format!("no API key with id {id}")))?;
-        let hash: String = row.get(0);
-        copy::remove_key(&self.redis, &hash)
+        tx.commit().await?;
+        let revoked = KeyRow {
+            hash: row.get(0),
+            tenant_id: row.get(1),
+            key_id: id.to_string(),
+            version,
+            revoked: true,
+        };
+        self.copy
+            .put_key(&revoked)
             .await
             .map_err(|e| RegistryError::CopyStale(e.to_string()))
     }
@@ -282,14 +329,16 @@ impl Registry {
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .unwrap_or(slug.as_str());
-        let client = self.pg.get().await?;
+        let mut client = self.pg.get().await?;
         let signal = loop {
             let id = SignalId::generate();
-            let inserted = client
+            let tx = client.transaction().await?;
+            let version = next_version(&tx).await?;
+            let inserted = tx
                 .query_one(
                     &format!(
-                        "INSERT INTO signals AS s (id, tenant_id, slug, name, type, rate_limit)
-                         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {SIGNAL_COLUMNS}"
+                        "INSERT INTO signals AS s (id, tenant_id, slug, name, type, rate_limit, version)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {SIGNAL_COLUMNS}"
                     ),
                     &[
                         &id.as_str(),
@@ -298,11 +347,15 @@ impl Registry {
                         &name,
                         &signal_type.as_str(),
                         &limit.map(|l| l as i32),
+                        &version,
                     ],
                 )
                 .await;
             match inserted {
-                Ok(row) => break Signal::from_row(&row)?,
+                Ok(row) => {
+                    tx.commit().await?;
+                    break Signal::from_row(&row)?;
+                }
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                     let constraint = e.as_db_error().and_then(|d| d.constraint()).unwrap_or("");
                     if constraint == "signals_pkey" {
@@ -325,17 +378,20 @@ impl Registry {
         slug: &str,
         active: bool,
     ) -> Result<Signal, RegistryError> {
-        let client = self.pg.get().await?;
-        let row = client
+        let mut client = self.pg.get().await?;
+        let tx = client.transaction().await?;
+        let version = next_version(&tx).await?;
+        let row = tx
             .query_opt(
                 &format!(
-                    "UPDATE signals AS s SET active = $3, updated_at = now()
+                    "UPDATE signals AS s SET active = $3, updated_at = now(), version = $4
                      WHERE tenant_id = $1 AND slug = $2 RETURNING {SIGNAL_COLUMNS}"
                 ),
-                &[&tenant, &slug, &active],
+                &[&tenant, &slug, &active, &version],
             )
             .await?
             .ok_or_else(|| self.no_signal(tenant, slug))?;
+        tx.commit().await?;
         let signal = Signal::from_row(&row)?;
         self.copy_signal(&signal).await?;
         Ok(signal)
@@ -357,11 +413,13 @@ impl Registry {
             .map_err(|e| RegistryError::Invalid(format!("not a valid JSON Schema: {e}")))?;
         let mut client = self.pg.get().await?;
         let tx = client.transaction().await?;
+        let registry_version = next_version(&tx).await?;
         // Locking the signal row numbers concurrent additions 1, 2, 3 without gaps or clashes.
         let row = tx
             .query_opt(
-                "SELECT id FROM signals WHERE tenant_id = $1 AND slug = $2 FOR UPDATE",
-                &[&tenant, &slug],
+                "UPDATE signals SET version = $3, updated_at = now()
+                 WHERE tenant_id = $1 AND slug = $2 RETURNING id",
+                &[&tenant, &slug, &registry_version],
             )
             .await?
             .ok_or_else(|| self.no_signal(tenant, slug))?;
@@ -387,16 +445,27 @@ impl Registry {
         Ok((signal, version as u32))
     }
 
-    /// Rebuilds the Redis copy from PostgreSQL.
+    /// Rebuilds the Redis copy from one consistent snapshot of PostgreSQL. Entries changed
+    /// since the snapshot are newer in the copy and stay as they are.
     pub async fn sync(&self) -> Result<SyncCounts, RegistryError> {
-        let client = self.pg.get().await?;
-        let tenants: Vec<String> = client
+        let mut client = self.pg.get().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let horizon: i64 = tx
+            .query_one("SELECT version FROM registry_clock", &[])
+            .await?
+            .get(0);
+        let tenants: Vec<String> = tx
             .query("SELECT id FROM tenants", &[])
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let signals = client
+        let signals = tx
             .query(
                 &format!("SELECT {SIGNAL_COLUMNS} FROM signals s ORDER BY s.tenant_id"),
                 &[],
@@ -405,31 +474,42 @@ impl Registry {
             .iter()
             .map(Signal::from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let keys: Vec<ActiveKey> = client
+        let keys: Vec<KeyRow> = tx
             .query(
-                "SELECT key_hash, tenant_id, id FROM api_keys WHERE revoked_at IS NULL",
+                "SELECT key_hash, tenant_id, id, version, revoked_at IS NOT NULL FROM api_keys",
                 &[],
             )
             .await?
             .iter()
-            .map(|r| ActiveKey {
+            .map(|r| KeyRow {
                 hash: r.get(0),
                 tenant_id: r.get(1),
                 key_id: r.get(2),
+                version: r.get(3),
+                revoked: r.get(4),
             })
             .collect();
-        copy::replace_all(&self.redis, &self.keyspace, &tenants, &signals, &keys)
+        tx.commit().await?;
+        drop(client);
+        let (signals_fixed, keys_fixed) = self
+            .copy
+            .rebuild(horizon, &tenants, &signals, &keys)
             .await
             .map_err(|e| RegistryError::Redis(e.to_string()))?;
         Ok(SyncCounts {
             tenants: tenants.len(),
             signals: signals.len(),
-            keys: keys.len(),
+            keys: keys.iter().filter(|k| !k.revoked).count(),
+            repaired: Repaired {
+                signals: signals_fixed.changed + signals_fixed.removed,
+                keys: keys_fixed.changed + keys_fixed.removed,
+            },
         })
     }
 
     async fn copy_signal(&self, signal: &Signal) -> Result<(), RegistryError> {
-        copy::put_signal(&self.redis, &self.keyspace, signal)
+        self.copy
+            .put_signal(signal)
             .await
             .map_err(|e| RegistryError::CopyStale(e.to_string()))
     }

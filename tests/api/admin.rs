@@ -177,8 +177,12 @@ async fn sync_rebuilds_a_flushed_registry_copy() {
         401
     );
 
+    // The flush lost the signal and the valid key: the rebuild restores and counts both.
     let counts = admin.ok(&["sync"]);
-    assert_eq!(counts, json!({"tenants": 1, "signals": 1, "keys": 1}));
+    assert_eq!(
+        counts,
+        json!({"tenants": 1, "signals": 1, "keys": 1, "repaired": {"signals": 1, "keys": 1}})
+    );
     assert_eq!(
         api.batch(&key, json!([event("plan", "1")])).await.status,
         200
@@ -198,11 +202,15 @@ async fn sync_rebuilds_a_flushed_registry_copy() {
         .arg("sig_ghost123|event|1||0")
         .query(&mut env.redis.conn())
         .unwrap();
-    admin.ok(&["sync"]);
+    let counts = admin.ok(&["sync"]);
+    assert_eq!(counts["repaired"], json!({"signals": 1, "keys": 0}));
     assert_eq!(
         api.batch(&key, json!([event("ghost", "1")])).await.status,
         404
     );
+    // A copy in order: nothing to repair.
+    let counts = admin.ok(&["sync"]);
+    assert_eq!(counts["repaired"], json!({"signals": 0, "keys": 0}));
 }
 
 #[actix_web::test]
