@@ -5,7 +5,7 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -126,7 +126,9 @@ pub struct WorkerMetrics {
     pub batch_duration: Histogram,
     pub stream_pending: IntGaugeVec,
     pub stream_lag: IntGaugeVec,
+    pub oldest_pending: GaugeVec,
     pub claims: IntCounter,
+    pub registry_repaired: IntCounterVec,
     pub dead_letters: IntCounter,
     pub redis_up: IntGauge,
     pub postgres_up: IntGauge,
@@ -185,6 +187,29 @@ impl WorkerMetrics {
                         "Entries in a partition stream not yet delivered to any worker (-1: unknown).",
                     ),
                     &["partition"],
+                ),
+            ),
+            oldest_pending: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "sluice_worker_oldest_pending_seconds",
+                        "How long the oldest entry delivered but not acknowledged has waited, by \
+                         partition (0: none pending). Past the claim idle time it belongs to a \
+                         worker that died, and is being claimed.",
+                    ),
+                    &["partition"],
+                ),
+            ),
+            registry_repaired: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "sluice_worker_registry_repaired_total",
+                        "Registry copy entries a rebuild found missing, stale or left over in \
+                         Redis and corrected, by kind (signal or key). Nonzero means drift.",
+                    ),
+                    &["kind"],
                 ),
             ),
             claims: register(

@@ -29,7 +29,20 @@ impl Worker {
                 match self.registry.sync().await {
                     Ok(counts) => {
                         reconciled = Instant::now();
-                        tracing::debug!(?counts, "registry copy reconciled");
+                        let repaired = &counts.repaired;
+                        self.metrics
+                            .registry_repaired
+                            .with_label_values(&["signal"])
+                            .inc_by(repaired.signals);
+                        self.metrics
+                            .registry_repaired
+                            .with_label_values(&["key"])
+                            .inc_by(repaired.keys);
+                        if repaired.signals + repaired.keys > 0 {
+                            tracing::info!(?counts, "registry copy reconciled: repaired drift");
+                        } else {
+                            tracing::debug!(?counts, "registry copy reconciled");
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "reconciling the registry copy failed"),
                 }
@@ -96,10 +109,20 @@ impl Worker {
     }
 
     async fn publish_stats(&self) {
+        let Ok(now_ms) = self.streams.now_ms().await else {
+            return;
+        };
         for p in 0..self.partition_count() {
             match self.streams.stats(p).await {
                 Ok(s) => {
                     let label = p.to_string();
+                    let age_ms = s
+                        .oldest_pending_ms
+                        .map_or(0, |at| now_ms.saturating_sub(at));
+                    self.metrics
+                        .oldest_pending
+                        .with_label_values(&[label.as_str()])
+                        .set(age_ms as f64 / 1000.0);
                     self.metrics
                         .stream_pending
                         .with_label_values(&[label.as_str()])

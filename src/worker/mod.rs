@@ -125,25 +125,52 @@ impl Worker {
 
     /// The main loop. While one batch is being stored, the next is already being read, so
     /// PostgreSQL and Redis work at the same time; batches are still stored one after another.
+    ///
+    /// Claiming keeps up with draining: a claim takes up to a full batch per partition, and while
+    /// claims come back full, claiming and reading new entries take turns without waiting for
+    /// the next claim cycle, so a crashed worker's backlog is stored at drain speed and new
+    /// entries are not starved meanwhile.
     async fn consume(&self) {
         let mut own_pending = true;
         let mut last_claim = Instant::now();
         let claim_every = (self.settings.claim_idle / 4).max(Duration::from_millis(100));
+        // The last claim came back full: more is waiting to be claimed.
+        let mut claim_backlog = false;
+        let mut claimed_last = false;
         let mut backoff = Backoff::new();
         // A batch read but not yet stored.
         let mut in_hand: Option<Vec<RawEntry>> = None;
         while !self.stopping() {
+            let step = if own_pending {
+                Step::OwnPending
+            } else if (claim_backlog && !claimed_last) || last_claim.elapsed() >= claim_every {
+                Step::Claim
+            } else {
+                // With a claim backlog, a read that finds nothing new returns at once.
+                Step::New {
+                    block: !claim_backlog,
+                }
+            };
+            let batch_size = self.settings.batch_size;
             let read = async {
-                if own_pending {
-                    self.streams.read(self.settings.batch_size, 0, true).await
-                } else if last_claim.elapsed() >= claim_every {
-                    last_claim = Instant::now();
-                    self.claim().await
-                } else {
-                    let block = self.settings.block.as_millis() as u64;
-                    self.streams
-                        .read(self.settings.batch_size, block, false)
-                        .await
+                match step {
+                    Step::OwnPending => self.streams.read(batch_size, 0, true).await,
+                    Step::Claim => {
+                        last_claim = Instant::now();
+                        let claim = self.claim().await;
+                        if let Ok(claimed) = &claim {
+                            claim_backlog = claimed.full;
+                        }
+                        claim.map(|c| c.entries)
+                    }
+                    Step::New { block } => {
+                        let block_ms = if block {
+                            self.settings.block.as_millis() as u64
+                        } else {
+                            0
+                        };
+                        self.streams.read(batch_size, block_ms, false).await
+                    }
                 }
             };
             let read = match in_hand.take() {
@@ -155,6 +182,7 @@ impl Worker {
                 Some(batch) => tokio::join!(read, self.process(batch)).0,
                 None => read.await,
             };
+            claimed_last = matches!(step, Step::Claim);
             let entries = match read {
                 Ok(entries) => {
                     backoff.reset();
@@ -184,16 +212,18 @@ impl Worker {
         }
     }
 
-    /// Takes over entries pending too long with consumers presumed dead; those delivered
-    /// `max_deliveries` times already go to the dead letters instead.
-    async fn claim(&self) -> Result<Vec<RawEntry>, RedisError> {
+    /// Takes over entries pending too long with consumers presumed dead, up to a batch per
+    /// partition; those delivered `max_deliveries` times already go to the dead letters instead.
+    async fn claim(&self) -> Result<Claimed, RedisError> {
         let idle = self.settings.claim_idle.as_millis() as u64;
-        let mut claimed = Vec::new();
+        let count = self.settings.batch_size;
+        let mut claimed = Claimed::default();
         for p in 0..self.partition_count() {
-            let stale = self.streams.stale(p, idle, 100).await?;
+            let stale = self.streams.stale(p, idle, count).await?;
             if stale.is_empty() {
                 continue;
             }
+            claimed.full |= stale.len() >= count;
             let (dead, retry): (Vec<_>, Vec<_>) = stale
                 .into_iter()
                 .partition(|s| s.deliveries >= u64::from(self.settings.max_deliveries));
@@ -214,11 +244,12 @@ impl Worker {
             let ids: Vec<String> = retry.into_iter().map(|s| s.entry_id).collect();
             let entries = self.streams.claim(p, idle, &ids).await?;
             self.metrics.claims.inc_by(entries.len() as u64);
-            claimed.extend(entries);
+            claimed.entries.extend(entries);
         }
-        if !claimed.is_empty() {
+        if !claimed.entries.is_empty() {
             tracing::info!(
-                entries = claimed.len(),
+                entries = claimed.entries.len(),
+                more = claimed.full,
                 "claimed entries from idle consumers"
             );
         }
@@ -440,6 +471,25 @@ impl Worker {
             }
         }
     }
+}
+
+/// What the main loop does next.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Re-read this consumer's own unacknowledged entries (after a restart under the same name).
+    OwnPending,
+    /// Claim entries other consumers left idle.
+    Claim,
+    /// Read new entries, waiting for some to arrive or not.
+    New { block: bool },
+}
+
+/// One claim's take.
+#[derive(Default)]
+struct Claimed {
+    entries: Vec<RawEntry>,
+    /// Some partition had a full batch of idle entries: claim again soon.
+    full: bool,
 }
 
 fn is_nogroup(e: &RedisError) -> bool {

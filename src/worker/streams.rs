@@ -88,6 +88,8 @@ pub struct GroupStats {
     pub pending: i64,
     /// Entries not yet delivered to the group (Redis 7 `lag`); -1 when Redis cannot tell.
     pub lag: i64,
+    /// When the oldest pending entry was added (Redis clock, unix ms): its id's time part.
+    pub oldest_pending_ms: Option<u64>,
 }
 
 pub struct Streams {
@@ -134,7 +136,7 @@ impl Streams {
 
     /// Reads up to `count` entries per stream: `pending_only` re-reads this consumer's own
     /// unacknowledged entries (after a restart with the same name), otherwise new entries,
-    /// waiting up to `block_ms` for some to arrive.
+    /// waiting up to `block_ms` for some to arrive (0: not at all).
     pub async fn read(
         &self,
         count: usize,
@@ -144,7 +146,7 @@ impl Streams {
         let start = if pending_only { "0" } else { ">" };
         if !self.redis.is_cluster() {
             // One command over every stream, waiting up to block_ms for any of them.
-            let block = (!pending_only).then_some(block_ms);
+            let block = (!pending_only && block_ms > 0).then_some(block_ms);
             let streams: Vec<String> = self.keyspace.streams().collect();
             return self.read_streams(&streams, count, block, start).await;
         }
@@ -174,7 +176,7 @@ impl Streams {
             }
             tracing::warn!(error = %e, "reading some partitions failed; the others go on");
         }
-        if entries.is_empty() && !pending_only {
+        if entries.is_empty() && !pending_only && block_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(block_ms)).await;
         }
         Ok(entries)
@@ -438,14 +440,31 @@ impl Streams {
     }
 
     pub async fn stats(&self, partition: u16) -> Result<GroupStats, RedisError> {
-        Ok(self
-            .group_info(&Keyspace::stream(partition))
-            .await?
-            .map(|g| GroupStats {
-                pending: g.pending,
-                lag: g.lag,
-            })
-            .unwrap_or_default())
+        let stream = Keyspace::stream(partition);
+        let Some(info) = self.group_info(&stream).await? else {
+            return Ok(GroupStats::default());
+        };
+        let oldest_pending_ms = if info.pending > 0 {
+            // The summary form: count, smallest and largest pending id, consumers.
+            let (_, smallest, _, _): (i64, Option<String>, Option<String>, Value) = self
+                .redis
+                .query(redis::cmd("XPENDING").arg(&stream).arg(GROUP))
+                .await?;
+            smallest.map(|id| parse_id(&id).0)
+        } else {
+            None
+        };
+        Ok(GroupStats {
+            pending: info.pending,
+            lag: info.lag,
+            oldest_pending_ms,
+        })
+    }
+
+    /// Redis's clock in unix milliseconds: the clock stream ids are made from.
+    pub async fn now_ms(&self) -> Result<u64, RedisError> {
+        let (secs, micros): (u64, u64) = self.redis.query(&redis::cmd("TIME")).await?;
+        Ok(secs * 1000 + micros / 1000)
     }
 
     async fn group_info(&self, stream: &str) -> Result<Option<GroupInfo>, RedisError> {

@@ -9,5 +9,7 @@ mod hostile;
 mod ingest;
 mod limits;
 mod ops;
+mod recovery;
+mod registry;
 mod support;
 mod worker;
