@@ -80,6 +80,11 @@ enum TenantCommand {
         #[arg(long)]
         name: String,
     },
+    /// Show a tenant with its partition and stream key (where its events queue in Redis).
+    Show {
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -172,6 +177,14 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, RegistryError> 
         } => {
             let tenant = registry.create_tenant(&name).await?;
             json!({"id": tenant.id, "name": tenant.name})
+        }
+        Command::Tenant {
+            command: TenantCommand::Show { id },
+        } => {
+            let tenant = registry.tenant(&id).await?;
+            let partition = keyspace.partition_of(&tenant.id);
+            json!({"id": tenant.id, "name": tenant.name, "partition": partition,
+                   "stream": Keyspace::stream(partition)})
         }
         Command::Key {
             command: KeyCommand::Create { tenant, name },

@@ -244,6 +244,18 @@ impl Registry {
         })
     }
 
+    pub async fn tenant(&self, id: &str) -> Result<Tenant, RegistryError> {
+        let id = self.existing_tenant(id).await?;
+        let client = self.pg.get().await?;
+        let row = client
+            .query_one("SELECT name FROM tenants WHERE id = $1", &[&id.as_str()])
+            .await?;
+        Ok(Tenant {
+            id: id.to_string(),
+            name: row.get(0),
+        })
+    }
+
     /// Creates a key for `tenant`; returns its id and the secret, which is never seen again.
     pub async fn create_key(
         &self,

@@ -60,6 +60,19 @@ async fn every_command_prints_its_json_and_the_api_sees_the_result() {
     let tenant = admin.ok(&["tenant", "create", "--name", "Acme"]);
     assert_eq!(tenant["name"], "Acme");
     let tenant_id = tenant["id"].as_str().unwrap();
+    // Where the tenant's events queue.
+    let shown = admin.ok(&["tenant", "show", "--id", tenant_id]);
+    let partition = sluice::keyspace::Keyspace::new(16).partition_of(tenant_id);
+    assert_eq!(
+        shown,
+        json!({"id": tenant_id, "name": "Acme", "partition": partition,
+               "stream": format!("sluice:{{p{partition:02}}}:events")})
+    );
+    assert!(
+        admin
+            .fails(&["tenant", "show", "--id", "ten_AAAAAAAAAAAAAAAA"])
+            .contains("no tenant")
+    );
 
     let key = admin.ok(&["key", "create", "--tenant", tenant_id, "--name", "ci"]);
     let key_secret = key["key"].as_str().unwrap();

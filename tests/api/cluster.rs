@@ -11,7 +11,7 @@ use sluice::keyspace::{Keyspace, cluster_slot};
 
 use crate::faults::start_load;
 use crate::support::cluster::RedisCluster;
-use crate::support::{TestEnv, event, spawn_api_process};
+use crate::support::{ApiProcess, TestEnv, event, spawn_api_process};
 use crate::worker::{HIGH_LIMITS, assert_exactly_once, ingest};
 
 /// Twelve tenants, each with a metric signal `visits` and an event signal `clicks`.
@@ -75,7 +75,7 @@ async fn a_master_dies_under_load(min_replicas_ack: &str) {
     vars.push(("SLUICE__API__WORKERS", "1"));
     let env = TestEnv::start_on_cluster(&cluster, &vars).await;
     let tenants = tenants(&env).await;
-    let apis: Vec<(std::process::Child, String)> =
+    let apis: Vec<(ApiProcess, String)> =
         (0..2).map(|_| spawn_api_process(&env, None, &[])).collect();
     let worker = env.spawn_worker(&[("SLUICE__WORKER__CLAIM_IDLE_MS", "1000")]);
     worker.wait_ready(200).await;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{TestEnv, event, spawn_api_process};
+use crate::support::{ApiProcess, TestEnv, event, spawn_api_process};
 
 /// What the load saw.
 #[derive(Default)]
@@ -122,7 +122,7 @@ async fn every_acknowledged_event_survives_killed_workers_apis_redis_and_postgre
     env.signal(&tenant, "visits", "metric", None).await;
     env.signal(&tenant, "clicks", "event", None).await;
 
-    let mut apis: Vec<(std::process::Child, String)> =
+    let mut apis: Vec<(ApiProcess, String)> =
         (0..3).map(|_| spawn_api_process(&env, None, &[])).collect();
     let worker_vars = [
         ("SLUICE__WORKER__CLAIM_IDLE_MS", "1000"),

@@ -287,6 +287,15 @@ impl Drop for TestApi {
 }
 
 /// An event of `signal` for account `id`.
+/// The value of the sample `series` (a metric name with its labels, as exposed) in a Prometheus
+/// text exposition; `None` when it is not there.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
 pub fn event(signal: &str, id: &str) -> Value {
     serde_json::json!({"signal": signal, "identity": {"type": "account", "id": id}})
 }
@@ -425,13 +434,37 @@ impl Drop for WorkerProcess {
     }
 }
 
+/// A `sluice-api` process, killed when the guard is dropped, so no test leaves one running
+/// whether it passes or fails. Derefs to the child for signals, waits and its stderr.
+pub struct ApiProcess(std::process::Child);
+
+impl std::ops::Deref for ApiProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the real `sluice-api` binary on `port` (a free one when `None`), its stderr piped;
 /// returns the process and its `host:port`.
 pub fn spawn_api_process(
     env: &TestEnv,
     port: Option<u16>,
     extra: &[(&str, &str)],
-) -> (std::process::Child, String) {
+) -> (ApiProcess, String) {
     let port = port.unwrap_or_else(servers::free_port);
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-api"));
     cmd.envs(env.env_vars())
@@ -443,7 +476,7 @@ pub fn spawn_api_process(
     for (k, v) in extra {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().unwrap();
+    let child = ApiProcess(cmd.spawn().unwrap());
     let base = format!("127.0.0.1:{port}");
     wait_until("sluice-api to listen", || {
         std::net::TcpStream::connect(&base).is_ok()
