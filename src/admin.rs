@@ -9,10 +9,28 @@ use serde_json::{Value, json};
 use crate::config::Settings;
 use crate::domain::SignalType;
 use crate::keyspace::Keyspace;
+use crate::pg::{self, PgError};
 use crate::redis_pool::Redis;
 use crate::registry::{self, Registry, RegistryError};
-use crate::worker::dead_letters;
-use crate::worker::streams::Streams;
+use crate::stream::dead_letters::{self, DeadLetterError};
+
+/// Why a command failed; printed on stderr as it reads.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// A setting that cannot work (the message names it).
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot read {path}: {error}")]
+    ReadFile { path: String, error: String },
+    #[error("{path} is not JSON: {error}")]
+    NotJson { path: String, error: String },
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    DeadLetters(#[from] DeadLetterError),
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -153,12 +171,12 @@ fn parse_type(s: &str) -> Result<SignalType, String> {
 }
 
 /// Runs one command; the JSON to print on success.
-pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, RegistryError> {
+pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
     if let Command::Migrate = cli.command {
-        registry::ensure_database(&settings.postgres).await?;
+        pg::ensure_database(&settings.postgres).await?;
     }
-    let pg = registry::pg_pool(&settings.postgres).map_err(RegistryError::Invalid)?;
-    let redis = Redis::new(&settings.redis).map_err(RegistryError::Invalid)?;
+    let pg = pg::pool(&settings.postgres)?;
+    let redis = Redis::new(&settings.redis).map_err(AdminError::Config)?;
     let keyspace = Keyspace::new(settings.redis.partitions);
     let registry = Registry::new(pg.clone(), redis.clone(), keyspace);
     let limit_of = |signal: &registry::Signal| {
@@ -169,8 +187,8 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, RegistryError> 
 
     Ok(match cli.command {
         Command::Migrate => {
-            let applied = registry.migrate().await?;
-            json!({"applied": applied, "version": registry::migrate::latest()})
+            let applied = pg::migrate(&pg).await?;
+            json!({"applied": applied, "version": pg::migrate::latest()})
         }
         Command::Tenant {
             command: TenantCommand::Create { name },
@@ -228,11 +246,14 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, RegistryError> 
         Command::Schema {
             command: SchemaCommand::Add { tenant, slug, file },
         } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                RegistryError::Invalid(format!("cannot read {}: {e}", file.display()))
+            let path = || file.display().to_string();
+            let text = std::fs::read_to_string(&file).map_err(|e| AdminError::ReadFile {
+                path: path(),
+                error: e.to_string(),
             })?;
-            let schema: Value = serde_json::from_str(&text).map_err(|e| {
-                RegistryError::Invalid(format!("{} is not JSON: {e}", file.display()))
+            let schema: Value = serde_json::from_str(&text).map_err(|e| AdminError::NotJson {
+                path: path(),
+                error: e.to_string(),
             })?;
             let (signal, version) = registry.add_schema(&tenant, &slug, &schema).await?;
             json!({"signal_id": signal.id, "version": version})
@@ -243,9 +264,6 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, RegistryError> 
         } => dead_letters::list(&pg, all, i64::from(limit)).await?,
         Command::DeadLetters {
             command: DeadLetterCommand::Replay { id },
-        } => {
-            let streams = Streams::new(redis, keyspace, "sluice-admin".to_owned());
-            dead_letters::replay(&pg, &streams, id).await?
-        }
+        } => dead_letters::replay(&pg, &redis, &keyspace, id).await?,
     })
 }

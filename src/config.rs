@@ -5,6 +5,7 @@
 //! the same layout. A bad value stops the binary with one line naming the variable, so nothing
 //! ever starts half-configured.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -171,39 +172,160 @@ impl fmt::Debug for Secret {
 /// and a cache miss itself may take up to the Redis timeout.
 const MAX_KEY_CACHE_TTL_MS: u64 = 4000;
 
-const DEFAULTS: &[(&str, &str)] = &[
-    ("redis.url", "redis://127.0.0.1:6379"),
-    ("redis.mode", "standalone"),
-    ("redis.min_replicas_ack", "0"),
-    ("redis.partitions", "16"),
-    ("redis.timeout_ms", "1000"),
-    ("redis.pool_size", "8"),
-    ("postgres.url", "postgres://postgres@127.0.0.1:5432/sluice"),
-    ("postgres.pool_size", "8"),
-    ("api.bind", "0.0.0.0:8080"),
-    ("api.body_limit_bytes", "1048576"),
-    ("api.key_cache_ttl_ms", "2000"),
-    ("api.workers", "0"),
-    ("api.shutdown_grace_secs", "25"),
-    ("api.client_timeout_ms", "5000"),
-    ("api.body_timeout_ms", "10000"),
-    ("api.max_connections", "10000"),
-    ("api.keep_alive_secs", "30"),
-    ("worker.metrics_bind", "0.0.0.0:9091"),
-    ("worker.consumer", ""),
-    ("worker.batch_size", "5000"),
-    ("worker.block_ms", "50"),
-    ("worker.claim_idle_ms", "30000"),
-    ("worker.max_deliveries", "5"),
-    ("worker.retention_days", "0"),
-    ("worker.reconcile_interval_ms", "30000"),
-    ("worker.trim_interval_ms", "10000"),
-    ("limits.event", "100"),
-    ("limits.metric", "1000"),
-    ("limits.state", "30"),
-    ("log.level", "info"),
-    ("log.format", "text"),
-];
+/// The environment variables Sluice reads start with this; any other variable starting with it
+/// is a mistake (a misspelt setting), and stops the binary.
+const ENV_PREFIX: &str = "SLUICE__";
+
+/// Settings as the file and the environment spell them, before validation: one struct per
+/// section, each field's default beside it (in the section's `Default`), values as text so that
+/// every problem is reported by [`Field`] with the variable's name. Unknown keys are refused.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Raw {
+    redis: RawRedis,
+    postgres: RawPostgres,
+    api: RawApi,
+    worker: RawWorker,
+    limits: RawLimits,
+    log: RawLog,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawRedis {
+    url: String,
+    mode: String,
+    min_replicas_ack: String,
+    partitions: String,
+    timeout_ms: String,
+    pool_size: String,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        RawRedis {
+            url: "redis://127.0.0.1:6379".into(),
+            mode: "standalone".into(),
+            min_replicas_ack: "0".into(),
+            partitions: "16".into(),
+            timeout_ms: "1000".into(),
+            pool_size: "8".into(),
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawPostgres {
+    url: String,
+    pool_size: String,
+}
+
+impl Default for RawPostgres {
+    fn default() -> Self {
+        RawPostgres {
+            url: "postgres://postgres@127.0.0.1:5432/sluice".into(),
+            pool_size: "8".into(),
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawApi {
+    bind: String,
+    body_limit_bytes: String,
+    key_cache_ttl_ms: String,
+    workers: String,
+    shutdown_grace_secs: String,
+    client_timeout_ms: String,
+    body_timeout_ms: String,
+    max_connections: String,
+    keep_alive_secs: String,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            bind: "0.0.0.0:8080".into(),
+            body_limit_bytes: "1048576".into(),
+            key_cache_ttl_ms: "2000".into(),
+            workers: "0".into(),
+            shutdown_grace_secs: "25".into(),
+            client_timeout_ms: "5000".into(),
+            body_timeout_ms: "10000".into(),
+            max_connections: "10000".into(),
+            keep_alive_secs: "30".into(),
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawWorker {
+    metrics_bind: String,
+    consumer: String,
+    batch_size: String,
+    block_ms: String,
+    claim_idle_ms: String,
+    max_deliveries: String,
+    retention_days: String,
+    reconcile_interval_ms: String,
+    trim_interval_ms: String,
+}
+
+impl Default for RawWorker {
+    fn default() -> Self {
+        RawWorker {
+            metrics_bind: "0.0.0.0:9091".into(),
+            consumer: String::new(),
+            batch_size: "5000".into(),
+            block_ms: "50".into(),
+            claim_idle_ms: "30000".into(),
+            max_deliveries: "5".into(),
+            retention_days: "0".into(),
+            reconcile_interval_ms: "30000".into(),
+            trim_interval_ms: "10000".into(),
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawLimits {
+    event: String,
+    metric: String,
+    state: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            event: "100".into(),
+            metric: "1000".into(),
+            state: "30".into(),
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawLog {
+    level: String,
+    format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// Settings whose values may carry a password: a rejected value is never echoed.
+const SECRET_KEYS: &[&str] = &["redis.url", "postgres.url"];
 
 impl Settings {
     /// Reads defaults, `SLUICE_CONFIG` and the process environment.
@@ -211,17 +333,20 @@ impl Settings {
         let file = std::env::var("SLUICE_CONFIG")
             .ok()
             .filter(|p| !p.is_empty());
-        Self::load_from(file.as_deref(), Environment::with_prefix("SLUICE"))
+        let vars: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        Self::load_from(file.as_deref(), &vars)
     }
 
-    /// Reads defaults, an optional TOML file and the given environment source.
-    pub fn load_from(file: Option<&str>, env: Environment) -> Result<Self, ConfigError> {
+    /// Reads defaults, an optional TOML file and the given `SLUICE__*` variables, in one pass.
+    pub fn load_from(
+        file: Option<&str>,
+        vars: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        refuse_unknown_variables(vars)?;
         let mut builder = Config::builder();
-        for (key, value) in DEFAULTS {
-            builder = builder
-                .set_default(*key, *value)
-                .map_err(|e| ConfigError(e.to_string()))?;
-        }
         if let Some(path) = file {
             if !std::path::Path::new(path).is_file() {
                 return Err(ConfigError(format!(
@@ -230,26 +355,42 @@ impl Settings {
             }
             builder = builder.add_source(File::new(path, FileFormat::Toml));
         }
-        let env = env.prefix_separator("__").separator("__");
-        let raw = builder
+        let env = Environment::with_prefix("SLUICE")
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some(vars.clone()));
+        let raw: Raw = builder
             .add_source(env)
             .build()
-            .map_err(|e| ConfigError(e.to_string()))?;
-        let get = |key: &str| Field {
-            raw: &raw,
-            key: key.to_owned(),
-        };
+            .and_then(Config::try_deserialize)
+            .map_err(|e| ConfigError(format!("SLUICE_CONFIG or SLUICE__*: {e}")))?;
+        Self::validate(raw)
+    }
 
-        let settings = Settings {
+    fn validate(raw: Raw) -> Result<Self, ConfigError> {
+        let get = |key: &'static str, value: &String| Field {
+            key,
+            value: value.clone(),
+        };
+        let (r, p, a, w, l, g) = (
+            &raw.redis,
+            &raw.postgres,
+            &raw.api,
+            &raw.worker,
+            &raw.limits,
+            &raw.log,
+        );
+        Ok(Settings {
             redis: RedisSettings {
-                url: Secret(get("redis.url").parse_with(parse_redis_urls)?),
-                mode: get("redis.mode").parse_with(|v| match v {
+                url: Secret(get("redis.url", &r.url).parse_with(parse_redis_urls)?),
+                mode: get("redis.mode", &r.mode).parse_with(|v| match v {
                     "standalone" => Ok(RedisMode::Standalone),
                     "cluster" => Ok(RedisMode::Cluster),
                     _ => Err("must be standalone or cluster".to_owned()),
                 })?,
-                min_replicas_ack: get("redis.min_replicas_ack").parsed("a whole number of replicas")?,
-                partitions: get("redis.partitions").parse_with(|v| {
+                min_replicas_ack: get("redis.min_replicas_ack", &r.min_replicas_ack)
+                    .parsed("a whole number of replicas")?,
+                partitions: get("redis.partitions", &r.partitions).parse_with(|v| {
                     let n: u16 = v.parse().map_err(|_| "must be a whole number".to_owned())?;
                     if (1..=1024).contains(&n) {
                         Ok(n)
@@ -257,22 +398,22 @@ impl Settings {
                         Err("must be between 1 and 1024".to_owned())
                     }
                 })?,
-                timeout: Duration::from_millis(get("redis.timeout_ms").positive()?),
-                pool_size: get("redis.pool_size").positive()?,
+                timeout: Duration::from_millis(get("redis.timeout_ms", &r.timeout_ms).positive()?),
+                pool_size: get("redis.pool_size", &r.pool_size).positive()?,
             },
             postgres: PostgresSettings {
-                url: Secret(get("postgres.url").parse_with(|v| {
+                url: Secret(get("postgres.url", &p.url).parse_with(|v| {
                     tokio_postgres::Config::from_str(v)
                         .map(|_| v.to_owned())
                         .map_err(|e| format!("is not a PostgreSQL URL ({e})"))
                 })?),
-                pool_size: get("postgres.pool_size").positive()?,
+                pool_size: get("postgres.pool_size", &p.pool_size).positive()?,
             },
             api: ApiSettings {
-                bind: get("api.bind").parsed("a socket address such as 0.0.0.0:8080")?,
-                body_limit_bytes: get("api.body_limit_bytes").positive()?,
-                key_cache_ttl: Duration::from_millis(get("api.key_cache_ttl_ms").parse_with(
-                    |v| {
+                bind: get("api.bind", &a.bind).parsed("a socket address such as 0.0.0.0:8080")?,
+                body_limit_bytes: get("api.body_limit_bytes", &a.body_limit_bytes).positive()?,
+                key_cache_ttl: Duration::from_millis(
+                    get("api.key_cache_ttl_ms", &a.key_cache_ttl_ms).parse_with(|v| {
                         let ms: u64 = v.parse().map_err(|_| "must be a whole number".to_owned())?;
                         if ms <= MAX_KEY_CACHE_TTL_MS {
                             Ok(ms)
@@ -281,19 +422,29 @@ impl Settings {
                                 "must be at most {MAX_KEY_CACHE_TTL_MS} so that revoked keys stop within 5 s"
                             ))
                         }
-                    },
-                )?),
-                workers: get("api.workers").parsed("a whole number")?,
-                shutdown_grace: Duration::from_secs(get("api.shutdown_grace_secs").parsed("a whole number of seconds")?),
-                client_timeout: Duration::from_millis(get("api.client_timeout_ms").positive()?),
-                body_timeout: Duration::from_millis(get("api.body_timeout_ms").positive()?),
-                max_connections: get("api.max_connections").positive()?,
-                keep_alive: Duration::from_secs(get("api.keep_alive_secs").parsed("a whole number of seconds")?),
+                    })?,
+                ),
+                workers: get("api.workers", &a.workers).parsed("a whole number")?,
+                shutdown_grace: Duration::from_secs(
+                    get("api.shutdown_grace_secs", &a.shutdown_grace_secs)
+                        .parsed("a whole number of seconds")?,
+                ),
+                client_timeout: Duration::from_millis(
+                    get("api.client_timeout_ms", &a.client_timeout_ms).positive()?,
+                ),
+                body_timeout: Duration::from_millis(
+                    get("api.body_timeout_ms", &a.body_timeout_ms).positive()?,
+                ),
+                max_connections: get("api.max_connections", &a.max_connections).positive()?,
+                keep_alive: Duration::from_secs(
+                    get("api.keep_alive_secs", &a.keep_alive_secs)
+                        .parsed("a whole number of seconds")?,
+                ),
             },
             worker: WorkerSettings {
-                metrics_bind: get("worker.metrics_bind")
+                metrics_bind: get("worker.metrics_bind", &w.metrics_bind)
                     .parsed("a socket address such as 0.0.0.0:9091")?,
-                consumer: get("worker.consumer").parse_with(|v| {
+                consumer: get("worker.consumer", &w.consumer).parse_with(|v| {
                     if v.len() > 200 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
                         Err("must be at most 200 characters with no spaces".to_owned())
                     } else if v.is_empty() {
@@ -302,61 +453,97 @@ impl Settings {
                         Ok(v.to_owned())
                     }
                 })?,
-                batch_size: get("worker.batch_size").positive()?,
-                block: Duration::from_millis(get("worker.block_ms").positive()?),
-                claim_idle: Duration::from_millis(get("worker.claim_idle_ms").positive()?),
-                max_deliveries: get("worker.max_deliveries").positive()?,
-                retention_days: get("worker.retention_days").parsed("a whole number of days")?,
-                reconcile_interval: Duration::from_millis(get("worker.reconcile_interval_ms").positive()?),
-                trim_interval: Duration::from_millis(get("worker.trim_interval_ms").positive()?),
+                batch_size: get("worker.batch_size", &w.batch_size).positive()?,
+                block: Duration::from_millis(get("worker.block_ms", &w.block_ms).positive()?),
+                claim_idle: Duration::from_millis(
+                    get("worker.claim_idle_ms", &w.claim_idle_ms).positive()?,
+                ),
+                max_deliveries: get("worker.max_deliveries", &w.max_deliveries).positive()?,
+                retention_days: get("worker.retention_days", &w.retention_days)
+                    .parsed("a whole number of days")?,
+                reconcile_interval: Duration::from_millis(
+                    get("worker.reconcile_interval_ms", &w.reconcile_interval_ms).positive()?,
+                ),
+                trim_interval: Duration::from_millis(
+                    get("worker.trim_interval_ms", &w.trim_interval_ms).positive()?,
+                ),
             },
             limits: Limits {
-                event: get("limits.event").positive()?,
-                metric: get("limits.metric").positive()?,
-                state: get("limits.state").positive()?,
+                event: get("limits.event", &l.event).positive()?,
+                metric: get("limits.metric", &l.metric).positive()?,
+                state: get("limits.state", &l.state).positive()?,
             },
             log: LogSettings {
-                level: get("log.level").parse_with(|v| {
+                level: get("log.level", &g.level).parse_with(|v| {
                     tracing_subscriber::EnvFilter::try_new(v)
                         .map(|_| v.to_owned())
                         .map_err(|e| format!("is not a log filter ({e})"))
                 })?,
-                format: get("log.format").parse_with(|v| match v {
+                format: get("log.format", &g.format).parse_with(|v| match v {
                     "text" => Ok(LogFormat::Text),
                     "json" => Ok(LogFormat::Json),
                     _ => Err("must be text or json".to_owned()),
                 })?,
             },
-        };
-        Ok(settings)
+        })
     }
 }
 
-/// One key of the layered configuration, with errors that name its environment variable.
-struct Field<'a> {
-    raw: &'a Config,
-    key: String,
+/// Every `section.key` there is, from the sections' own fields.
+fn known_keys() -> Vec<String> {
+    let raw = serde_json::to_value(Raw::default()).expect("plain strings serialize");
+    let mut keys = Vec::new();
+    for (section, fields) in raw.as_object().into_iter().flatten() {
+        for key in fields.as_object().into_iter().flatten().map(|(k, _)| k) {
+            keys.push(format!("{section}.{key}"));
+        }
+    }
+    keys
 }
 
-impl Field<'_> {
-    fn env_name(&self) -> String {
-        format!("SLUICE__{}", self.key.replace('.', "__").to_uppercase())
+/// Stops at `SLUICE__*` variables that name no setting, all of them in one line.
+fn refuse_unknown_variables(vars: &HashMap<String, String>) -> Result<(), ConfigError> {
+    let known: Vec<String> = known_keys().iter().map(|k| env_name(k)).collect();
+    let mut unknown: Vec<&str> = vars
+        .keys()
+        .map(String::as_str)
+        .filter(|k| k.starts_with(ENV_PREFIX) && !known.iter().any(|n| n == k))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
     }
+    unknown.sort_unstable();
+    Err(ConfigError(format!(
+        "unknown setting{} {}: no such variable is read (see the README's settings table)",
+        if unknown.len() > 1 { "s" } else { "" },
+        unknown.join(", ")
+    )))
+}
 
+/// The environment variable of `section.key`.
+fn env_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
+}
+
+/// One setting's value, with errors that name its environment variable.
+struct Field {
+    key: &'static str,
+    value: String,
+}
+
+impl Field {
     fn parse_with<T>(
         &self,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Result<T, ConfigError> {
-        let value = self
-            .raw
-            .get_string(&self.key)
-            .map_err(|e| ConfigError(format!("{} ({}): {e}", self.env_name(), self.key)))?;
-        parse(value.trim()).map_err(|why| {
-            ConfigError(format!(
-                "{} ({}) {why}, got {value:?}",
-                self.env_name(),
-                self.key
-            ))
+        parse(self.value.trim()).map_err(|why| {
+            let name = env_name(self.key);
+            if SECRET_KEYS.contains(&self.key) {
+                // The value may hold a password: say what is wrong, never what was given.
+                ConfigError(format!("{name} ({}) {why}", self.key))
+            } else {
+                ConfigError(format!("{name} ({}) {why}, got {:?}", self.key, self.value))
+            }
         })
     }
 
@@ -407,10 +594,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Settings::load_from(
-            None,
-            Environment::with_prefix("SLUICE").source(Some(source)),
-        )
+        Settings::load_from(None, &source)
     }
 
     #[test]
@@ -471,5 +655,45 @@ mod tests {
     fn secrets_do_not_print() {
         let s = load(&[("SLUICE__POSTGRES__URL", "postgres://u:hunter2@db/sluice")]).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+        // Nor does a rejected one.
+        for (var, value) in [
+            (
+                "SLUICE__POSTGRES__URL",
+                "postgres://u:hunter2@db/sluice?sslmode=sometimes",
+            ),
+            ("SLUICE__REDIS__URL", "redis://:hunter2@host:notaport"),
+        ] {
+            let err = load(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(var), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_variables_stop_the_binary_naming_them() {
+        let err = load(&[
+            ("SLUICE__REDIS__URLL", "redis://x"),
+            ("SLUICE__WORKER__BATCHSIZE", "5"),
+            ("SLUICE__LIMITS__STATE", "7"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("SLUICE__REDIS__URLL") && err.contains("SLUICE__WORKER__BATCHSIZE"),
+            "{err}"
+        );
+        assert!(!err.contains("SLUICE__LIMITS__STATE"), "{err}");
+        assert!(!err.contains('\n'));
+        // Every setting's own variable is known.
+        for key in known_keys() {
+            let result = load(&[(env_name(&key).as_str(), "1")]);
+            assert!(
+                result
+                    .map(drop)
+                    .err()
+                    .is_none_or(|e| !e.to_string().contains("unknown")),
+                "{key}"
+            );
+        }
     }
 }

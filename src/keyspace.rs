@@ -109,9 +109,54 @@ impl PackedSignal {
     }
 }
 
+/// A valid key as the API-key index (`sluice:keys`) holds it: `<tenant id> <key id>`, under the
+/// key's SHA-256. Written by the registry copy, read by the api's key lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyIndexEntry {
+    pub tenant_id: String,
+    pub key_id: String,
+}
+
+impl std::fmt::Display for KeyIndexEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.tenant_id, self.key_id)
+    }
+}
+
+impl std::str::FromStr for KeyIndexEntry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (tenant, key) = s
+            .split_once(' ')
+            .filter(|(t, k)| !t.is_empty() && !k.is_empty() && !k.contains(' '))
+            .ok_or_else(|| format!("not a key index entry: {s:?}"))?;
+        Ok(KeyIndexEntry {
+            tenant_id: tenant.to_owned(),
+            key_id: key.to_owned(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_index_entries_read_back_as_written() {
+        let entry = KeyIndexEntry {
+            tenant_id: "ten_AbCdEfGh12345678".into(),
+            key_id: "key_0123456789abcdef".into(),
+        };
+        assert_eq!(
+            entry.to_string(),
+            "ten_AbCdEfGh12345678 key_0123456789abcdef"
+        );
+        assert_eq!(entry.to_string().parse::<KeyIndexEntry>(), Ok(entry));
+        for bad in ["", "ten_x", " key_x", "ten_x ", "ten_x key_y z"] {
+            assert!(bad.parse::<KeyIndexEntry>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn keys_of_a_tenant_share_one_hash_tag() {

@@ -9,7 +9,7 @@
 //! The modules follow the data flow of a request, in order:
 //!
 //! - [`config`]: typed settings from defaults, an optional TOML file and `SLUICE__*` variables,
-//!   validated once at start.
+//!   validated once at start; unknown variables and bad values stop the binary.
 //! - [`api`]: the actix-web replica. Authenticates the API key (cached lookups), reads the body
 //!   (JSON, optional gzip, size limit), and maps every failure to the contract's JSON errors.
 //! - [`domain`]: parsed, validated types. The body becomes [`domain::Event`]s here, once; every
@@ -17,18 +17,28 @@
 //! - [`ingest`]: one call of `lua/admit.lua` per request which, atomically in Redis, resolves
 //!   slugs, checks schema versions, applies the per-signal windows and `XADD`s every admitted
 //!   event to the tenant's partition stream.
-//! - [`keyspace`]: every Redis key, hash-tagged by partition so the script is legal on Cluster.
-//! - [`redis_pool`]: the connection pool, with one deadline over every call (503, never a hang).
+//! - [`stream`]: the partition streams, the one contract between api and worker: the entry
+//!   format, the consumer group (read, claim, acknowledge, trim) and dead letters.
+//! - [`worker`]: `sluice-worker`. Reads the streams as one consumer group, validates each event
+//!   against its schema version, stores batches in PostgreSQL exactly once (rollups and latest
+//!   states in the same transaction), then acknowledges; claims what dead consumers left,
+//!   dead-letters what can never be stored, trims what is done, rebuilds the registry copy.
+//!
+//! Beside the flow:
+//!
 //! - [`registry`]: tenants, API keys, signals and schemas in PostgreSQL (the system of record),
-//!   the migrations, and the Redis registry copy the api reads.
-//! - [`worker`]: `sluice-worker`. Reads the partition streams as one consumer group, validates
-//!   each event against its schema version, stores batches in PostgreSQL exactly once (rollups
-//!   and latest states in the same transaction), then acknowledges; claims what dead consumers
-//!   left, dead-letters what can never be stored, trims what is done.
+//!   and the versioned Redis copy the api reads.
+//! - [`keyspace`]: every Redis key, hash-tagged by partition so the script is legal on Cluster,
+//!   and the values the registry copy holds.
+//! - [`redis_pool`]: the connection pool, with one deadline over every call (503, never a hang).
+//! - [`pg`]: the PostgreSQL pool, database creation and the embedded migrations.
+//! - [`ops`]: `/livez`, `/readyz`, `/metrics` and the JSON 404/405 answers, for both services.
+//! - [`shutdown`]: SIGTERM/SIGINT as one broadcast that every part of a binary listens to.
 //! - [`admin`]: the `sluice-admin` commands.
 //! - [`metrics`]: every Prometheus metric, in one place.
 //!
 //! The binaries in `src/bin/` are thin: they read [`config::Settings`] and call into these.
+//! `sluice-worker` and `sluice-admin` share code only through these library modules.
 
 pub mod admin;
 pub mod api;
@@ -37,7 +47,11 @@ pub mod domain;
 pub mod ingest;
 pub mod keyspace;
 pub mod metrics;
+pub mod ops;
+pub mod pg;
 pub mod redis_pool;
 pub mod registry;
+pub mod shutdown;
+pub mod stream;
 pub mod telemetry;
 pub mod worker;

@@ -15,7 +15,7 @@ use actix_web::http::header::AUTHORIZATION;
 
 use super::error::ApiError;
 use crate::domain::ApiKey;
-use crate::keyspace::API_KEYS;
+use crate::keyspace::{API_KEYS, KeyIndexEntry};
 use crate::redis_pool::Redis;
 
 /// Who is calling.
@@ -59,13 +59,13 @@ impl KeyCache {
         let stored: Option<String> = redis
             .query(redis::cmd("HGET").arg(API_KEYS).arg(&hash))
             .await?;
-        let principal = stored.as_deref().and_then(|v| {
-            let (tenant, key) = v.split_once(' ')?;
-            Some(Principal {
-                tenant_id: tenant.into(),
-                key_id: key.into(),
-            })
-        });
+        let principal = stored
+            .as_deref()
+            .and_then(|v| v.parse::<KeyIndexEntry>().ok())
+            .map(|entry| Principal {
+                tenant_id: entry.tenant_id.into(),
+                key_id: entry.key_id.into(),
+            });
         self.put(hash, asked_at, principal.clone());
         principal.ok_or(ApiError::InvalidKey)
     }

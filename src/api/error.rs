@@ -4,7 +4,7 @@
 //! validation). The full cause of a 503 goes to the log, not to the client.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{ALLOW, RETRY_AFTER};
+use actix_web::http::header::RETRY_AFTER;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -46,10 +46,6 @@ pub enum ApiError {
          so a retry may store them twice"
     )]
     NotReplicated(String),
-    #[error("Not found: {method} {path}")]
-    RouteNotFound { method: String, path: String },
-    #[error("Method {method} not allowed; use {allow}")]
-    MethodNotAllowed { method: String, allow: &'static str },
 }
 
 #[derive(Serialize)]
@@ -72,12 +68,11 @@ impl ResponseError for ApiError {
             ApiError::InvalidJson(_) | ApiError::BadRequest(_) | ApiError::Validation(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::SignalsNotFound(_) | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::SignalsNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::NotReplicated(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -90,9 +85,6 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(cause) | ApiError::NotReplicated(cause) => {
                 tracing::warn!(%cause, "answering 503");
                 response.insert_header((RETRY_AFTER, "1"));
-            }
-            ApiError::MethodNotAllowed { allow, .. } => {
-                response.insert_header((ALLOW, *allow));
             }
             ApiError::MissingKey | ApiError::InvalidKey => {
                 response.insert_header(("WWW-Authenticate", "Bearer"));

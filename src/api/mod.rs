@@ -7,7 +7,6 @@ mod auth;
 mod body;
 mod error;
 mod events;
-mod ops;
 mod rate_headers;
 
 pub use auth::Principal;
@@ -36,6 +35,7 @@ use crate::config::{ApiSettings, Settings};
 use crate::ingest::Admission;
 use crate::keyspace::Keyspace;
 use crate::metrics::ApiMetrics;
+use crate::ops;
 use crate::redis_pool::Redis;
 
 /// What every request handler shares.
@@ -84,7 +84,9 @@ pub fn serve(settings: &Settings, bind: SocketAddr) -> Result<ApiServer, String>
     }
     // SIGTERM/SIGINT: stop accepting, let in-flight requests finish within the grace period.
     // Slow or idle clients are cut off so they cannot hold connections forever.
+    // Signals are the binary's to handle (crate::shutdown); it stops the server by its handle.
     server = server
+        .disable_signals()
         .shutdown_timeout(settings.api.shutdown_grace.as_secs())
         .client_request_timeout(settings.api.client_timeout)
         .client_disconnect_timeout(std::time::Duration::from_secs(1))
@@ -107,7 +109,6 @@ pub fn serve(settings: &Settings, bind: SocketAddr) -> Result<ApiServer, String>
 /// Every route, with JSON answers for unknown paths and wrong methods.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let post_only = || web::to(|req: actix_web::HttpRequest| ops::method_not_allowed(req, "POST"));
-    let get_only = || web::to(|req: actix_web::HttpRequest| ops::method_not_allowed(req, "GET"));
     cfg.service(
         web::resource("/v1/events/batch")
             .route(web::post().to(events::batch))
@@ -118,22 +119,25 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(events::single))
             .default_service(post_only()),
     )
-    .service(
-        web::resource("/livez")
-            .route(web::get().to(ops::livez))
-            .default_service(get_only()),
-    )
-    .service(
-        web::resource("/readyz")
-            .route(web::get().to(ops::readyz))
-            .default_service(get_only()),
-    )
-    .service(
-        web::resource("/metrics")
-            .route(web::get().to(ops::metrics))
-            .default_service(get_only()),
-    )
+    .configure(ops::routes::<AppState>)
     .default_service(web::to(ops::not_found));
+}
+
+/// The api is ready only while Redis answers: without it, it can neither authenticate nor admit.
+impl ops::Probe for AppState {
+    async fn failing(&self) -> Vec<ops::Failing> {
+        match self.redis.ping().await {
+            Ok(()) => Vec::new(),
+            Err(e) => vec![ops::Failing {
+                dependency: "redis",
+                error: e.to_string(),
+            }],
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
 }
 
 /// Tags every request with an id (the client's `X-Request-Id` when it is sane, else a new

@@ -4,10 +4,6 @@
 //! This module builds the script's `KEYS`/`ARGV` from validated events and decodes its reply
 //! into a [`Verdict`]; it knows nothing of HTTP.
 
-pub mod entry;
-
-pub use entry::{Meta, StreamEntry, StreamEvent, event_id_of};
-
 use std::collections::HashMap;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -18,6 +14,7 @@ use crate::config::Limits;
 use crate::domain::{Event, SchemaVersion, SignalType};
 use crate::keyspace::Keyspace;
 use crate::redis_pool::{Redis, RedisError};
+use crate::stream::entry::{self, StreamEvent};
 
 static ADMIT_LUA: &str = include_str!("../../lua/admit.lua");
 

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use redis::Script;
 
-use crate::keyspace::{API_KEYS, Keyspace};
+use crate::keyspace::{API_KEYS, KeyIndexEntry, Keyspace};
 use crate::redis_pool::{Redis, RedisError};
 
 use super::{KeyRow, Signal};
@@ -177,7 +177,11 @@ impl RegistryCopy {
     }
 }
 
-/// The key index's value: `<tenant> <key id>`, read back by the api's key lookup.
+/// The key index's value, read back by the api's key lookup.
 fn key_value(key: &KeyRow) -> String {
-    format!("{} {}", key.tenant_id, key.key_id)
+    KeyIndexEntry {
+        tenant_id: key.tenant_id.clone(),
+        key_id: key.key_id.clone(),
+    }
+    .to_string()
 }

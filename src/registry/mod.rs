@@ -11,14 +11,12 @@
 //! shown to an operator unless both stores have it.
 
 pub mod copy;
-pub mod migrate;
 
-use deadpool_postgres::{Pool, PoolConfig, Runtime};
+use deadpool_postgres::Pool;
 use serde_json::Value;
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
 
-use crate::config::PostgresSettings;
 use crate::domain::{ApiKey, KeyId, SignalId, SignalType, Slug, TenantId};
 use crate::keyspace::{Keyspace, PackedSignal};
 use crate::redis_pool::Redis;
@@ -45,12 +43,7 @@ pub enum RegistryError {
 
 impl From<tokio_postgres::Error> for RegistryError {
     fn from(e: tokio_postgres::Error) -> Self {
-        // The server's own message says more than the driver's summary.
-        let msg = match e.as_db_error() {
-            Some(db) => db.message().to_owned(),
-            None => e.to_string(),
-        };
-        RegistryError::Postgres(msg)
+        RegistryError::Postgres(crate::pg::describe(&e))
     }
 }
 
@@ -160,50 +153,6 @@ async fn next_version(tx: &tokio_postgres::Transaction<'_>) -> Result<i64, Regis
     Ok(tx.query_one(NEXT_VERSION, &[]).await?.get(0))
 }
 
-/// Builds a PostgreSQL pool; connections open on first use.
-pub fn pg_pool(settings: &PostgresSettings) -> Result<Pool, String> {
-    let mut cfg = deadpool_postgres::Config::new();
-    cfg.url = Some(settings.url.expose().to_owned());
-    cfg.pool = Some(PoolConfig::new(settings.pool_size));
-    cfg.create_pool(Some(Runtime::Tokio1), NoTls)
-        .map_err(|e| format!("SLUICE__POSTGRES__URL: cannot build a PostgreSQL pool: {e}"))
-}
-
-/// Creates the configured database when the server does not have it yet, so a fresh
-/// PostgreSQL needs no manual step before `sluice-admin migrate`.
-pub async fn ensure_database(settings: &PostgresSettings) -> Result<(), RegistryError> {
-    let config: tokio_postgres::Config = settings
-        .url
-        .expose()
-        .parse()
-        .map_err(|e| RegistryError::Invalid(format!("{e}")))?;
-    match config.connect(NoTls).await {
-        Ok(_) => return Ok(()),
-        Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {}
-        Err(e) if e.as_db_error().is_none() => {
-            return Err(RegistryError::Postgres(format!(
-                "cannot connect ({e}); this needs access to the database named by SLUICE__POSTGRES__URL"
-            )));
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let name = config.get_dbname().unwrap_or("postgres").to_owned();
-    let mut maintenance = config.clone();
-    maintenance.dbname("postgres");
-    let (client, connection) = maintenance.connect(NoTls).await?;
-    tokio::spawn(connection);
-    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    match client
-        .batch_execute(&format!("CREATE DATABASE {quoted}"))
-        .await
-    {
-        Ok(()) => Ok(()),
-        // Someone else created it meanwhile.
-        Err(e) if e.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 impl Registry {
     pub fn new(pg: Pool, redis: Redis, keyspace: Keyspace) -> Self {
         Registry {
@@ -215,12 +164,6 @@ impl Registry {
 
     pub fn keyspace(&self) -> Keyspace {
         self.keyspace
-    }
-
-    /// Applies pending migrations; returns the versions applied now.
-    pub async fn migrate(&self) -> Result<Vec<i32>, RegistryError> {
-        let mut client = self.pg.get().await?;
-        Ok(migrate::run(&mut client).await?)
     }
 
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant, RegistryError> {

@@ -18,7 +18,6 @@ const DAYS_AHEAD: i64 = 2;
 
 impl Worker {
     pub(super) async fn maintain(&self) {
-        let mut shutdown = self.shutdown.clone();
         let far_past = Instant::now()
             .checked_sub(Duration::from_secs(86_400))
             .unwrap_or_else(Instant::now);
@@ -60,7 +59,7 @@ impl Worker {
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = shutdown.wait_for(|stop| *stop) => {}
+                _ = self.shutdown.requested() => {}
             }
         }
     }

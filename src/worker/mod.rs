@@ -19,26 +19,24 @@
 //! waiting out an outage re-claims its own entries with `XCLAIM … JUSTID` (which leaves the
 //! delivery count alone), so a long outage never turns healthy entries into dead letters.
 
-pub mod dead_letters;
-pub mod http;
 mod maintenance;
 pub mod sink;
-pub mod streams;
 mod validate;
 
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use tokio::sync::watch;
 
 use crate::config::{PostgresSettings, Settings, WorkerSettings};
-use crate::ingest::StreamEntry;
 use crate::keyspace::Keyspace;
 use crate::metrics::WorkerMetrics;
+use crate::pg::{self, PgError};
 use crate::redis_pool::{Redis, RedisError};
-use crate::registry::{self, Registry};
+use crate::registry::Registry;
+use crate::shutdown::Shutdown;
+use crate::stream::dead_letters::{self, DeadLetterError};
+use crate::stream::{Consumer, RawEntry, StreamEntry};
 use sink::{Record, Sink, SinkError};
-use streams::{RawEntry, Streams};
 
 /// Everything the worker's tasks share.
 pub struct Worker {
@@ -46,29 +44,30 @@ pub struct Worker {
     postgres: PostgresSettings,
     /// Compiled schemas, kept across batches.
     validator: tokio::sync::Mutex<validate::Validator>,
-    streams: Streams,
+    /// This worker's membership of the consumer group.
+    streams: Consumer,
     sink: Sink,
     registry: Registry,
     redis: Redis,
     metrics: WorkerMetrics,
-    /// Flips to `true` once: finish the batch in hand, then stop.
-    shutdown: watch::Receiver<bool>,
+    /// Once requested: finish the batch in hand, then stop.
+    shutdown: Shutdown,
 }
 
 impl Worker {
     pub fn new(
         settings: &Settings,
         metrics: WorkerMetrics,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Result<Self, String> {
         let redis = Redis::new(&settings.redis)?;
-        let pg: Pool = registry::pg_pool(&settings.postgres)?;
+        let pg: Pool = pg::pool(&settings.postgres).map_err(|e| e.to_string())?;
         let keyspace = Keyspace::new(settings.redis.partitions);
         Ok(Worker {
             settings: settings.worker.clone(),
             postgres: settings.postgres.clone(),
             validator: Default::default(),
-            streams: Streams::new(redis.clone(), keyspace, settings.worker.consumer.clone()),
+            streams: Consumer::new(redis.clone(), keyspace, settings.worker.consumer.clone()),
             sink: Sink::new(pg.clone()),
             registry: Registry::new(pg, redis.clone(), keyspace),
             redis,
@@ -85,8 +84,12 @@ impl Worker {
         self.sink.pool()
     }
 
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.metrics
+    }
+
     fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
+        self.shutdown.is_requested()
     }
 
     /// Runs until shutdown is signalled; returns once the batch in hand is finished.
@@ -103,10 +106,8 @@ impl Worker {
     async fn start(&self) -> bool {
         let migrated = self
             .retry("migrating PostgreSQL", &[], move || async move {
-                registry::ensure_database(&self.postgres)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.registry.migrate().await.map_err(|e| e.to_string())
+                pg::ensure_database(&self.postgres).await?;
+                Ok(pg::migrate(self.sink.pool()).await?)
             })
             .await;
         if migrated.is_none() {
@@ -114,10 +115,7 @@ impl Worker {
         }
         let grouped = self
             .retry("creating consumer groups", &[], move || async move {
-                self.streams
-                    .ensure_groups()
-                    .await
-                    .map_err(|e| e.to_string())
+                Ok(self.streams.ensure_groups().await?)
             })
             .await;
         grouped.is_some()
@@ -290,10 +288,7 @@ impl Worker {
         let loaded = self
             .retry("loading schemas", &held, move || async move {
                 let mut validator = self.validator.lock().await;
-                validator
-                    .load_missing(self.sink.pool(), entries)
-                    .await
-                    .map_err(|e| e.to_string())
+                Ok(validator.load_missing(self.sink.pool(), entries).await?)
             })
             .await;
         if loaded.is_none() {
@@ -372,33 +367,24 @@ impl Worker {
     /// `None` on shutdown during an outage.
     async fn dead_letter(&self, raw: &RawEntry, reason: &str, deliveries: u64) -> Option<()> {
         let reason = reason.replace('\0', "\u{fffd}");
-        let stream = Keyspace::stream(raw.partition);
-        let (stream_ref, reason_ref) = (&stream, &reason);
-        self.retry("recording a dead letter", std::slice::from_ref(raw), move || async move {
-            let (stream, reason) = (stream_ref, reason_ref);
-            let client = self.sink.pool().get().await.map_err(|e| e.to_string())?;
-            client
-                .execute(
-                    "INSERT INTO dead_letters (stream, entry_id, event_id, tenant_id, raw, error, deliveries)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)
-                     ON CONFLICT (stream, entry_id) DO UPDATE SET error = excluded.error, deliveries = excluded.deliveries",
-                    &[
-                        &stream,
-                        &raw.entry_id,
-                        &raw.event_id(),
-                        &raw.tenant(),
-                        &raw.fields_json(),
-                        &reason,
-                        &(deliveries as i32),
-                    ],
+        let reason_ref = &reason;
+        self.retry(
+            "recording a dead letter",
+            std::slice::from_ref(raw),
+            move || async move {
+                Ok(dead_letters::record(
+                    self.sink.pool(),
+                    &self.streams,
+                    raw,
+                    reason_ref,
+                    deliveries,
                 )
-                .await
-                .map_err(|e| e.to_string())?;
-            self.streams.add_dead(raw, reason).await.map_err(|e| e.to_string())?;
-            self.streams.ack(std::slice::from_ref(raw)).await.map_err(|e| e.to_string())
-        })
+                .await?)
+            },
+        )
         .await?;
         self.metrics.dead_letters.inc();
+        let stream = Keyspace::stream(raw.partition);
         tracing::warn!(entry = %raw.entry_id, %stream, %reason, "entry moved to dead letters");
         Some(())
     }
@@ -433,7 +419,7 @@ impl Worker {
                 match attempt.await {
                     Ok(v) => Ok(Ok(v)),
                     Err(SinkError::Refused(reason)) => Ok(Err(reason)),
-                    Err(e @ SinkError::Unavailable(_)) => Err(e.to_string()),
+                    Err(e @ SinkError::Unavailable(_)) => Err(e.into()),
                 }
             }
         })
@@ -441,20 +427,29 @@ impl Worker {
     }
 
     /// Runs `step` until it succeeds, backing off between failures and keeping `held` entries
-    /// claimed meanwhile. `None` when shutdown comes first.
+    /// claimed meanwhile. A failure marks the dependency it came from as down
+    /// (`sluice_worker_redis_up` or `sluice_worker_postgres_up`); success marks it up again.
+    /// `None` when shutdown comes first.
     async fn retry<T, F, Fut>(&self, what: &str, held: &[RawEntry], mut step: F) -> Option<T>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, String>>,
+        Fut: Future<Output = Result<T, StepError>>,
     {
         let mut backoff = Backoff::new();
         let mut last_touch = Instant::now();
+        let mut failed: Option<Dependency> = None;
         loop {
             match step().await {
-                Ok(v) => return Some(v),
-                Err(error) => {
-                    self.metrics.postgres_up.set(0);
-                    tracing::warn!(%error, "{what} failed; retrying");
+                Ok(v) => {
+                    if let Some(dependency) = failed {
+                        self.dependency_up(dependency, true);
+                    }
+                    return Some(v);
+                }
+                Err(StepError { dependency, error }) => {
+                    self.dependency_up(dependency, false);
+                    failed = Some(dependency);
+                    tracing::warn!(%error, dependency = dependency.name(), "{what} failed; retrying");
                     if self.stopping() {
                         tracing::warn!(
                             "stopping with {} entries unacknowledged; another worker will claim them",
@@ -492,6 +487,115 @@ struct Claimed {
     full: bool,
 }
 
+impl Worker {
+    fn dependency_up(&self, dependency: Dependency, up: bool) {
+        let gauge = match dependency {
+            Dependency::Redis => &self.metrics.redis_up,
+            Dependency::Postgres => &self.metrics.postgres_up,
+        };
+        gauge.set(i64::from(up));
+    }
+}
+
+/// The stores a worker's steps depend on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dependency {
+    Redis,
+    Postgres,
+}
+
+impl Dependency {
+    fn name(self) -> &'static str {
+        match self {
+            Dependency::Redis => "redis",
+            Dependency::Postgres => "postgres",
+        }
+    }
+}
+
+/// A step that failed because a dependency did not answer: worth retrying. Refusals of the data
+/// itself never become a `StepError`; they are handed back to the caller.
+#[derive(Debug)]
+struct StepError {
+    dependency: Dependency,
+    error: String,
+}
+
+impl From<RedisError> for StepError {
+    fn from(e: RedisError) -> Self {
+        StepError {
+            dependency: Dependency::Redis,
+            error: e.to_string(),
+        }
+    }
+}
+
+impl From<PgError> for StepError {
+    fn from(e: PgError) -> Self {
+        StepError {
+            dependency: Dependency::Postgres,
+            error: e.to_string(),
+        }
+    }
+}
+
+impl From<SinkError> for StepError {
+    fn from(e: SinkError) -> Self {
+        StepError {
+            dependency: Dependency::Postgres,
+            error: e.to_string(),
+        }
+    }
+}
+
+impl From<DeadLetterError> for StepError {
+    fn from(e: DeadLetterError) -> Self {
+        match e {
+            DeadLetterError::Redis(e) => e.into(),
+            other => StepError {
+                dependency: Dependency::Postgres,
+                error: other.to_string(),
+            },
+        }
+    }
+}
+
+/// The worker is ready only while both Redis and PostgreSQL answer.
+impl crate::ops::Probe for Worker {
+    async fn failing(&self) -> Vec<crate::ops::Failing> {
+        let mut failing = Vec::new();
+        if let Err(e) = self.redis.ping().await {
+            failing.push(crate::ops::Failing {
+                dependency: "redis",
+                error: e.to_string(),
+            });
+        }
+        let pg = async {
+            let client = self.pg().get().await.map_err(|e| e.to_string())?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let error = match tokio::time::timeout(Duration::from_secs(2), pg).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some("no answer within 2s".to_owned()),
+        };
+        if let Some(error) = error {
+            failing.push(crate::ops::Failing {
+                dependency: "postgres",
+                error,
+            });
+        }
+        failing
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.render()
+    }
+}
+
 fn is_nogroup(e: &RedisError) -> bool {
     matches!(e, RedisError::Command(err) if err.code() == Some("NOGROUP"))
 }
@@ -514,14 +618,13 @@ impl Backoff {
     }
 
     /// Sleeps for the next interval, or until shutdown.
-    async fn wait(&mut self, shutdown: &watch::Receiver<bool>) {
+    async fn wait(&mut self, shutdown: &Shutdown) {
         let jitter = rand::random_range(0.5..1.5);
         let pause = self.next.mul_f64(jitter);
         self.next = (self.next * 2).min(Self::MAX);
-        let mut shutdown = shutdown.clone();
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.wait_for(|stop| *stop) => {}
+            _ = shutdown.requested() => {}
         }
     }
 }

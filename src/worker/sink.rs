@@ -13,7 +13,7 @@ use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
 use crate::domain::SignalType;
-use crate::ingest::StreamEntry;
+use crate::stream::StreamEntry;
 
 /// An event ready to store: the entry plus the verdict of validation.
 #[derive(Debug)]

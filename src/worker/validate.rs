@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::sink::{Record, SinkError};
 use crate::domain::SignalType;
-use crate::ingest::StreamEntry;
+use crate::stream::StreamEntry;
 
 /// Schema versions never change once added, so compiled validators are kept for good; the
 /// cache is bounded only against a pathological number of versions.

@@ -350,6 +350,19 @@ async fn binaries_refuse_a_bad_configuration_with_one_line_naming_the_key() {
             "SLUICE__LIMITS__STATE",
             "-1",
         ),
+        // A misspelt setting is not silently ignored.
+        (
+            env!("CARGO_BIN_EXE_sluice-worker"),
+            "SLUICE__WORKER__BATCHSIZE",
+            "10",
+        ),
+        (env!("CARGO_BIN_EXE_sluice-api"), "SLUICE__API__BINDD", "x"),
+        // A rejected URL is named, but its password is never printed.
+        (
+            env!("CARGO_BIN_EXE_sluice-admin"),
+            "SLUICE__POSTGRES__URL",
+            "postgres://u:hunter2@db:notaport/sluice",
+        ),
     ] {
         let out = Command::new(bin)
             .arg("sync")
@@ -361,6 +374,7 @@ async fn binaries_refuse_a_bad_configuration_with_one_line_naming_the_key() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains(var), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sluice.toml");

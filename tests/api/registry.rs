@@ -26,7 +26,7 @@ const WATCH: Duration = Duration::from_millis(400);
 fn own_registry(env: &TestEnv) -> Registry {
     let settings = env.settings();
     Registry::new(
-        registry::pg_pool(&settings.postgres).unwrap(),
+        sluice::pg::pool(&settings.postgres).unwrap(),
         Redis::new(&settings.redis).unwrap(),
         Keyspace::new(settings.redis.partitions),
     )

@@ -563,7 +563,7 @@ async fn trimming_never_drops_an_unacknowledged_entry() {
     let tenant = env.stream_entries()[0]["tenant"].clone();
     let p = keyspace.partition_of(&tenant);
     let stream = Keyspace::stream(p);
-    let streams = sluice::worker::streams::Streams::new(
+    let streams = sluice::stream::Consumer::new(
         sluice::redis_pool::Redis::new(&env.settings().redis).unwrap(),
         keyspace,
         "trimmer".into(),

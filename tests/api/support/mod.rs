@@ -7,12 +7,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
-use config::Environment;
 use serde_json::Value;
 use sluice::config::Settings;
 use sluice::keyspace::Keyspace;
 use sluice::redis_pool::Redis;
-use sluice::registry::{self, Registry};
+use sluice::registry::Registry;
 
 pub use servers::{Postgres, RedisServer, wait_until};
 
@@ -62,13 +61,16 @@ impl TestEnv {
             map.insert(k.to_string(), v.to_string());
         }
         let settings = settings_from(&map);
-        registry::ensure_database(&settings.postgres).await.unwrap();
+        sluice::pg::ensure_database(&settings.postgres)
+            .await
+            .unwrap();
+        let pool = sluice::pg::pool(&settings.postgres).unwrap();
+        sluice::pg::migrate(&pool).await.unwrap();
         let registry = Registry::new(
-            registry::pg_pool(&settings.postgres).unwrap(),
+            pool,
             Redis::new(&settings.redis).unwrap(),
             Keyspace::new(settings.redis.partitions),
         );
-        registry.migrate().await.unwrap();
         TestEnv {
             redis,
             pg,
@@ -161,16 +163,20 @@ impl TestEnv {
                     .into_iter()
                     .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap()))
                     .collect();
-                if let (Some(m), Some(e)) = (fields.get("m").cloned(), fields.get("e").cloned()) {
-                    let meta: Vec<&str> = m.split('|').collect();
-                    for (name, value) in ["tenant", "signal", "type", "version"].iter().zip(meta) {
-                        fields.insert(name.to_string(), value.to_owned());
+                // Read back the way the worker reads them: through the stream contract's decoder.
+                if let Ok(entry) = sluice::stream::StreamEntry::decode(|f| fields.get(f).cloned()) {
+                    let version = entry.schema_version.unwrap_or(0).to_string();
+                    let event = fields.get("e").cloned().unwrap_or_default();
+                    for (name, value) in [
+                        ("tenant", entry.tenant),
+                        ("signal", entry.signal),
+                        ("type", entry.signal_type.as_str().to_owned()),
+                        ("version", version),
+                        ("id", entry.id.to_string()),
+                        ("event", event),
+                    ] {
+                        fields.insert(name.to_owned(), value);
                     }
-                    fields.insert(
-                        "id".into(),
-                        sluice::ingest::event_id_of(&e).unwrap_or_default(),
-                    );
-                    fields.insert("event".into(), e);
                 }
                 all.push(fields);
             }
@@ -180,11 +186,7 @@ impl TestEnv {
 }
 
 fn settings_from(vars: &HashMap<String, String>) -> Settings {
-    Settings::load_from(
-        None,
-        Environment::with_prefix("SLUICE").source(Some(vars.clone())),
-    )
-    .unwrap()
+    Settings::load_from(None, vars).unwrap()
 }
 
 pub fn client() -> awc::Client {

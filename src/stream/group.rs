@@ -1,5 +1,5 @@
-//! The worker's side of the partition streams: the consumer group, reading, claiming from dead
-//! consumers, acknowledging, and trimming only what the group no longer needs.
+//! The consumer group over the partition streams: reading, claiming from dead consumers,
+//! acknowledging, and trimming only what the group no longer needs.
 
 use std::collections::HashMap;
 
@@ -8,9 +8,6 @@ use redis::streams::{StreamId, StreamReadReply};
 
 use crate::keyspace::Keyspace;
 use crate::redis_pool::{Redis, RedisError};
-
-/// Roughly how many entries each dead stream keeps.
-const DEAD_STREAM_LEN: u64 = 10_000;
 
 /// The consumer group every worker joins.
 pub const GROUP: &str = "sluice";
@@ -36,15 +33,15 @@ impl RawEntry {
 
     /// The event id, when the entry is readable that far.
     pub fn event_id(&self) -> Option<String> {
-        self.field(crate::ingest::entry::EVENT)
+        self.field(super::entry::EVENT)
             .as_deref()
-            .and_then(crate::ingest::event_id_of)
+            .and_then(super::event_id_of)
     }
 
     /// The tenant, when the entry is readable that far.
     pub fn tenant(&self) -> Option<String> {
-        let m = self.field(crate::ingest::entry::META)?;
-        crate::ingest::Meta::parse(&m).map(|meta| meta.tenant.to_owned())
+        let m = self.field(super::entry::META)?;
+        super::Meta::parse(&m).map(|meta| meta.tenant.to_owned())
     }
 
     /// The fields as a JSON object of strings, for the dead letters (bytes that are not UTF-8
@@ -92,15 +89,18 @@ pub struct GroupStats {
     pub oldest_pending_ms: Option<u64>,
 }
 
-pub struct Streams {
+/// One member of the consumer group: a worker, under its consumer name.
+pub struct Consumer {
     redis: Redis,
     keyspace: Keyspace,
+    /// The name entries are delivered to. A worker restarted under the same name replays the
+    /// entries it left unacknowledged.
     consumer: String,
 }
 
-impl Streams {
+impl Consumer {
     pub fn new(redis: Redis, keyspace: Keyspace, consumer: String) -> Self {
-        Streams {
+        Consumer {
             redis,
             keyspace,
             consumer,
@@ -109,6 +109,10 @@ impl Streams {
 
     pub fn consumer(&self) -> &str {
         &self.consumer
+    }
+
+    pub fn redis(&self) -> &Redis {
+        &self.redis
     }
 
     /// Creates the group on every partition stream (and the stream itself) where missing.
@@ -317,43 +321,6 @@ impl Streams {
             ack?;
         }
         Ok(())
-    }
-
-    /// Appends an entry to its partition's dead stream, with the reason.
-    pub async fn add_dead(&self, entry: &RawEntry, error: &str) -> Result<(), RedisError> {
-        // The dead stream is a recent view for operators; dead_letters in PostgreSQL is the record.
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(Keyspace::dead_stream(entry.partition))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(DEAD_STREAM_LEN)
-            .arg("*");
-        for (k, v) in &entry.fields {
-            match v {
-                Value::BulkString(b) => cmd.arg(k).arg(b.as_slice()),
-                other => cmd.arg(k).arg(format!("{other:?}")),
-            };
-        }
-        cmd.arg("dead_entry_id")
-            .arg(&entry.entry_id)
-            .arg("dead_error")
-            .arg(error);
-        self.redis.query::<String>(&cmd).await.map(drop)
-    }
-
-    /// Puts an entry (a replayed dead letter) back on its tenant's stream.
-    pub async fn requeue(
-        &self,
-        tenant: &str,
-        fields: &[(String, String)],
-    ) -> Result<String, RedisError> {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(Keyspace::stream(self.keyspace.partition_of(tenant)))
-            .arg("*");
-        for (k, v) in fields {
-            cmd.arg(k).arg(v);
-        }
-        self.redis.query(&cmd).await
     }
 
     /// Trims `partition`'s stream below the oldest entry the group still needs: the first

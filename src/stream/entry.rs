@@ -1,4 +1,4 @@
-//! The stream entry format, shared by the api (which writes it) and the worker (which reads it).
+//! The stream entry format: the api writes it (with `lua/admit.lua`), the worker reads it.
 //!
 //! An entry has two fields, few so that `XADD` inside the admission script stays cheap:
 //!
@@ -98,7 +98,25 @@ struct OwnedStreamEvent {
     reference: Option<String>,
 }
 
-/// The parts of `m`.
+/// Why an entry cannot be read. Such an entry can never be stored: it is dead-lettered at once.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct BadEntry(String);
+
+impl From<String> for BadEntry {
+    fn from(reason: String) -> Self {
+        BadEntry(reason)
+    }
+}
+
+impl From<&str> for BadEntry {
+    fn from(reason: &str) -> Self {
+        BadEntry(reason.to_owned())
+    }
+}
+
+/// The parts of `m`, as `lua/admit.lua` writes them:
+/// `<tenant>|<signal id>|<signal type>|<resolved schema version, 0 = none>`.
 pub struct Meta<'a> {
     pub tenant: &'a str,
     pub signal: &'a str,
@@ -121,13 +139,13 @@ impl<'a> Meta<'a> {
 
 impl StreamEntry {
     /// Decodes an entry's fields; the error says what is wrong.
-    pub fn decode(field: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+    pub fn decode(field: impl Fn(&str) -> Option<String>) -> Result<Self, BadEntry> {
         let m = field(META).ok_or("entry has no m field")?;
         let meta = Meta::parse(&m).ok_or_else(|| format!("bad m field {m:?}"))?;
         let version: u32 = meta
             .version
             .parse()
-            .map_err(|_| "bad schema version in m".to_owned())?;
+            .map_err(|_| BadEntry::from("bad schema version in m"))?;
         let e = field(EVENT).ok_or("entry has no e field")?;
         let event: OwnedStreamEvent =
             serde_json::from_str(&e).map_err(|e| format!("bad e field: {e}"))?;

@@ -1,0 +1,153 @@
+//! The operations endpoints every binary serves — `GET /livez`, `GET /readyz`, `GET /metrics` —
+//! and the JSON answers for requests that match no route, in the contract's error shape.
+//!
+//! A binary describes itself through [`Probe`]: which dependencies it needs to be ready, and its
+//! metrics. The api mounts [`routes`] beside its ingest routes on its public listener; the worker
+//! serves them alone with [`serve`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::http::StatusCode;
+use actix_web::http::header::ALLOW;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use serde_json::json;
+
+/// A dependency that does not answer: its name (`redis`, `postgres`) and what went wrong.
+pub struct Failing {
+    pub dependency: &'static str,
+    pub error: String,
+}
+
+/// What the ops endpoints ask of a binary.
+pub trait Probe: Send + Sync + 'static {
+    /// The dependencies that do not answer now; ready when none.
+    fn failing(&self) -> impl Future<Output = Vec<Failing>>;
+    /// The Prometheus text exposition of the binary's metrics.
+    fn metrics(&self) -> String;
+}
+
+/// Mounts `/livez`, `/readyz` and `/metrics` for probe `P`, which the app holds as
+/// `web::Data<P>`. Other methods on these paths answer 405 naming `GET`.
+pub fn routes<P: Probe>(cfg: &mut web::ServiceConfig) {
+    let get_only = || web::to(|req: HttpRequest| method_not_allowed(req, "GET"));
+    cfg.service(
+        web::resource("/livez")
+            .route(web::get().to(livez))
+            .default_service(get_only()),
+    )
+    .service(
+        web::resource("/readyz")
+            .route(web::get().to(readyz::<P>))
+            .default_service(get_only()),
+    )
+    .service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics::<P>))
+            .default_service(get_only()),
+    );
+}
+
+/// Serves only the ops endpoints (the worker's metrics listener), on one thread. The server
+/// installs no signal handlers: the binary stops it through its handle on shutdown.
+/// `setting` names the bind address's setting in the error.
+pub fn serve<P: Probe>(
+    probe: Arc<P>,
+    bind: SocketAddr,
+    setting: &str,
+) -> Result<(Server, SocketAddr), String> {
+    let state = web::Data::from(probe);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(routes::<P>)
+            .default_service(web::to(not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(bind)
+    .map_err(|e| format!("{setting}: cannot listen on {bind}: {e}"))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or("no listening address")?;
+    Ok((server.run(), addr))
+}
+
+async fn livez() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "alive"}))
+}
+
+/// 200 while every dependency answers; 503 naming each one that does not.
+async fn readyz<P: Probe>(probe: web::Data<P>) -> HttpResponse {
+    let failing = probe.failing().await;
+    if failing.is_empty() {
+        return HttpResponse::Ok().json(json!({"status": "ready"}));
+    }
+    let names: Vec<&str> = failing.iter().map(|f| f.dependency).collect();
+    let errors: Vec<String> = failing
+        .iter()
+        .map(|f| format!("{}: {}", f.dependency, f.error))
+        .collect();
+    HttpResponse::ServiceUnavailable().json(json!({
+        "status": "unavailable",
+        "failing": names,
+        "error": errors.join("; "),
+    }))
+}
+
+async fn metrics<P: Probe>(probe: web::Data<P>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(probe.metrics())
+}
+
+/// A request no route matches, answered in the contract's error shape.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("Not found: {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("Method {method} not allowed; use {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
+}
+
+impl ResponseError for RouteError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            RouteError::NotFound { .. } => StatusCode::NOT_FOUND,
+            RouteError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let RouteError::MethodNotAllowed { allow, .. } = self {
+            response.insert_header((ALLOW, *allow));
+        }
+        response.json(json!({"success": false, "error": self.to_string()}))
+    }
+}
+
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, RouteError> {
+    Err(RouteError::NotFound {
+        method: req.method().to_string(),
+        path: shorten(req.path()),
+    })
+}
+
+pub async fn method_not_allowed(
+    req: HttpRequest,
+    allow: &'static str,
+) -> Result<HttpResponse, RouteError> {
+    Err(RouteError::MethodNotAllowed {
+        method: req.method().to_string(),
+        allow,
+    })
+}
+
+/// Echoes at most 200 characters of a client-chosen path.
+fn shorten(path: &str) -> String {
+    path.chars().take(200).collect()
+}

@@ -1,0 +1,198 @@
+//! Entries that can never be stored: recorded by the worker, listed and replayed by operators.
+//!
+//! The `dead_letters` table in PostgreSQL is the record; each partition's dead stream
+//! (`sluice:{pNN}:dead`) is a recent view of it for operators who look at Redis. A replayed entry
+//! goes back on its tenant's stream with its event id and receipt time, so replaying something
+//! that was in fact stored meanwhile stores nothing twice.
+
+use deadpool_postgres::Pool;
+use redis::Value as RedisValue;
+use serde_json::{Value, json};
+
+use super::group::{Consumer, RawEntry};
+use crate::keyspace::Keyspace;
+use crate::redis_pool::{Redis, RedisError};
+
+/// Roughly how many entries each dead stream keeps.
+const DEAD_STREAM_LEN: u64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NotReplayable(String),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    #[error("Redis: {0}")]
+    Redis(#[from] RedisError),
+}
+
+impl From<tokio_postgres::Error> for DeadLetterError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DeadLetterError::Postgres(crate::pg::describe(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DeadLetterError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        DeadLetterError::Postgres(format!("cannot connect ({e})"))
+    }
+}
+
+/// Records `entry` as a dead letter with the reason, then acknowledges it: in `dead_letters`
+/// (again for an entry recorded before: the reason and count are updated), then on its
+/// partition's dead stream, then `XACK`. Each step is idempotent, so a retry after a failure at
+/// any step records the entry once.
+pub async fn record(
+    pg: &Pool,
+    consumer: &Consumer,
+    entry: &RawEntry,
+    reason: &str,
+    deliveries: u64,
+) -> Result<(), DeadLetterError> {
+    let stream = Keyspace::stream(entry.partition);
+    let client = pg.get().await?;
+    client
+        .execute(
+            "INSERT INTO dead_letters (stream, entry_id, event_id, tenant_id, raw, error, deliveries)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (stream, entry_id) DO UPDATE SET error = excluded.error, deliveries = excluded.deliveries",
+            &[
+                &stream,
+                &entry.entry_id,
+                &entry.event_id(),
+                &entry.tenant(),
+                &entry.fields_json(),
+                &reason,
+                &(deliveries.min(i32::MAX as u64) as i32),
+            ],
+        )
+        .await?;
+    consumer
+        .redis()
+        .query::<String>(&dead_stream_entry(entry, reason))
+        .await?;
+    consumer.ack(std::slice::from_ref(entry)).await?;
+    Ok(())
+}
+
+/// The `XADD` of `entry` to its partition's dead stream: its fields, its entry id and the reason.
+fn dead_stream_entry(entry: &RawEntry, reason: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(Keyspace::dead_stream(entry.partition))
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(DEAD_STREAM_LEN)
+        .arg("*");
+    for (k, v) in &entry.fields {
+        match v {
+            RedisValue::BulkString(b) => cmd.arg(k).arg(b.as_slice()),
+            other => cmd.arg(k).arg(format!("{other:?}")),
+        };
+    }
+    cmd.arg("dead_entry_id")
+        .arg(&entry.entry_id)
+        .arg("dead_error")
+        .arg(reason);
+    cmd
+}
+
+/// Dead letters, newest first; replayed ones only when `all`.
+pub async fn list(pg: &Pool, all: bool, limit: i64) -> Result<Value, DeadLetterError> {
+    let client = pg.get().await?;
+    let rows = client
+        .query(
+            "SELECT id, stream, entry_id, event_id, tenant_id, error, deliveries,
+                    to_char(dead_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    to_char(replayed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    raw
+             FROM dead_letters WHERE $1 OR replayed_at IS NULL
+             ORDER BY id DESC LIMIT $2",
+            &[&all, &limit],
+        )
+        .await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<_, i64>(0),
+                "stream": r.get::<_, String>(1),
+                "entry_id": r.get::<_, String>(2),
+                "event_id": r.get::<_, Option<String>>(3),
+                "tenant_id": r.get::<_, Option<String>>(4),
+                "error": r.get::<_, String>(5),
+                "deliveries": r.get::<_, i32>(6),
+                "dead_at": r.get::<_, String>(7),
+                "replayed_at": r.get::<_, Option<String>>(8),
+                "raw": serde_json::from_str::<Value>(&r.get::<_, String>(9)).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Ok(json!({"count": items.len(), "dead_letters": items}))
+}
+
+/// Re-enqueues one dead letter, or every one not replayed yet; returns what was replayed.
+pub async fn replay(
+    pg: &Pool,
+    redis: &Redis,
+    keyspace: &Keyspace,
+    id: Option<i64>,
+) -> Result<Value, DeadLetterError> {
+    let client = pg.get().await?;
+    let rows = match id {
+        Some(id) => {
+            let rows = client
+                .query(
+                    "SELECT id, tenant_id, raw FROM dead_letters WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            if rows.is_empty() {
+                return Err(DeadLetterError::NotFound(format!(
+                    "no dead letter with id {id}"
+                )));
+            }
+            rows
+        }
+        None => client
+            .query(
+                "SELECT id, tenant_id, raw FROM dead_letters WHERE replayed_at IS NULL ORDER BY id",
+                &[],
+            )
+            .await?,
+    };
+    let mut replayed = Vec::new();
+    for row in rows {
+        let dead_id: i64 = row.get(0);
+        let tenant: Option<String> = row.get(1);
+        let raw: String = row.get(2);
+        let Some(tenant) = tenant else {
+            return Err(DeadLetterError::NotReplayable(format!(
+                "dead letter {dead_id} has no tenant field, so it has no stream to go back to"
+            )));
+        };
+        let fields: serde_json::Map<String, Value> = serde_json::from_str(&raw).map_err(|e| {
+            DeadLetterError::NotReplayable(format!("dead letter {dead_id} is not replayable: {e}"))
+        })?;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(Keyspace::stream(keyspace.partition_of(&tenant)))
+            .arg("*");
+        for (k, v) in fields {
+            let v = v
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string());
+            cmd.arg(k).arg(v);
+        }
+        let entry: String = redis.query(&cmd).await?;
+        client
+            .execute(
+                "UPDATE dead_letters SET replayed_at = now() WHERE id = $1",
+                &[&dead_id],
+            )
+            .await?;
+        replayed.push(json!({"id": dead_id, "entry_id": entry}));
+    }
+    Ok(json!({"replayed": replayed.len(), "entries": replayed}))
+}

@@ -1,0 +1,21 @@
+//! The partition streams: the one contract between the api, which admits events into them, and
+//! the worker, which drains them into PostgreSQL. Everything about them lives here.
+//!
+//! - [`entry`]: the entry format. The api builds each entry's event field with
+//!   [`entry::StreamEvent`]; `lua/admit.lua` adds the meta field in the form [`entry::Meta`]
+//!   parses; the worker, `sluice-admin` and the tests read entries back with
+//!   [`entry::StreamEntry::decode`] and nothing else.
+//! - [`group`]: the consumer group `sluice` over every partition stream: reading, claiming from
+//!   consumers presumed dead, acknowledging, trimming below what the group still needs, and the
+//!   per-partition figures the worker publishes.
+//! - [`dead_letters`]: entries that can never be stored: recorded in `dead_letters` and the
+//!   partition's dead stream, listed and replayed by operators.
+//!
+//! The keys are named in [`crate::keyspace`].
+
+pub mod dead_letters;
+pub mod entry;
+pub mod group;
+
+pub use entry::{Meta, StreamEntry, StreamEvent, event_id_of};
+pub use group::{Consumer, RawEntry};
