@@ -139,6 +139,7 @@ const SIGNAL_COLUMNS: &str = "s.id, s.tenant_id, s.slug, s.name, s.type, s.activ
      (SELECT coalesce(max(version), 0) FROM signal_schemas v WHERE v.signal_id = s.id) AS schema_versions";
 
 /// The registry in PostgreSQL, with its Redis copy.
+#[derive(Clone)]
 pub struct Registry {
     pg: Pool,
     copy: RegistryCopy,

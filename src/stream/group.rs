@@ -90,6 +90,7 @@ pub struct GroupStats {
 }
 
 /// One member of the consumer group: a worker, under its consumer name.
+#[derive(Clone)]
 pub struct Consumer {
     redis: Redis,
     keyspace: Keyspace,

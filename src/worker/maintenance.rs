@@ -5,7 +5,12 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::Worker;
+use super::sink::Sink;
+use crate::config::WorkerSettings;
+use crate::metrics::WorkerMetrics;
+use crate::registry::Registry;
+use crate::shutdown::Shutdown;
+use crate::stream::Consumer;
 
 /// How often per-partition pending and lag gauges are refreshed.
 const STATS_EVERY: Duration = Duration::from_secs(5);
@@ -16,8 +21,29 @@ const FORGET_CONSUMERS_AFTER: Duration = Duration::from_secs(3600);
 /// Days of partitions created ahead of need.
 const DAYS_AHEAD: i64 = 2;
 
-impl Worker {
-    pub(super) async fn maintain(&self) {
+/// The chores and what they need; runs beside the worker's main loop until shutdown.
+pub(super) struct Maintenance {
+    pub(super) settings: WorkerSettings,
+    /// Rebuilds the Redis registry copy from PostgreSQL.
+    pub(super) registry: Registry,
+    /// The worker's group membership: trimming, forgetting exited consumers, group figures.
+    pub(super) streams: Consumer,
+    /// Creates and drops `events` partitions.
+    pub(super) sink: Sink,
+    pub(super) metrics: WorkerMetrics,
+    pub(super) shutdown: Shutdown,
+}
+
+impl Maintenance {
+    fn stopping(&self) -> bool {
+        self.shutdown.is_requested()
+    }
+
+    fn partition_count(&self) -> u16 {
+        self.registry.keyspace().partitions()
+    }
+
+    pub(super) async fn run(&self) {
         let far_past = Instant::now()
             .checked_sub(Duration::from_secs(86_400))
             .unwrap_or_else(Instant::now);

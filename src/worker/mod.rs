@@ -47,7 +47,9 @@ pub struct Worker {
     /// This worker's membership of the consumer group.
     streams: Consumer,
     sink: Sink,
-    registry: Registry,
+    /// The periodic chores, run beside the main loop.
+    maintenance: maintenance::Maintenance,
+    keyspace: Keyspace,
     redis: Redis,
     metrics: WorkerMetrics,
     /// Once requested: finish the batch in hand, then stop.
@@ -63,13 +65,24 @@ impl Worker {
         let redis = Redis::new(&settings.redis)?;
         let pg: Pool = pg::pool(&settings.postgres).map_err(|e| e.to_string())?;
         let keyspace = Keyspace::new(settings.redis.partitions);
+        let streams = Consumer::new(redis.clone(), keyspace, settings.worker.consumer.clone());
+        let sink = Sink::new(pg.clone());
+        let maintenance = maintenance::Maintenance {
+            settings: settings.worker.clone(),
+            registry: Registry::new(pg, redis.clone(), keyspace),
+            streams: streams.clone(),
+            sink: sink.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        };
         Ok(Worker {
             settings: settings.worker.clone(),
             postgres: settings.postgres.clone(),
             validator: Default::default(),
-            streams: Consumer::new(redis.clone(), keyspace, settings.worker.consumer.clone()),
-            sink: Sink::new(pg.clone()),
-            registry: Registry::new(pg, redis.clone(), keyspace),
+            streams,
+            sink,
+            maintenance,
+            keyspace,
             redis,
             metrics,
             shutdown,
@@ -84,10 +97,6 @@ impl Worker {
         self.sink.pool()
     }
 
-    pub fn metrics(&self) -> &WorkerMetrics {
-        &self.metrics
-    }
-
     fn stopping(&self) -> bool {
         self.shutdown.is_requested()
     }
@@ -98,7 +107,7 @@ impl Worker {
         if !self.start().await {
             return;
         }
-        tokio::join!(self.consume(), self.maintain());
+        tokio::join!(self.consume(), self.maintenance.run());
         tracing::info!("worker stopped");
     }
 
@@ -256,7 +265,7 @@ impl Worker {
 
     /// How many partition streams there are.
     fn partition_count(&self) -> u16 {
-        self.registry.keyspace().partitions()
+        self.keyspace.partitions()
     }
 
     /// Stores one batch and acknowledges it. Returns early only on shutdown while a dependency

@@ -70,10 +70,12 @@ pub struct Stored {
     pub duplicates: u64,
 }
 
+/// Clones share the pool and what they know of partitions.
+#[derive(Clone)]
 pub struct Sink {
     pg: Pool,
     /// Days whose `events` partition is known to exist.
-    partitions: std::sync::Mutex<HashSet<NaiveDate>>,
+    partitions: std::sync::Arc<std::sync::Mutex<HashSet<NaiveDate>>>,
 }
 
 impl Sink {
