@@ -35,7 +35,10 @@ pub enum AdminError {
 #[derive(Parser, Debug)]
 #[command(
     name = "sluice-admin",
-    about = "Operate Sluice: migrations, tenants, API keys, signals, schemas."
+    version,
+    about = "Operate Sluice: migrations, tenants, API keys, signals, schemas.",
+    after_help = "Reads the same settings as the services (SLUICE__* variables, SLUICE_CONFIG). Every \
+                  command prints one JSON object on success."
 )]
 pub struct Cli {
     #[command(subcommand)]

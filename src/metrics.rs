@@ -26,9 +26,32 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// What every binary's exposition carries besides its own metrics: `sluice_build_info` and the
+/// standard `process_*` metrics (CPU, memory, file descriptors, start time) of the process.
+fn base_registry() -> Registry {
+    let registry = Registry::new();
+    let build = register(
+        &registry,
+        IntGaugeVec::new(
+            Opts::new(
+                "sluice_build_info",
+                "Always 1; the labels say which build is running.",
+            ),
+            &["version"],
+        ),
+    );
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process metrics register once");
+    registry
+}
+
 impl ApiMetrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
+        let registry = base_registry();
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "sluice_http_requests_total",
@@ -136,7 +159,7 @@ pub struct WorkerMetrics {
 
 impl WorkerMetrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
+        let registry = base_registry();
         let r = &registry;
         WorkerMetrics {
             events_stored: register(

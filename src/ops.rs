@@ -5,8 +5,10 @@
 //! metrics. The api mounts [`routes`] beside its ingest routes on its public listener; the worker
 //! serves them alone with [`serve`].
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::http::StatusCode;
@@ -145,6 +147,43 @@ pub async fn method_not_allowed(
         method: req.method().to_string(),
         allow,
     })
+}
+
+/// The `healthcheck` subcommand of the services: asks the process listening on `bind` (on this
+/// host) for `GET /readyz`, for container health checks in images that carry no HTTP client.
+/// `Ok` on 200; otherwise what was wrong, in one line.
+pub fn healthcheck(bind: SocketAddr) -> Result<(), String> {
+    let mut addr = bind;
+    // A wildcard listener is reached on the loopback address of its family.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let timeout = Duration::from_secs(3);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).ok();
+    stream.set_write_timeout(Some(timeout)).ok();
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("cannot ask {addr}: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .take(64 * 1024)
+        .read_to_end(&mut response)
+        .map_err(|e| format!("no answer from {addr}: {e}"))?;
+    let response = String::from_utf8_lossy(&response);
+    let status = response.lines().next().unwrap_or_default();
+    if status.split(' ').nth(1) == Some("200") {
+        return Ok(());
+    }
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+    Err(format!(
+        "GET http://{addr}/readyz answered {status:?}: {body}"
+    ))
 }
 
 /// Echoes at most 200 characters of a client-chosen path.

@@ -2,11 +2,33 @@
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use sluice::config::Settings;
 use sluice::shutdown::Shutdown;
 
+#[derive(Parser)]
+#[command(
+    name = "sluice-api",
+    version,
+    about = "The Sluice ingest replica: POST /v1/events/batch and /v1/events, plus /livez, /readyz and /metrics.",
+    after_help = "Settings come from SLUICE__<SECTION>__<KEY> environment variables and the TOML file \
+                  named by SLUICE_CONFIG (see the README); it listens on SLUICE__API__BIND."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ask the api listening on SLUICE__API__BIND on this host whether it is ready (GET /readyz);
+    /// exit 0 if it is, 1 with the reason if not. For container health checks.
+    Healthcheck,
+}
+
 #[actix_web::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
@@ -14,6 +36,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Healthcheck) = cli.command {
+        return match sluice::ops::healthcheck(settings.api.bind) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice-api: not ready: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     sluice::telemetry::init(&settings.log);
     let api = match sluice::api::serve(&settings, settings.api.bind) {
         Ok(api) => api,

@@ -18,7 +18,8 @@ use serde_json::json;
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "sluice-loadgen",
-    about = "Load generator for the Sluice ingest API"
+    version,
+    about = "Load generator for the Sluice ingest API (bench/run.sh uses it)"
 )]
 struct Args {
     /// Base URL of an api replica; repeat for several.

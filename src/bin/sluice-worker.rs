@@ -3,13 +3,36 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::{Parser, Subcommand};
 use sluice::config::Settings;
 use sluice::metrics::WorkerMetrics;
 use sluice::shutdown::Shutdown;
 use sluice::worker::Worker;
 
+#[derive(Parser)]
+#[command(
+    name = "sluice-worker",
+    version,
+    about = "The Sluice worker: drains the Redis partition streams into PostgreSQL, exactly once.",
+    after_help = "Settings come from SLUICE__<SECTION>__<KEY> environment variables and the TOML file \
+                  named by SLUICE_CONFIG (see the README); /livez, /readyz and /metrics are served on \
+                  SLUICE__WORKER__METRICS_BIND."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ask the worker serving SLUICE__WORKER__METRICS_BIND on this host whether it is ready
+    /// (GET /readyz); exit 0 if it is, 1 with the reason if not. For container health checks.
+    Healthcheck,
+}
+
 #[actix_web::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
     let settings = match Settings::load() {
         Ok(s) => s,
         Err(e) => {
@@ -17,6 +40,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Healthcheck) = cli.command {
+        return match sluice::ops::healthcheck(settings.worker.metrics_bind) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice-worker: not ready: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     sluice::telemetry::init(&settings.log);
 
     // SIGTERM or SIGINT: stop reading, finish the batch in hand, commit, acknowledge, exit 0.

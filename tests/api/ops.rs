@@ -66,9 +66,20 @@ async fn api_and_worker_metrics_pass_promtool_without_lint_findings() {
         "sluice_events_rate_limited_total",
         "sluice_events_rejected_total",
         "sluice_redis_script_duration_seconds_bucket",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
     ] {
         assert!(metrics.text.contains(name), "{name} missing");
     }
+    let build = format!(
+        "sluice_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        crate::support::metric_value(&metrics.text, &build),
+        Some(1.0)
+    );
     assert!(
         metrics
             .text
@@ -95,13 +106,36 @@ async fn api_and_worker_metrics_pass_promtool_without_lint_findings() {
         "sluice_worker_batch_duration_seconds_bucket",
         "sluice_worker_stream_pending{",
         "sluice_worker_stream_lag{",
-        "sluice_worker_dead_letters_total",
+        "process_resident_memory_bytes",
     ] {
         assert!(
             exposition.contains(name),
             "{name} missing from\n{exposition}"
         );
     }
+    // The age of the oldest unacknowledged entry: seconds at most here (an age counted from the
+    // wrong clock or epoch would be enormous).
+    let partition = sluice::keyspace::Keyspace::new(16).partition_of(&tenant);
+    let oldest = format!("sluice_worker_oldest_pending_seconds{{partition=\"{partition}\"}}");
+    let age = crate::support::metric_value(&exposition, &oldest);
+    assert!(
+        age.is_some_and(|a| (0.0..60.0).contains(&a)),
+        "{exposition}"
+    );
+    // The rebuild at start found the copy as write-through left it.
+    for kind in ["signal", "key"] {
+        let series = format!("sluice_worker_registry_repaired_total{{kind=\"{kind}\"}}");
+        assert_eq!(
+            crate::support::metric_value(&exposition, &series),
+            Some(0.0),
+            "{exposition}"
+        );
+    }
+    let build = format!(
+        "sluice_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(crate::support::metric_value(&exposition, &build), Some(1.0));
     assert_promtool_clean(&exposition);
 }
 
@@ -267,4 +301,85 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         1,
         "the in-flight event was admitted"
     );
+}
+
+/// Runs a binary with `args` and no `SLUICE__*` settings; (exit code, stdout, stderr).
+fn run_binary(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("SLUICE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_binary_answers_help_and_version_without_starting() {
+    for (bin, name) in [
+        (env!("CARGO_BIN_EXE_sluice-api"), "sluice-api"),
+        (env!("CARGO_BIN_EXE_sluice-worker"), "sluice-worker"),
+        (env!("CARGO_BIN_EXE_sluice-admin"), "sluice-admin"),
+        (env!("CARGO_BIN_EXE_sluice-loadgen"), "sluice-loadgen"),
+    ] {
+        let (code, stdout, stderr) = run_binary(bin, &["--help"], &[]);
+        assert_eq!(code, Some(0), "{name} --help: {stderr}");
+        assert!(
+            stdout.contains("Usage:") && stdout.contains(name),
+            "{name}: {stdout}"
+        );
+        let (code, stdout, _) = run_binary(bin, &["--version"], &[]);
+        assert_eq!(code, Some(0));
+        assert_eq!(
+            stdout.trim(),
+            format!("{name} {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
+
+#[actix_web::test]
+async fn healthcheck_says_whether_the_service_on_this_host_is_ready() {
+    let (mut env, _api, _key) = TestEnv::with_page_view().await;
+    let (_api, base) = crate::support::spawn_api_process(&env, None, &[]);
+    let vars: Vec<(&str, &str)> = env
+        .env_vars()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain([("SLUICE__API__BIND", base.as_str())])
+        .collect();
+    let (code, _, stderr) = run_binary(env!("CARGO_BIN_EXE_sluice-api"), &["healthcheck"], &vars);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Nothing listening: not ready, with the reason on one line.
+    let closed = format!("127.0.0.1:{}", crate::support::servers::free_port());
+    let vars: Vec<(&str, &str)> = vec![("SLUICE__WORKER__METRICS_BIND", closed.as_str())];
+    let (code, _, stderr) =
+        run_binary(env!("CARGO_BIN_EXE_sluice-worker"), &["healthcheck"], &vars);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("not ready") && stderr.contains(&closed),
+        "{stderr}"
+    );
+
+    // A ready worker, then the same worker once its PostgreSQL is gone.
+    let worker = env.spawn_worker(&[]);
+    worker.wait_ready(200).await;
+    let bind = worker.metrics_url.trim_start_matches("http://").to_owned();
+    let mut owned: Vec<(String, String)> = env.env_vars().clone().into_iter().collect();
+    owned.push(("SLUICE__WORKER__METRICS_BIND".into(), bind));
+    let vars: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let check = || run_binary(env!("CARGO_BIN_EXE_sluice-worker"), &["healthcheck"], &vars);
+    let (code, _, stderr) = check();
+    assert_eq!(code, Some(0), "{stderr}");
+    env.pg.stop();
+    let (code, _, stderr) = check();
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("postgres"), "{stderr}");
 }
