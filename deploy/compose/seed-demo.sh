@@ -1,23 +1,41 @@
 #!/bin/sh
-# Creates a demo tenant, API key and signals once (remembered in $SLUICE_DEMO_STATE), then prints
-# a curl to paste. Runs inside the Sluice image as the compose service "demo".
+# Creates a demo tenant, API key and signals once, then prints a curl to paste. Runs inside the
+# Sluice image as the compose service "demo". Each step is remembered in $SLUICE_DEMO_STATE (a
+# named volume) as soon as it is done, so running it again, after `down` and `up` or after a
+# failure half-way, reuses the same tenant and key and never creates a second demo tenant.
 set -eu
 state=${SLUICE_DEMO_STATE:-/state}
 url=${SLUICE_DEMO_URL:-http://localhost:8080}
+file="$state/demo.env"
 field() { sed -E "s/.*\"$1\":\"([^\"]*)\".*/\1/"; }
+remember() { printf '%s=%s\n' "$1" "$2" >> "$file"; }
 
-if [ -f "$state/demo.env" ]; then
-  . "$state/demo.env"
-  sluice-admin sync >/dev/null
-else
+[ -w "$state" ] || { echo "demo: $state is not writable by uid $(id -u)" >&2; exit 1; }
+TENANT="" KEY=""
+[ -f "$file" ] && . "$file"
+
+if [ -z "$TENANT" ]; then
   TENANT=$(sluice-admin tenant create --name Demo | field id)
-  KEY=$(sluice-admin key create --tenant "$TENANT" --name demo | field key)
-  sluice-admin signal create --tenant "$TENANT" --slug page_view --type event --name "Page view" >/dev/null
-  sluice-admin signal create --tenant "$TENANT" --slug mrr --type metric --name "Monthly recurring revenue" >/dev/null
-  sluice-admin signal create --tenant "$TENANT" --slug plan --type state --name "Current plan" >/dev/null
-  sluice-admin schema add --tenant "$TENANT" --slug mrr --file /mrr.schema.json >/dev/null
-  printf 'TENANT=%s\nKEY=%s\n' "$TENANT" "$KEY" > "$state/demo.env"
+  remember TENANT "$TENANT"
 fi
+if [ -z "$KEY" ]; then
+  KEY=$(sluice-admin key create --tenant "$TENANT" --name demo | field key)
+  remember KEY "$KEY"
+fi
+# A signal that exists already is fine: creating it again is refused and changes nothing.
+signal() {
+  out=$(sluice-admin signal create --tenant "$TENANT" "$@" 2>&1) \
+    || case "$out" in *"already has a signal"*) ;; *) echo "$out" >&2; exit 1 ;; esac
+}
+signal --slug page_view --type event --name "Page view"
+signal --slug mrr --type metric --name "Monthly recurring revenue"
+signal --slug plan --type state --name "Current plan"
+if [ -z "${SCHEMA:-}" ]; then
+  sluice-admin schema add --tenant "$TENANT" --slug mrr --file /mrr.schema.json >/dev/null
+  remember SCHEMA 1
+fi
+# The Redis copy is rebuilt from PostgreSQL, in case Redis lost it meanwhile.
+sluice-admin sync >/dev/null
 
 cat <<MSG
 Demo tenant $TENANT with signals page_view (event), mrr (metric), plan (state). Send events:
