@@ -186,6 +186,18 @@ pub fn healthcheck(bind: SocketAddr) -> Result<(), String> {
     ))
 }
 
+/// Runs [`healthcheck`] for binary `name` and turns the answer into its exit code, the reason
+/// on stderr when not ready.
+pub fn healthcheck_exit(name: &str, bind: SocketAddr) -> std::process::ExitCode {
+    match healthcheck(bind) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: not ready: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Echoes at most 200 characters of a client-chosen path.
 fn shorten(path: &str) -> String {
     path.chars().take(200).collect()

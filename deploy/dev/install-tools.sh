@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the validators the test command runs over the deployment files: promtool (Debian
-# package prometheus), docker-compose (Debian package), and kubernetes-validate (PyPI, in a
-# virtualenv under .sluice/tools). Safe to run again; installs only what is missing.
+# Installs the validators the test command runs over the deployment files: kubectl (Debian
+# package, for kustomize), promtool (Debian package prometheus), docker-compose (Debian package),
+# and kubernetes-validate (PyPI, in a virtualenv under .sluice/tools). Safe to run again; installs only what is missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VENV="$ROOT/.sluice/tools/venv"
@@ -9,6 +9,7 @@ VENV="$ROOT/.sluice/tools/venv"
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v kubectl >/dev/null 2>&1 || need+=(kubectl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

@@ -37,13 +37,7 @@ async fn main() -> ExitCode {
         }
     };
     if let Some(Command::Healthcheck) = cli.command {
-        return match sluice::ops::healthcheck(settings.api.bind) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sluice-api: not ready: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return sluice::ops::healthcheck_exit("sluice-api", settings.api.bind);
     }
     sluice::telemetry::init(&settings.log);
     let api = match sluice::api::serve(&settings, settings.api.bind) {

@@ -41,13 +41,7 @@ async fn main() -> ExitCode {
         }
     };
     if let Some(Command::Healthcheck) = cli.command {
-        return match sluice::ops::healthcheck(settings.worker.metrics_bind) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sluice-worker: not ready: {e}");
-                ExitCode::FAILURE
-            }
-        };
+        return sluice::ops::healthcheck_exit("sluice-worker", settings.worker.metrics_bind);
     }
     sluice::telemetry::init(&settings.log);
 

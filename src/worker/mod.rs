@@ -530,30 +530,30 @@ struct StepError {
     error: String,
 }
 
+impl StepError {
+    fn of(dependency: Dependency, error: impl std::fmt::Display) -> Self {
+        StepError {
+            dependency,
+            error: error.to_string(),
+        }
+    }
+}
+
 impl From<RedisError> for StepError {
     fn from(e: RedisError) -> Self {
-        StepError {
-            dependency: Dependency::Redis,
-            error: e.to_string(),
-        }
+        StepError::of(Dependency::Redis, e)
     }
 }
 
 impl From<PgError> for StepError {
     fn from(e: PgError) -> Self {
-        StepError {
-            dependency: Dependency::Postgres,
-            error: e.to_string(),
-        }
+        StepError::of(Dependency::Postgres, e)
     }
 }
 
 impl From<SinkError> for StepError {
     fn from(e: SinkError) -> Self {
-        StepError {
-            dependency: Dependency::Postgres,
-            error: e.to_string(),
-        }
+        StepError::of(Dependency::Postgres, e)
     }
 }
 
@@ -561,10 +561,7 @@ impl From<DeadLetterError> for StepError {
     fn from(e: DeadLetterError) -> Self {
         match e {
             DeadLetterError::Redis(e) => e.into(),
-            other => StepError {
-                dependency: Dependency::Postgres,
-                error: other.to_string(),
-            },
+            other => StepError::of(Dependency::Postgres, other),
         }
     }
 }

@@ -306,6 +306,16 @@ async fn redis_down_is_503_quickly_and_ready_says_so() {
     let reply = api.batch(&key, json!([event("page_view", "b")])).await;
     assert_eq!(reply.status, 503, "{}", reply.text);
     assert!(reply.error().contains("retry"));
+    // What a client behind the load balancer sees must stay the contract's answer: JSON with
+    // Retry-After. This is why the Kubernetes readiness probe is /livez (docs/operations.md).
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{:?}",
+        reply.header("content-type")
+    );
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "took {:?}",

@@ -224,26 +224,13 @@ async fn deactivation_and_activation_reach_the_api_within_2_seconds() {
     let (tenant, key) = env.tenant().await;
     env.signal(&tenant, "page_view", "event", None).await;
     let replicas = [env.spawn_api().await, env.spawn_api().await];
-    let admin = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-admin"))
-            .args(args)
-            .envs(env.env_vars())
-            .env_remove("SLUICE_CONFIG")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     // Each change, made by the operator's CLI in its own process, must show on every replica
     // within 2 s of the command returning, and stay.
     for (n, (command, want)) in [("deactivate", 404), ("activate", 200)]
         .into_iter()
         .enumerate()
     {
-        admin(&[
+        env.admin(&[
             "signal",
             command,
             "--tenant",

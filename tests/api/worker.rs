@@ -511,19 +511,7 @@ async fn dead_letters_can_be_listed_and_replayed_without_duplicates() {
         )
         .await
         .unwrap();
-    let admin = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-admin"))
-            .args(args)
-            .envs(env.env_vars())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
-    };
+    let admin = |args: &[&str]| env.admin(args);
     let listed = admin(&["dead-letters", "list"]);
     assert_eq!(listed["count"], 1);
     assert_eq!(listed["dead_letters"][0]["event_id"], entry["id"].as_str());

@@ -134,6 +134,23 @@ impl TestEnv {
             .id
     }
 
+    /// Runs `sluice-admin` against this environment as an operator would; the command must
+    /// succeed, and its JSON is returned.
+    pub fn admin(&self, args: &[&str]) -> Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-admin"))
+            .args(args)
+            .envs(self.env_vars())
+            .env_remove("SLUICE_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sluice-admin {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// A direct connection to the test database.
     pub async fn pg_client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.pg.url("sluice"), tokio_postgres::NoTls)
