@@ -78,10 +78,12 @@ up_and_wait() {
   done
 }
 psql_q() { dc exec -T postgres psql -U sluice -d sluice -Atc "$1"; }
+# What `docker compose logs demo` shows a user, without the "demo_1  | " prefix of each line.
+demo_output() { dc logs --no-color demo | sed 's/^[^|]*| \{0,1\}//'; }
 
 say "first up"
 up_and_wait
-demo=$(dc logs --no-color demo)
+demo=$(demo_output)
 key=$(echo "$demo" | grep -o 'Bearer sk_[0-9a-f]*' | head -n 1 | cut -d' ' -f2)
 tenant=$(echo "$demo" | grep -o 'Demo tenant ten_[A-Za-z0-9]*' | head -n 1 | cut -d' ' -f3)
 [ -n "$key" ] && [ -n "$tenant" ] || fail "docker compose logs demo printed no key: $demo"
@@ -122,7 +124,7 @@ done
 say "down, then up again: the demo keeps its tenant and key"
 dc down >&2
 up_and_wait
-again=$(dc logs --no-color demo)
+again=$(demo_output)
 echo "$again" | grep -q "Bearer $key" || fail "after down/up the demo printed another key: $again"
 [ "$(psql_q "select count(*) from tenants where name = 'Demo'")" = 1 ] || fail "a second demo tenant was created"
 reply=$(curl -s "$BASE/v1/events" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' \
