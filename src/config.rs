@@ -71,9 +71,12 @@ pub enum RedisMode {
 
 #[derive(Clone, Debug)]
 pub struct PostgresSettings {
-    /// The system of record: registry and stored events.
+    /// The system of record: registry and stored events. Its `sslmode`, `sslrootcert`, `sslcert`
+    /// and `sslkey` parameters are honoured as libpq reads them (see `pg::tls`).
     pub url: Secret,
     pub pool_size: usize,
+    /// CA, client certificate and key files for TLS, where the URL names none.
+    pub tls: crate::pg::tls::TlsFiles,
 }
 
 #[derive(Clone, Debug)]
@@ -219,6 +222,9 @@ impl Default for RawRedis {
 struct RawPostgres {
     url: String,
     pool_size: String,
+    tls_ca_file: String,
+    tls_cert_file: String,
+    tls_key_file: String,
 }
 
 impl Default for RawPostgres {
@@ -226,6 +232,9 @@ impl Default for RawPostgres {
         RawPostgres {
             url: "postgres://postgres@127.0.0.1:5432/sluice".into(),
             pool_size: "8".into(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -401,13 +410,20 @@ impl Settings {
                 timeout: Duration::from_millis(get("redis.timeout_ms", &r.timeout_ms).positive()?),
                 pool_size: get("redis.pool_size", &r.pool_size).positive()?,
             },
-            postgres: PostgresSettings {
-                url: Secret(get("postgres.url", &p.url).parse_with(|v| {
-                    tokio_postgres::Config::from_str(v)
-                        .map(|_| v.to_owned())
-                        .map_err(|e| format!("is not a PostgreSQL URL ({e})"))
-                })?),
-                pool_size: get("postgres.pool_size", &p.pool_size).positive()?,
+            postgres: {
+                let tls = crate::pg::tls::TlsFiles {
+                    ca: get("postgres.tls_ca_file", &p.tls_ca_file).parse_with(readable_file)?,
+                    cert: get("postgres.tls_cert_file", &p.tls_cert_file)
+                        .parse_with(readable_file)?,
+                    key: get("postgres.tls_key_file", &p.tls_key_file).parse_with(readable_file)?,
+                };
+                PostgresSettings {
+                    url: Secret(get("postgres.url", &p.url).parse_with(|v| {
+                        crate::pg::tls::Target::parse(v, &tls).map(|_| v.to_owned())
+                    })?),
+                    pool_size: get("postgres.pool_size", &p.pool_size).positive()?,
+                    tls,
+                }
             },
             api: ApiSettings {
                 bind: get("api.bind", &a.bind).parsed("a socket address such as 0.0.0.0:8080")?,
@@ -557,6 +573,16 @@ impl Field {
             _ => Err("must be a positive whole number".to_owned()),
         })
     }
+}
+
+/// An optional file that must exist and be readable when given.
+fn readable_file(v: &str) -> Result<Option<std::path::PathBuf>, String> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    std::fs::File::open(v)
+        .map(|_| Some(std::path::PathBuf::from(v)))
+        .map_err(|e| format!("names a file that cannot be read ({e})"))
 }
 
 /// `<host>-<pid>-<random>`: unique per process, readable in `XINFO CONSUMERS`.

@@ -67,7 +67,13 @@ async fn main() -> ExitCode {
     let server_handle = server.handle();
     actix_web::rt::spawn(server);
 
-    worker.run().await;
+    let result = worker.run().await;
     server_handle.stop(true).await;
-    ExitCode::SUCCESS
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-worker: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -4,9 +4,9 @@
 //! [`crate::stream::dead_letters`].
 
 pub mod migrate;
+pub mod tls;
 
-use deadpool_postgres::{Pool, PoolConfig, Runtime};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
 use crate::config::PostgresSettings;
@@ -19,60 +19,110 @@ pub enum PgError {
         "cannot connect ({0}); this needs access to the database named by SLUICE__POSTGRES__URL"
     )]
     Unreachable(String),
+    /// The server answered but will not let us in as configured (TLS required or refused, a
+    /// certificate not trusted, no `pg_hba.conf` entry, a wrong password): retrying cannot help.
+    #[error(
+        "PostgreSQL refused the connection: {0} (check SLUICE__POSTGRES__URL and its TLS settings)"
+    )]
+    Refused(String),
     #[error("PostgreSQL: {0}")]
     Failed(String),
 }
 
 impl From<tokio_postgres::Error> for PgError {
     fn from(e: tokio_postgres::Error) -> Self {
-        PgError::Failed(describe(&e))
+        if is_refusal(&e) {
+            PgError::Refused(describe(&e))
+        } else {
+            PgError::Failed(describe(&e))
+        }
     }
 }
 
 impl From<deadpool_postgres::PoolError> for PgError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
-        PgError::Unreachable(e.to_string())
+        match &e {
+            deadpool_postgres::PoolError::Backend(pg) if is_refusal(pg) => {
+                PgError::Refused(describe(pg))
+            }
+            _ => PgError::Unreachable(e.to_string()),
+        }
     }
 }
 
-/// The server's own message where there is one: it says more than the driver's summary.
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => db.message().to_owned(),
-        None => e.to_string(),
+/// A connection the server will never accept as configured, as opposed to one it cannot
+/// accept now: a TLS failure, or an authorization error (SQLSTATE class 28).
+pub fn is_refusal(e: &tokio_postgres::Error) -> bool {
+    if let Some(db) = e.as_db_error() {
+        return db.code().code().starts_with("28");
     }
+    let text = e.to_string();
+    text.contains("TLS") || text.contains("tls")
+}
+
+/// The server's own message where there is one: it says more than the driver's summary.
+/// Otherwise the driver's message with its causes, which carry the detail ("error performing
+/// TLS handshake: invalid peer certificate: UnknownIssuer").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_owned();
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// The configured server and how to reach it (TLS as its `sslmode` says: [`tls`]).
+fn target(settings: &PostgresSettings) -> Result<(tls::Target, tls::Connector), PgError> {
+    let target = tls::Target::parse(settings.url.expose(), &settings.tls)
+        .map_err(|e| PgError::Config(format!("SLUICE__POSTGRES__URL {e}")))?;
+    let connector = target
+        .connector()
+        .map_err(|e| PgError::Config(format!("PostgreSQL TLS: {e}")))?;
+    Ok((target, connector))
 }
 
 /// Builds a PostgreSQL pool; connections open on first use.
 pub fn pool(settings: &PostgresSettings) -> Result<Pool, PgError> {
-    let mut cfg = deadpool_postgres::Config::new();
-    cfg.url = Some(settings.url.expose().to_owned());
-    cfg.pool = Some(PoolConfig::new(settings.pool_size));
-    cfg.create_pool(Some(Runtime::Tokio1), NoTls).map_err(|e| {
-        PgError::Config(format!(
-            "SLUICE__POSTGRES__URL: cannot build a PostgreSQL pool: {e}"
-        ))
-    })
+    let (target, connector) = target(settings)?;
+    let manager = Manager::from_config(
+        target.config,
+        connector,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| PgError::Config(format!("cannot build a PostgreSQL pool: {e}")))
 }
 
 /// Creates the configured database when the server does not have it yet, so a fresh
 /// PostgreSQL needs no manual step before `sluice-admin migrate`.
 pub async fn ensure_database(settings: &PostgresSettings) -> Result<(), PgError> {
-    let config: tokio_postgres::Config = settings
-        .url
-        .expose()
-        .parse()
-        .map_err(|e| PgError::Config(format!("SLUICE__POSTGRES__URL: {e}")))?;
-    match config.connect(NoTls).await {
+    let (target, connector) = target(settings)?;
+    let config = target.config;
+    match config.connect(connector.clone()).await {
         Ok(_) => return Ok(()),
         Err(e) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {}
+        Err(e) if is_refusal(&e) => return Err(e.into()),
         Err(e) if e.as_db_error().is_none() => return Err(PgError::Unreachable(e.to_string())),
         Err(e) => return Err(e.into()),
     }
     let name = config.get_dbname().unwrap_or("postgres").to_owned();
     let mut maintenance = config.clone();
     maintenance.dbname("postgres");
-    let (client, connection) = maintenance.connect(NoTls).await?;
+    let (client, connection) = maintenance.connect(connector).await?;
     tokio::spawn(connection);
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     match client

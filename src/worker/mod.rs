@@ -102,13 +102,23 @@ impl Worker {
     }
 
     /// Runs until shutdown is signalled; returns once the batch in hand is finished.
-    pub async fn run(&self) {
+    /// An error when the worker cannot start as configured (PostgreSQL refuses it: TLS or
+    /// authorization); outages are waited out instead.
+    pub async fn run(&self) -> Result<(), String> {
         tracing::info!(consumer = self.streams.consumer(), "worker starting");
+        // One attempt first: a server that refuses this configuration stops the worker with the
+        // reason, rather than a retry loop that could never succeed.
+        if let Err(e @ (PgError::Refused(_) | PgError::Config(_))) =
+            pg::ensure_database(&self.postgres).await
+        {
+            return Err(e.to_string());
+        }
         if !self.start().await {
-            return;
+            return Ok(());
         }
         tokio::join!(self.consume(), self.maintenance.run());
         tracing::info!("worker stopped");
+        Ok(())
     }
 
     /// Migrations, consumer groups, the registry copy: retried until they succeed.

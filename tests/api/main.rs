@@ -12,4 +12,5 @@ mod ops;
 mod recovery;
 mod registry;
 mod support;
+mod tls;
 mod worker;

@@ -1,5 +1,6 @@
 //! Spawning Sluice against real dependencies, and talking to it over real HTTP.
 
+pub mod certs;
 pub mod cluster;
 pub mod servers;
 
@@ -49,8 +50,17 @@ impl TestEnv {
         Self::start_on(RedisServer::start(), &all).await
     }
 
+    /// Like `start_with`, on a PostgreSQL of the caller's (one serving TLS only, say); `vars`
+    /// then name its URL.
+    pub async fn start_on_postgres(pg: Postgres, vars: &[(&str, &str)]) -> Self {
+        Self::start_on_both(RedisServer::start(), pg, vars).await
+    }
+
     async fn start_on(redis: RedisServer, vars: &[(&str, &str)]) -> Self {
-        let pg = Postgres::start();
+        Self::start_on_both(redis, Postgres::start(), vars).await
+    }
+
+    async fn start_on_both(redis: RedisServer, pg: Postgres, vars: &[(&str, &str)]) -> Self {
         let mut map: HashMap<String, String> = HashMap::from([
             ("SLUICE__REDIS__URL".into(), redis.url()),
             ("SLUICE__POSTGRES__URL".into(), pg.url("sluice")),
@@ -151,11 +161,13 @@ impl TestEnv {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// A direct connection to the test database.
+    /// A direct connection to the test database (over its Unix socket, which every test server
+    /// trusts, with or without TLS on TCP).
     pub async fn pg_client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.pg.url("sluice"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
+        let (client, conn) =
+            tokio_postgres::connect(&self.pg.socket_url("sluice"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
         actix_web::rt::spawn(conn);
         client
     }

@@ -140,11 +140,23 @@ pub struct Postgres {
     child: Option<Child>,
     bin: PathBuf,
     data: PathBuf,
+    /// Serving TLS only: TCP connections without it are refused.
+    tls: bool,
     _dir: TempDir,
 }
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with_tls(None)
+    }
+
+    /// A server that accepts TCP connections over TLS only, with this certificate and key
+    /// (PEM), as managed PostgreSQL with `force_ssl` does.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with_tls(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with_tls(tls: Option<(&str, &str)>) -> Self {
         let bin = pg_bin_dir();
         let template = template(&bin);
         let dir = tempfile::tempdir().unwrap();
@@ -162,11 +174,38 @@ impl Postgres {
             .status()
             .unwrap();
         assert!(status.success(), "copying the PostgreSQL template");
+        if let Some((cert, key)) = tls {
+            fs::write(data.join("server.crt"), cert).unwrap();
+            fs::write(data.join("server.key"), key).unwrap();
+            fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+            fs::set_permissions(
+                data.join("server.key"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+            if let Some((uid, gid)) = server_user() {
+                let status = Command::new("chown")
+                    .arg(format!("{uid}:{gid}"))
+                    .args([
+                        data.join("server.crt"),
+                        data.join("server.key"),
+                        data.join("pg_hba.conf"),
+                    ])
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            }
+        }
         let mut pg = Postgres {
             port: free_port(),
             child: None,
             bin,
             data,
+            tls: tls.is_some(),
             _dir: dir,
         };
         pg.spawn();
@@ -195,12 +234,18 @@ impl Postgres {
                 "-c",
                 "max_connections=200",
             ])
+            .args(if self.tls {
+                &["-c", "ssl=on"][..]
+            } else {
+                &[][..]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting postgres");
         self.child = Some(child);
-        let url = self.url("postgres");
+        // Over the Unix socket, which every server here trusts with or without TLS.
+        let url = self.socket_url("postgres");
         wait_until("postgres to accept connections", || {
             let url = url.clone();
             std::thread::spawn(move || {
@@ -221,6 +266,15 @@ impl Postgres {
 
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The connection string of database `db` over the server's Unix socket.
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.data.display(),
+            self.port
+        )
     }
 
     /// Stops the server the way an operator would (fast shutdown).

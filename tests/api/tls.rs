@@ -1,0 +1,166 @@
+//! PostgreSQL over TLS, as managed services require it: a server that accepts TCP connections
+//! over TLS only, certificates from a throwaway CA, and every `sslmode` as libpq means it.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::support::certs::TestCa;
+use crate::support::{Postgres, TestEnv, event};
+
+/// `sluice-admin migrate` (which also creates the database on a fresh server) against `env`
+/// with the PostgreSQL URL `url` and extra settings: its exit success and stderr.
+fn admin_migrate(env: &TestEnv, url: &str, extra: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-admin"))
+        .arg("migrate")
+        .envs(env.env_vars())
+        .env("SLUICE__POSTGRES__URL", url)
+        .envs(extra.iter().copied())
+        .env_remove("SLUICE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[actix_web::test]
+async fn every_binary_works_against_a_tls_only_postgres_with_full_verification() {
+    let ca = TestCa::new("Sluice test CA");
+    let server = ca.server(&["localhost", "127.0.0.1"]);
+    let pg = Postgres::start_tls(&server.cert, &server.key);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/sluice?sslmode=verify-full",
+        pg.port
+    );
+    let ca_file = ca.file();
+    let ca_file = ca_file.to_str().unwrap();
+    // The test environment's own setup (create database, migrate, registry) goes over TLS too.
+    let env = TestEnv::start_on_postgres(
+        pg,
+        &[
+            ("SLUICE__POSTGRES__URL", url.as_str()),
+            ("SLUICE__POSTGRES__TLS_CA_FILE", ca_file),
+        ],
+    )
+    .await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", None).await;
+    let api = env.spawn_api().await;
+    let reply = api
+        .batch(
+            &key,
+            json!([event("page_view", "1"), event("page_view", "2")]),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    // The worker stores them over TLS; sluice-admin works over TLS, with the CA from the URL too.
+    let worker = env.spawn_worker(&[]);
+    worker.wait_ready(200).await;
+    assert_eq!(env.wait_for_events(2, 30).await, 2);
+    let with_url_ca = format!("{url}&sslrootcert={}", ca_file.replace('/', "%2F"));
+    let (ok, stderr) = admin_migrate(&env, &with_url_ca, &[("SLUICE__POSTGRES__TLS_CA_FILE", "")]);
+    assert!(ok, "{stderr}");
+
+    // The server saw TLS on every TCP connection of ours.
+    let client = env.pg_client().await;
+    let plain: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.client_addr IS NOT NULL AND NOT s.ssl",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plain, 0);
+}
+
+#[actix_web::test]
+async fn bad_certificates_and_disabled_tls_are_refused_with_a_clear_error() {
+    let ca = TestCa::new("Sluice test CA");
+    let other_ca = TestCa::new("Someone else's CA");
+    let good = ca.server(&["localhost", "127.0.0.1"]);
+    let pg = Postgres::start_tls(&good.cert, &good.key);
+    let port = pg.port;
+    let env = TestEnv::start_on_postgres(
+        pg,
+        &[(
+            "SLUICE__POSTGRES__URL",
+            format!("postgres://postgres@127.0.0.1:{port}/sluice?sslmode=require").as_str(),
+        )],
+    )
+    .await;
+    let url = |mode: &str, port: u16| {
+        format!("postgres://postgres@127.0.0.1:{port}/sluice?sslmode={mode}")
+    };
+    let ca_file = ca.file();
+    let other_ca_file = other_ca.file();
+    let with_ca = |file: &std::path::Path| {
+        vec![(
+            "SLUICE__POSTGRES__TLS_CA_FILE".to_owned(),
+            file.to_str().unwrap().to_owned(),
+        )]
+    };
+    let run = |url: String, extra: Vec<(String, String)>| {
+        let extra: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        admin_migrate(&env, &url, &extra)
+    };
+
+    // Encrypted but unverified (require), and verified by the right CA: accepted.
+    assert!(run(url("require", port), vec![]).0);
+    assert!(run(url("verify-full", port), with_ca(&ca_file)).0);
+
+    // A certificate from a CA we do not trust.
+    let (ok, stderr) = run(url("verify-full", port), with_ca(&other_ca_file));
+    assert!(!ok);
+    assert!(
+        stderr.contains("refused") && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
+
+    // Without TLS, against a server that requires it: refused at once, naming the cause.
+    let (ok, stderr) = run(url("disable", port), vec![]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no encryption") || stderr.contains("pg_hba"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // The worker, too, stops at start with one line instead of retrying forever.
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-worker"))
+        .envs(env.env_vars())
+        .env("SLUICE__POSTGRES__URL", url("disable", port))
+        .env("SLUICE__WORKER__METRICS_BIND", "127.0.0.1:0")
+        .env_remove("SLUICE_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.lines().last().is_some_and(|l| l.contains("refused")),
+        "{stderr}"
+    );
+
+    // An expired certificate.
+    let expired = ca.expired_server(&["localhost", "127.0.0.1"]);
+    let old = Postgres::start_tls(&expired.cert, &expired.key);
+    let (ok, stderr) = run(url("verify-full", old.port), with_ca(&ca_file));
+    assert!(!ok);
+    assert!(stderr.contains("certificate expired"), "{stderr}");
+
+    // A certificate for another host: refused by verify-full, accepted by verify-ca, which
+    // checks the chain but not the name.
+    let elsewhere = ca.server(&["db.example.com"]);
+    let misnamed = Postgres::start_tls(&elsewhere.cert, &elsewhere.key);
+    let (ok, stderr) = run(url("verify-full", misnamed.port), with_ca(&ca_file));
+    assert!(!ok);
+    assert!(stderr.contains("not valid for name"), "{stderr}");
+    let (ok, stderr) = run(url("verify-ca", misnamed.port), with_ca(&ca_file));
+    assert!(ok, "{stderr}");
+}
