@@ -31,7 +31,8 @@
 //! - [`keyspace`]: every Redis key, hash-tagged by partition so the script is legal on Cluster,
 //!   and the values the registry copy holds.
 //! - [`redis_pool`]: the connection pool, with one deadline over every call (503, never a hang).
-//! - [`pg`]: the PostgreSQL pool, database creation and the embedded migrations.
+//! - [`pg`]: the PostgreSQL pool (TLS as the URL's `sslmode` says), database creation and the
+//!   embedded migrations.
 //! - [`ops`]: `/livez`, `/readyz`, `/metrics` and the JSON 404/405 answers, for both services.
 //! - [`shutdown`]: SIGTERM/SIGINT as one broadcast that every part of a binary listens to.
 //! - [`admin`]: the `sluice-admin` commands.
