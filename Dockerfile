@@ -52,8 +52,8 @@ RUN apt-get update \
  && mkdir /state && chown 10001:10001 /state
 COPY --from=build /out/ /usr/local/bin/
 # /state: where the compose demo keeps its tenant and key. A named volume mounted there starts
-# as a copy of this directory, owned by the unprivileged user the image runs as.
-VOLUME /state
+# as a copy of this directory, owned by the unprivileged user the image runs as. (No VOLUME
+# instruction: it would give every container of the image an anonymous volume to leak.)
 USER 10001:10001
 ENV SLUICE__LOG__FORMAT=json
 EXPOSE 8080 9091

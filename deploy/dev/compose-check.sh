@@ -47,6 +47,7 @@ fi
 
 # A run interrupted before its cleanup leaves containers and volumes behind: start clean.
 dc down -v --remove-orphans >/dev/null 2>&1 || true
+volumes_before=$(docker volume ls -q | wc -l)
 trap cleanup EXIT
 
 say "building the image from this checkout"
@@ -133,4 +134,8 @@ echo "$reply" | grep -q '"success":true' || fail "the demo key no longer works a
 [ "$(psql_q "select count(*) from events where reference like 'check-%' or reference = 'evt-001'")" -ge 4 ] \
   || fail "stored events did not survive down/up"
 
+# Nothing of the stack may outlive `down -v`: no volume of any kind left behind.
+dc down -v --remove-orphans >&2
+volumes_after=$(docker volume ls -q | wc -l)
+[ "$volumes_after" -le "$volumes_before" ] || fail "down -v left $((volumes_after - volumes_before)) volumes behind"
 say "ok: image built, stack healthy, demo curl 200, events stored, metrics scraped, state kept across down/up"
