@@ -56,8 +56,9 @@ pub fn is_refusal(e: &tokio_postgres::Error) -> bool {
     if let Some(db) = e.as_db_error() {
         return db.code().code().starts_with("28");
     }
-    let text = e.to_string();
-    text.contains("TLS") || text.contains("tls")
+    // The driver's TLS failures (handshake refused, certificate rejected, server without TLS)
+    // all read so; the kind itself is private.
+    e.to_string().starts_with("error performing TLS handshake")
 }
 
 /// The server's own message where there is one: it says more than the driver's summary.

@@ -143,7 +143,6 @@ const SIGNAL_COLUMNS: &str = "s.id, s.tenant_id, s.slug, s.name, s.type, s.activ
 pub struct Registry {
     pg: Pool,
     copy: RegistryCopy,
-    keyspace: Keyspace,
 }
 
 /// Takes the next registry version. The first statement of every changing transaction: the
@@ -159,12 +158,7 @@ impl Registry {
         Registry {
             pg,
             copy: RegistryCopy::new(redis, keyspace),
-            keyspace,
         }
-    }
-
-    pub fn keyspace(&self) -> Keyspace {
-        self.keyspace
     }
 
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant, RegistryError> {
@@ -189,11 +183,12 @@ impl Registry {
     }
 
     pub async fn tenant(&self, id: &str) -> Result<Tenant, RegistryError> {
-        let id = self.existing_tenant(id).await?;
+        let id = TenantId::parse(id).map_err(RegistryError::Invalid)?;
         let client = self.pg.get().await?;
         let row = client
-            .query_one("SELECT name FROM tenants WHERE id = $1", &[&id.as_str()])
-            .await?;
+            .query_opt("SELECT name FROM tenants WHERE id = $1", &[&id.as_str()])
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("no tenant with id {id}")))?;
         Ok(Tenant {
             id: id.to_string(),
             name: row.get(0),
@@ -471,15 +466,8 @@ impl Registry {
     }
 
     async fn existing_tenant(&self, tenant: &str) -> Result<TenantId, RegistryError> {
-        let id = TenantId::parse(tenant).map_err(RegistryError::Invalid)?;
-        let client = self.pg.get().await?;
-        match client
-            .query_opt("SELECT 1 FROM tenants WHERE id = $1", &[&id.as_str()])
-            .await?
-        {
-            Some(_) => Ok(id),
-            None => Err(RegistryError::NotFound(format!("no tenant with id {id}"))),
-        }
+        let tenant = self.tenant(tenant).await?;
+        TenantId::parse(&tenant.id).map_err(RegistryError::Invalid)
     }
 
     fn no_signal(&self, tenant: &str, slug: &str) -> RegistryError {

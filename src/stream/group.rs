@@ -112,6 +112,11 @@ impl Consumer {
         &self.consumer
     }
 
+    /// How many partition streams the group spans.
+    pub fn partitions(&self) -> u16 {
+        self.keyspace.partitions()
+    }
+
     pub fn redis(&self) -> &Redis {
         &self.redis
     }

@@ -40,7 +40,7 @@ impl Maintenance {
     }
 
     fn partition_count(&self) -> u16 {
-        self.registry.keyspace().partitions()
+        self.streams.partitions()
     }
 
     pub(super) async fn run(&self) {

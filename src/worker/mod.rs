@@ -49,7 +49,6 @@ pub struct Worker {
     sink: Sink,
     /// The periodic chores, run beside the main loop.
     maintenance: maintenance::Maintenance,
-    keyspace: Keyspace,
     redis: Redis,
     metrics: WorkerMetrics,
     /// Once requested: finish the batch in hand, then stop.
@@ -82,7 +81,6 @@ impl Worker {
             streams,
             sink,
             maintenance,
-            keyspace,
             redis,
             metrics,
             shutdown,
@@ -107,13 +105,17 @@ impl Worker {
     pub async fn run(&self) -> Result<(), String> {
         tracing::info!(consumer = self.streams.consumer(), "worker starting");
         // One attempt first: a server that refuses this configuration stops the worker with the
-        // reason, rather than a retry loop that could never succeed.
-        if let Err(e @ (PgError::Refused(_) | PgError::Config(_))) =
-            pg::ensure_database(&self.postgres).await
-        {
-            return Err(e.to_string());
-        }
-        if !self.start().await {
+        // reason, rather than a retry loop that could never succeed. Other failures (an outage)
+        // are retried by `start`.
+        let migrated = match self.migrate().await {
+            Ok(_) => true,
+            Err(e @ (PgError::Refused(_) | PgError::Config(_))) => return Err(e.to_string()),
+            Err(e) => {
+                tracing::warn!(error = %e, "migrating PostgreSQL failed; retrying");
+                false
+            }
+        };
+        if !self.start(migrated).await {
             return Ok(());
         }
         tokio::join!(self.consume(), self.maintenance.run());
@@ -121,15 +123,22 @@ impl Worker {
         Ok(())
     }
 
-    /// Migrations, consumer groups, the registry copy: retried until they succeed.
-    async fn start(&self) -> bool {
-        let migrated = self
-            .retry("migrating PostgreSQL", &[], move || async move {
-                pg::ensure_database(&self.postgres).await?;
-                Ok(pg::migrate(self.sink.pool()).await?)
-            })
-            .await;
-        if migrated.is_none() {
+    /// Creates the database where missing and applies pending migrations.
+    async fn migrate(&self) -> Result<Vec<i32>, PgError> {
+        pg::ensure_database(&self.postgres).await?;
+        pg::migrate(self.sink.pool()).await
+    }
+
+    /// Migrations (unless `migrated` already) and consumer groups: retried until they succeed.
+    async fn start(&self, migrated: bool) -> bool {
+        if !migrated
+            && self
+                .retry("migrating PostgreSQL", &[], move || async move {
+                    Ok(self.migrate().await?)
+                })
+                .await
+                .is_none()
+        {
             return false;
         }
         let grouped = self
@@ -275,7 +284,7 @@ impl Worker {
 
     /// How many partition streams there are.
     fn partition_count(&self) -> u16 {
-        self.keyspace.partitions()
+        self.streams.partitions()
     }
 
     /// Stores one batch and acknowledges it. Returns early only on shutdown while a dependency
