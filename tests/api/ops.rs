@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{TestEnv, event};
+use crate::support::{TestEnv, event, run_binary};
 
 /// `promtool check metrics` over an exposition: no error and no lint finding.
 fn assert_promtool_clean(exposition: &str) {
@@ -301,21 +301,6 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         1,
         "the in-flight event was admitted"
     );
-}
-
-/// Runs a binary with `args` and no `SLUICE__*` settings; (exit code, stdout, stderr).
-fn run_binary(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let out = Command::new(bin)
-        .args(args)
-        .envs(env.iter().copied())
-        .env_remove("SLUICE_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -6,23 +6,20 @@ use std::process::Command;
 use serde_json::json;
 
 use crate::support::certs::TestCa;
-use crate::support::{Postgres, TestEnv, event};
+use crate::support::{Postgres, TestEnv, event, run_binary};
 
 /// `sluice-admin migrate` (which also creates the database on a fresh server) against `env`
 /// with the PostgreSQL URL `url` and extra settings: its exit success and stderr.
 fn admin_migrate(env: &TestEnv, url: &str, extra: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice-admin"))
-        .arg("migrate")
-        .envs(env.env_vars())
-        .env("SLUICE__POSTGRES__URL", url)
-        .envs(extra.iter().copied())
-        .env_remove("SLUICE_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let vars: Vec<(&str, &str)> = env
+        .env_vars()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain([("SLUICE__POSTGRES__URL", url)])
+        .chain(extra.iter().copied())
+        .collect();
+    let (code, _, stderr) = run_binary(env!("CARGO_BIN_EXE_sluice-admin"), &["migrate"], &vars);
+    (code == Some(0), stderr)
 }
 
 #[actix_web::test]

@@ -327,6 +327,22 @@ pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Runs binary `bin` with `args` and exactly the `SLUICE__*` settings in `env` (none from a
+/// config file): (exit code, stdout, stderr).
+pub fn run_binary(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("SLUICE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn event(signal: &str, id: &str) -> Value {
     serde_json::json!({"signal": signal, "identity": {"type": "account", "id": id}})
 }
