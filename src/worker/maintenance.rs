@@ -133,32 +133,36 @@ impl Maintenance {
         }
     }
 
+    /// Reads every partition's figures first and only then sets the gauges, so that a scrape
+    /// never sees some partitions published and others not yet.
     async fn publish_stats(&self) {
         let Ok(now_ms) = self.streams.now_ms().await else {
             return;
         };
+        let mut all = Vec::with_capacity(self.partition_count() as usize);
         for p in 0..self.partition_count() {
             match self.streams.stats(p).await {
-                Ok(s) => {
-                    let label = p.to_string();
-                    let age_ms = s
-                        .oldest_pending_ms
-                        .map_or(0, |at| now_ms.saturating_sub(at));
-                    self.metrics
-                        .oldest_pending
-                        .with_label_values(&[label.as_str()])
-                        .set(age_ms as f64 / 1000.0);
-                    self.metrics
-                        .stream_pending
-                        .with_label_values(&[label.as_str()])
-                        .set(s.pending);
-                    self.metrics
-                        .stream_lag
-                        .with_label_values(&[label.as_str()])
-                        .set(s.lag);
-                }
+                Ok(s) => all.push((p, s)),
                 Err(_) => return,
             }
+        }
+        for (p, s) in all {
+            let label = p.to_string();
+            let age_ms = s
+                .oldest_pending_ms
+                .map_or(0, |at| now_ms.saturating_sub(at));
+            self.metrics
+                .oldest_pending
+                .with_label_values(&[label.as_str()])
+                .set(age_ms as f64 / 1000.0);
+            self.metrics
+                .stream_pending
+                .with_label_values(&[label.as_str()])
+                .set(s.pending);
+            self.metrics
+                .stream_lag
+                .with_label_values(&[label.as_str()])
+                .set(s.lag);
         }
     }
 }

@@ -93,10 +93,16 @@ async fn api_and_worker_metrics_pass_promtool_without_lint_findings() {
     let worker = env.spawn_worker(&[]);
     assert_eq!(env.wait_for_events(2, 30).await, 2);
     // Gauges are published every few seconds.
+    // The age of the oldest unacknowledged entry: seconds at most here (an age counted from the
+    // wrong clock or epoch would be enormous). Partitions are published one after another, so
+    // wait for this tenant's.
+    let partition = sluice::keyspace::Keyspace::new(16).partition_of(&tenant);
+    let oldest = format!("sluice_worker_oldest_pending_seconds{{partition=\"{partition}\"}}");
+    let lag = format!("sluice_worker_stream_lag{{partition=\"{partition}\"}}");
     let mut exposition = String::new();
     for _ in 0..100 {
         exposition = worker.get("/metrics").await.1;
-        if exposition.contains("sluice_worker_stream_lag{") {
+        if exposition.contains(&oldest) && exposition.contains(&lag) {
             break;
         }
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
@@ -113,10 +119,6 @@ async fn api_and_worker_metrics_pass_promtool_without_lint_findings() {
             "{name} missing from\n{exposition}"
         );
     }
-    // The age of the oldest unacknowledged entry: seconds at most here (an age counted from the
-    // wrong clock or epoch would be enormous).
-    let partition = sluice::keyspace::Keyspace::new(16).partition_of(&tenant);
-    let oldest = format!("sluice_worker_oldest_pending_seconds{{partition=\"{partition}\"}}");
     let age = crate::support::metric_value(&exposition, &oldest);
     assert!(
         age.is_some_and(|a| (0.0..60.0).contains(&a)),
