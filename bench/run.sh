@@ -24,6 +24,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   [ -f "$WORK/pg/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  [ -f "$WORK/tls/redis.pid" ] && kill "$(cat "$WORK/tls/redis.pid")" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -90,6 +91,39 @@ for replicas in 1 2; do
   fi
   stop_apis
 done
+
+# 1b. The same ingest over TLS to Redis (rustls, certificate verified), beside plain text above:
+# a second, TLS-only Redis with a throwaway CA, its registry copy written by sluice-admin sync.
+TLS_DIR="$WORK/tls"; mkdir -p "$TLS_DIR"
+ec() { openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "$@" 2>/dev/null; }
+ec -x509 -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" -days 2 -subj /CN=bench-ca
+ec -keyout "$TLS_DIR/server.key" -out "$TLS_DIR/server.csr" -subj /CN=localhost
+openssl x509 -req -in "$TLS_DIR/server.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+  -CAcreateserial -days 2 -out "$TLS_DIR/server.pem" \
+  -extfile <(printf "subjectAltName=DNS:localhost,IP:127.0.0.1") 2>/dev/null
+TLS_PORT=$(free_port)
+redis-server --port 0 --tls-port "$TLS_PORT" --tls-cert-file "$TLS_DIR/server.pem" \
+  --tls-key-file "$TLS_DIR/server.key" --tls-ca-cert-file "$TLS_DIR/ca.pem" --tls-auth-clients no \
+  --bind 127.0.0.1 --dir "$TLS_DIR" --appendonly yes --appendfsync everysec --save "" \
+  --daemonize yes --pidfile "$TLS_DIR/redis.pid" --logfile "$TLS_DIR/redis.log"
+tls_cli() { redis-cli --tls --cacert "$TLS_DIR/ca.pem" -p "$TLS_PORT" "$@"; }
+for _ in $(seq 100); do tls_cli ping >/dev/null 2>&1 && break; sleep 0.05; done
+PLAIN_REDIS_URL=$SLUICE__REDIS__URL
+export SLUICE__REDIS__URL="rediss://localhost:$TLS_PORT" SLUICE__REDIS__TLS_CA_FILE="$TLS_DIR/ca.pem"
+"$BIN/sluice-admin" sync >/dev/null
+start_apis 1
+for batch in 1 100; do
+  tls_cli del "$STREAM" >/dev/null
+  out=$(loadgen --batch "$batch" --connections 32 --duration "$SECONDS_PER_RUN")
+  record "tls_${batch}_eps" "$(echo "$out" | json "['events_per_sec']")"
+  record "tls_${batch}_p50" "$(echo "$out" | json "['latency_ms']['p50']")"
+  record "tls_${batch}_p99" "$(echo "$out" | json "['latency_ms']['p99']")"
+  record "tls_${batch}_non200" "$(echo "$out" | json "['statuses']" | python3 -c "import ast,sys; d=ast.literal_eval(sys.stdin.read()); print(', '.join(f'{k}: {v}' for k,v in d.items() if k!='200'))")"
+  echo "bench: ingest over TLS batch=$batch: $(echo "$out" | json "['events_per_sec']") events/s" >&2
+done
+stop_apis
+export SLUICE__REDIS__URL=$PLAIN_REDIS_URL; unset SLUICE__REDIS__TLS_CA_FILE
+tls_cli shutdown nosave >/dev/null 2>&1 || true
 
 # 4. The physical limit: pipelined XADD of entries shaped exactly like Sluice's.
 start_apis 1
@@ -197,6 +231,18 @@ machine, sharing its cores.
 | worker drain of a {int(f('drain_events')):,}-event backlog | {drain:,.0f} events/s ({f('drain_seconds'):.1f} s) | | |
 | raw `\\copy` of the same rows into a table like `events` | {copy:,.0f} rows/s ({f('copy_seconds'):.1f} s) | | |
 | worker drain ÷ raw COPY | **{drain/copy:.2f}** | ≥ 0.5 | {verdict(drain/copy >= 0.5)} |
+
+## TLS to Redis
+
+The same ingest (1 api replica, 32 connections), once over `rediss://` to a TLS-only Redis with
+the certificate verified (rustls), beside the plain-text figures of the table above.
+
+| batch | plain events/s | TLS events/s | TLS ÷ plain | plain p99 ms | TLS p99 ms | TLS non-200 |
+|---|---|---|---|---|---|---|
+""" + "\n".join(
+    f"| {b} | {f(f'ingest_1_{b}_eps'):,.0f} | {f(f'tls_{b}_eps'):,.0f} | **{f(f'tls_{b}_eps')/f(f'ingest_1_{b}_eps'):.2f}** | {f(f'ingest_1_{b}_p99'):.2f} | {f(f'tls_{b}_p99'):.2f} | {r[f'tls_{b}_non200'] or 'none'} |"
+    for b in (1, 100)
+) + f"""
 
 ## Recovery after a worker crash
 

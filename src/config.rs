@@ -48,6 +48,9 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// Connections per process. Each is multiplexed, so a few carry many requests.
     pub pool_size: usize,
+    /// With `rediss://` URLs: the CA the servers' certificates must chain to (the system's
+    /// roots when unset), and a client certificate and key for servers that ask for one.
+    pub tls: crate::tls::TlsFiles,
 }
 
 impl RedisSettings {
@@ -76,7 +79,7 @@ pub struct PostgresSettings {
     pub url: Secret,
     pub pool_size: usize,
     /// CA, client certificate and key files for TLS, where the URL names none.
-    pub tls: crate::pg::tls::TlsFiles,
+    pub tls: crate::tls::TlsFiles,
 }
 
 #[derive(Clone, Debug)]
@@ -202,6 +205,9 @@ struct RawRedis {
     partitions: String,
     timeout_ms: String,
     pool_size: String,
+    tls_ca_file: String,
+    tls_cert_file: String,
+    tls_key_file: String,
 }
 
 impl Default for RawRedis {
@@ -213,6 +219,9 @@ impl Default for RawRedis {
             partitions: "16".into(),
             timeout_ms: "1000".into(),
             pool_size: "8".into(),
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -397,6 +406,7 @@ impl Settings {
                     "cluster" => Ok(RedisMode::Cluster),
                     _ => Err("must be standalone or cluster".to_owned()),
                 })?,
+                tls: redis_tls(r, &get)?,
                 min_replicas_ack: get("redis.min_replicas_ack", &r.min_replicas_ack)
                     .parsed("a whole number of replicas")?,
                 partitions: get("redis.partitions", &r.partitions).parse_with(|v| {
@@ -411,7 +421,7 @@ impl Settings {
                 pool_size: get("redis.pool_size", &r.pool_size).positive()?,
             },
             postgres: {
-                let tls = crate::pg::tls::TlsFiles {
+                let tls = crate::tls::TlsFiles {
                     ca: get("postgres.tls_ca_file", &p.tls_ca_file).parse_with(readable_file)?,
                     cert: get("postgres.tls_cert_file", &p.tls_cert_file)
                         .parse_with(readable_file)?,
@@ -601,13 +611,56 @@ fn default_consumer_name() -> String {
 }
 
 /// One Redis URL, or (for cluster mode) several separated by commas.
+/// One Redis URL, or a comma-separated list of cluster seeds, all with TLS (`rediss://`) or
+/// all without. Certificate checks cannot be turned off (`#insecure`): a server whose
+/// certificate the system does not trust is reached by naming its CA instead.
 fn parse_redis_urls(v: &str) -> Result<String, String> {
     use redis::IntoConnectionInfo;
+    let mut schemes = std::collections::BTreeSet::new();
     for url in v.split(',').map(str::trim) {
-        url.into_connection_info()
+        let info = url
+            .into_connection_info()
             .map_err(|e| format!("is not a Redis URL or list of them ({e})"))?;
+        if let redis::ConnectionAddr::TcpTls { insecure: true, .. } = info.addr() {
+            return Err(
+                "asks for #insecure: certificate checks cannot be turned off; \
+                        give the server's CA in SLUICE__REDIS__TLS_CA_FILE instead"
+                    .to_owned(),
+            );
+        }
+        schemes.insert(url.starts_with("rediss://"));
+    }
+    if schemes.len() > 1 {
+        return Err("mixes rediss:// and redis:// seeds; a cluster is all TLS or none".to_owned());
     }
     Ok(v.to_owned())
+}
+
+/// The Redis TLS files: only with `rediss://` URLs (files that would go unused are a mistake
+/// worth stopping for), a client certificate only with its key.
+fn redis_tls(
+    r: &RawRedis,
+    get: &impl Fn(&'static str, &String) -> Field,
+) -> Result<crate::tls::TlsFiles, ConfigError> {
+    let files = crate::tls::TlsFiles {
+        ca: get("redis.tls_ca_file", &r.tls_ca_file).parse_with(readable_file)?,
+        cert: get("redis.tls_cert_file", &r.tls_cert_file).parse_with(readable_file)?,
+        key: get("redis.tls_key_file", &r.tls_key_file).parse_with(readable_file)?,
+    };
+    let refuse = |message: &str| Err(ConfigError(message.to_owned()));
+    if files.cert.is_some() != files.key.is_some() {
+        return refuse(
+            "SLUICE__REDIS__TLS_CERT_FILE and SLUICE__REDIS__TLS_KEY_FILE go together: \
+             give both or neither",
+        );
+    }
+    if !files.is_empty() && !r.url.trim_start().starts_with("rediss://") {
+        return refuse(
+            "SLUICE__REDIS__TLS_* files are set but SLUICE__REDIS__URL is not rediss://; \
+             use rediss:// to connect over TLS",
+        );
+    }
+    Ok(files)
 }
 
 #[cfg(test)]

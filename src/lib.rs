@@ -30,10 +30,12 @@
 //!   and the versioned Redis copy the api reads.
 //! - [`keyspace`]: every Redis key, hash-tagged by partition so the script is legal on Cluster,
 //!   and the values the registry copy holds.
-//! - [`redis_pool`]: the connection pool, with one deadline over every call (503, never a hang).
+//! - [`redis_pool`]: the Redis connections (TLS with `rediss://`), with one deadline over every
+//!   call (503, never a hang).
 //! - [`pg`]: the PostgreSQL pool (TLS as the URL's `sslmode` says), database creation and the
 //!   embedded migrations.
 //! - [`ops`]: `/livez`, `/readyz`, `/metrics` and the JSON 404/405 answers, for both services.
+//! - [`tls`]: the certificate files both TLS connections read.
 //! - [`shutdown`]: SIGTERM/SIGINT as one broadcast that every part of a binary listens to.
 //! - [`admin`]: the `sluice-admin` commands.
 //! - [`metrics`]: every Prometheus metric, in one place.
@@ -55,4 +57,5 @@ pub mod registry;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

@@ -1,36 +1,44 @@
-//! Connections to Redis (one server or a Redis Cluster), with one deadline over every operation.
+//! Connections to Redis (one server or a Redis Cluster, over TLS with `rediss://` URLs), with
+//! one deadline over every operation.
 //!
 //! Requirement: a dead or slow Redis never hangs a request. Every call here (connecting, the
 //! command itself) finishes within the configured timeout or fails with [`RedisError`], which
 //! the api answers with 503.
 //!
 //! Connections are multiplexed: one TCP connection (per node, on a cluster) carries any number
-//! of concurrent commands. So instead of checking a connection out of the pool per call (which
+//! of concurrent commands. So instead of checking a connection out of a pool per call (which
 //! costs a health-check round trip, `UNWATCH` + `PING`, every time), each process keeps
-//! `pool_size` long-lived connections, made by the deadpool pool with its timeouts and used
-//! round-robin. A connection that fails at the transport level is dropped and replaced on next
-//! use. On a cluster, the redis crate follows `MOVED`/`ASK` redirects and refreshes the slot map
-//! when the topology changes. Measured effect: BENCHMARKS.md, "History".
+//! `pool_size` long-lived connections, opened on first use and used round-robin. A connection
+//! that fails at the transport level (or does not answer in time) is dropped and replaced on
+//! next use. On a cluster, the redis crate follows `MOVED`/`ASK` redirects and refreshes the
+//! slot map when the topology changes. Measured effect: BENCHMARKS.md, "History".
+//!
+//! TLS is rustls (as for PostgreSQL: nothing to build or link from OpenSSL), with the server's
+//! certificate always checked against the CA of `SLUICE__REDIS__TLS_CA_FILE` (or the system's
+//! roots) and the name connected to; on a cluster the same CA and client certificate serve every
+//! node the cluster names.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_redis::{PoolConfig, Runtime, Timeouts};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, Value};
 
 use crate::config::{RedisMode, RedisSettings};
 use crate::keyspace::cluster_slot;
+use crate::tls::TlsFiles;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("no Redis connection: {0}")]
-    Pool(String),
+    /// No connection could be made (refused, TLS handshake or certificate check failed, …).
+    #[error("cannot connect to Redis: {0}")]
+    Connect(redis::RedisError),
     #[error("Redis command failed: {0}")]
     Command(#[from] redis::RedisError),
     /// The writes happened, but fewer replicas than required confirmed them in time.
@@ -41,15 +49,16 @@ pub enum RedisError {
 /// A cheap-to-clone handle on the connections.
 #[derive(Clone)]
 pub struct Redis {
-    pools: Pools,
+    client: Client,
     timeout: Duration,
     shared: Arc<Shared>,
 }
 
+/// What connections are opened with.
 #[derive(Clone)]
-enum Pools {
-    Standalone(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+enum Client {
+    Standalone(redis::Client),
+    Cluster(ClusterClient),
 }
 
 struct Shared {
@@ -122,34 +131,31 @@ impl Conn {
 
 impl Redis {
     /// Prepares the connections. They are opened on first use, so a binary can start (and
-    /// report itself unready) while Redis is still down.
+    /// report itself unready) while Redis is still down; a bad URL or certificate file stops it
+    /// here.
     pub fn new(settings: &RedisSettings) -> Result<Self, String> {
-        let mut pool = PoolConfig::new(settings.pool_size);
-        pool.timeouts = Timeouts {
-            wait: Some(settings.timeout),
-            create: Some(settings.timeout),
-            recycle: Some(settings.timeout),
-        };
-        let pools =
-            match settings.mode {
-                RedisMode::Standalone => {
-                    let mut cfg = deadpool_redis::Config::from_url(settings.url.expose());
-                    cfg.pool = Some(pool);
-                    Pools::Standalone(cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| {
-                        format!("SLUICE__REDIS__URL: cannot build a Redis pool: {e}")
-                    })?)
+        let certs = certificates(&settings.tls)?;
+        let client = match settings.mode {
+            RedisMode::Standalone => {
+                let url = settings.url.expose().trim();
+                match certs {
+                    Some(certs) => redis::Client::build_with_tls(url, certs),
+                    None => redis::Client::open(url),
                 }
-                RedisMode::Cluster => {
-                    let mut cfg = deadpool_redis::cluster::Config::from_urls(settings.urls());
-                    cfg.pool = Some(pool);
-                    Pools::Cluster(cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| {
-                        format!("SLUICE__REDIS__URL: cannot build a Redis Cluster pool: {e}")
-                    })?)
+                .map(Client::Standalone)
+            }
+            RedisMode::Cluster => {
+                let mut builder = ClusterClientBuilder::new(settings.urls());
+                if let Some(certs) = certs {
+                    builder = builder.certs(certs);
                 }
-            };
+                builder.build().map(Client::Cluster)
+            }
+        }
+        .map_err(|e| format!("SLUICE__REDIS__URL: cannot use it: {e}"))?;
         let slots = (0..settings.pool_size).map(|_| Mutex::new(None)).collect();
         Ok(Redis {
-            pools,
+            client,
             timeout: settings.timeout,
             shared: Arc::new(Shared {
                 slots,
@@ -160,7 +166,7 @@ impl Redis {
 
     /// True on a Redis Cluster, where one command may only touch keys of one slot.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.pools, Pools::Cluster(_))
+        matches!(self.client, Client::Cluster(_))
     }
 
     /// Runs one command.
@@ -230,18 +236,14 @@ impl Redis {
         if let Some(conn) = self.shared.slots[slot].lock().expect("slot lock").clone() {
             return Ok(conn);
         }
-        let conn = match &self.pools {
-            Pools::Standalone(pool) => Conn::Standalone(deadpool_redis::Connection::take(
-                pool.get()
-                    .await
-                    .map_err(|e| RedisError::Pool(e.to_string()))?,
-            )),
-            Pools::Cluster(pool) => Conn::Cluster(deadpool_redis::cluster::Connection::take(
-                pool.get()
-                    .await
-                    .map_err(|e| RedisError::Pool(e.to_string()))?,
-            )),
-        };
+        let conn = match &self.client {
+            Client::Standalone(client) => client
+                .get_multiplexed_async_connection()
+                .await
+                .map(Conn::Standalone),
+            Client::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        }
+        .map_err(RedisError::Connect)?;
         *self.shared.slots[slot].lock().expect("slot lock") = Some(conn.clone());
         Ok(conn)
     }
@@ -249,4 +251,38 @@ impl Redis {
     fn discard(&self, slot: usize) {
         self.shared.slots[slot].lock().expect("slot lock").take();
     }
+}
+
+/// The CA, client certificate and key as the redis crate takes them (PEM bytes), each file
+/// checked first so that a bad one is named at start.
+fn certificates(files: &TlsFiles) -> Result<Option<redis::TlsCertificates>, String> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let root_cert = match &files.ca {
+        Some(ca) => {
+            crate::tls::read_certs(ca).map_err(|e| format!("SLUICE__REDIS__TLS_CA_FILE: {e}"))?;
+            Some(read(ca)?)
+        }
+        None => None,
+    };
+    let client_tls = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => {
+            crate::tls::read_certs(cert)
+                .map_err(|e| format!("SLUICE__REDIS__TLS_CERT_FILE: {e}"))?;
+            crate::tls::read_key(key).map_err(|e| format!("SLUICE__REDIS__TLS_KEY_FILE: {e}"))?;
+            Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            })
+        }
+        _ => None,
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Validates every deployment file with the tool its ecosystem uses:
-# docker-compose config, kubernetes-validate --strict, promtool check/test.
+# docker-compose config (with the TLS override too), kubernetes-validate --strict, promtool check/test.
 # `--write` regenerates k8s/monitoring/prometheusrule.yaml from deploy/prometheus/alerts.yml.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -27,6 +27,9 @@ elif open(path).read() != text:
 PYEOF
 
 docker-compose -f docker-compose.yml config -q
+SLUICE_REDIS_URL=rediss://cache.example.com:6380 \
+  SLUICE_POSTGRES_URL='postgres://sluice@db.example.com/sluice?sslmode=verify-full' \
+  docker-compose -f docker-compose.yml -f deploy/compose/tls.yml config -q
 
 # Kubernetes: what `kubectl apply -k` would apply, for the default deployment, every overlay and
 # the monitoring resources, rendered by kustomize and validated strictly; the example Secrets too.
@@ -57,6 +60,14 @@ if [c["args"] for c in worker.get("initContainers", [])] != [["sluice-admin", "m
     problems.append("the worker does not migrate in an init container")
 if any(d["kind"] == "Job" for d in docs):
     problems.append("a Job: its template is immutable, so a new image tag cannot be applied")
+# Every container that runs a Sluice binary reads the Redis settings, and the PostgreSQL ones
+# where it connects there: where a TLS file setting names a mounted path, it must be mounted.
+wanted = {"api": {"redis-tls"}, "migrate": {"redis-tls", "postgres-tls"}, "worker": {"redis-tls", "postgres-tls"}}
+for spec in (api["template"]["spec"], worker):
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        mounted = {m["name"] for m in c.get("volumeMounts", [])}
+        if not wanted[c["name"]] <= mounted:
+            problems.append(f"{c['name']} does not mount {sorted(wanted[c['name']] - mounted)}")
 policies = {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"}
 if policies != {"default-deny", "sluice-api", "sluice-worker"}:
     problems.append(f"network policies: {sorted(policies)}")

@@ -14,18 +14,20 @@
 //! | `verify-full` | always | signed by the CA, and issued for the host connected to |
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+pub use crate::tls::TlsFiles;
+use crate::tls::{read_certs, read_key};
 
 /// What connections are made with: rustls, configured for the target's mode. (With `disable`
 /// the driver never starts TLS, whatever the connector.)
@@ -69,16 +71,6 @@ impl fmt::Display for SslMode {
             SslMode::VerifyFull => "verify-full",
         })
     }
-}
-
-/// The TLS files a connection may use.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// CA certificates (PEM) the server's certificate must chain to; the system's when `None`.
-    pub ca: Option<PathBuf>,
-    /// A client certificate (PEM) and its key, for servers that ask for one.
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
 }
 
 /// A PostgreSQL URL taken apart: the driver's configuration, and how to secure it.
@@ -173,8 +165,7 @@ impl Target {
         let config = match (&self.files.cert, &self.files.key) {
             (Some(cert), Some(key)) => {
                 let chain = read_certs(cert)?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("cannot read the client key {}: {e}", key.display()))?;
+                let key = read_key(key)?;
                 builder.with_client_auth_cert(chain, key).map_err(|e| {
                     format!("the client certificate and key do not go together: {e}")
                 })?
@@ -211,17 +202,6 @@ impl Target {
         }
         Ok(roots)
     }
-}
-
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: holds no certificate", path.display()));
-    }
-    Ok(certs)
 }
 
 /// `%XX` escapes of a URL query value.

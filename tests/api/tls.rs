@@ -1,12 +1,15 @@
-//! PostgreSQL over TLS, as managed services require it: a server that accepts TCP connections
-//! over TLS only, certificates from a throwaway CA, and every `sslmode` as libpq means it.
+//! TLS to PostgreSQL and Redis, as managed services require it: servers that accept
+//! connections over TLS only, certificates from a throwaway CA, every `sslmode` as libpq means
+//! it, and Redis standalone and Cluster over `rediss://` with mutual TLS.
 
 use std::process::Command;
 
 use serde_json::json;
 
-use crate::support::certs::TestCa;
-use crate::support::{Postgres, TestEnv, event, run_binary};
+use crate::support::certs::{RedisTls, TestCa};
+use crate::support::cluster::RedisCluster;
+use crate::support::servers::RedisServer;
+use crate::support::{Postgres, TestApi, TestEnv, event, run_binary, spawn_api_process};
 
 /// `sluice-admin migrate` (which also creates the database on a fresh server) against `env`
 /// with the PostgreSQL URL `url` and extra settings: its exit success and stderr.
@@ -160,4 +163,167 @@ async fn bad_certificates_and_disabled_tls_are_refused_with_a_clear_error() {
     assert!(stderr.contains("not valid for name"), "{stderr}");
     let (ok, stderr) = run(url("verify-ca", misnamed.port), with_ca(&ca_file));
     assert!(ok, "{stderr}");
+}
+
+/// `sluice-admin sync` (which reads PostgreSQL and writes the registry copy in Redis) against
+/// `env` with these settings replaced: its exit code and stderr.
+fn admin_sync(env: &TestEnv, replaced: &[(&str, &str)]) -> (Option<i32>, String) {
+    let vars: Vec<(&str, &str)> = env
+        .env_vars()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .filter(|(k, _)| !replaced.iter().any(|(r, _)| r == k))
+        .chain(replaced.iter().copied())
+        .collect();
+    let (code, _, stderr) = run_binary(env!("CARGO_BIN_EXE_sluice-admin"), &["sync"], &vars);
+    (code, stderr)
+}
+
+#[actix_web::test]
+async fn every_binary_works_against_a_tls_only_redis_with_mutual_tls() {
+    let ca = TestCa::new("Sluice test CA");
+    let server = ca.server(&["localhost", "127.0.0.1"]);
+    // No plain-text port at all, and a client certificate required.
+    let redis = RedisServer::start_tls(RedisTls::new(&ca, &server, true));
+    let env = TestEnv::start_on_redis(redis, &[]).await;
+    assert!(env.env_vars()["SLUICE__REDIS__URL"].starts_with("rediss://localhost:"));
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", None).await;
+
+    // The api binary admits over TLS; the worker drains over TLS; sluice-admin syncs over TLS.
+    let (_api, base) = spawn_api_process(&env, None, &[]);
+    let reply = TestApi::at(&base)
+        .batch(
+            &key,
+            json!([event("page_view", "1"), event("page_view", "2")]),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let worker = env.spawn_worker(&[]);
+    worker.wait_ready(200).await;
+    assert_eq!(env.wait_for_events(2, 30).await, 2);
+    let (code, stderr) = admin_sync(&env, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // Without the client certificate the server refuses the connection.
+    let (code, stderr) = admin_sync(
+        &env,
+        &[
+            ("SLUICE__REDIS__TLS_CERT_FILE", ""),
+            ("SLUICE__REDIS__TLS_KEY_FILE", ""),
+        ],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot connect to Redis"), "{stderr}");
+}
+
+#[actix_web::test]
+async fn bad_redis_certificates_and_settings_are_refused_with_a_clear_error() {
+    let ca = TestCa::new("Sluice test CA");
+    let other_ca = TestCa::new("Someone else's CA");
+    let good = ca.server(&["localhost", "127.0.0.1"]);
+    let redis = RedisServer::start_tls(RedisTls::new(&ca, &good, false));
+    let port = redis.port;
+    let env = TestEnv::start_on_redis(redis, &[]).await;
+    let other_ca_file = other_ca.file();
+    let other_ca_file = other_ca_file.to_str().unwrap();
+
+    // The right CA: accepted (no client certificate needed by this server).
+    let (code, stderr) = admin_sync(&env, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // A certificate from a CA we do not trust; the system's roots do not know it either.
+    for ca_file in [other_ca_file, ""] {
+        let (code, stderr) = admin_sync(&env, &[("SLUICE__REDIS__TLS_CA_FILE", ca_file)]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("cannot connect to Redis") && stderr.contains("UnknownIssuer"),
+            "{stderr}"
+        );
+    }
+    // The api is not ready and answers 503: it never admits over an unverified connection.
+    let (_api, base) =
+        spawn_api_process(&env, None, &[("SLUICE__REDIS__TLS_CA_FILE", other_ca_file)]);
+    assert_eq!(TestApi::at(&base).get("/readyz").await.status, 503);
+
+    // Plain text to a TLS-only port.
+    let plain = format!("redis://127.0.0.1:{port}");
+    let (code, stderr) = admin_sync(
+        &env,
+        &[
+            ("SLUICE__REDIS__URL", plain.as_str()),
+            ("SLUICE__REDIS__TLS_CA_FILE", ""),
+        ],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+
+    // An expired certificate, and one issued for another host.
+    let expired = RedisServer::start_tls(RedisTls::new(
+        &ca,
+        &ca.expired_server(&["localhost", "127.0.0.1"]),
+        false,
+    ));
+    let (code, stderr) = admin_sync(&env, &[("SLUICE__REDIS__URL", expired.url().as_str())]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("certificate expired"), "{stderr}");
+    let elsewhere = ca.server(&["cache.example.com"]);
+    let misnamed = RedisServer::start_tls(RedisTls::new(&ca, &elsewhere, false));
+    let (code, stderr) = admin_sync(&env, &[("SLUICE__REDIS__URL", misnamed.url().as_str())]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not valid for name"), "{stderr}");
+
+    // Settings that cannot be right stop every binary at start, naming the variable.
+    let tls_url = env.env_vars()["SLUICE__REDIS__URL"].clone();
+    let insecure = format!("{tls_url}/#insecure");
+    // Any readable file: a key without its certificate is refused whatever it holds.
+    let key_file = other_ca_file;
+    for (vars, expected) in [
+        (
+            vec![("SLUICE__REDIS__URL", plain.as_str())],
+            "is not rediss://",
+        ),
+        (vec![("SLUICE__REDIS__URL", insecure.as_str())], "#insecure"),
+        (
+            vec![("SLUICE__REDIS__TLS_KEY_FILE", key_file)],
+            "go together",
+        ),
+        (
+            vec![("SLUICE__REDIS__TLS_CA_FILE", "/nonexistent/ca.pem")],
+            "SLUICE__REDIS__TLS_CA_FILE",
+        ),
+    ] {
+        let (code, stderr) = admin_sync(&env, &vars);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+        assert!(!stderr.contains(&tls_url), "never echo the URL: {stderr}");
+    }
+}
+
+#[actix_web::test]
+async fn a_redis_cluster_over_tls_ingests_and_drains() {
+    let ca = TestCa::new("Sluice test CA");
+    let server = ca.server(&["localhost", "127.0.0.1"]);
+    // Clients, the cluster bus and replication all over TLS, client certificates required.
+    let cluster = RedisCluster::start_tls(RedisTls::new(&ca, &server, true));
+    let env = TestEnv::start_on_cluster(&cluster, &[]).await;
+    assert!(env.env_vars()["SLUICE__REDIS__URL"].starts_with("rediss://"));
+    let mut keys = Vec::new();
+    for _ in 0..6 {
+        let (tenant, key) = env.tenant().await;
+        env.signal(&tenant, "page_view", "event", None).await;
+        keys.push(key);
+    }
+    let api = env.spawn_api().await;
+    for key in &keys {
+        let reply = api
+            .batch(
+                key,
+                json!([event("page_view", "1"), event("page_view", "2")]),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let worker = env.spawn_worker(&[]);
+    worker.wait_ready(200).await;
+    assert_eq!(env.wait_for_events(12, 60).await, 12);
 }

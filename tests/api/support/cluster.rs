@@ -2,33 +2,40 @@
 //! `redis-cli --cluster create … --cluster-replicas 1` (three masters, one replica each).
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::certs::RedisTls;
 use super::servers::{free_port, wait_until};
 
 pub struct RedisCluster {
     nodes: Vec<Node>,
+    /// TLS only (clients, the cluster bus and replication), with these certificates.
+    tls: Option<Arc<RedisTls>>,
 }
 
 struct Node {
     port: u16,
     child: Option<Child>,
     dir: TempDir,
+    tls: Option<Arc<RedisTls>>,
 }
 
 impl Node {
     fn spawn(&mut self) {
+        let port_args = match &self.tls {
+            Some(tls) => {
+                let mut args = tls.server_args(self.port);
+                args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+                args
+            }
+            None => vec!["--port".to_owned(), self.port.to_string()],
+        };
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-            ])
+            .args(port_args)
+            .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
             .args([
                 "--cluster-config-file",
                 "nodes.conf",
@@ -45,14 +52,15 @@ impl Node {
         self.child = Some(child);
         let port = self.port;
         wait_until("a cluster node to answer", || {
-            cli(port, &["PING"]).is_some_and(|o| o.trim() == "PONG")
+            cli(self.tls.as_deref(), port, &["PING"]).is_some_and(|o| o.trim() == "PONG")
         });
     }
 }
 
-/// Runs `redis-cli -p port args…`; its stdout when it exits 0.
-fn cli(port: u16, args: &[&str]) -> Option<String> {
+/// Runs `redis-cli -p port args…` (over TLS with `tls`); its stdout when it exits 0.
+fn cli(tls: Option<&RedisTls>, port: u16, args: &[&str]) -> Option<String> {
     let out = Command::new("redis-cli")
+        .args(tls.map(RedisTls::cli_args).unwrap_or_default())
         .arg("-p")
         .arg(port.to_string())
         .args(args)
@@ -65,11 +73,22 @@ fn cli(port: u16, args: &[&str]) -> Option<String> {
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A cluster that speaks TLS only, with the certificates of `tls` (issued for 127.0.0.1,
+    /// the address the nodes announce).
+    pub fn start_tls(tls: RedisTls) -> Self {
+        Self::start_with(Some(Arc::new(tls)))
+    }
+
+    fn start_with(tls: Option<Arc<RedisTls>>) -> Self {
         let mut nodes: Vec<Node> = (0..6)
             .map(|_| Node {
                 port: free_port(),
                 child: None,
                 dir: tempfile::tempdir().unwrap(),
+                tls: tls.clone(),
             })
             .collect();
         for node in &mut nodes {
@@ -80,6 +99,7 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let out = Command::new("redis-cli")
+            .args(tls.as_deref().map(RedisTls::cli_args).unwrap_or_default())
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -90,18 +110,40 @@ impl RedisCluster {
             "cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, tls };
         cluster.wait_healthy(Duration::from_secs(30));
         cluster
     }
 
     /// Seed URLs for `SLUICE__REDIS__URL`.
     pub fn seeds(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .map(|n| format!("{scheme}://127.0.0.1:{}", n.port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The `SLUICE__*` settings that reach it.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let mut vars = vec![
+            ("SLUICE__REDIS__MODE".to_owned(), "cluster".to_owned()),
+            ("SLUICE__REDIS__URL".to_owned(), self.seeds()),
+        ];
+        if let Some(tls) = &self.tls {
+            vars.extend(tls.settings());
+        }
+        vars
+    }
+
+    /// Runs `redis-cli` against the node on `port`.
+    fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        cli(self.tls.as_deref(), port, args)
     }
 
     fn live_port(&self) -> u16 {
@@ -120,8 +162,10 @@ impl RedisCluster {
             // Healthy: every live node sees all slots served, and every replica is in sync with its
             // master (a replica that never synced would refuse to take over).
             let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
-                let info = cli(n.port, &["CLUSTER", "INFO"]).unwrap_or_default();
-                let repl = cli(n.port, &["INFO", "replication"]).unwrap_or_default();
+                let info = self.cli(n.port, &["CLUSTER", "INFO"]).unwrap_or_default();
+                let repl = self
+                    .cli(n.port, &["INFO", "replication"])
+                    .unwrap_or_default();
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_ok:16384")
                     && (repl.contains("role:master") || repl.contains("master_link_status:up"))
@@ -133,7 +177,7 @@ impl RedisCluster {
                 Instant::now() < deadline,
                 "cluster not healthy in {within:?}: masters {:?}, info {:?}",
                 self.masters(),
-                cli(self.live_port(), &["CLUSTER", "INFO"]).map(|i| i
+                self.cli(self.live_port(), &["CLUSTER", "INFO"]).map(|i| i
                     .lines()
                     .take(6)
                     .collect::<Vec<_>>()
@@ -145,7 +189,9 @@ impl RedisCluster {
 
     /// (port, first slot, last slot) of every master serving slots.
     pub fn masters(&self) -> Vec<(u16, u16, u16)> {
-        let nodes = cli(self.live_port(), &["CLUSTER", "NODES"]).unwrap_or_default();
+        let nodes = self
+            .cli(self.live_port(), &["CLUSTER", "NODES"])
+            .unwrap_or_default();
         let mut masters = Vec::new();
         for line in nodes.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -170,7 +216,9 @@ impl RedisCluster {
 
     /// The port of the replica of master `master_port`.
     pub fn replica_of(&self, master_port: u16) -> u16 {
-        let nodes = cli(self.live_port(), &["CLUSTER", "NODES"]).unwrap_or_default();
+        let nodes = self
+            .cli(self.live_port(), &["CLUSTER", "NODES"])
+            .unwrap_or_default();
         let port_of = |f: &str| {
             f.split(['@', ':'])
                 .nth(1)
@@ -239,7 +287,7 @@ impl RedisCluster {
 
     /// Runs a command on the master holding `key`.
     pub fn on_key(&self, key: &str, args: &[&str]) -> Option<String> {
-        cli(self.master_of(sluice::keyspace::cluster_slot(key)), args)
+        self.cli(self.master_of(sluice::keyspace::cluster_slot(key)), args)
     }
 }
 

@@ -41,11 +41,11 @@ impl TestEnv {
 
     /// Like `start_with`, on a Redis Cluster (the standalone `redis` of the env is then unused).
     pub async fn start_on_cluster(cluster: &cluster::RedisCluster, vars: &[(&str, &str)]) -> Self {
-        let seeds = cluster.seeds();
-        let mut all: Vec<(&str, &str)> = vec![
-            ("SLUICE__REDIS__MODE", "cluster"),
-            ("SLUICE__REDIS__URL", seeds.as_str()),
-        ];
+        let settings = cluster.settings();
+        let mut all: Vec<(&str, &str)> = settings
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         all.extend_from_slice(vars);
         Self::start_on(RedisServer::start(), &all).await
     }
@@ -60,13 +60,18 @@ impl TestEnv {
         Self::start_on_both(redis, Postgres::start(), vars).await
     }
 
+    /// Like `start_with`, on a Redis of the caller's (one serving TLS only, say).
+    pub async fn start_on_redis(redis: RedisServer, vars: &[(&str, &str)]) -> Self {
+        Self::start_on(redis, vars).await
+    }
+
     async fn start_on_both(redis: RedisServer, pg: Postgres, vars: &[(&str, &str)]) -> Self {
         let mut map: HashMap<String, String> = HashMap::from([
-            ("SLUICE__REDIS__URL".into(), redis.url()),
             ("SLUICE__POSTGRES__URL".into(), pg.url("sluice")),
             ("SLUICE__API__WORKERS".into(), "1".into()),
             ("SLUICE__LOG__LEVEL".into(), "warn".into()),
         ]);
+        map.extend(redis.settings());
         for (k, v) in vars {
             map.insert(k.to_string(), v.to_string());
         }
@@ -119,7 +124,7 @@ impl TestEnv {
         actix_web::rt::spawn(api.server);
         TestApi {
             base: format!("http://{}", api.addr),
-            handle,
+            handle: Some(handle),
             client: client(),
         }
     }
@@ -228,7 +233,8 @@ pub fn client() -> awc::Client {
 /// A running api replica.
 pub struct TestApi {
     pub base: String,
-    handle: ServerHandle,
+    /// The in-process server, stopped on drop; `None` for a client of a `sluice-api` process.
+    handle: Option<ServerHandle>,
     client: awc::Client,
 }
 
@@ -258,6 +264,16 @@ impl Reply {
 }
 
 impl TestApi {
+    /// A client of the `sluice-api` process at `addr` (`host:port`, as `spawn_api_process`
+    /// returns it).
+    pub fn at(addr: &str) -> Self {
+        TestApi {
+            base: format!("http://{addr}"),
+            handle: None,
+            client: client(),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -312,8 +328,9 @@ impl TestApi {
 impl Drop for TestApi {
     fn drop(&mut self) {
         // Stops accepting and lets the workers go; the test's runtime ends right after.
-        let stopping = self.handle.stop(false);
-        actix_web::rt::spawn(stopping);
+        if let Some(handle) = &self.handle {
+            actix_web::rt::spawn(handle.stop(false));
+        }
     }
 }
 

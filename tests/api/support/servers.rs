@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::certs::RedisTls;
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -31,6 +33,8 @@ pub struct RedisServer {
     dir: TempDir,
     /// Append-only file with fsync on every write: a kill -9 loses nothing acknowledged.
     durable: bool,
+    /// TLS only, with these certificates.
+    pub tls: Option<RedisTls>,
 }
 
 impl RedisServer {
@@ -43,7 +47,16 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// A Redis that speaks TLS only, with the certificates of `tls`.
+    pub fn start_tls(tls: RedisTls) -> Self {
+        Self::start_with_tls(false, Some(tls))
+    }
+
     fn start_with(durable: bool) -> Self {
+        Self::start_with_tls(durable, None)
+    }
+
+    fn start_with_tls(durable: bool, tls: Option<RedisTls>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut server = RedisServer {
@@ -51,20 +64,44 @@ impl RedisServer {
             child: None,
             dir,
             durable,
+            tls,
         };
         server.spawn();
         server
     }
 
+    /// Its URL; with TLS, by the name its certificate is issued for.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            Some(_) => format!("rediss://localhost:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The `SLUICE__*` settings that reach it (its URL, and certificates with TLS).
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let mut vars = vec![("SLUICE__REDIS__URL".to_owned(), self.url())];
+        if let Some(tls) = &self.tls {
+            vars.extend(tls.settings());
+        }
+        vars
+    }
+
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.tls {
+            Some(tls) => redis::Client::build_with_tls(self.url(), tls.certificates()),
+            None => redis::Client::open(self.url()),
+        }
     }
 
     fn spawn(&mut self) {
+        let port_args = match &self.tls {
+            Some(tls) => tls.server_args(self.port),
+            None => vec!["--port".to_owned(), self.port.to_string()],
+        };
         let child = Command::new("redis-server")
+            .args(port_args)
             .args([
-                "--port",
-                &self.port.to_string(),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -85,8 +122,15 @@ impl RedisServer {
             .spawn()
             .expect("redis-server is installed (deploy/dev/install-deps.sh)");
         self.child = Some(child);
+        if self.tls.is_some() {
+            // Its certificate may be one the tests mean to be refused: wait for the port only.
+            wait_until("redis-server to listen", || {
+                std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            });
+            return;
+        }
         wait_until("redis-server to accept connections", || {
-            redis::Client::open(self.url())
+            self.client()
                 .and_then(|c| c.get_connection())
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                 .is_ok()
@@ -118,10 +162,7 @@ impl RedisServer {
 
     /// A synchronous connection, for inspecting state from tests.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        self.client().unwrap().get_connection().unwrap()
     }
 }
 
