@@ -102,6 +102,8 @@ pub struct ApiSettings {
     pub max_connections: usize,
     /// How long an idle keep-alive connection stays open.
     pub keep_alive: Duration,
+    /// How long the answer to a request with an `Idempotency-Key` is kept for replays.
+    pub idempotency_ttl: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -173,6 +175,9 @@ impl fmt::Debug for Secret {
         f.write_str("<redacted>")
     }
 }
+
+/// The longest an idempotency record may be kept: 7 days.
+const MAX_IDEMPOTENCY_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// The longest key-cache lifetime allowed: revocation must reach every replica within 5 s,
 /// and a cache miss itself may take up to the Redis timeout.
@@ -260,6 +265,7 @@ struct RawApi {
     body_timeout_ms: String,
     max_connections: String,
     keep_alive_secs: String,
+    idempotency_ttl_secs: String,
 }
 
 impl Default for RawApi {
@@ -274,6 +280,7 @@ impl Default for RawApi {
             body_timeout_ms: "10000".into(),
             max_connections: "10000".into(),
             keep_alive_secs: "30".into(),
+            idempotency_ttl_secs: "86400".into(),
         }
     }
 }
@@ -465,6 +472,16 @@ impl Settings {
                 keep_alive: Duration::from_secs(
                     get("api.keep_alive_secs", &a.keep_alive_secs)
                         .parsed("a whole number of seconds")?,
+                ),
+                idempotency_ttl: Duration::from_secs(
+                    get("api.idempotency_ttl_secs", &a.idempotency_ttl_secs).parse_with(|v| {
+                        match v.parse::<u64>() {
+                            Ok(secs) if (1..=MAX_IDEMPOTENCY_TTL_SECS).contains(&secs) => Ok(secs),
+                            _ => Err(format!(
+                                "must be a whole number of seconds from 1 to {MAX_IDEMPOTENCY_TTL_SECS} (7 days)"
+                            )),
+                        }
+                    })?,
                 ),
             },
             worker: WorkerSettings {

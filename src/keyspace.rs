@@ -61,6 +61,15 @@ impl Keyspace {
         )
     }
 
+    /// The recorded answer to a tenant's request with an `Idempotency-Key`, beside the tenant's
+    /// stream (same slot) so that the admission script writes both.
+    pub fn idempotency(&self, tenant: &str, key: &str) -> String {
+        format!(
+            "sluice:{}:idem:{tenant}:{key}",
+            Self::tag(self.partition_of(tenant))
+        )
+    }
+
     pub fn rate_limit(&self, tenant: &str, slug: &str) -> String {
         format!(
             "sluice:{}:rl:{tenant}:{slug}",

@@ -19,6 +19,7 @@ pub struct ApiMetrics {
     pub events_rate_limited: IntCounterVec,
     pub events_rejected: IntCounterVec,
     pub script_duration: HistogramVec,
+    pub idempotent_replays: IntCounter,
 }
 
 /// Buckets for request and script latency: 250 µs to 5 s.
@@ -117,6 +118,14 @@ impl ApiMetrics {
                 .register(Box::new(m.clone()))
                 .expect("unique metric");
         }
+        let idempotent_replays = IntCounter::new(
+            "sluice_idempotent_replays_total",
+            "Ingest requests answered with the recorded answer of an earlier request with the same Idempotency-Key (nothing admitted again).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(idempotent_replays.clone()))
+            .expect("unique metric");
         ApiMetrics {
             registry,
             http_requests,
@@ -125,6 +134,7 @@ impl ApiMetrics {
             events_rate_limited,
             events_rejected,
             script_duration,
+            idempotent_replays,
         }
     }
 

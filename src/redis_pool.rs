@@ -18,7 +18,7 @@
 //! roots) and the name connected to; on a cluster the same CA and client certificate serve every
 //! node the cluster names.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +36,10 @@ use crate::tls::TlsFiles;
 pub enum RedisError {
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// A write (a script) was handed to the connection but no answer came back: it may or may
+    /// not have run.
+    #[error("no answer from Redis after the write was sent: {0}")]
+    Unconfirmed(String),
     /// No connection could be made (refused, TLS handshake or certificate check failed, …).
     #[error("cannot connect to Redis: {0}")]
     Connect(redis::RedisError),
@@ -171,7 +175,7 @@ impl Redis {
 
     /// Runs one command.
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
-        self.with_connection(async |conn| Ok(cmd.query_async(conn).await?))
+        self.with_connection(false, async |conn| Ok(cmd.query_async(conn).await?))
             .await
     }
 
@@ -185,7 +189,7 @@ impl Redis {
         replicas: u32,
     ) -> Result<T, RedisError> {
         let wait_for = self.timeout / 2;
-        self.with_connection(async |conn| {
+        self.with_connection(true, async |conn| {
             let reply: T = script.invoke_async(conn).await?;
             if replicas > 0 {
                 let got = conn.wait_for_replicas(key, replicas, wait_for).await?;
@@ -207,27 +211,47 @@ impl Redis {
     }
 
     /// Runs `op` on a connection within the deadline; a connection that failed at the
-    /// transport level (or did not answer in time) is replaced.
+    /// transport level (or did not answer in time) is replaced. With `writes`, a deadline or a
+    /// transport failure once `op` has started is [`RedisError::Unconfirmed`]: what was sent
+    /// may have run.
     async fn with_connection<T>(
         &self,
+        writes: bool,
         op: impl AsyncFnOnce(&mut Conn) -> Result<T, RedisError>,
     ) -> Result<T, RedisError> {
         let slot = self.shared.next.fetch_add(1, Ordering::Relaxed) % self.shared.slots.len();
+        let sent = AtomicBool::new(false);
         let attempt = async {
             let mut conn = self.connection(slot).await?;
-            op(&mut conn).await.inspect_err(|e| {
-                if let RedisError::Command(e) = e
-                    && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
+            sent.store(true, Ordering::Relaxed);
+            op(&mut conn).await.map_err(|e| match e {
+                RedisError::Command(e)
+                    if e.is_io_error()
+                        || e.is_connection_dropped()
+                        || e.is_unrecoverable_error() =>
                 {
                     self.discard(slot);
+                    if writes {
+                        RedisError::Unconfirmed(e.to_string())
+                    } else {
+                        RedisError::Command(e)
+                    }
                 }
+                e => e,
             })
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
             Err(_) => {
                 self.discard(slot);
-                Err(RedisError::Timeout(self.timeout))
+                if writes && sent.load(Ordering::Relaxed) {
+                    Err(RedisError::Unconfirmed(format!(
+                        "did not answer within {:?}",
+                        self.timeout
+                    )))
+                } else {
+                    Err(RedisError::Timeout(self.timeout))
+                }
             }
         }
     }

@@ -39,11 +39,19 @@ pub enum ApiError {
         message: String,
         headers: RateHeaders,
     },
+    #[error("Idempotency-Key has already been used with a different request")]
+    IdempotencyKeyReused,
     #[error("Event store unavailable, please retry")]
     Unavailable(String),
+    /// The admission script was sent but its answer did not arrive: it may have run.
     #[error(
-        "Events were enqueued but not confirmed by enough Redis replicas; they may still be stored, \
-         so a retry may store them twice"
+        "Event store did not confirm in time; the events may have been accepted. Retry with the \
+         same Idempotency-Key to have them stored exactly once"
+    )]
+    Unconfirmed(String),
+    #[error(
+        "Events were enqueued but not confirmed by enough Redis replicas; they may still be stored. \
+         Retry with the same Idempotency-Key to have them stored exactly once"
     )]
     NotReplicated(String),
 }
@@ -69,8 +77,9 @@ impl ResponseError for ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::SignalsNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::NotReplicated(_) => {
+            ApiError::Unavailable(_) | ApiError::Unconfirmed(_) | ApiError::NotReplicated(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -82,7 +91,9 @@ impl ResponseError for ApiError {
             ApiError::RateLimited { headers, .. } => {
                 headers.apply(&mut response, true);
             }
-            ApiError::Unavailable(cause) | ApiError::NotReplicated(cause) => {
+            ApiError::Unavailable(cause)
+            | ApiError::Unconfirmed(cause)
+            | ApiError::NotReplicated(cause) => {
                 tracing::warn!(%cause, "answering 503");
                 response.insert_header((RETRY_AFTER, "1"));
             }
@@ -109,6 +120,7 @@ impl From<crate::redis_pool::RedisError> for ApiError {
             crate::redis_pool::RedisError::NotReplicated { .. } => {
                 ApiError::NotReplicated(e.to_string())
             }
+            crate::redis_pool::RedisError::Unconfirmed(_) => ApiError::Unconfirmed(e.to_string()),
             _ => ApiError::Unavailable(e.to_string()),
         }
     }

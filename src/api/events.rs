@@ -10,9 +10,10 @@ use serde::Serialize;
 use super::AppState;
 use super::auth::Principal;
 use super::error::ApiError;
+use super::idempotency;
 use super::rate_headers::RateHeaders;
 use crate::domain::{self, BodyError, Event};
-use crate::ingest::{Admitted, Outcome, Verdict};
+use crate::ingest::{Admitted, Idempotency, Outcome, Verdict};
 
 /// One accepted event in a response.
 #[derive(Serialize)]
@@ -51,9 +52,9 @@ pub async fn batch(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (principal, body) = read_authenticated(&req, payload, &state).await?;
-    let events = domain::parse_batch(&body).map_err(|e| state.rejected(e))?;
-    let admitted = admit(&principal, &state, &events, true).await?;
+    let request = read_authenticated(&req, payload, &state).await?;
+    let events = domain::parse_batch(&request.body).map_err(|e| state.rejected(e))?;
+    let admitted = admit(&request, &state, &events, true).await?;
     let headers = RateHeaders::of(&admitted);
 
     let mut data = Vec::with_capacity(events.len());
@@ -76,6 +77,7 @@ pub async fn batch(
     }
     let mut response = HttpResponse::Ok();
     headers.apply(&mut response, false);
+    mark_replay(&mut response, &admitted);
     Ok(response.json(BatchResponse {
         success: true,
         data,
@@ -88,10 +90,10 @@ pub async fn single(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (principal, body) = read_authenticated(&req, payload, &state).await?;
-    let event = domain::parse_single(&body).map_err(|e| state.rejected(e))?;
+    let request = read_authenticated(&req, payload, &state).await?;
+    let event = domain::parse_single(&request.body).map_err(|e| state.rejected(e))?;
     let events = [event];
-    let admitted = admit(&principal, &state, &events, false).await?;
+    let admitted = admit(&request, &state, &events, false).await?;
     let headers = RateHeaders::of(&admitted);
     let outcome = &admitted.events[0];
     if let Outcome::RateLimited { .. } = outcome {
@@ -102,19 +104,30 @@ pub async fn single(
     }
     let mut response = HttpResponse::Ok();
     headers.apply(&mut response, false);
+    mark_replay(&mut response, &admitted);
     Ok(response.json(SingleResponse {
         success: true,
         data: accepted_item(outcome, &events[0], &admitted),
     }))
 }
 
+/// An authenticated request, read whole.
+struct Request {
+    principal: Principal,
+    /// The body, decompressed.
+    body: String,
+    /// Its `Idempotency-Key`, with the request's fingerprint.
+    idempotency: Option<(String, String)>,
+}
+
 async fn read_authenticated(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<(Principal, String), ApiError> {
+) -> Result<Request, ApiError> {
     let principal = state.keys.authenticate(req, &state.redis).await?;
     req.extensions_mut().insert(principal.clone());
+    let key = idempotency::key_of(req)?;
     let body = super::body::read_json(
         req,
         payload,
@@ -122,12 +135,27 @@ async fn read_authenticated(
         state.settings.body_timeout,
     )
     .await?;
-    Ok((principal, body))
+    let idempotency = key.map(|key| {
+        let fingerprint =
+            Idempotency::fingerprint(req.method().as_str(), req.path(), body.as_bytes());
+        (key, fingerprint)
+    });
+    Ok(Request {
+        principal,
+        body,
+        idempotency,
+    })
+}
+
+fn mark_replay(response: &mut actix_web::HttpResponseBuilder, admitted: &Admitted) {
+    if admitted.replayed {
+        response.insert_header((idempotency::REPLAYED, "true"));
+    }
 }
 
 /// Runs the admission script and turns refusals into errors; counts the outcome.
 async fn admit(
-    principal: &Principal,
+    request: &Request,
     state: &AppState,
     events: &[Event<'_>],
     batch: bool,
@@ -137,9 +165,23 @@ async fn admit(
         .script_duration
         .with_label_values(&[] as &[&str])
         .start_timer();
+    let idempotency = request
+        .idempotency
+        .as_ref()
+        .map(|(key, fingerprint)| Idempotency {
+            key,
+            fingerprint: fingerprint.clone(),
+            ttl: state.settings.idempotency_ttl,
+        });
     let verdict = state
         .admission
-        .admit(&state.redis, &principal.tenant_id, events, Utc::now())
+        .admit(
+            &state.redis,
+            &request.principal.tenant_id,
+            events,
+            Utc::now(),
+            idempotency.as_ref(),
+        )
         .await;
     timer.observe_duration();
     let reject = |reason: &str| {
@@ -180,6 +222,12 @@ async fn admit(
                 })
                 .collect();
             Err(ApiError::Validation(errors))
+        }
+        Verdict::KeyReused => Err(ApiError::IdempotencyKeyReused),
+        Verdict::Admitted(admitted) if admitted.replayed => {
+            // Counted when first admitted; nothing was admitted now.
+            state.metrics.idempotent_replays.inc();
+            Ok(admitted)
         }
         Verdict::Admitted(admitted) => {
             // Tallied per signal first: one labelled-counter lookup per signal, not per event.

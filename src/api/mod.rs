@@ -7,6 +7,7 @@ mod auth;
 mod body;
 mod error;
 mod events;
+mod idempotency;
 mod rate_headers;
 
 pub use auth::Principal;

@@ -3,11 +3,16 @@
 //!
 //! This module builds the script's `KEYS`/`ARGV` from validated events and decodes its reply
 //! into a [`Verdict`]; it knows nothing of HTTP.
+//!
+//! With an `Idempotency-Key` the same script call records the answer (or replays the recorded
+//! one): see `lua/admit.lua` and [`Idempotency`].
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use redis::{Script, Value};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::config::Limits;
@@ -25,7 +30,67 @@ pub enum Verdict {
     NotFound(Vec<String>),
     /// Events that asked for a schema version their signal does not have. Nothing was written.
     BadVersions(Vec<BadVersion>),
+    /// The request's Idempotency-Key was used with a different request. Nothing was written.
+    KeyReused,
     Admitted(Admitted),
+}
+
+/// A request's `Idempotency-Key`, with what identifies the request sent under it.
+pub struct Idempotency<'a> {
+    /// The key as the client sent it (quotes removed), 1–255 visible ASCII characters.
+    pub key: &'a str,
+    /// What makes two requests the same: method, path and body (after decompression), hashed.
+    pub fingerprint: String,
+    /// How long the answer is kept for replays.
+    pub ttl: Duration,
+}
+
+impl Idempotency<'_> {
+    /// The fingerprint of a request: SHA-256 of its method, path and body, 128 bits in hex.
+    pub fn fingerprint(method: &str, path: &str, body: &[u8]) -> String {
+        let mut hash = Sha256::new();
+        for part in [method.as_bytes(), path.as_bytes(), body] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part);
+        }
+        hex(&hash.finalize()[..16])
+    }
+}
+
+/// The ids of a request's events. Without a key, fresh UUIDv7s. With one, UUIDv7s derived from
+/// the tenant, the key, the first receipt time and the event's position: a replay answers the
+/// same ids without storing them, they stay ordered by time (and by position within a request),
+/// and a key used again after its record expired gets new ones.
+fn event_ids(tenant: &str, key: Option<&str>, received_us: i64, count: usize) -> Vec<Uuid> {
+    let Some(key) = key else {
+        return (0..count).map(|_| Uuid::now_v7()).collect();
+    };
+    let millis = (received_us.div_euclid(1000)) as u64;
+    (0..count)
+        .map(|position| {
+            let mut hash = Sha256::new();
+            for part in [tenant.as_bytes(), key.as_bytes()] {
+                hash.update((part.len() as u64).to_be_bytes());
+                hash.update(part);
+            }
+            hash.update(received_us.to_be_bytes());
+            hash.update((position as u64).to_be_bytes());
+            let digest = hash.finalize();
+            let mut bytes = [0u8; 16];
+            bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+            // rand_a (12 bits): the position, so ids sort in request order.
+            bytes[6..8].copy_from_slice(&(position as u16 & 0x0fff).to_be_bytes());
+            bytes[8..].copy_from_slice(&digest[..8]);
+            uuid::Builder::from_bytes(bytes)
+                .with_version(uuid::Version::SortRand)
+                .with_variant(uuid::Variant::RFC4122)
+                .into_uuid()
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -49,6 +114,9 @@ pub struct Admitted {
     pub now: DateTime<Utc>,
     /// When the current window ends.
     pub reset: DateTime<Utc>,
+    /// The recorded answer to an earlier request with the same Idempotency-Key: nothing was
+    /// enqueued or counted this time.
+    pub replayed: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -91,13 +159,15 @@ impl Admission {
         }
     }
 
-    /// Runs the script for `events` of `tenant`, received at `received_at`.
+    /// Runs the script for `events` of `tenant`, received at `received_at`, with the request's
+    /// Idempotency-Key if it has one.
     pub async fn admit(
         &self,
         redis: &Redis,
         tenant: &str,
         events: &[Event<'_>],
         received_at: DateTime<Utc>,
+        idempotency: Option<&Idempotency<'_>>,
     ) -> Result<Verdict, RedisError> {
         // Distinct slugs in first-seen order; each event refers to its slug by number.
         let mut slug_numbers: HashMap<&str, usize> = HashMap::with_capacity(events.len());
@@ -112,7 +182,14 @@ impl Admission {
             })
             .collect();
 
-        let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+        // Whole microseconds: the receipt time in the entries and the one ids derive from agree.
+        let received_us = received_at.timestamp_micros();
+        let received_at = Utc
+            .timestamp_micros(received_us)
+            .single()
+            .unwrap_or(received_at);
+        let key = idempotency.map(|i| i.key);
+        let ids = event_ids(tenant, key, received_us, events.len());
 
         let mut call = self.script.prepare_invoke();
         call.key(self.keyspace.registry(tenant));
@@ -124,9 +201,19 @@ impl Admission {
         call.arg(tenant)
             .arg(self.limits.event)
             .arg(self.limits.metric)
-            .arg(self.limits.state)
-            .arg(slugs.len())
-            .arg(&slugs);
+            .arg(self.limits.state);
+        match idempotency {
+            Some(i) => {
+                call.key(self.keyspace.idempotency(tenant, i.key));
+                call.arg(i.ttl.as_millis().max(1) as u64)
+                    .arg(&i.fingerprint)
+                    .arg(received_us);
+            }
+            None => {
+                call.arg(0).arg("").arg("");
+            }
+        }
+        call.arg(slugs.len()).arg(&slugs);
         let received = entry::timestamp(received_at);
         let requested: Vec<u32> = events
             .iter()
@@ -143,7 +230,9 @@ impl Admission {
         }
 
         let reply: Value = redis.invoke(&call, &stream, self.min_replicas_ack).await?;
-        decode(reply, &slugs, &event_slugs, &requested, ids).map_err(|why| {
+        let replay_ids =
+            |first_received_us| event_ids(tenant, key, first_received_us, events.len());
+        decode(reply, &slugs, &event_slugs, &requested, ids, replay_ids).map_err(|why| {
             RedisError::Command(redis::RedisError::from((
                 redis::ErrorKind::Parse,
                 "unexpected reply from admit.lua",
@@ -153,13 +242,15 @@ impl Admission {
     }
 }
 
-/// Decodes the script's reply. `requested` holds each event's requested version (0: latest).
+/// Decodes the script's reply. `requested` holds each event's requested version (0: latest);
+/// `replay_ids` gives the ids of a replayed answer from its first receipt time.
 fn decode(
     reply: Value,
     slugs: &[&str],
     event_slugs: &[usize],
     requested: &[u32],
     ids: Vec<Uuid>,
+    replay_ids: impl FnOnce(i64) -> Vec<Uuid>,
 ) -> Result<Verdict, String> {
     let Value::Array(items) = reply else {
         return Err(format!("not an array: {reply:?}"));
@@ -187,12 +278,22 @@ fn decode(
             })
             .collect::<Result<_, String>>()
             .map(Verdict::BadVersions),
-        "ok" => {
+        "conflict" => Ok(Verdict::KeyReused),
+        "ok" | "replay" => {
+            let replayed = tag == "replay";
             let mut it = ints.into_iter();
             let now_s = int(it.next())?;
             let now_us = int(it.next())?;
             let reset_s = int(it.next())?;
             let flags = text(it.next())?;
+            let ids = if replayed {
+                let first: i64 = text(it.next())?
+                    .parse()
+                    .map_err(|e| format!("recorded receipt time: {e}"))?;
+                replay_ids(first)
+            } else {
+                ids
+            };
             let mut signals = Vec::with_capacity(slugs.len());
             let mut latest = Vec::with_capacity(slugs.len());
             for _ in slugs {
@@ -238,6 +339,7 @@ fn decode(
                 signals,
                 now,
                 reset,
+                replayed,
             }))
         }
         other => Err(format!("unknown reply tag {other:?}")),

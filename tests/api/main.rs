@@ -6,6 +6,7 @@ mod cluster;
 mod errors;
 mod faults;
 mod hostile;
+mod idempotency;
 mod ingest;
 mod limits;
 mod ops;

@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod cluster;
+pub mod proxy;
 pub mod servers;
 
 use std::collections::HashMap;
