@@ -52,6 +52,9 @@ struct Args {
     /// Requests per second over all connections; unlimited when absent.
     #[arg(long)]
     rate: Option<f64>,
+    /// Send a fresh Idempotency-Key with every request (each is recorded for replays).
+    #[arg(long)]
+    idempotency_keys: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -95,6 +98,10 @@ async fn connection(args: Args, conn: usize, start_measuring: Instant, stop_at: 
     );
     let key = format!("Bearer {}", args.keys[conn % args.keys.len()]);
     let bodies = bodies(&args, conn);
+    // Keys unique to this run, so a second run against the same Redis replays nothing.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .connector(awc::Connector::new().limit(1))
@@ -119,13 +126,15 @@ async fn connection(args: Args, conn: usize, start_measuring: Instant, stop_at: 
         }
         let body = bodies[n % bodies.len()].clone();
         n += 1;
-        let sent = Instant::now();
-        let result = client
+        let mut request = client
             .post(&url)
             .insert_header(("Authorization", key.as_str()))
-            .insert_header(("Content-Type", "application/json"))
-            .send_body(body)
-            .await;
+            .insert_header(("Content-Type", "application/json"));
+        if args.idempotency_keys {
+            request = request.insert_header(("Idempotency-Key", format!("{run}-{conn}-{n}")));
+        }
+        let sent = Instant::now();
+        let result = request.send_body(body).await;
         let (status, accepted) = match result {
             Ok(mut res) => {
                 let status = res.status().as_u16();

@@ -495,4 +495,14 @@ async fn a_record_of_a_100_event_request_costs_under_1_kib() {
         println!("record for a {}-character key: {bytes} bytes", idem.len());
         assert!(bytes <= 1024, "{bytes} bytes");
     }
+    // For the capacity arithmetic of docs/operations.md: the smallest request.
+    let idem = "1c9d3e0a-5b6f-4a7e-8c9d-0e1f2a3b4c5d";
+    let reply = send(&api, "/v1/events/batch", &key, Some(idem), &batch(&["one"])).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let bytes: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(keyspace.idempotency(&tenant, idem))
+        .query(&mut conn)
+        .unwrap();
+    println!("record of a 1-event request: {bytes} bytes");
 }
