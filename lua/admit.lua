@@ -5,6 +5,11 @@
 -- The shebang line makes Redis (>= 7) refuse the whole script up front when it is out of
 -- memory, instead of failing half-way through its writes.
 --
+-- The script works per signal, never per event: the api sends, for each distinct signal of the
+-- request, how many events name it and the highest schema version they ask for, plus all the
+-- events as one JSON array it has already built. What the script does costs the same for 1 event
+-- as for 100: a few reads, one XADD, one counter write per signal.
+--
 -- KEYS[1]        registry hash of the tenant         sluice:{pNN}:reg:<tenant>
 -- KEYS[2]        the tenant's partition stream       sluice:{pNN}:events
 -- KEYS[2+s]      rate-limit hash of distinct slug s  sluice:{pNN}:rl:<tenant>:<slug>   (s = 1..S)
@@ -16,35 +21,34 @@
 -- ARGV[6]        with a key: the request's fingerprint (method, path and body, hashed)
 -- ARGV[7]        with a key: when the api received the request, microseconds since the epoch
 -- ARGV[8]        S, the number of distinct slugs (in first-seen order)
--- ARGV[9..8+S]   the slugs
--- then 3 values per event, in request order:
---                slug number s, requested schema version (0 = latest), event JSON (with its id)
+-- then 3 values per slug s:  the slug, how many events name it, the highest version asked (0 = latest only)
+-- ARGV[9+3S]     the events: the entry's b field (src/stream/entry.rs)
 --
 -- Reply, one of:
 --   {"notfound", s, ...}             slugs (by number) unknown or inactive for the tenant
---   {"badversion", e, v, n, ...}     event e (1-based) asked for version v; its signal has n
+--   {"badversion", s, latest, ...}   slugs some of whose events ask for a version above latest
 --   {"conflict"}                     the key was used with a different request; nothing written
---   {"ok", now_s, now_us, reset_s, admitted, then per slug: id, type, limit, remaining, latest}
---       admitted: one character per event, "1" admitted or "0" rate limited
+--   {"ok", now_s, now_us, reset_s, then per slug: id, type, limit, remaining, latest, admitted}
+--       admitted: how many of the slug's events (the first ones, in request order) got in
 --       remaining: what the slug's window has left after this request
---   {"replay", now_s, now_us, reset_s, admitted, received_us, then per slug as for "ok"}
---       the recorded answer (admitted, the signals' ids, types and latest versions, and the
---       first request's receipt time, from which the api derives the same event ids) with the
---       current windows; nothing written, nothing counted
+--   {"replay", now_s, now_us, reset_s, received_us, then per slug as for "ok"}
+--       the recorded answer (signals and admitted counts, and the first request's receipt time,
+--       from which the api derives the same event ids) with the current windows; nothing
+--       written, nothing counted
 --
--- Each admitted event becomes one stream entry of two fields, few so that XADD stays cheap:
---   m   "<tenant>|<signal id>|<signal type>|<resolved schema version, 0 = none>"
---   e   the event JSON built by the api
+-- When anything is admitted, the request becomes one stream entry (src/stream/entry.rs):
+--   t   the tenant
+--   s   per slug "<id>,<type>,<latest>,<admitted>", joined by ";"
+--   b   the events, as the api sent them (rate-limited ones included; the worker skips them)
 --
--- The idempotency record is one string, "<fingerprint>|<received_us>|<admitted>|<signals>",
--- signals being "<id>,<type>,<latest>" per slug joined by ";": about 200 bytes for 100 events of
--- one signal. It is written only when at least one event is admitted, so a refused request (404,
--- 400, 429) leaves the key free for a later attempt.
+-- The idempotency record is one string, "<fingerprint>|<received_us>|<s field>": under 200 bytes
+-- for a request of one signal, whatever its size. It is written only when at least one event is
+-- admitted, so a refused request (404, 400, 429) leaves the key free for a later attempt.
 --
 -- Atomicity: everything is read and checked before the first write, so a refused request
--- writes nothing; then each admitted event is XADDed and its slug's counter is raised by exactly
--- the number XADDed, and the record is set. Nothing is counted that is not enqueued, nor
--- enqueued that is not counted, nor enqueued without its record.
+-- writes nothing; then the entry is XADDed, each slug's counter is raised by exactly the number
+-- admitted, and the record is set. Nothing is counted that is not enqueued, nor enqueued that is
+-- not counted, nor enqueued without its record.
 --
 -- Windows are fixed 60-second windows aligned to the UTC minute of Redis's own clock (TIME), so
 -- every api replica agrees. The counter hash keeps its window start; a stale window reads as 0.
@@ -55,9 +59,12 @@ local record_ttl = tonumber(ARGV[5])
 local fingerprint = ARGV[6]
 local received = ARGV[7]
 local nslugs = tonumber(ARGV[8])
-local first_slug = 9
-local first_event = first_slug + nslugs
+local events = ARGV[9 + 3 * nslugs]
 local record_key = KEYS[3 + nslugs]
+
+local function slug(s) return ARGV[6 + 3 * s] end
+local function count(s) return tonumber(ARGV[7 + 3 * s]) end
+local function asked(s) return tonumber(ARGV[8 + 3 * s]) end
 
 -- The current window of Redis's clock, and what each slug has used of it.
 local function windows()
@@ -79,19 +86,18 @@ end
 if record_ttl > 0 then
   local record = redis.call('GET', record_key)
   if record then
-    local fp, rec_received, rec_flags, rec_signals =
-      string.match(record, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+    local fp, rec_received, rec_signals = string.match(record, '^([^|]*)|([^|]*)|(.*)$')
     if fp ~= fingerprint then
       return { 'conflict' }
     end
     local now, window, used = windows()
-    local reply = { 'replay', tonumber(now[1]), tonumber(now[2]), window + 60, rec_flags, rec_received }
+    local reply = { 'replay', tonumber(now[1]), tonumber(now[2]), window + 60, rec_received }
     local s = 0
-    for id, typ, latest in string.gmatch(rec_signals, '([^,;]*),([^,;]*),([^,;]*)') do
+    for id, typ, latest, admitted in string.gmatch(rec_signals, '([^,;]*),([^,;]*),([^,;]*),([^,;]*)') do
       s = s + 1
       -- The limit in force now (the signal may have changed since), for the headers.
       local limit = defaults[typ] or 0
-      local packed = redis.call('HGET', KEYS[1], ARGV[first_slug - 1 + s])
+      local packed = redis.call('HGET', KEYS[1], slug(s))
       if packed then
         limit = tonumber(string.match(packed, '^[^|]*|[^|]*|[^|]*|([^|]*)|')) or limit
       end
@@ -100,6 +106,7 @@ if record_ttl > 0 then
       reply[#reply + 1] = limit
       reply[#reply + 1] = math.max(limit - (used[s] or 0), 0)
       reply[#reply + 1] = tonumber(latest)
+      reply[#reply + 1] = tonumber(admitted)
     end
     return reply
   end
@@ -109,7 +116,7 @@ end
 local signals = {}
 local missing = {}
 for s = 1, nslugs do
-  local packed = redis.call('HGET', KEYS[1], ARGV[first_slug - 1 + s])
+  local packed = redis.call('HGET', KEYS[1], slug(s))
   local sig = nil
   if packed then
     local id, typ, active, limit, versions = string.match(packed, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
@@ -134,85 +141,56 @@ if #missing > 0 then
   return reply
 end
 
--- 2. Check requested schema versions.
+-- 2. Check requested schema versions (the api names the events).
 local bad = { 'badversion' }
-local e = 0
-for i = first_event, #ARGV, 3 do
-  e = e + 1
-  local v = tonumber(ARGV[i + 1])
-  if v > 0 then
-    local sig = signals[tonumber(ARGV[i])]
-    if v > sig.latest then
-      bad[#bad + 1] = e
-      bad[#bad + 1] = v
-      bad[#bad + 1] = sig.latest
-    end
+for s = 1, nslugs do
+  if asked(s) > signals[s].latest then
+    bad[#bad + 1] = s
+    bad[#bad + 1] = signals[s].latest
   end
 end
 if #bad > 1 then
   return bad
 end
 
--- 3. Read the current windows.
-local now, window, used_of = windows()
-local now_s = tonumber(now[1])
+-- 3. Admit, per slug, the first events its window still has room for.
+local now, window, used = windows()
 local reset = window + 60
-local remaining = {}
-local admitted_of = {}
-for s = 1, nslugs do
-  remaining[s] = math.max(signals[s].limit - used_of[s], 0)
-  admitted_of[s] = 0
-end
-
--- 4. Admit in request order until each slug's window is full; enqueue what is admitted.
-local flags = {}
-local metas = {}
-for i = first_event, #ARGV, 3 do
-  local s = tonumber(ARGV[i])
-  if remaining[s] > 0 then
-    local v = ARGV[i + 1]
-    local key = ARGV[i] .. ':' .. v
-    local meta = metas[key]
-    if not meta then
-      local sig = signals[s]
-      if v == '0' then v = sig.latest end
-      meta = tenant .. '|' .. sig.id .. '|' .. sig.type .. '|' .. v
-      metas[key] = meta
-    end
-    redis.call('XADD', KEYS[2], '*', 'm', meta, 'e', ARGV[i + 2])
-    remaining[s] = remaining[s] - 1
-    admitted_of[s] = admitted_of[s] + 1
-    flags[#flags + 1] = '1'
-  else
-    flags[#flags + 1] = '0'
-  end
-end
-
--- 5. Count exactly what was enqueued; with a key, record the answer.
+local admitted = {}
 local any = false
 for s = 1, nslugs do
-  if admitted_of[s] > 0 then
-    any = true
-    redis.call('HSET', KEYS[2 + s], 'w', window, 'n', used_of[s] + admitted_of[s])
-    redis.call('EXPIREAT', KEYS[2 + s], reset + 60)
-  end
-end
-if record_ttl > 0 and any then
-  local parts = {}
-  for s = 1, nslugs do
-    parts[s] = signals[s].id .. ',' .. signals[s].type .. ',' .. signals[s].latest
-  end
-  local record = fingerprint .. '|' .. received .. '|' .. table.concat(flags) .. '|' .. table.concat(parts, ';')
-  redis.call('SET', record_key, record, 'PX', record_ttl)
+  admitted[s] = math.min(count(s), math.max(signals[s].limit - used[s], 0))
+  any = any or admitted[s] > 0
 end
 
-local reply = { 'ok', now_s, tonumber(now[2]), reset, table.concat(flags) }
+-- 4. Enqueue, count exactly what was enqueued, and with a key record the answer.
+local parts = {}
+for s = 1, nslugs do
+  local sig = signals[s]
+  parts[s] = sig.id .. ',' .. sig.type .. ',' .. sig.latest .. ',' .. admitted[s]
+end
+local described = table.concat(parts, ';')
+if any then
+  redis.call('XADD', KEYS[2], '*', 't', tenant, 's', described, 'b', events)
+  for s = 1, nslugs do
+    if admitted[s] > 0 then
+      redis.call('HSET', KEYS[2 + s], 'w', window, 'n', used[s] + admitted[s])
+      redis.call('EXPIREAT', KEYS[2 + s], reset + 60)
+    end
+  end
+  if record_ttl > 0 then
+    redis.call('SET', record_key, fingerprint .. '|' .. received .. '|' .. described, 'PX', record_ttl)
+  end
+end
+
+local reply = { 'ok', tonumber(now[1]), tonumber(now[2]), reset }
 for s = 1, nslugs do
   local sig = signals[s]
   reply[#reply + 1] = sig.id
   reply[#reply + 1] = sig.type
   reply[#reply + 1] = sig.limit
-  reply[#reply + 1] = remaining[s]
+  reply[#reply + 1] = math.max(sig.limit - used[s] - admitted[s], 0)
   reply[#reply + 1] = sig.latest
+  reply[#reply + 1] = admitted[s]
 end
 return reply

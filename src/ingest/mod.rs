@@ -19,7 +19,7 @@ use crate::config::Limits;
 use crate::domain::{Event, SchemaVersion, SignalType};
 use crate::keyspace::Keyspace;
 use crate::redis_pool::{Redis, RedisError};
-use crate::stream::entry::{self, StreamEvent};
+use crate::stream::entry;
 
 static ADMIT_LUA: &str = include_str!("../../lua/admit.lua");
 
@@ -190,6 +190,19 @@ impl Admission {
             .unwrap_or(received_at);
         let key = idempotency.map(|i| i.key);
         let ids = event_ids(tenant, key, received_us, events.len());
+        let requested: Vec<u32> = events
+            .iter()
+            .map(|e| match e.version {
+                SchemaVersion::Latest => 0,
+                SchemaVersion::Exact(v) => v,
+            })
+            .collect();
+        // Per slug: how many events name it, and the highest version they ask for.
+        let mut per_slug = vec![(0u32, 0u32); slugs.len()];
+        for (&slug, &version) in event_slugs.iter().zip(&requested) {
+            per_slug[slug].0 += 1;
+            per_slug[slug].1 = per_slug[slug].1.max(version);
+        }
 
         let mut call = self.script.prepare_invoke();
         call.key(self.keyspace.registry(tenant));
@@ -213,21 +226,17 @@ impl Admission {
                 call.arg(0).arg("").arg("");
             }
         }
-        call.arg(slugs.len()).arg(&slugs);
-        let received = entry::timestamp(received_at);
-        let requested: Vec<u32> = events
-            .iter()
-            .map(|e| match e.version {
-                SchemaVersion::Latest => 0,
-                SchemaVersion::Exact(v) => v,
-            })
-            .collect();
-        for (((event, slug), version), id) in
-            events.iter().zip(&event_slugs).zip(&requested).zip(&ids)
-        {
-            let payload = StreamEvent::from_event(*id, event, &received).to_json();
-            call.arg(slug + 1).arg(version).arg(payload);
+        call.arg(slugs.len());
+        for (slug, (count, asked)) in slugs.iter().zip(&per_slug) {
+            call.arg(slug).arg(count).arg(asked);
         }
+        call.arg(entry::events_field(
+            events,
+            &event_slugs,
+            &requested,
+            &ids,
+            received_at,
+        ));
 
         let reply: Value = redis.invoke(&call, &stream, self.min_replicas_ack).await?;
         let replay_ids =
@@ -264,20 +273,31 @@ fn decode(
             .map(|v| slug_at(slugs, int(Some(v))? as usize).map(str::to_owned))
             .collect::<Result<_, _>>()
             .map(Verdict::NotFound),
-        "badversion" => ints
-            .chunks(3)
-            .map(|c| {
-                let index = int(c.first().cloned())? as usize - 1;
-                let slug = event_slugs.get(index).ok_or("event index out of range")?;
-                Ok(BadVersion {
-                    index,
-                    slug: slugs[*slug].to_owned(),
-                    requested: int(c.get(1).cloned())? as u32,
-                    available: int(c.get(2).cloned())? as u32,
-                })
-            })
-            .collect::<Result<_, String>>()
-            .map(Verdict::BadVersions),
+        "badversion" => {
+            // Per refused slug its latest version; the events above it are the bad ones.
+            let mut latest: Vec<Option<u32>> = vec![None; slugs.len()];
+            for pair in ints.chunks(2) {
+                let slug = int(pair.first().cloned())? as usize;
+                slug_at(slugs, slug)?;
+                latest[slug - 1] = Some(int(pair.get(1).cloned())? as u32);
+            }
+            Ok(Verdict::BadVersions(
+                event_slugs
+                    .iter()
+                    .zip(requested)
+                    .enumerate()
+                    .filter_map(|(index, (&slug, &asked))| {
+                        let available = latest[slug]?;
+                        (asked > available).then(|| BadVersion {
+                            index,
+                            slug: slugs[slug].to_owned(),
+                            requested: asked,
+                            available,
+                        })
+                    })
+                    .collect(),
+            ))
+        }
         "conflict" => Ok(Verdict::KeyReused),
         "ok" | "replay" => {
             let replayed = tag == "replay";
@@ -285,7 +305,6 @@ fn decode(
             let now_s = int(it.next())?;
             let now_us = int(it.next())?;
             let reset_s = int(it.next())?;
-            let flags = text(it.next())?;
             let ids = if replayed {
                 let first: i64 = text(it.next())?
                     .parse()
@@ -296,6 +315,7 @@ fn decode(
             };
             let mut signals = Vec::with_capacity(slugs.len());
             let mut latest = Vec::with_capacity(slugs.len());
+            let mut admitted = Vec::with_capacity(slugs.len());
             for _ in slugs {
                 signals.push(SignalWindow {
                     id: text(it.next())?,
@@ -304,29 +324,31 @@ fn decode(
                     remaining: int(it.next())? as u32,
                 });
                 latest.push(int(it.next())? as u32);
+                admitted.push(int(it.next())? as u32);
             }
-            if flags.len() != event_slugs.len() {
-                return Err(format!(
-                    "{} flags for {} events",
-                    flags.len(),
-                    event_slugs.len()
-                ));
-            }
-            let events = flags
-                .bytes()
-                .zip(event_slugs)
+            // The first `admitted` events of each signal, in request order, got in.
+            let mut seen = vec![0u32; slugs.len()];
+            let events = event_slugs
+                .iter()
                 .zip(requested)
                 .zip(ids)
-                .map(|(((flag, &signal), &version), id)| match flag {
-                    b'1' => Outcome::Accepted {
-                        id,
-                        signal,
-                        // The script enqueued the requested version, or the latest for "latest"
-                        // (0: the signal has no schema).
-                        schema_version: Some(if version > 0 { version } else { latest[signal] })
+                .map(|((&signal, &version), id)| {
+                    seen[signal] += 1;
+                    if seen[signal] <= admitted[signal] {
+                        Outcome::Accepted {
+                            id,
+                            signal,
+                            // The version asked for, or the latest for "latest" (0: no schema).
+                            schema_version: Some(if version > 0 {
+                                version
+                            } else {
+                                latest[signal]
+                            })
                             .filter(|&v| v > 0),
-                    },
-                    _ => Outcome::RateLimited { signal },
+                        }
+                    } else {
+                        Outcome::RateLimited { signal }
+                    }
                 })
                 .collect::<Vec<_>>();
             let now = Utc

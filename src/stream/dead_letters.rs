@@ -40,18 +40,64 @@ impl From<deadpool_postgres::PoolError> for DeadLetterError {
     }
 }
 
-/// Records `entry` as a dead letter with the reason, then acknowledges it: in `dead_letters`
-/// (again for an entry recorded before: the reason and count are updated), then on its
-/// partition's dead stream, then `XACK`. Each step is idempotent, so a retry after a failure at
-/// any step records the entry once.
+/// One event of a many-event entry, dead-lettered alone: its position in the entry and its
+/// fields as a one-event entry (`EntryEvent::alone`).
+pub struct OneEvent<'a> {
+    pub position: usize,
+    pub fields: &'a [(&'static str, String); 2],
+}
+
+/// Records `entry` (or, with `event`, that one event of it) as a dead letter with the reason:
+/// in `dead_letters` (again for one recorded before: the reason and count are updated), then on
+/// its partition's dead stream; a whole entry is then acknowledged (an event's entry is
+/// acknowledged by the caller once its other events are stored). Each step is idempotent, so a
+/// retry after a failure at any step records it once.
 pub async fn record(
     pg: &Pool,
     consumer: &Consumer,
     entry: &RawEntry,
+    event: Option<OneEvent<'_>>,
     reason: &str,
     deliveries: u64,
 ) -> Result<(), DeadLetterError> {
     let stream = Keyspace::stream(entry.partition);
+    let (entry_id, event_id, tenant, fields): (String, _, _, Vec<(String, Vec<u8>)>) = match &event
+    {
+        Some(one) => {
+            let [(_, m), (_, e)] = one.fields;
+            (
+                format!("{}/{}", entry.entry_id, one.position),
+                super::event_id_of(e),
+                m.split('|').next().map(str::to_owned),
+                one.fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+            )
+        }
+        None => (
+            entry.entry_id.clone(),
+            entry.event_id(),
+            entry.tenant(),
+            entry
+                .fields
+                .iter()
+                .map(|(k, v)| match v {
+                    RedisValue::BulkString(b) => (k.clone(), b.clone()),
+                    other => (k.clone(), format!("{other:?}").into_bytes()),
+                })
+                .collect(),
+        ),
+    };
+    let raw: serde_json::Map<String, Value> = fields
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                Value::String(String::from_utf8_lossy(v).into_owned()),
+            )
+        })
+        .collect();
     let client = pg.get().await?;
     client
         .execute(
@@ -60,42 +106,33 @@ pub async fn record(
              ON CONFLICT (stream, entry_id) DO UPDATE SET error = excluded.error, deliveries = excluded.deliveries",
             &[
                 &stream,
-                &entry.entry_id,
-                &entry.event_id(),
-                &entry.tenant(),
-                &entry.fields_json(),
+                &entry_id,
+                &event_id,
+                &tenant,
+                &Value::Object(raw).to_string(),
                 &reason,
                 &(deliveries.min(i32::MAX as u64) as i32),
             ],
         )
         .await?;
-    consumer
-        .redis()
-        .query::<String>(&dead_stream_entry(entry, reason))
-        .await?;
-    consumer.ack(std::slice::from_ref(entry)).await?;
-    Ok(())
-}
-
-/// The `XADD` of `entry` to its partition's dead stream: its fields, its entry id and the reason.
-fn dead_stream_entry(entry: &RawEntry, reason: &str) -> redis::Cmd {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(Keyspace::dead_stream(entry.partition))
         .arg("MAXLEN")
         .arg("~")
         .arg(DEAD_STREAM_LEN)
         .arg("*");
-    for (k, v) in &entry.fields {
-        match v {
-            RedisValue::BulkString(b) => cmd.arg(k).arg(b.as_slice()),
-            other => cmd.arg(k).arg(format!("{other:?}")),
-        };
+    for (k, v) in &fields {
+        cmd.arg(k).arg(v.as_slice());
     }
     cmd.arg("dead_entry_id")
-        .arg(&entry.entry_id)
+        .arg(&entry_id)
         .arg("dead_error")
         .arg(reason);
-    cmd
+    consumer.redis().query::<String>(&cmd).await?;
+    if event.is_none() {
+        consumer.ack(std::slice::from_ref(entry)).await?;
+    }
+    Ok(())
 }
 
 /// Dead letters, newest first; replayed ones only when `all`.

@@ -1,16 +1,31 @@
 //! The stream entry format: the api writes it (with `lua/admit.lua`), the worker reads it.
 //!
-//! An entry has two fields, few so that `XADD` inside the admission script stays cheap:
+//! One entry holds every event one request admitted (all of one tenant, so of one partition),
+//! so the admission script does a handful of commands whatever the batch size, and never looks
+//! inside the events. Three fields:
 //!
-//! - `m`: `<tenant>|<signal id>|<signal type>|<schema version>`, set by the admission script
-//!   (the version resolved from "latest"; 0 when the signal has no schema);
-//! - `e`: this JSON object, built by the api:
+//! - `t`: the tenant id;
+//! - `s`: the request's distinct signals, in the order the events first name them, joined by
+//!   `;`, each `<signal id>,<signal type>,<latest schema version, 0 = none>,<admitted>`, set by
+//!   the admission script; `admitted` is how many of the signal's events the rate limit let in;
+//! - `b`: a JSON array of the request's events, written by the api before admission, each
+//!   [`StreamEvent`] with `n` (its signal's position in `s`, from 1) and `v` (the schema version
+//!   asked for, 0 = latest):
 //!
 //! ```json
-//! {"id":"0193…","identity_type":"account","identity_id":"acc-1","data":{...},
-//!  "occurred_at":"2026-11-26T10:15:00.000000Z","received_at":"2026-11-26T10:15:00.123456Z",
-//!  "reference":"evt-001"}
+//! [{"n":1,"v":0,"id":"0193…","identity_type":"account","identity_id":"acc-1","data":{...},
+//!   "occurred_at":"2026-11-26T10:15:00.000000Z","received_at":"2026-11-26T10:15:00.123456Z",
+//!   "reference":"evt-001"}, …]
 //! ```
+//!
+//! An event is admitted when it is among the first `admitted` events of its signal in the
+//! array (the limit admits in request order); the others were rate limited and are skipped.
+//!
+//! Entries of the earlier layout, one event each, are still read (a rolling upgrade leaves some
+//! in the streams, and dead letters are kept and replayed in it):
+//!
+//! - `m`: `<tenant>|<signal id>|<signal type>|<schema version>` ([`Meta`]);
+//! - `e`: one [`StreamEvent`] (without `n` and `v`).
 
 use std::borrow::Cow;
 
@@ -21,14 +36,26 @@ use uuid::Uuid;
 
 use crate::domain::{Event, SignalType};
 
-/// The meta field of an entry.
+/// The tenant field of an entry.
+pub const TENANT: &str = "t";
+/// The signals field of an entry.
+pub const SIGNALS: &str = "s";
+/// The events field of an entry.
+pub const EVENTS: &str = "b";
+/// The meta field of a one-event entry.
 pub const META: &str = "m";
-/// The event field of an entry.
+/// The event field of a one-event entry.
 pub const EVENT: &str = "e";
 
-/// The `e` field of a stream entry.
+/// One event as entries carry it.
 #[derive(Debug, Serialize)]
 pub struct StreamEvent<'a> {
+    /// The position of the event's signal in the entry's `s` field, from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    /// The schema version asked for (0: the latest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub v: Option<u32>,
     /// The id returned to the client.
     pub id: String,
     pub identity_type: &'a str,
@@ -54,6 +81,8 @@ impl<'a> StreamEvent<'a> {
             None => Cow::Borrowed(received),
         };
         StreamEvent {
+            n: None,
+            v: None,
             id: id.hyphenated().to_string(),
             identity_type: &event.identity_type,
             identity_id: &event.identity_id,
@@ -67,6 +96,42 @@ impl<'a> StreamEvent<'a> {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("strings and raw JSON always serialize")
     }
+
+    /// Appends this event's JSON to `out` (the api builds an entry's `b` field in one buffer).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self).expect("strings and raw JSON always serialize")
+    }
+}
+
+/// An entry's `b` field: the request's events, each with its signal's number (`event_slugs`,
+/// from 0) and the version it asks for, in one buffer.
+pub fn events_field(
+    events: &[Event<'_>],
+    event_slugs: &[usize],
+    requested: &[u32],
+    ids: &[Uuid],
+    received_at: DateTime<Utc>,
+) -> Vec<u8> {
+    let received = timestamp(received_at);
+    let mut out = Vec::with_capacity(events.len() * 256 + 2);
+    out.push(b'[');
+    for (i, (((event, &slug), &version), &id)) in events
+        .iter()
+        .zip(event_slugs)
+        .zip(requested)
+        .zip(ids)
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut item = StreamEvent::from_event(id, event, &received);
+        item.n = Some(slug + 1);
+        item.v = Some(version);
+        item.write_json(&mut out);
+    }
+    out.push(b']');
+    out
 }
 
 /// A stream entry as the worker reads it back.
@@ -137,8 +202,83 @@ impl<'a> Meta<'a> {
     }
 }
 
+/// One event of an entry, as the worker takes it.
+#[derive(Debug)]
+pub struct EntryEvent {
+    /// Its position in the entry (0 for a one-event entry).
+    pub position: usize,
+    /// The event, or why it cannot be read (it is then dead-lettered alone).
+    pub event: Result<StreamEntry, BadEntry>,
+    /// The event as a one-event entry's fields (`m`, `e`): what a dead letter of it keeps, and
+    /// what replaying that puts back on the stream. `None` for an entry that is one event
+    /// already: the entry itself is that.
+    pub alone: Option<[(&'static str, String); 2]>,
+}
+
 impl StreamEntry {
-    /// Decodes an entry's fields; the error says what is wrong.
+    /// Every admitted event of an entry, each decoded on its own, so that one bad event does
+    /// not spoil its neighbours. An error when the entry as a whole cannot be read.
+    pub fn decode_all(field: impl Fn(&str) -> Option<String>) -> Result<Vec<EntryEvent>, BadEntry> {
+        let Some(tenant) = field(TENANT) else {
+            // The one-event layout.
+            return Ok(vec![EntryEvent {
+                position: 0,
+                event: Self::decode(field),
+                alone: None,
+            }]);
+        };
+        let signals = field(SIGNALS).ok_or("entry has no s field")?;
+        let signals: Vec<EntrySignal> = signals
+            .split(';')
+            .map(EntrySignal::parse)
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("bad s field {signals:?}"))?;
+        let events = field(EVENTS).ok_or("entry has no b field")?;
+        let events: Vec<&RawValue> =
+            serde_json::from_str(&events).map_err(|e| format!("bad b field: {e}"))?;
+        #[derive(serde::Deserialize)]
+        struct Numbers {
+            n: usize,
+            v: u32,
+        }
+        let mut seen = vec![0u32; signals.len()];
+        let mut out = Vec::with_capacity(events.len());
+        for (position, raw) in events.into_iter().enumerate() {
+            let (index, version) = match serde_json::from_str::<Numbers>(raw.get()) {
+                Ok(Numbers { n, v }) if (1..=signals.len()).contains(&n) => (n - 1, v),
+                _ => {
+                    // Its signal is unknown, so whether it was admitted is too: keep it.
+                    out.push(EntryEvent {
+                        position,
+                        event: Err(BadEntry::from("event without a valid n or v")),
+                        alone: None,
+                    });
+                    continue;
+                }
+            };
+            let signal = &signals[index];
+            seen[index] += 1;
+            if seen[index] > signal.admitted {
+                continue; // rate limited
+            }
+            let version = if version > 0 { version } else { signal.latest };
+            let m = format!("{tenant}|{}|{}|{version}", signal.id, signal.signal_type);
+            let e = raw.get().to_owned();
+            let event = Self::decode(|f| match f {
+                META => Some(m.clone()),
+                EVENT => Some(e.clone()),
+                _ => None,
+            });
+            out.push(EntryEvent {
+                position,
+                event,
+                alone: Some([(META, m), (EVENT, e)]),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Decodes a one-event entry's fields; the error says what is wrong.
     pub fn decode(field: impl Fn(&str) -> Option<String>) -> Result<Self, BadEntry> {
         let m = field(META).ok_or("entry has no m field")?;
         let meta = Meta::parse(&m).ok_or_else(|| format!("bad m field {m:?}"))?;
@@ -167,6 +307,30 @@ impl StreamEntry {
             data: event.data,
             reference: event.reference,
         })
+    }
+}
+
+/// One signal of an entry's `s` field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrySignal {
+    pub id: String,
+    pub signal_type: String,
+    /// Its latest schema version when admitted (0: none), for events that asked for the latest.
+    pub latest: u32,
+    /// How many of its events (the first ones in the entry) were admitted.
+    pub admitted: u32,
+}
+
+impl EntrySignal {
+    fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.split(',');
+        let signal = EntrySignal {
+            id: parts.next()?.to_owned(),
+            signal_type: parts.next()?.to_owned(),
+            latest: parts.next()?.parse().ok()?,
+            admitted: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(signal)
     }
 }
 

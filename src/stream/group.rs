@@ -31,7 +31,7 @@ impl RawEntry {
         }
     }
 
-    /// The event id, when the entry is readable that far.
+    /// The event id of a one-event entry, when it is readable that far.
     pub fn event_id(&self) -> Option<String> {
         self.field(super::entry::EVENT)
             .as_deref()
@@ -40,27 +40,11 @@ impl RawEntry {
 
     /// The tenant, when the entry is readable that far.
     pub fn tenant(&self) -> Option<String> {
+        if let Some(tenant) = self.field(super::entry::TENANT) {
+            return Some(tenant);
+        }
         let m = self.field(super::entry::META)?;
         super::Meta::parse(&m).map(|meta| meta.tenant.to_owned())
-    }
-
-    /// The fields as a JSON object of strings, for the dead letters (bytes that are not UTF-8
-    /// are replaced, so such an entry is readable but not byte-exact).
-    pub fn fields_json(&self) -> String {
-        let map: serde_json::Map<String, serde_json::Value> = self
-            .fields
-            .iter()
-            .map(|(k, v)| {
-                let text = match v {
-                    Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                    Value::SimpleString(s) => s.clone(),
-                    Value::Int(n) => n.to_string(),
-                    other => format!("{other:?}"),
-                };
-                (k.clone(), serde_json::Value::String(text))
-            })
-            .collect();
-        serde_json::Value::Object(map).to_string()
     }
 
     fn from_stream_id(partition: u16, id: StreamId) -> Self {

@@ -23,6 +23,7 @@ mod maintenance;
 pub mod sink;
 mod validate;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
@@ -53,6 +54,8 @@ pub struct Worker {
     metrics: WorkerMetrics,
     /// Once requested: finish the batch in hand, then stop.
     shutdown: Shutdown,
+    /// Events per entry in the last batch, to size reads in events.
+    events_per_entry: AtomicU32,
 }
 
 impl Worker {
@@ -84,6 +87,7 @@ impl Worker {
             redis,
             metrics,
             shutdown,
+            events_per_entry: AtomicU32::new(crate::domain::MAX_BATCH as u32),
         })
     }
 
@@ -177,7 +181,7 @@ impl Worker {
                     block: !claim_backlog,
                 }
             };
-            let batch_size = self.settings.batch_size;
+            let batch_size = self.entries_per_read();
             let read = async {
                 match step {
                     Step::OwnPending => self.streams.read(batch_size, 0, true).await,
@@ -242,7 +246,7 @@ impl Worker {
     /// partition; those delivered `max_deliveries` times already go to the dead letters instead.
     async fn claim(&self) -> Result<Claimed, RedisError> {
         let idle = self.settings.claim_idle.as_millis() as u64;
-        let count = self.settings.batch_size;
+        let count = self.entries_per_read();
         let mut claimed = Claimed::default();
         for p in 0..self.partition_count() {
             let stale = self.streams.stale(p, idle, count).await?;
@@ -262,7 +266,11 @@ impl Worker {
                         .find(|s| s.entry_id == entry.entry_id)
                         .map_or(0, |s| s.deliveries);
                     let reason = format!("not stored after {deliveries} deliveries");
-                    if self.dead_letter(entry, &reason, deliveries).await.is_none() {
+                    if self
+                        .dead_letter(entry, None, &reason, deliveries)
+                        .await
+                        .is_none()
+                    {
                         return Ok(claimed);
                     }
                 }
@@ -282,33 +290,74 @@ impl Worker {
         Ok(claimed)
     }
 
+    /// How many entries to read (or claim) per partition so that a batch holds about
+    /// `batch_size` events: entries hold one request each, 1 to 100 events, so this follows
+    /// the sizes seen in the last batch (assuming the largest until one is seen).
+    fn entries_per_read(&self) -> usize {
+        let per_entry = self.events_per_entry.load(Ordering::Relaxed).max(1) as usize;
+        (self.settings.batch_size / per_entry).max(1)
+    }
+
     /// How many partition streams there are.
     fn partition_count(&self) -> u16 {
         self.streams.partitions()
     }
 
-    /// Stores one batch and acknowledges it. Returns early only on shutdown while a dependency
-    /// is down, leaving the batch pending for another worker.
+    /// Stores one batch of entries and acknowledges them: every event of an entry is stored
+    /// (or dead-lettered alone) before the entry is acknowledged. Returns early only on
+    /// shutdown while a dependency is down, leaving the entries pending for another worker.
     async fn process(&self, entries: Vec<RawEntry>) {
         let timer = Instant::now();
         let mut decoded = Vec::with_capacity(entries.len());
+        // Where each decoded event came from: its entry (in `held`) and its place in it.
+        let mut origins = Vec::with_capacity(entries.len());
         let mut held = Vec::with_capacity(entries.len());
+        let mut unreadable = Vec::new();
         for raw in entries {
-            match StreamEntry::decode(|f| raw.field(f)) {
-                Ok(entry) => {
-                    decoded.push(entry);
+            match StreamEntry::decode_all(|f| raw.field(f)) {
+                Ok(events) => {
+                    for event in events {
+                        match event.event {
+                            Ok(entry) => {
+                                decoded.push(entry);
+                                origins.push(Origin {
+                                    entry: held.len(),
+                                    position: event.position,
+                                    alone: event.alone,
+                                });
+                            }
+                            Err(reason) => unreadable.push((
+                                Origin {
+                                    entry: held.len(),
+                                    position: event.position,
+                                    alone: event.alone,
+                                },
+                                reason.to_string(),
+                            )),
+                        }
+                    }
                     held.push(raw);
                 }
                 Err(reason) => {
                     // An entry that cannot even be read will never be storable.
                     if self
-                        .dead_letter(&raw, &format!("unreadable entry: {reason}"), 1)
+                        .dead_letter(&raw, None, &format!("unreadable entry: {reason}"), 1)
                         .await
                         .is_none()
                     {
                         return;
                     }
                 }
+            }
+        }
+        for (origin, reason) in &unreadable {
+            let reason = format!("unreadable event: {reason}");
+            if self
+                .dead_letter(&held[origin.entry], origin.one_event(), &reason, 1)
+                .await
+                .is_none()
+            {
+                return;
             }
         }
 
@@ -335,9 +384,9 @@ impl Worker {
             None => return,
             Some(Ok(stored)) => self.count(&stored),
             Some(Err(reason)) => {
-                tracing::warn!(%reason, entries = records.len(), "batch refused; storing its events one by one");
-                for (record, raw) in records.iter().zip(&held) {
-                    if !self.store_alone(record, raw).await {
+                tracing::warn!(%reason, events = records.len(), "batch refused; storing its events one by one");
+                for (record, origin) in records.iter().zip(&origins) {
+                    if !self.store_alone(record, &held[origin.entry], origin).await {
                         return;
                     }
                 }
@@ -351,11 +400,19 @@ impl Worker {
         self.metrics
             .batch_duration
             .observe(timer.elapsed().as_secs_f64());
+        if !held.is_empty() {
+            let per_entry = records
+                .len()
+                .div_ceil(held.len())
+                .clamp(1, crate::domain::MAX_BATCH);
+            self.events_per_entry
+                .store(per_entry as u32, Ordering::Relaxed);
+        }
     }
 
     /// Stores one event of a refused batch: as it is, else as invalid with its data kept as
     /// text, else in the dead letters. False on shutdown during an outage.
-    async fn store_alone(&self, record: &Record, raw: &RawEntry) -> bool {
+    async fn store_alone(&self, record: &Record, raw: &RawEntry, origin: &Origin) -> bool {
         let Some(result) = self
             .retry_sink("storing an event", std::slice::from_ref(raw), move || {
                 self.sink.store(std::slice::from_ref(record))
@@ -385,25 +442,42 @@ impl Worker {
                 true
             }
             Err(again) => self
-                .dead_letter(raw, &format!("{reason}; then {again}"), 1)
+                .dead_letter(
+                    raw,
+                    origin.one_event(),
+                    &format!("{reason}; then {again}"),
+                    1,
+                )
                 .await
                 .is_some(),
         }
     }
 
-    /// Records an entry in `dead_letters` and the dead stream, then acknowledges it.
-    /// `None` on shutdown during an outage.
-    async fn dead_letter(&self, raw: &RawEntry, reason: &str, deliveries: u64) -> Option<()> {
+    /// Records an entry, or one event of it, in `dead_letters` and the dead stream; a whole
+    /// entry is then acknowledged. `None` on shutdown during an outage.
+    async fn dead_letter(
+        &self,
+        raw: &RawEntry,
+        event: Option<dead_letters::OneEvent<'_>>,
+        reason: &str,
+        deliveries: u64,
+    ) -> Option<()> {
         let reason = reason.replace('\0', "\u{fffd}");
         let reason_ref = &reason;
+        let event = &event;
         self.retry(
             "recording a dead letter",
             std::slice::from_ref(raw),
             move || async move {
+                let one = event.as_ref().map(|e| dead_letters::OneEvent {
+                    position: e.position,
+                    fields: e.fields,
+                });
                 Ok(dead_letters::record(
                     self.sink.pool(),
                     &self.streams,
                     raw,
+                    one,
                     reason_ref,
                     deliveries,
                 )
@@ -413,7 +487,8 @@ impl Worker {
         .await?;
         self.metrics.dead_letters.inc();
         let stream = Keyspace::stream(raw.partition);
-        tracing::warn!(entry = %raw.entry_id, %stream, %reason, "entry moved to dead letters");
+        let position = event.as_ref().map(|e| e.position);
+        tracing::warn!(entry = %raw.entry_id, ?position, %stream, %reason, "moved to dead letters");
         Some(())
     }
 
@@ -505,6 +580,26 @@ enum Step {
     Claim,
     /// Read new entries, waiting for some to arrive or not.
     New { block: bool },
+}
+
+/// Where a decoded event came from.
+struct Origin {
+    /// Its entry, by index in the batch's entries.
+    entry: usize,
+    /// Its place in that entry.
+    position: usize,
+    /// Its fields as a one-event entry; `None` when the entry is that one event.
+    alone: Option<[(&'static str, String); 2]>,
+}
+
+impl Origin {
+    /// The event alone, for a dead letter of just it; `None`: the whole entry.
+    fn one_event(&self) -> Option<dead_letters::OneEvent<'_>> {
+        self.alone.as_ref().map(|fields| dead_letters::OneEvent {
+            position: self.position,
+            fields,
+        })
+    }
 }
 
 /// One claim's take.

@@ -56,7 +56,7 @@ async fn twelve_tenants_spread_over_shards_and_every_event_is_stored_once() {
         .trim()
         .parse()
         .unwrap();
-    assert!(len >= 200, "{len}");
+    assert!(len >= 2, "one entry per request: {len}");
 
     let _worker = env.spawn_worker(&[]);
     assert_eq!(

@@ -546,7 +546,13 @@ async fn dead_letters_can_be_listed_and_replayed_without_duplicates() {
 #[actix_web::test]
 async fn trimming_never_drops_an_unacknowledged_entry() {
     let (env, api, key) = setup().await;
-    ingest(&api, &key, 1, "x").await;
+    // 100 entries: one per request.
+    for i in 0..100 {
+        let reply = api
+            .batch(&key, json!([event("clicks", &format!("x-{i}"))]))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
     let keyspace = Keyspace::new(env.settings().redis.partitions);
     let tenant = env.stream_entries()[0]["tenant"].clone();
     let p = keyspace.partition_of(&tenant);
@@ -686,4 +692,164 @@ async fn partitions_are_made_ahead_and_expired_ones_dropped() {
         !names.contains(&"events_20200101".to_owned()),
         "expired partition dropped: {names:?}"
     );
+}
+
+/// The raw fields of every entry of `stream`, oldest first.
+fn raw_entries(
+    conn: &mut redis::Connection,
+    stream: &str,
+) -> Vec<(String, HashMap<String, String>)> {
+    redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(conn)
+        .unwrap()
+}
+
+fn xadd(conn: &mut redis::Connection, stream: &str, fields: &[(&str, &str)]) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (k, v) in fields {
+        cmd.arg(*k).arg(*v);
+    }
+    cmd.query(conn).unwrap()
+}
+
+/// Waits until the group has nothing pending and nothing undelivered is left to read.
+async fn wait_drained(env: &TestEnv, processed: i64) {
+    let client = env.pg_client().await;
+    for _ in 0..300 {
+        let stored: i64 = client
+            .query_one(
+                "SELECT count(*) FROM events WHERE status = 'processed'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if stored >= processed && env.pending() == 0 {
+            return;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not drained");
+}
+
+#[actix_web::test]
+async fn one_event_entries_left_by_an_upgrade_are_drained_beside_new_ones() {
+    let (env, api, key) = setup().await;
+    // What the previous version wrote: one entry per event, fields m and e. The events of a
+    // request of this version, written that way, stand in for them.
+    let acked = ingest(&api, &key, 2, "old").await;
+    let keyspace = Keyspace::new(env.settings().redis.partitions);
+    let events = env.stream_entries();
+    let stream = Keyspace::stream(keyspace.partition_of(&events[0]["tenant"]));
+    let mut conn = env.redis.conn();
+    let _: i64 = redis::cmd("DEL").arg(&stream).query(&mut conn).unwrap();
+    for e in &events {
+        xadd(&mut conn, &stream, &[("m", &e["m"]), ("e", &e["e"])]);
+    }
+    assert_eq!(raw_entries(&mut conn, &stream).len(), 200);
+    // Then the upgraded api adds entries of the new layout behind them.
+    let new = ingest(&api, &key, 2, "new").await;
+    assert_eq!(raw_entries(&mut conn, &stream).len(), 202);
+
+    let _worker = env.spawn_worker(&[]);
+    let all: Vec<String> = acked.into_iter().chain(new).collect();
+    assert_eq!(env.wait_for_events(400, 30).await, 400);
+    assert_exactly_once(&env, &all).await;
+    assert_rolled_up_once(&env.pg_client().await).await;
+}
+
+#[actix_web::test]
+async fn a_poisoned_event_is_dead_lettered_alone_and_a_redelivered_entry_stores_nothing_twice() {
+    let (env, api, key) = setup().await;
+    let acked = ingest(&api, &key, 1, "p").await;
+    let keyspace = Keyspace::new(env.settings().redis.partitions);
+    let tenant = env.stream_entries()[0]["tenant"].clone();
+    let stream = Keyspace::stream(keyspace.partition_of(&tenant));
+    let mut conn = env.redis.conn();
+    let (id, fields) = raw_entries(&mut conn, &stream).remove(0);
+    // Two of its 100 events poisoned where no api would let them through: a NUL PostgreSQL
+    // refuses in a text column, and a timestamp that cannot be read.
+    let mut events: Vec<Value> = serde_json::from_str(&fields["b"]).unwrap();
+    events[37]["identity_id"] = json!("x\u{0}y");
+    events[50]["occurred_at"] = json!("not a time");
+    let poisoned = [&events[37]["id"], &events[50]["id"]].map(|v| v.as_str().unwrap().to_owned());
+    let b = Value::Array(events).to_string();
+    let _: i64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&id)
+        .query(&mut conn)
+        .unwrap();
+    let entry = xadd(
+        &mut conn,
+        &stream,
+        &[("t", &fields["t"]), ("s", &fields["s"]), ("b", &b)],
+    );
+
+    let worker = env.spawn_worker(&[]);
+    worker.wait_ready(200).await;
+    wait_drained(&env, 98).await;
+    let client = env.pg_client().await;
+    let stored: Vec<String> = client
+        .query("SELECT id::text FROM events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored.len(), 98, "the 98 neighbours are stored");
+    assert!(poisoned.iter().all(|p| !stored.contains(p)));
+    let good: Vec<String> = acked
+        .iter()
+        .filter(|a| !poisoned.contains(a))
+        .cloned()
+        .collect();
+    assert_exactly_once(&env, &good).await;
+    let dead = client
+        .query(
+            "SELECT entry_id, event_id, raw FROM dead_letters ORDER BY entry_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let letters: Vec<(String, String)> = dead.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        letters,
+        vec![
+            (format!("{entry}/37"), poisoned[0].clone()),
+            (format!("{entry}/50"), poisoned[1].clone()),
+        ],
+        "each poisoned event dead-lettered alone, named by its entry and place"
+    );
+    // Kept as a one-event entry, which replaying puts back on the stream as that event.
+    let raw: Value = serde_json::from_str(&dead[0].get::<_, String>(2)).unwrap();
+    assert!(
+        raw["m"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{tenant}|"))
+    );
+    let replayed = env.admin(&["dead-letters", "replay"]);
+    assert_eq!(replayed["replayed"], 2);
+    let back: Vec<String> = env
+        .stream_entries()
+        .iter()
+        .filter_map(|e| e.get("id").cloned())
+        .filter(|id| poisoned.contains(id))
+        .collect();
+    assert_eq!(back.len(), 2, "both are on the stream again, alone");
+
+    // The same entry delivered again (as a crash before XACK would): nothing stored twice.
+    xadd(
+        &mut conn,
+        &stream,
+        &[("t", &fields["t"]), ("s", &fields["s"]), ("b", &b)],
+    );
+    wait_drained(&env, 98).await;
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once(&env, &good).await;
+    assert_rolled_up_once(&client).await;
 }

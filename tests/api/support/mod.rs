@@ -178,9 +178,10 @@ impl TestEnv {
         client
     }
 
-    /// Every entry of every partition stream, as field maps: the raw fields `m` and `e`, and
-    /// for readable assertions what they hold (`id`, `tenant`, `signal`, `type`, `version`,
-    /// `event`).
+    /// Every event in every partition stream, as field maps: `entry_id`, the event as a
+    /// one-event entry has it (`m`, `e`), and for readable assertions what they hold (`id`,
+    /// `tenant`, `signal`, `type`, `version`, `event`). Read the way the worker reads them:
+    /// through the stream contract's decoder, rate-limited events left out.
     pub fn stream_entries(&self) -> Vec<HashMap<String, String>> {
         let mut conn = self.redis.conn();
         let keyspace = Keyspace::new(self.settings().redis.partitions);
@@ -193,27 +194,42 @@ impl TestEnv {
                 .query(&mut conn)
                 .unwrap();
             for id in reply.ids {
-                let mut fields: HashMap<String, String> = id
+                let fields: HashMap<String, String> = id
                     .map
                     .into_iter()
                     .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap()))
                     .collect();
-                // Read back the way the worker reads them: through the stream contract's decoder.
-                if let Ok(entry) = sluice::stream::StreamEntry::decode(|f| fields.get(f).cloned()) {
-                    let version = entry.schema_version.unwrap_or(0).to_string();
-                    let event = fields.get("e").cloned().unwrap_or_default();
-                    for (name, value) in [
-                        ("tenant", entry.tenant),
-                        ("signal", entry.signal),
-                        ("type", entry.signal_type.as_str().to_owned()),
-                        ("version", version),
-                        ("id", entry.id.to_string()),
-                        ("event", event),
-                    ] {
-                        fields.insert(name.to_owned(), value);
+                let Ok(events) =
+                    sluice::stream::StreamEntry::decode_all(|f| fields.get(f).cloned())
+                else {
+                    all.push(fields);
+                    continue;
+                };
+                for event in events {
+                    let mut item: HashMap<String, String> = match &event.alone {
+                        Some(alone) => alone
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.clone()))
+                            .collect(),
+                        None => fields.clone(),
+                    };
+                    item.insert("entry_id".into(), id.id.clone());
+                    if let Ok(entry) = event.event {
+                        let version = entry.schema_version.unwrap_or(0).to_string();
+                        let e = item.get("e").cloned().unwrap_or_default();
+                        for (name, value) in [
+                            ("tenant", entry.tenant),
+                            ("signal", entry.signal),
+                            ("type", entry.signal_type.as_str().to_owned()),
+                            ("version", version),
+                            ("id", entry.id.to_string()),
+                            ("event", e),
+                        ] {
+                            item.insert(name.to_owned(), value);
+                        }
                     }
+                    all.push(item);
                 }
-                all.push(fields);
             }
         }
         all
