@@ -5,15 +5,17 @@
 -- The shebang line makes Redis (>= 7) refuse the whole script up front when it is out of
 -- memory, instead of failing half-way through its writes.
 --
--- The script works per signal, never per event: the api sends, for each distinct signal of the
+-- The script works per request, never per event: the api sends, for each distinct signal of the
 -- request, how many events name it and the highest schema version they ask for, plus all the
--- events as one JSON array it has already built. What the script does costs the same for 1 event
--- as for 100: a few reads, one XADD, one counter write per signal.
+-- events as one JSON array it has already built. Whatever the batch size and the number of
+-- signals, it makes the same few calls: one read of the registry, one of the windows, TIME, one
+-- XADD, one write of the windows (and a GET and a SET of the record with a key).
 --
 -- KEYS[1]        registry hash of the tenant         sluice:{pNN}:reg:<tenant>
 -- KEYS[2]        the tenant's partition stream       sluice:{pNN}:events
--- KEYS[2+s]      rate-limit hash of distinct slug s  sluice:{pNN}:rl:<tenant>:<slug>   (s = 1..S)
--- KEYS[3+S]      with a key: the idempotency record  sluice:{pNN}:idem:<tenant>:<key>
+-- KEYS[3]        the tenant's rate-limit windows     sluice:{pNN}:rl:<tenant>
+--                  one field per slug: "<window start>:<admitted in it>"
+-- KEYS[4]        with a key: the idempotency record  sluice:{pNN}:idem:<tenant>:<key>
 --
 -- ARGV[1]        tenant id
 -- ARGV[2..4]     default per-minute limits for types event, metric, state
@@ -60,11 +62,12 @@ local fingerprint = ARGV[6]
 local received = ARGV[7]
 local nslugs = tonumber(ARGV[8])
 local events = ARGV[9 + 3 * nslugs]
-local record_key = KEYS[3 + nslugs]
+local record_key = KEYS[4]
 
-local function slug(s) return ARGV[6 + 3 * s] end
 local function count(s) return tonumber(ARGV[7 + 3 * s]) end
 local function asked(s) return tonumber(ARGV[8 + 3 * s]) end
+local slugs = {}
+for s = 1, nslugs do slugs[s] = ARGV[6 + 3 * s] end
 
 -- The current window of Redis's clock, and what each slug has used of it.
 local function windows()
@@ -72,11 +75,12 @@ local function windows()
   local now_s = tonumber(now[1])
   local window = now_s - (now_s % 60)
   local used = {}
+  local states = redis.call('HMGET', KEYS[3], unpack(slugs))
   for s = 1, nslugs do
-    local state = redis.call('HMGET', KEYS[2 + s], 'w', 'n')
     used[s] = 0
-    if tonumber(state[1]) == window then
-      used[s] = tonumber(state[2]) or 0
+    local w, n = string.match(states[s] or '', '^(%d+):(%d+)$')
+    if tonumber(w) == window then
+      used[s] = tonumber(n)
     end
   end
   return now, window, used
@@ -92,12 +96,13 @@ if record_ttl > 0 then
     end
     local now, window, used = windows()
     local reply = { 'replay', tonumber(now[1]), tonumber(now[2]), window + 60, rec_received }
+    local registry = redis.call('HMGET', KEYS[1], unpack(slugs))
     local s = 0
     for id, typ, latest, admitted in string.gmatch(rec_signals, '([^,;]*),([^,;]*),([^,;]*),([^,;]*)') do
       s = s + 1
       -- The limit in force now (the signal may have changed since), for the headers.
       local limit = defaults[typ] or 0
-      local packed = redis.call('HGET', KEYS[1], slug(s))
+      local packed = registry[s]
       if packed then
         limit = tonumber(string.match(packed, '^[^|]*|[^|]*|[^|]*|([^|]*)|')) or limit
       end
@@ -115,8 +120,9 @@ end
 -- 1. Resolve every distinct slug.
 local signals = {}
 local missing = {}
+local registry = redis.call('HMGET', KEYS[1], unpack(slugs))
 for s = 1, nslugs do
-  local packed = redis.call('HGET', KEYS[1], slug(s))
+  local packed = registry[s]
   local sig = nil
   if packed then
     local id, typ, active, limit, versions = string.match(packed, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
@@ -172,12 +178,16 @@ end
 local described = table.concat(parts, ';')
 if any then
   redis.call('XADD', KEYS[2], '*', 't', tenant, 's', described, 'b', events)
+  local counts = {}
   for s = 1, nslugs do
     if admitted[s] > 0 then
-      redis.call('HSET', KEYS[2 + s], 'w', window, 'n', used[s] + admitted[s])
-      redis.call('EXPIREAT', KEYS[2 + s], reset + 60)
+      counts[#counts + 1] = slugs[s]
+      counts[#counts + 1] = window .. ':' .. (used[s] + admitted[s])
     end
   end
+  redis.call('HSET', KEYS[3], unpack(counts))
+  -- Every slug's window ends with the minute: the hash outlives the newest by a minute.
+  redis.call('EXPIREAT', KEYS[3], reset + 60)
   if record_ttl > 0 then
     redis.call('SET', record_key, fingerprint .. '|' .. received .. '|' .. described, 'PX', record_ttl)
   end

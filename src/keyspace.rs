@@ -70,9 +70,10 @@ impl Keyspace {
         )
     }
 
-    pub fn rate_limit(&self, tenant: &str, slug: &str) -> String {
+    /// A tenant's rate-limit windows: a hash with one field per slug, `<window start>:<count>`.
+    pub fn rate_limits(&self, tenant: &str) -> String {
         format!(
-            "sluice:{}:rl:{tenant}:{slug}",
+            "sluice:{}:rl:{tenant}",
             Self::tag(self.partition_of(tenant))
         )
     }
@@ -173,7 +174,7 @@ mod tests {
         let p = ks.partition_of("ten_abc");
         let tag = Keyspace::tag(p);
         assert!(ks.registry("ten_abc").contains(&tag));
-        assert!(ks.rate_limit("ten_abc", "page_view").contains(&tag));
+        assert!(ks.rate_limits("ten_abc").contains(&tag));
         assert!(Keyspace::stream(p).contains(&tag));
         assert_eq!(Keyspace::tag(7), "{p07}");
     }

@@ -49,7 +49,8 @@ struct Args {
     /// Stop after this many measured requests.
     #[arg(long)]
     requests: Option<u64>,
-    /// Requests per second over all connections; unlimited when absent.
+    /// Requests per second over all connections, open loop (latency counted from each
+    /// request's scheduled time); unlimited when absent.
     #[arg(long)]
     rate: Option<f64>,
     /// Send a fresh Idempotency-Key with every request (each is recorded for replays).
@@ -117,11 +118,16 @@ async fn connection(args: Args, conn: usize, start_measuring: Instant, stop_at: 
         if per_conn_limit.is_some_and(|l| tally.latencies_us.len() as u64 >= l) {
             break;
         }
+        // Open loop: with a rate, each request has a scheduled time and its latency counts from
+        // then, so a slow answer that delays the next send is charged to the requests it
+        // delayed (no coordinated omission), as wrk2 and HdrHistogram's corrected recording do.
+        let mut scheduled = None;
         if let Some(every) = interval {
             let now = Instant::now();
             if next_send > now {
                 actix_web::rt::time::sleep(next_send - now).await;
             }
+            scheduled = Some(next_send);
             next_send += every;
         }
         let body = bodies[n % bodies.len()].clone();
@@ -133,7 +139,7 @@ async fn connection(args: Args, conn: usize, start_measuring: Instant, stop_at: 
         if args.idempotency_keys {
             request = request.insert_header(("Idempotency-Key", format!("{run}-{conn}-{n}")));
         }
-        let sent = Instant::now();
+        let sent = scheduled.unwrap_or_else(Instant::now);
         let result = request.send_body(body).await;
         let (status, accepted) = match result {
             Ok(mut res) => {

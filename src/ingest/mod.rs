@@ -208,9 +208,7 @@ impl Admission {
         call.key(self.keyspace.registry(tenant));
         let stream = Keyspace::stream(self.keyspace.partition_of(tenant));
         call.key(&stream);
-        for slug in &slugs {
-            call.key(self.keyspace.rate_limit(tenant, slug));
-        }
+        call.key(self.keyspace.rate_limits(tenant));
         call.arg(tenant)
             .arg(self.limits.event)
             .arg(self.limits.metric)

@@ -174,13 +174,14 @@ async fn a_partly_limited_answer_replays_unchanged_and_a_429_records_nothing() {
     assert_eq!(first.body["data"].as_array().unwrap().len(), 3);
     assert_eq!(first.body["rate_limited"].as_array().unwrap().len(), 2);
 
-    let window_key = sluice::keyspace::Keyspace::new(16).rate_limit(&tenant, "page_view");
+    let window_key = sluice::keyspace::Keyspace::new(16).rate_limits(&tenant);
     let used = |conn: &mut redis::Connection| -> i64 {
-        redis::cmd("HGET")
+        let state: String = redis::cmd("HGET")
             .arg(&window_key)
-            .arg("n")
+            .arg("page_view")
             .query(conn)
-            .unwrap()
+            .unwrap();
+        state.split_once(':').unwrap().1.parse().unwrap()
     };
     let mut conn = env.redis.conn();
     assert_eq!(used(&mut conn), 3);

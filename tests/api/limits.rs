@@ -126,28 +126,25 @@ async fn a_counter_from_an_older_window_counts_as_zero() {
 
     // Age the counter by one window, as if a minute had passed.
     let keyspace = sluice::keyspace::Keyspace::new(env.settings().redis.partitions);
-    let rl = keyspace.rate_limit(&tenant, "plan");
+    let rl = keyspace.rate_limits(&tenant);
     let mut conn = env.redis.conn();
-    let w: i64 = redis::cmd("HGET")
-        .arg(&rl)
-        .arg("w")
-        .query(&mut conn)
-        .unwrap();
+    let window = |conn: &mut redis::Connection| -> (i64, i64) {
+        let state: String = redis::cmd("HGET").arg(&rl).arg("plan").query(conn).unwrap();
+        let (w, n) = state.split_once(':').unwrap();
+        (w.parse().unwrap(), n.parse().unwrap())
+    };
+    let (w, n) = window(&mut conn);
     let _: () = redis::cmd("HSET")
         .arg(&rl)
-        .arg("w")
-        .arg(w - 60)
+        .arg("plan")
+        .arg(format!("{}:{n}", w - 60))
         .query(&mut conn)
         .unwrap();
     assert_eq!(
         api.batch(&key, json!([event("plan", "3")])).await.status,
         200
     );
-    let n: i64 = redis::cmd("HGET")
-        .arg(&rl)
-        .arg("n")
-        .query(&mut conn)
-        .unwrap();
+    let (_, n) = window(&mut conn);
     assert_eq!(n, 1);
 }
 
