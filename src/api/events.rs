@@ -18,7 +18,7 @@ use crate::ingest::{Admitted, Idempotency, Outcome, Verdict};
 /// One accepted event in a response.
 #[derive(Serialize)]
 struct AcceptedItem<'a> {
-    id: String,
+    id: uuid::Uuid,
     signal_id: &'a str,
     schema_version: Option<u32>,
     status: &'static str,
@@ -274,7 +274,7 @@ fn accepted_item<'a>(
         unreachable!("only accepted outcomes are listed in data");
     };
     AcceptedItem {
-        id: id.to_string(),
+        id: *id,
         signal_id: &admitted.signals[*signal].id,
         schema_version: *schema_version,
         status: "pending",

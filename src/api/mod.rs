@@ -155,7 +155,13 @@ async fn observe(
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_sane_request_id(v))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        .unwrap_or_else(|| {
+            // A UUIDv7 from the thread's generator (`now_v7` would make a system call).
+            let millis = chrono::Utc::now().timestamp_millis().max(0) as u64;
+            uuid::Builder::from_unix_timestamp_millis(millis, &rand::random())
+                .into_uuid()
+                .to_string()
+        });
     let span = tracing::info_span!("request", request_id = %request_id);
     let mut response = next.call(req).instrument(span.clone()).await?;
     if let Ok(value) = HeaderValue::from_str(&request_id) {

@@ -57,30 +57,35 @@ impl Idempotency<'_> {
     }
 }
 
-/// The ids of a request's events. Without a key, fresh UUIDv7s. With one, UUIDv7s derived from
-/// the tenant, the key, the first receipt time and the event's position: a replay answers the
-/// same ids without storing them, they stay ordered by time (and by position within a request),
-/// and a key used again after its record expired gets new ones.
+/// The ids of a request's events: UUIDv7s of the receipt time's millisecond, with the event's
+/// position in `rand_a` (so ids sort in request order) and 62 bits that make the request's ids
+/// its own in `rand_b`. Without a key those bits are random (from the thread's generator: no
+/// system call per request). With one they derive from the tenant, the key and the first receipt
+/// time, so a replay answers the same ids without storing them, and a key used again after its
+/// record expired gets new ones.
 fn event_ids(tenant: &str, key: Option<&str>, received_us: i64, count: usize) -> Vec<Uuid> {
-    let Some(key) = key else {
-        return (0..count).map(|_| Uuid::now_v7()).collect();
-    };
-    let millis = (received_us.div_euclid(1000)) as u64;
-    (0..count)
-        .map(|position| {
+    let base: u64 = match key {
+        Some(key) => {
             let mut hash = Sha256::new();
             for part in [tenant.as_bytes(), key.as_bytes()] {
                 hash.update((part.len() as u64).to_be_bytes());
                 hash.update(part);
             }
             hash.update(received_us.to_be_bytes());
-            hash.update((position as u64).to_be_bytes());
             let digest = hash.finalize();
+            u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+        }
+        None => rand::random(),
+    };
+    let millis = received_us.div_euclid(1000) as u64;
+    (0..count)
+        .map(|position| {
             let mut bytes = [0u8; 16];
             bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-            // rand_a (12 bits): the position, so ids sort in request order.
             bytes[6..8].copy_from_slice(&(position as u16 & 0x0fff).to_be_bytes());
-            bytes[8..].copy_from_slice(&digest[..8]);
+            // An odd multiplier is a bijection: no two positions share these bits either.
+            let spread = base.wrapping_add((position as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            bytes[8..].copy_from_slice(&spread.to_be_bytes());
             uuid::Builder::from_bytes(bytes)
                 .with_version(uuid::Version::SortRand)
                 .with_variant(uuid::Variant::RFC4122)

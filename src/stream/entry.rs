@@ -57,7 +57,7 @@ pub struct StreamEvent<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub v: Option<u32>,
     /// The id returned to the client.
-    pub id: String,
+    pub id: Uuid,
     pub identity_type: &'a str,
     pub identity_id: &'a str,
     /// The client's JSON object, copied through verbatim.
@@ -83,7 +83,7 @@ impl<'a> StreamEvent<'a> {
         StreamEvent {
             n: None,
             v: None,
-            id: id.hyphenated().to_string(),
+            id,
             identity_type: &event.identity_type,
             identity_id: &event.identity_id,
             data: event.data,
