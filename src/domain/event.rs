@@ -4,6 +4,7 @@
 //! never re-encoded), so an event costs a few small strings, not a tree of allocations.
 //! Every problem in every event is collected, so a client fixes a batch in one round.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{DateTime, Datelike, FixedOffset};
@@ -23,15 +24,16 @@ const MAX_REFERENCE_LEN: usize = 256;
 #[derive(Debug)]
 pub struct Event<'a> {
     /// The signal's slug, resolved against the tenant's registry by the admission script.
-    pub signal: String,
+    /// Text fields borrow from the body unless they hold escapes.
+    pub signal: Cow<'a, str>,
     pub version: SchemaVersion,
-    pub identity_type: String,
-    pub identity_id: String,
+    pub identity_type: Cow<'a, str>,
+    pub identity_id: Cow<'a, str>,
     /// A JSON object, exactly as the client sent it.
     pub data: &'a RawValue,
     /// When it happened; `None` means "at receipt".
     pub timestamp: Option<DateTime<FixedOffset>>,
-    pub reference: Option<String>,
+    pub reference: Option<Cow<'a, str>>,
 }
 
 /// Which schema version an event claims.
@@ -370,20 +372,25 @@ fn parse_event<'a>(raw: &'a RawValue, at: Path, errors: &mut Vec<FieldError>) ->
 }
 
 /// A JSON string's text, or what is wrong with it.
-fn string_of(raw: &RawValue) -> Result<String, &'static str> {
+fn string_of(raw: &RawValue) -> Result<Cow<'_, str>, &'static str> {
     if !raw.get().starts_with('"') {
         return Err("must be a string");
     }
-    serde_json::from_str(raw.get())
+    // Borrowed when the text has no escapes, which is the usual case.
+    if let Ok(text) = serde_json::from_str::<&str>(raw.get()) {
+        return Ok(Cow::Borrowed(text));
+    }
+    serde_json::from_str::<String>(raw.get())
+        .map(Cow::Owned)
         .map_err(|_| "must be valid Unicode text (it has an unpaired surrogate escape)")
 }
 
-fn required_string(
-    raw: Option<&RawValue>,
+fn required_string<'a>(
+    raw: Option<&'a RawValue>,
     at: Path,
     name: &str,
     errors: &mut Vec<FieldError>,
-) -> Option<String> {
+) -> Option<Cow<'a, str>> {
     let Some(raw) = raw else {
         errors.push(at.error(name, "is required"));
         return None;
@@ -402,13 +409,13 @@ fn required_string(
 }
 
 /// Text stored as-is in PostgreSQL: at most `max` characters and no NUL.
-fn bounded_text(
-    s: String,
+fn bounded_text<'a>(
+    s: Cow<'a, str>,
     max: usize,
     at: Path,
     name: &str,
     errors: &mut Vec<FieldError>,
-) -> Option<String> {
+) -> Option<Cow<'a, str>> {
     if s.chars().count() > max {
         errors.push(at.error(name, &format!("must be 1-{max} characters")));
         None

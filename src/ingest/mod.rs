@@ -180,8 +180,8 @@ impl Admission {
         let event_slugs: Vec<usize> = events
             .iter()
             .map(|e| {
-                *slug_numbers.entry(e.signal.as_str()).or_insert_with(|| {
-                    slugs.push(e.signal.as_str());
+                *slug_numbers.entry(e.signal.as_ref()).or_insert_with(|| {
+                    slugs.push(e.signal.as_ref());
                     slugs.len() - 1
                 })
             })
