@@ -92,7 +92,9 @@ pub fn serve(settings: &Settings, bind: SocketAddr) -> Result<ApiServer, String>
         .client_request_timeout(settings.api.client_timeout)
         .client_disconnect_timeout(std::time::Duration::from_secs(1))
         .keep_alive(settings.api.keep_alive)
-        .max_connections(settings.api.max_connections);
+        .max_connections(settings.api.max_connections)
+        // Answers go out at once, not after the client's acknowledgement of an earlier segment.
+        .tcp_nodelay(true);
     let server = server
         .bind(bind)
         .map_err(|e| format!("SLUICE__API__BIND: cannot listen on {bind}: {e}"))?;
