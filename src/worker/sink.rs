@@ -1,15 +1,19 @@
 //! Storing a batch in PostgreSQL, exactly once.
 //!
-//! One transaction per batch: insert the events with `ON CONFLICT DO NOTHING`, then update
-//! rollups and states for the rows that insert actually returned. A batch seen twice (a crash
+//! One transaction per batch: the events go in by binary `COPY` (falling back to an insert with
+//! `ON CONFLICT DO NOTHING` when some were stored before), then rollups and states are updated
+//! for the rows that were new. A batch seen twice (a crash
 //! before `XACK`, a claim from a dead consumer) inserts nothing the second time, so nothing is
 //! counted twice.
 
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Duration, DurationRound, NaiveDate, Utc};
+use deadpool_postgres::Transaction;
 use deadpool_postgres::{GenericClient, Pool};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type};
 use uuid::Uuid;
 
 use crate::domain::SignalType;
@@ -196,7 +200,7 @@ pub fn partition_name(day: NaiveDate) -> String {
     format!("events_{}", day.format("%Y%m%d"))
 }
 
-async fn store_in(tx: &impl GenericClient, records: &[Record]) -> Result<Stored, SinkError> {
+async fn store_in(tx: &Transaction<'_>, records: &[Record]) -> Result<Stored, SinkError> {
     // The same event may arrive twice in one batch (its own pending entry and a claim).
     let mut seen = HashSet::with_capacity(records.len());
     let records: Vec<&Record> = records.iter().filter(|r| seen.insert(r.entry.id)).collect();
@@ -233,25 +237,38 @@ async fn store_in(tx: &impl GenericClient, records: &[Record]) -> Result<Stored,
         });
         errors.push(r.invalid.as_deref());
     }
-    let inserted: HashSet<Uuid> = tx
-        .query(
-            "INSERT INTO events (id, tenant_id, signal_id, schema_version, identity_type, identity_id,
-                                 data, occurred_at, received_at, reference, status, error)
-             SELECT id, t, s, v, it, iid, d::jsonb, o, r, ref, st, err
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
-                         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::text[])
-                  AS u(id, t, s, v, it, iid, d, o, r, ref, st, err)
-             ON CONFLICT DO NOTHING
-             RETURNING id",
-            &[
-                &ids, &tenants, &signals, &versions, &itypes, &iids, &datas, &occurred, &received, &refs,
-                &statuses, &errors,
-            ],
-        )
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    // The fast path: binary COPY, the quickest way into PostgreSQL. A redelivered event makes
+    // it fail on the primary key; then the batch goes in again with ON CONFLICT DO NOTHING,
+    // which tells which rows are new (rare: after a crash, a claim, a replayed dead letter).
+    tx.batch_execute("SAVEPOINT fast").await?;
+    let inserted: HashSet<Uuid> = match copy_events(tx, &records, &statuses, &errors).await {
+        Ok(()) => {
+            tx.batch_execute("RELEASE SAVEPOINT fast").await?;
+            ids.iter().copied().collect()
+        }
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT fast").await?;
+            tx.query(
+                "INSERT INTO events (id, tenant_id, signal_id, schema_version, identity_type, identity_id,
+                                     data, occurred_at, received_at, reference, status, error)
+                 SELECT id, t, s, v, it, iid, d::jsonb, o, r, ref, st, err
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+                             $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::text[])
+                      AS u(id, t, s, v, it, iid, d, o, r, ref, st, err)
+                 ON CONFLICT DO NOTHING
+                 RETURNING id",
+                &[
+                    &ids, &tenants, &signals, &versions, &itypes, &iids, &datas, &occurred, &received, &refs,
+                    &statuses, &errors,
+                ],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let fresh: Vec<&Record> = records
         .iter()
@@ -267,6 +284,92 @@ async fn store_in(tx: &impl GenericClient, records: &[Record]) -> Result<Stored,
         invalid,
         duplicates: (records.len() - fresh.len()) as u64,
     })
+}
+
+/// `COPY events … FROM STDIN BINARY` of `records`.
+async fn copy_events(
+    tx: &Transaction<'_>,
+    records: &[&Record],
+    statuses: &[&str],
+    errors: &[Option<&str>],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx
+        .copy_in::<_, bytes::Bytes>(
+            "COPY events (id, tenant_id, signal_id, schema_version, identity_type, identity_id,
+                          data, occurred_at, received_at, reference, status, error)
+             FROM STDIN BINARY",
+        )
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::UUID,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT4,
+            Type::TEXT,
+            Type::TEXT,
+            Type::JSONB,
+            Type::TIMESTAMPTZ,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+        ],
+    );
+    let mut writer = std::pin::pin!(writer);
+    for ((r, status), error) in records.iter().zip(statuses).zip(errors) {
+        let e = &r.entry;
+        let version = e.schema_version.map(|v| v as i32);
+        writer
+            .as_mut()
+            .write(&[
+                &e.id,
+                &e.tenant,
+                &e.signal,
+                &version,
+                &e.identity_type,
+                &e.identity_id,
+                &Jsonb(e.data.get()),
+                &e.occurred_at,
+                &e.received_at,
+                &e.reference,
+                status,
+                error,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// JSON text sent as `jsonb` in binary form (a version byte, then the text), as COPY BINARY
+/// takes it; PostgreSQL parses and checks it as it would the text form.
+#[derive(Debug)]
+struct Jsonb<'a>(&'a str);
+
+impl ToSql for Jsonb<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&[1]);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    fn to_sql_checked(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        tokio_postgres::types::__to_sql_checked(self, ty, out)
+    }
 }
 
 /// Which rollup row an event counts in.
