@@ -209,12 +209,12 @@ start_apis 1
 loadgen --batch 100 --connections 16 --requests $((BACKLOG / 200)) --warmup 0 --duration 600 >/dev/null
 stop_apis
 RECOVERY_ENTRIES=$(redis-cli -p "$REDIS_PORT" xlen "$STREAM")
-RECOVERY_LEN=$((BACKLOG / 2))
 redis-cli -p "$REDIS_PORT" xgroup create "$STREAM" sluice 0 mkstream >/dev/null
 redis-cli -p "$REDIS_PORT" xreadgroup group sluice crashed-worker count "$RECOVERY_ENTRIES" streams "$STREAM" ">" >/dev/null
 t0=$(date +%s.%N)
 # Entries hold 100 events each.
 HELD=$(( $(redis-cli -p "$REDIS_PORT" xpending "$STREAM" sluice | head -n 1) * 100 ))
+RECOVERY_LEN=$HELD
 SLUICE__WORKER__CLAIM_IDLE_MS=$RECOVERY_IDLE_MS SLUICE__WORKER__METRICS_BIND="127.0.0.1:$(free_port)" \
   "$BIN/sluice-worker" 2>>"$WORK/worker.log" &
 WORKER=$!; PIDS+=($WORKER)
@@ -290,7 +290,7 @@ request, so every answer is recorded by the admission script, beside the same re
 | with a key | {f('idem_keyed_eps'):,.0f} | {f('idem_keyed_p99'):.2f} |
 | with ÷ without | **{f('idem_keyed_eps')/f('idem_plain_eps'):.2f}** | |
 
-One record (100 events of one signal, a key of about 30 characters as the load generator sends): **{r['idem_record_bytes']} bytes**
+One record (100 events over 10 signals, a key of about 30 characters as the load generator sends): **{r['idem_record_bytes']} bytes**
 of Redis memory (`MEMORY USAGE`); {int(f('idem_records')):,} records were written in the run. Capacity
 arithmetic: docs/operations.md, "Idempotency records".
 

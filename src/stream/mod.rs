@@ -1,10 +1,11 @@
 //! The partition streams: the one contract between the api, which admits events into them, and
 //! the worker, which drains them into PostgreSQL. Everything about them lives here.
 //!
-//! - [`entry`]: the entry format. The api builds each entry's event field with
-//!   [`entry::StreamEvent`]; `lua/admit.lua` adds the meta field in the form [`entry::Meta`]
-//!   parses; the worker, `sluice-admin` and the tests read entries back with
-//!   [`entry::StreamEntry::decode`] and nothing else.
+//! - [`entry`]: the entry format, one entry per admitted request. The api builds the events
+//!   field ([`entry::events_field`]); `lua/admit.lua` adds the tenant and what it admitted; the
+//!   worker, `sluice-admin` and the tests read entries back with
+//!   [`entry::StreamEntry::decode_all`] and nothing else (which also reads the one-event layout
+//!   of earlier versions and of dead letters).
 //! - [`group`]: the consumer group `sluice` over every partition stream: reading, claiming from
 //!   consumers presumed dead, acknowledging, trimming below what the group still needs, and the
 //!   per-partition figures the worker publishes.

@@ -9,7 +9,9 @@ use serde_json::json;
 use crate::support::certs::{RedisTls, TestCa};
 use crate::support::cluster::RedisCluster;
 use crate::support::servers::RedisServer;
-use crate::support::{Postgres, TestApi, TestEnv, event, run_binary, spawn_api_process};
+use crate::support::{
+    Postgres, TestApi, TestEnv, WorkerProcess, event, run_binary, spawn_api_process,
+};
 
 /// `sluice-admin migrate` (which also creates the database on a fresh server) against `env`
 /// with the PostgreSQL URL `url` and extra settings: its exit success and stderr.
@@ -47,19 +49,9 @@ async fn every_binary_works_against_a_tls_only_postgres_with_full_verification()
     .await;
     let (tenant, key) = env.tenant().await;
     env.signal(&tenant, "page_view", "event", None).await;
-    let api = env.spawn_api().await;
-    let reply = api
-        .batch(
-            &key,
-            json!([event("page_view", "1"), event("page_view", "2")]),
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
-
-    // The worker stores them over TLS; sluice-admin works over TLS, with the CA from the URL too.
-    let worker = env.spawn_worker(&[]);
-    worker.wait_ready(200).await;
-    assert_eq!(env.wait_for_events(2, 30).await, 2);
+    // The api admits, the worker stores over TLS; sluice-admin works over TLS, with the CA from
+    // the URL too.
+    let _worker = ingest_and_drain(&env, &env.spawn_api().await, &key).await;
     let with_url_ca = format!("{url}&sslrootcert={}", ca_file.replace('/', "%2F"));
     let (ok, stderr) = admin_migrate(&env, &with_url_ca, &[("SLUICE__POSTGRES__TLS_CA_FILE", "")]);
     assert!(ok, "{stderr}");
@@ -165,6 +157,22 @@ async fn bad_certificates_and_disabled_tls_are_refused_with_a_clear_error() {
     assert!(ok, "{stderr}");
 }
 
+/// Two events admitted by `api`, then stored by a worker (returned, still running): the whole
+/// path over whatever TLS `env` uses.
+async fn ingest_and_drain(env: &TestEnv, api: &TestApi, key: &str) -> WorkerProcess {
+    let reply = api
+        .batch(
+            key,
+            json!([event("page_view", "1"), event("page_view", "2")]),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let worker = env.spawn_worker(&[]);
+    worker.wait_ready(200).await;
+    assert_eq!(env.wait_for_events(2, 30).await, 2);
+    worker
+}
+
 /// `sluice-admin sync` (which reads PostgreSQL and writes the registry copy in Redis) against
 /// `env` with these settings replaced: its exit code and stderr.
 fn admin_sync(env: &TestEnv, replaced: &[(&str, &str)]) -> (Option<i32>, String) {
@@ -192,16 +200,7 @@ async fn every_binary_works_against_a_tls_only_redis_with_mutual_tls() {
 
     // The api binary admits over TLS; the worker drains over TLS; sluice-admin syncs over TLS.
     let (_api, base) = spawn_api_process(&env, None, &[]);
-    let reply = TestApi::at(&base)
-        .batch(
-            &key,
-            json!([event("page_view", "1"), event("page_view", "2")]),
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    let worker = env.spawn_worker(&[]);
-    worker.wait_ready(200).await;
-    assert_eq!(env.wait_for_events(2, 30).await, 2);
+    let _worker = ingest_and_drain(&env, &TestApi::at(&base), &key).await;
     let (code, stderr) = admin_sync(&env, &[]);
     assert_eq!(code, Some(0), "{stderr}");
 
