@@ -507,3 +507,29 @@ async fn a_record_of_a_100_event_request_costs_under_1_kib() {
         .unwrap();
     println!("record of a 1-event request: {bytes} bytes");
 }
+
+#[actix_web::test]
+async fn on_a_redis_cluster_the_record_lives_beside_the_stream_and_replays() {
+    let cluster = crate::support::cluster::RedisCluster::start();
+    let env = TestEnv::start_on_cluster(&cluster, &[]).await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", None).await;
+    let (a, b) = (env.spawn_api().await, env.spawn_api().await);
+    let body = batch(&["k1", "k2"]);
+    let first = send(&a, "/v1/events/batch", &key, Some("cluster-1"), &body).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let again = send(&b, "/v1/events/batch", &key, Some("cluster-1"), &body).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.header("Idempotent-Replayed"), Some("true"));
+    assert_eq!(again.text, first.text);
+    // Same slot as the stream: one script call could write both.
+    let keyspace = sluice::keyspace::Keyspace::new(16);
+    let record = keyspace.idempotency(&tenant, "cluster-1");
+    let stream = sluice::keyspace::Keyspace::stream(keyspace.partition_of(&tenant));
+    assert_eq!(
+        sluice::keyspace::cluster_slot(&record),
+        sluice::keyspace::cluster_slot(&stream)
+    );
+    let _worker = env.spawn_worker(&[]);
+    assert_eq!(env.wait_for_events(2, 30).await, 2);
+}
