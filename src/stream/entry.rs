@@ -154,6 +154,11 @@ pub struct StreamEntry {
 
 #[derive(serde::Deserialize)]
 struct OwnedStreamEvent {
+    /// In a many-event entry: the event's signal (from 1) and the version it asked for.
+    #[serde(default)]
+    n: Option<usize>,
+    #[serde(default)]
+    v: Option<u32>,
     id: String,
     identity_type: String,
     identity_id: String,
@@ -210,8 +215,9 @@ pub struct EntryEvent {
     /// The event, or why it cannot be read (it is then dead-lettered alone).
     pub event: Result<StreamEntry, BadEntry>,
     /// The event as a one-event entry's fields (`m`, `e`): what a dead letter of it keeps, and
-    /// what replaying that puts back on the stream. `None` for an entry that is one event
-    /// already: the entry itself is that.
+    /// what replaying that puts back on the stream (for an event whose signal cannot be read,
+    /// `m` names only the tenant). `None` for an entry that is one event already: the entry
+    /// itself is that.
     pub alone: Option<[(&'static str, String); 2]>,
 }
 
@@ -236,25 +242,28 @@ impl StreamEntry {
         let events = field(EVENTS).ok_or("entry has no b field")?;
         let events: Vec<&RawValue> =
             serde_json::from_str(&events).map_err(|e| format!("bad b field: {e}"))?;
-        #[derive(serde::Deserialize)]
-        struct Numbers {
-            n: usize,
-            v: u32,
-        }
         let mut seen = vec![0u32; signals.len()];
         let mut out = Vec::with_capacity(events.len());
         for (position, raw) in events.into_iter().enumerate() {
-            let (index, version) = match serde_json::from_str::<Numbers>(raw.get()) {
-                Ok(Numbers { n, v }) if (1..=signals.len()).contains(&n) => (n - 1, v),
-                _ => {
-                    // Its signal is unknown, so whether it was admitted is too: keep it.
-                    out.push(EntryEvent {
-                        position,
-                        event: Err(BadEntry::from("event without a valid n or v")),
-                        alone: None,
-                    });
-                    continue;
-                }
+            let e = raw.get().to_owned();
+            // Each event is parsed once: its signal and version come with the rest of it.
+            let parsed = serde_json::from_str::<OwnedStreamEvent>(&e);
+            let numbers = parsed.as_ref().ok().and_then(|p| Some((p.n?, p.v?)));
+            let Some((index, version)) = numbers
+                .filter(|(n, _)| (1..=signals.len()).contains(n))
+                .map(|(n, v)| (n - 1, v))
+            else {
+                // Its signal is unknown, so whether it was admitted is too: kept, as it is.
+                let reason = match parsed {
+                    Err(why) => format!("bad event: {why}"),
+                    Ok(_) => "event without a valid n or v".to_owned(),
+                };
+                out.push(EntryEvent {
+                    position,
+                    event: Err(BadEntry(reason)),
+                    alone: Some([(META, format!("{tenant}|||0")), (EVENT, e)]),
+                });
+                continue;
             };
             let signal = &signals[index];
             seen[index] += 1;
@@ -263,12 +272,9 @@ impl StreamEntry {
             }
             let version = if version > 0 { version } else { signal.latest };
             let m = format!("{tenant}|{}|{}|{version}", signal.id, signal.signal_type);
-            let e = raw.get().to_owned();
-            let event = Self::decode(|f| match f {
-                META => Some(m.clone()),
-                EVENT => Some(e.clone()),
-                _ => None,
-            });
+            let event = parsed
+                .map_err(|why| BadEntry(format!("bad e field: {why}")))
+                .and_then(|parsed| Self::from_parts(&m, parsed));
             out.push(EntryEvent {
                 position,
                 event,
@@ -281,14 +287,19 @@ impl StreamEntry {
     /// Decodes a one-event entry's fields; the error says what is wrong.
     pub fn decode(field: impl Fn(&str) -> Option<String>) -> Result<Self, BadEntry> {
         let m = field(META).ok_or("entry has no m field")?;
-        let meta = Meta::parse(&m).ok_or_else(|| format!("bad m field {m:?}"))?;
+        let e = field(EVENT).ok_or("entry has no e field")?;
+        let event: OwnedStreamEvent =
+            serde_json::from_str(&e).map_err(|e| format!("bad e field: {e}"))?;
+        Self::from_parts(&m, event)
+    }
+
+    /// An event from its meta field (`m`, as [`Meta`] reads it) and its parsed JSON.
+    fn from_parts(m: &str, event: OwnedStreamEvent) -> Result<Self, BadEntry> {
+        let meta = Meta::parse(m).ok_or_else(|| format!("bad m field {m:?}"))?;
         let version: u32 = meta
             .version
             .parse()
             .map_err(|_| BadEntry::from("bad schema version in m"))?;
-        let e = field(EVENT).ok_or("entry has no e field")?;
-        let event: OwnedStreamEvent =
-            serde_json::from_str(&e).map_err(|e| format!("bad e field: {e}"))?;
         let time = |s: &str| {
             DateTime::parse_from_rfc3339(s)
                 .map(|t| t.with_timezone(&Utc))
@@ -376,5 +387,37 @@ mod tests {
         );
         assert!(StreamEntry::decode(|_| None).is_err());
         assert!(Meta::parse("a|b|c").is_none() && Meta::parse("a|b|c|d|e").is_none());
+    }
+
+    #[test]
+    fn a_many_event_entry_decodes_each_event_alone_and_skips_the_limited() {
+        let body = r#"{"events":[{"signal":"a","identity":{"type":"deal","id":"1"}},{"signal":"a","identity":{"type":"deal","id":"2"}},{"signal":"b","identity":{"type":"deal","id":"3"}}]}"#;
+        let events = crate::domain::parse_batch(body).unwrap();
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        let b = events_field(&events, &[0, 0, 1], &[0, 0, 2], &ids, Utc::now());
+        let mut b: Vec<serde_json::Value> = serde_json::from_slice(&b).unwrap();
+        // The third event loses its signal number: it cannot be placed, so it is kept alone.
+        b[2].as_object_mut().unwrap().remove("n");
+        let fields = [
+            (TENANT, "ten_x".to_owned()),
+            // Signal a: one of its two events admitted; signal b: its one event.
+            (SIGNALS, "sig_a,event,3,1;sig_b,state,0,1".to_owned()),
+            (EVENTS, serde_json::Value::Array(b).to_string()),
+        ];
+        let decoded = StreamEntry::decode_all(|n| {
+            fields.iter().find(|(k, _)| *k == n).map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        assert_eq!(decoded.len(), 2, "the limited event is skipped");
+        let first = decoded[0].event.as_ref().unwrap();
+        assert_eq!((first.id, first.schema_version), (ids[0], Some(3)));
+        assert_eq!(first.signal, "sig_a");
+        assert_eq!(decoded[1].position, 2);
+        assert!(decoded[1].event.is_err());
+        let alone = decoded[1]
+            .alone
+            .as_ref()
+            .expect("dead-lettered alone, not with its entry");
+        assert!(alone[0].1.starts_with("ten_x|") && alone[1].1.contains(&ids[2].to_string()));
     }
 }
