@@ -170,7 +170,7 @@ async fn admit(
         .as_ref()
         .map(|(key, fingerprint)| Idempotency {
             key,
-            fingerprint: fingerprint.clone(),
+            fingerprint,
             ttl: state.settings.idempotency_ttl,
         });
     let verdict = state

@@ -74,12 +74,7 @@ impl ApiKey {
 
     pub fn generate() -> Self {
         let bytes: [u8; 32] = rand::rng().random();
-        let mut s = String::with_capacity(Self::PREFIX.len() + Self::HEX_LEN);
-        s.push_str(Self::PREFIX);
-        for b in bytes {
-            s.push_str(&format!("{b:02x}"));
-        }
-        ApiKey(s)
+        ApiKey(format!("{}{}", Self::PREFIX, hex(&bytes)))
     }
 
     /// The hash under which the key is stored, or `None` when `presented` cannot be a key
@@ -104,10 +99,16 @@ impl ApiKey {
 }
 
 fn sha256_hex(s: &str) -> String {
-    let digest = Sha256::digest(s.as_bytes());
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
+    hex(&Sha256::digest(s.as_bytes()))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     out
 }

@@ -8,7 +8,7 @@ pub mod json_guard;
 pub use event::{
     BodyError, Event, FieldError, MAX_BATCH, SchemaVersion, parse_batch, parse_single,
 };
-pub use ids::{ApiKey, KeyId, SignalId, TenantId, random_base62};
+pub use ids::{ApiKey, KeyId, SignalId, TenantId, hex, random_base62};
 
 use std::fmt;
 use std::str::FromStr;

@@ -39,8 +39,9 @@ pub enum Verdict {
 pub struct Idempotency<'a> {
     /// The key as the client sent it (quotes removed), 1–255 visible ASCII characters.
     pub key: &'a str,
-    /// What makes two requests the same: method, path and body (after decompression), hashed.
-    pub fingerprint: String,
+    /// What makes two requests the same: method, path and body (after decompression), hashed
+    /// ([`Idempotency::fingerprint`]).
+    pub fingerprint: &'a str,
     /// How long the answer is kept for replays.
     pub ttl: Duration,
 }
@@ -53,7 +54,7 @@ impl Idempotency<'_> {
             hash.update((part.len() as u64).to_be_bytes());
             hash.update(part);
         }
-        hex(&hash.finalize()[..16])
+        crate::domain::hex(&hash.finalize()[..16])
     }
 }
 
@@ -92,10 +93,6 @@ fn event_ids(tenant: &str, key: Option<&str>, received_us: i64, count: usize) ->
                 .into_uuid()
         })
         .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -222,7 +219,7 @@ impl Admission {
             Some(i) => {
                 call.key(self.keyspace.idempotency(tenant, i.key));
                 call.arg(i.ttl.as_millis().max(1) as u64)
-                    .arg(&i.fingerprint)
+                    .arg(i.fingerprint)
                     .arg(received_us);
             }
             None => {
