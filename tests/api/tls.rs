@@ -157,9 +157,8 @@ async fn bad_certificates_and_disabled_tls_are_refused_with_a_clear_error() {
     assert!(ok, "{stderr}");
 }
 
-/// Two events admitted by `api`, then stored by a worker (returned, still running): the whole
-/// path over whatever TLS `env` uses.
-async fn ingest_and_drain(env: &TestEnv, api: &TestApi, key: &str) -> WorkerProcess {
+/// Two `page_view` events, admitted by `api`.
+async fn admit_two(api: &TestApi, key: &str) {
     let reply = api
         .batch(
             key,
@@ -167,6 +166,12 @@ async fn ingest_and_drain(env: &TestEnv, api: &TestApi, key: &str) -> WorkerProc
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+/// Two events admitted by `api`, then stored by a worker (returned, still running): the whole
+/// path over whatever TLS `env` uses.
+async fn ingest_and_drain(env: &TestEnv, api: &TestApi, key: &str) -> WorkerProcess {
+    admit_two(api, key).await;
     let worker = env.spawn_worker(&[]);
     worker.wait_ready(200).await;
     assert_eq!(env.wait_for_events(2, 30).await, 2);
@@ -314,13 +319,7 @@ async fn a_redis_cluster_over_tls_ingests_and_drains() {
     }
     let api = env.spawn_api().await;
     for key in &keys {
-        let reply = api
-            .batch(
-                key,
-                json!([event("page_view", "1"), event("page_view", "2")]),
-            )
-            .await;
-        assert_eq!(reply.status, 200, "{}", reply.text);
+        admit_two(&api, key).await;
     }
     let worker = env.spawn_worker(&[]);
     worker.wait_ready(200).await;
