@@ -9,8 +9,9 @@
 //! of concurrent commands. So instead of checking a connection out of a pool per call (which
 //! costs a health-check round trip, `UNWATCH` + `PING`, every time), each process keeps
 //! `pool_size` long-lived connections, opened on first use and used round-robin. A connection
-//! that fails at the transport level (or does not answer in time) is dropped and replaced on
-//! next use. On a cluster, the redis crate follows `MOVED`/`ASK` redirects and refreshes the
+//! that does not answer in time is dropped and replaced on next use; a failure at the transport
+//! level (the server went away) drops them all, so a restarted Redis costs one failed request,
+//! not one per connection. On a cluster, the redis crate follows `MOVED`/`ASK` redirects and refreshes the
 //! slot map when the topology changes. Measured effect: BENCHMARKS.md, "History".
 //!
 //! TLS is rustls (as for PostgreSQL: nothing to build or link from OpenSSL), with the server's
@@ -230,7 +231,9 @@ impl Redis {
                         || e.is_connection_dropped()
                         || e.is_unrecoverable_error() =>
                 {
-                    self.discard(slot);
+                    // The server went away (a restart, a failover): every connection to it is
+                    // stale, so all are replaced now rather than each failing one request first.
+                    self.discard_all();
                     if writes {
                         RedisError::Unconfirmed(e.to_string())
                     } else {
@@ -274,6 +277,12 @@ impl Redis {
 
     fn discard(&self, slot: usize) {
         self.shared.slots[slot].lock().expect("slot lock").take();
+    }
+
+    fn discard_all(&self) {
+        for slot in 0..self.shared.slots.len() {
+            self.discard(slot);
+        }
     }
 }
 
