@@ -11,6 +11,7 @@ use crate::domain::SignalType;
 use crate::keyspace::Keyspace;
 use crate::pg::{self, PgError};
 use crate::redis_pool::Redis;
+use crate::registry::admin_tokens::AdminTokens;
 use crate::registry::{self, Registry, RegistryError};
 use crate::stream::dead_letters::{self, DeadLetterError};
 
@@ -36,7 +37,7 @@ pub enum AdminError {
 #[command(
     name = "sluice-admin",
     version,
-    about = "Operate Sluice: migrations, tenants, API keys, signals, schemas.",
+    about = "Operate Sluice: migrations, tenants, API keys, signals, schemas, admin tokens.",
     after_help = "Reads the same settings as the services (SLUICE__* variables, SLUICE_CONFIG). Every \
                   command prints one JSON object on success."
 )]
@@ -75,6 +76,25 @@ enum Command {
     DeadLetters {
         #[command(subcommand)]
         command: DeadLetterCommand,
+    },
+    /// Manage the bearer tokens of the admin HTTP API (SLUICE__ADMIN__BIND).
+    AdminToken {
+        #[command(subcommand)]
+        command: AdminTokenCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminTokenCommand {
+    /// Create an admin token; the token is printed once and only its hash is stored.
+    Create {
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Revoke an admin token: the admin API refuses it from the next request on.
+    Revoke {
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -264,9 +284,27 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
         Command::Sync => serde_json::to_value(registry.sync().await?).expect("counts serialize"),
         Command::DeadLetters {
             command: DeadLetterCommand::List { all, limit },
-        } => dead_letters::list(&pg, all, i64::from(limit)).await?,
+        } => {
+            let page = dead_letters::list(&pg, all, None, limit).await?;
+            json!({"count": page.items.len(), "dead_letters": page.items})
+        }
         Command::DeadLetters {
             command: DeadLetterCommand::Replay { id },
-        } => dead_letters::replay(&pg, &redis, &keyspace, id).await?,
+        } => {
+            let replayed = dead_letters::replay(&pg, &redis, &keyspace, id).await?;
+            json!({"replayed": replayed.len(), "entries": replayed})
+        }
+        Command::AdminToken {
+            command: AdminTokenCommand::Create { name },
+        } => {
+            let (id, token) = AdminTokens::new(pg).create(name.as_deref()).await?;
+            json!({"id": id, "token": token.expose()})
+        }
+        Command::AdminToken {
+            command: AdminTokenCommand::Revoke { id },
+        } => {
+            let token = AdminTokens::new(pg).revoke(&id).await?;
+            json!({"id": token.id, "revoked": true})
+        }
     })
 }

@@ -26,6 +26,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub postgres: PostgresSettings,
     pub api: ApiSettings,
+    pub admin: AdminSettings,
     pub worker: WorkerSettings,
     pub limits: Limits,
     pub log: LogSettings,
@@ -104,6 +105,12 @@ pub struct ApiSettings {
     pub keep_alive: Duration,
     /// How long the answer to a request with an `Idempotency-Key` is kept for replays.
     pub idempotency_ttl: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminSettings {
+    /// Where the api binary serves the admin HTTP API; `None` (the default): not served.
+    pub bind: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -196,6 +203,7 @@ struct Raw {
     redis: RawRedis,
     postgres: RawPostgres,
     api: RawApi,
+    admin: RawAdmin,
     worker: RawWorker,
     limits: RawLimits,
     log: RawLog,
@@ -283,6 +291,12 @@ impl Default for RawApi {
             idempotency_ttl_secs: "86400".into(),
         }
     }
+}
+
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawAdmin {
+    bind: String,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -484,6 +498,24 @@ impl Settings {
                     })?,
                 ),
             },
+            admin: AdminSettings {
+                bind: get("admin.bind", &raw.admin.bind).parse_with(|v| {
+                    if v.is_empty() {
+                        return Ok(None);
+                    }
+                    let addr: SocketAddr = v
+                        .parse()
+                        .map_err(|_| "must be a socket address such as 127.0.0.1:8081".to_owned())?;
+                    let api = a.bind.trim().parse::<SocketAddr>().ok();
+                    if api.is_some_and(|api| same_listener(api, addr)) {
+                        return Err(
+                            "must not be the ingest listener's address (SLUICE__API__BIND): the admin API has a port of its own"
+                                .to_owned(),
+                        );
+                    }
+                    Ok(Some(addr))
+                })?,
+            },
             worker: WorkerSettings {
                 metrics_bind: get("worker.metrics_bind", &w.metrics_bind)
                     .parsed("a socket address such as 0.0.0.0:9091")?,
@@ -530,6 +562,13 @@ impl Settings {
             },
         })
     }
+}
+
+/// Whether two listeners would take the same port on some address.
+fn same_listener(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Every `section.key` there is, from the sections' own fields.
@@ -740,11 +779,27 @@ mod tests {
             ),
             ("SLUICE__API__BIND", "localhost"),
             ("SLUICE__API__KEY_CACHE_TTL_MS", "60000"),
+            ("SLUICE__ADMIN__BIND", "localhost:8081"),
+            ("SLUICE__ADMIN__BIND", "127.0.0.1:8080"),
         ] {
             let err = load(&[(var, value)]).unwrap_err().to_string();
             assert!(err.contains(var), "{var}={value}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn the_admin_api_is_off_unless_bound_and_never_on_the_ingest_port() {
+        assert_eq!(load(&[]).unwrap().admin.bind, None);
+        let on = load(&[("SLUICE__ADMIN__BIND", "127.0.0.1:8081")]).unwrap();
+        assert_eq!(on.admin.bind, Some("127.0.0.1:8081".parse().unwrap()));
+        let err = load(&[
+            ("SLUICE__API__BIND", "127.0.0.1:9000"),
+            ("SLUICE__ADMIN__BIND", "0.0.0.0:9000"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ingest listener"), "{err}");
     }
 
     #[test]

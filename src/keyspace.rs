@@ -119,6 +119,35 @@ impl PackedSignal {
     }
 }
 
+impl std::str::FromStr for PackedSignal {
+    type Err = String;
+
+    /// Reads what [`PackedSignal::pack`] wrote.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("not a packed signal: {s:?}");
+        let mut parts = s.split('|');
+        let mut next = || parts.next().ok_or_else(bad);
+        let (id, kind, active, limit, versions) = (next()?, next()?, next()?, next()?, next()?);
+        if parts.next().is_some() || id.is_empty() {
+            return Err(bad());
+        }
+        Ok(PackedSignal {
+            id: id.to_owned(),
+            signal_type: kind.parse().map_err(|_| bad())?,
+            active: match active {
+                "1" => true,
+                "0" => false,
+                _ => return Err(bad()),
+            },
+            limit: match limit {
+                "" => None,
+                l => Some(l.parse().map_err(|_| bad())?),
+            },
+            schema_versions: versions.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// A valid key as the API-key index (`sluice:keys`) holds it: `<tenant id> <key id>`, under the
 /// key's SHA-256. Written by the registry copy, read by the api's key lookup.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,9 +237,20 @@ mod tests {
         let default_limit = PackedSignal {
             limit: None,
             active: false,
-            ..s
+            ..s.clone()
         };
         assert_eq!(default_limit.pack(), "sig_AbCd1234|metric|0||2");
+        assert_eq!(default_limit.pack().parse(), Ok(default_limit.clone()));
+        assert_eq!(s.pack().parse(), Ok(s));
+        for bad in [
+            "",
+            "sig_x|metric|1|5",
+            "sig_x|metric|2||0",
+            "sig_x|nope|1||0",
+            "|event|1||0",
+        ] {
+            assert!(bad.parse::<PackedSignal>().is_err(), "{bad:?}");
+        }
     }
 }
 

@@ -78,29 +78,56 @@ pub fn serve<P: Probe>(
     Ok((server.run(), addr))
 }
 
-async fn livez() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "alive"}))
+/// `{"status": "alive"}` or `{"status": "ready"}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Status {
+    #[schema(example = "ready")]
+    status: &'static str,
 }
 
-/// 200 while every dependency answers; 503 naming each one that does not.
-async fn readyz<P: Probe>(probe: web::Data<P>) -> HttpResponse {
+/// What `/readyz` answers while a dependency does not.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Unready {
+    #[schema(example = "unavailable")]
+    status: &'static str,
+    /// The dependencies that do not answer, e.g. `redis`.
+    failing: Vec<&'static str>,
+    /// What went wrong with each.
+    error: String,
+}
+
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/livez", tag = "operations",
+    responses((status = 200, description = "Alive", body = Status)))]
+pub async fn livez() -> HttpResponse {
+    HttpResponse::Ok().json(Status { status: "alive" })
+}
+
+/// Readiness: 200 while every dependency answers; 503 naming each one that does not.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = Status),
+        (status = 503, description = "A dependency does not answer", body = Unready)))]
+pub async fn readyz<P: Probe>(probe: web::Data<P>) -> HttpResponse {
     let failing = probe.failing().await;
     if failing.is_empty() {
-        return HttpResponse::Ok().json(json!({"status": "ready"}));
+        return HttpResponse::Ok().json(Status { status: "ready" });
     }
-    let names: Vec<&str> = failing.iter().map(|f| f.dependency).collect();
     let errors: Vec<String> = failing
         .iter()
         .map(|f| format!("{}: {}", f.dependency, f.error))
         .collect();
-    HttpResponse::ServiceUnavailable().json(json!({
-        "status": "unavailable",
-        "failing": names,
-        "error": errors.join("; "),
-    }))
+    HttpResponse::ServiceUnavailable().json(Unready {
+        status: "unavailable",
+        failing: failing.iter().map(|f| f.dependency).collect(),
+        error: errors.join("; "),
+    })
 }
 
-async fn metrics<P: Probe>(probe: web::Data<P>) -> HttpResponse {
+/// The Prometheus text exposition of the process's metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")))]
+pub async fn metrics<P: Probe>(probe: web::Data<P>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(probe.metrics())

@@ -49,7 +49,7 @@ impl KeyCache {
         redis: &Redis,
     ) -> Result<Principal, ApiError> {
         let presented = bearer_token(req).ok_or(ApiError::MissingKey)?;
-        let hash = ApiKey::hash_presented(presented).ok_or(ApiError::InvalidKey)?;
+        let hash = ApiKey::hash_presented_key(presented).ok_or(ApiError::InvalidKey)?;
         if let Some(cached) = self.get(&hash) {
             return cached.ok_or(ApiError::InvalidKey);
         }
@@ -93,7 +93,7 @@ impl KeyCache {
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
-fn bearer_token(req: &HttpRequest) -> Option<&str> {
+pub(super) fn bearer_token(req: &HttpRequest) -> Option<&str> {
     let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();

@@ -17,6 +17,25 @@ pub enum ApiError {
     MissingKey,
     #[error("Invalid API key")]
     InvalidKey,
+    #[error("Missing admin token")]
+    MissingAdminToken,
+    #[error("Invalid admin token")]
+    InvalidAdminToken,
+    /// A resource of the self-service or admin API that does not exist (the message names it).
+    #[error("{0}")]
+    NotFound(String),
+    /// A change that clashes with what exists (the message says what).
+    #[error("{0}")]
+    Conflict(String),
+    /// Saved in PostgreSQL, but the Redis copy the api reads could not be updated.
+    #[error(
+        "Saved, but the registry copy in Redis could not be updated; the api replicas see the change \
+         once POST /admin/v1/sync (or the worker's next reconcile) succeeds"
+    )]
+    CopyStale(String),
+    /// The admin API's PostgreSQL or Redis did not answer (operators see the cause).
+    #[error("{0}; please retry")]
+    Dependency(String),
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     #[error("Content-Encoding {0:?} is not supported; send gzip or an uncompressed body")]
@@ -56,18 +75,28 @@ pub enum ApiError {
     NotReplicated(String),
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error answer: `success` is false, `error` says what went wrong.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error, example = json!({"success": false, "error": "Invalid API key"}))]
+pub struct Body<'a> {
+    /// Always false.
     success: bool,
     error: String,
+    /// Validation errors only: every problem found, by event and field.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<FieldError>>)]
     details: Option<&'a [FieldError]>,
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MissingKey | ApiError::InvalidKey => StatusCode::UNAUTHORIZED,
+            ApiError::MissingKey
+            | ApiError::InvalidKey
+            | ApiError::MissingAdminToken
+            | ApiError::InvalidAdminToken => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnsupportedMediaType | ApiError::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
@@ -79,9 +108,11 @@ impl ResponseError for ApiError {
             ApiError::SignalsNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) | ApiError::Unconfirmed(_) | ApiError::NotReplicated(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Unavailable(_)
+            | ApiError::Unconfirmed(_)
+            | ApiError::NotReplicated(_)
+            | ApiError::CopyStale(_)
+            | ApiError::Dependency(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -93,11 +124,16 @@ impl ResponseError for ApiError {
             }
             ApiError::Unavailable(cause)
             | ApiError::Unconfirmed(cause)
-            | ApiError::NotReplicated(cause) => {
+            | ApiError::NotReplicated(cause)
+            | ApiError::CopyStale(cause)
+            | ApiError::Dependency(cause) => {
                 tracing::warn!(%cause, "answering 503");
                 response.insert_header((RETRY_AFTER, "1"));
             }
-            ApiError::MissingKey | ApiError::InvalidKey => {
+            ApiError::MissingKey
+            | ApiError::InvalidKey
+            | ApiError::MissingAdminToken
+            | ApiError::InvalidAdminToken => {
                 response.insert_header(("WWW-Authenticate", "Bearer"));
             }
             _ => {}
@@ -122,6 +158,30 @@ impl From<crate::redis_pool::RedisError> for ApiError {
             }
             crate::redis_pool::RedisError::Unconfirmed(_) => ApiError::Unconfirmed(e.to_string()),
             _ => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::registry::RegistryError> for ApiError {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        use crate::registry::RegistryError as R;
+        match e {
+            R::NotFound(m) => ApiError::NotFound(m),
+            R::Conflict(m) => ApiError::Conflict(m),
+            R::Invalid(m) => ApiError::BadRequest(m),
+            R::CopyStale(cause) => ApiError::CopyStale(cause),
+            R::Postgres(_) | R::Redis(_) => ApiError::Dependency(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::stream::dead_letters::DeadLetterError> for ApiError {
+    fn from(e: crate::stream::dead_letters::DeadLetterError) -> Self {
+        use crate::stream::dead_letters::DeadLetterError as D;
+        match e {
+            D::NotFound(m) => ApiError::NotFound(m),
+            D::NotReplayable(m) => ApiError::Conflict(m),
+            D::Postgres(_) | D::Redis(_) => ApiError::Dependency(e.to_string()),
         }
     }
 }

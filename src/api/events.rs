@@ -6,47 +6,87 @@
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::Principal;
-use super::error::ApiError;
+use super::error::{ApiError, Body as ErrorBody};
 use super::idempotency;
 use super::rate_headers::RateHeaders;
 use crate::domain::{self, BodyError, Event};
 use crate::ingest::{Admitted, Idempotency, Outcome, Verdict};
 
 /// One accepted event in a response.
-#[derive(Serialize)]
-struct AcceptedItem<'a> {
+#[derive(Serialize, ToSchema)]
+#[schema(as = Accepted)]
+pub struct AcceptedItem<'a> {
+    /// The event's id (a UUIDv7), as stored.
     id: uuid::Uuid,
+    #[schema(example = "sig_bFyqj0qg")]
     signal_id: &'a str,
+    /// The resolved schema version; null when the signal has no schema.
     schema_version: Option<u32>,
+    /// Always `pending`: the event is queued and will be stored exactly once.
+    #[schema(example = "pending", pattern = "^pending$")]
     status: &'static str,
+    /// The event's `reference`, or null.
     reference: Option<&'a str>,
 }
 
 /// One rate-limited event in a batch response.
-#[derive(Serialize)]
-struct LimitedItem<'a> {
+#[derive(Serialize, ToSchema)]
+#[schema(as = RateLimited)]
+pub struct LimitedItem<'a> {
     signal_id: &'a str,
     reference: Option<&'a str>,
+    /// The event's position in the request.
     index: usize,
 }
 
-#[derive(Serialize)]
-struct BatchResponse<'a> {
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"success": true,
+    "data": [{"id": "0193a5c8-7d2e-7000-8000-4f2b9c1d3e5a", "signal_id": "sig_bFyqj0qg",
+              "schema_version": null, "status": "pending", "reference": "evt-001"}],
+    "rate_limited": [{"signal_id": "sig_bFyqj0qg", "reference": "evt-002", "index": 1}]}))]
+pub struct BatchResponse<'a> {
+    /// Always true.
     success: bool,
+    /// The accepted events, in request order.
     data: Vec<AcceptedItem<'a>>,
+    /// Present only when some events were rate limited.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     rate_limited: Vec<LimitedItem<'a>>,
 }
 
-#[derive(Serialize)]
-struct SingleResponse<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct SingleResponse<'a> {
+    /// Always true.
     success: bool,
     data: AcceptedItem<'a>,
 }
 
+/// Sends 1 to 100 events. Each is admitted against its signal's window in request order; those
+/// over the limit are listed in `rate_limited`, the rest are acknowledged at once.
+#[utoipa::path(
+    post,
+    path = "/v1/events/batch",
+    tag = "ingest",
+    params(super::openapi::IdempotencyKey),
+    request_body(content = super::openapi::BatchInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Accepted (some may be rate limited)", body = BatchResponse,
+            headers(("Idempotency-Replayed" = String,
+                description = "`true` when this is the recorded answer to an earlier request with the same key"))),
+        (status = 400, description = "`Invalid JSON: ...`, `events array is required and must not be empty`, \
+            `Maximum 100 events per batch`, a field's problem (with `details`), an unknown schema version, \
+            or a malformed `Idempotency-Key`", body = ErrorBody),
+        (status = 404, description = "`Signals not found: a, b`", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 422, description = "`Idempotency-Key has already been used with a different request`", body = ErrorBody),
+        (status = 429, description = "`Rate limit exceeded for all events in batch`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Whole seconds until the window resets, at least 1"))),
+    )
+)]
 pub async fn batch(
     req: HttpRequest,
     payload: web::Payload,
@@ -85,6 +125,26 @@ pub async fn batch(
     }))
 }
 
+/// Sends one event.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "ingest",
+    params(super::openapi::IdempotencyKey),
+    request_body(content = super::openapi::EventInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Accepted", body = SingleResponse,
+            headers(("Idempotency-Replayed" = String,
+                description = "`true` when this is the recorded answer to an earlier request with the same key"))),
+        (status = 400, description = "`Invalid JSON: ...`, a field's problem (with `details`), an unknown \
+            schema version, or a malformed `Idempotency-Key`", body = ErrorBody),
+        (status = 404, description = "`Signals not found: <slug>`", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 422, description = "`Idempotency-Key has already been used with a different request`", body = ErrorBody),
+        (status = 429, description = "`Rate limit exceeded for signal <slug>`", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Whole seconds until the window resets, at least 1"))),
+    )
+)]
 pub async fn single(
     req: HttpRequest,
     payload: web::Payload,

@@ -3,12 +3,15 @@
 //! A replica holds nothing another needs: its only state is a Redis pool, the compiled script,
 //! and a few-seconds cache of API-key lookups.
 
+pub mod admin;
 mod auth;
 mod body;
 mod error;
 mod events;
 mod idempotency;
+pub mod openapi;
 mod rate_headers;
+mod signals;
 
 pub use auth::Principal;
 pub use error::ApiError;
@@ -34,6 +37,7 @@ fn is_sane_request_id(v: &str) -> bool {
 
 use crate::config::{ApiSettings, Settings};
 use crate::ingest::Admission;
+use crate::ingest::windows::Windows;
 use crate::keyspace::Keyspace;
 use crate::metrics::ApiMetrics;
 use crate::ops;
@@ -43,6 +47,7 @@ use crate::redis_pool::Redis;
 pub struct AppState {
     pub redis: Redis,
     pub admission: Admission,
+    pub windows: Windows,
     pub keys: auth::KeyCache,
     pub settings: ApiSettings,
     pub metrics: ApiMetrics,
@@ -57,6 +62,7 @@ impl AppState {
                 settings.limits,
                 settings.redis.min_replicas_ack,
             ),
+            windows: Windows::new(Keyspace::new(settings.redis.partitions), settings.limits),
             keys: auth::KeyCache::new(settings.api.key_cache_ttl),
             settings: settings.api.clone(),
             metrics: ApiMetrics::new(),
@@ -68,11 +74,18 @@ impl AppState {
 pub struct ApiServer {
     pub server: Server,
     pub addr: SocketAddr,
+    /// The admin API's server, when `SLUICE__ADMIN__BIND` is set.
+    pub admin: Option<Box<ApiServer>>,
 }
 
-/// Binds the api on `bind` (port 0 picks a free port) and returns the running server.
+/// Binds the api on `bind` (port 0 picks a free port), and the admin API on
+/// `settings.admin.bind` if set, and returns the running servers.
 pub fn serve(settings: &Settings, bind: SocketAddr) -> Result<ApiServer, String> {
     let state = web::Data::new(AppState::new(settings)?);
+    let admin = match settings.admin.bind {
+        Some(admin_bind) => Some(Box::new(serve_admin(settings, &state, admin_bind)?)),
+        None => None,
+    };
     let workers = settings.api.workers;
     let mut server = HttpServer::new(move || {
         App::new()
@@ -106,12 +119,180 @@ pub fn serve(settings: &Settings, bind: SocketAddr) -> Result<ApiServer, String>
     Ok(ApiServer {
         server: server.run(),
         addr,
+        admin,
     })
+}
+
+/// The admin listener: its own server (two threads: it serves operators, not traffic), sharing
+/// the api's Redis connections and metrics.
+fn serve_admin(
+    settings: &Settings,
+    state: &web::Data<AppState>,
+    bind: SocketAddr,
+) -> Result<ApiServer, String> {
+    let pg = crate::pg::pool(&settings.postgres).map_err(|e| e.to_string())?;
+    let admin_state = web::Data::new(admin::AdminState::new(
+        pg,
+        state.redis.clone(),
+        Keyspace::new(settings.redis.partitions),
+        settings.limits,
+    ));
+    let state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(admin_state.clone())
+            .app_data(admin_json())
+            .app_data(query_config())
+            .app_data(path_config())
+            .wrap(from_fn(observe))
+            .configure(admin_routes)
+    })
+    .workers(2)
+    .disable_signals()
+    .shutdown_timeout(settings.api.shutdown_grace.as_secs())
+    .client_request_timeout(settings.api.client_timeout)
+    .keep_alive(settings.api.keep_alive);
+    let server = server
+        .bind(bind)
+        .map_err(|e| format!("SLUICE__ADMIN__BIND: cannot listen on {bind}: {e}"))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or("no listening address")?;
+    Ok(ApiServer {
+        server: server.run(),
+        addr,
+        admin: None,
+    })
+}
+
+/// Admin bodies: JSON of at most 1 MiB, every failure in the contract's error shape.
+fn admin_json() -> web::JsonConfig {
+    use actix_web::error::JsonPayloadError;
+    const LIMIT: usize = 1 << 20;
+    web::JsonConfig::default()
+        .limit(LIMIT)
+        .content_type_required(true)
+        .content_type(|mime| {
+            mime.subtype().as_str() == "json" || mime.suffix().map(|s| s.as_str()) == Some("json")
+        })
+        .error_handler(|err, _req| {
+            let error = match err {
+                JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => {
+                    ApiError::PayloadTooLarge { limit: LIMIT }
+                }
+                JsonPayloadError::Deserialize(e) if e.is_data() => {
+                    ApiError::BadRequest(format!("Invalid request body: {e}"))
+                }
+                JsonPayloadError::Deserialize(e) => ApiError::InvalidJson(e.to_string()),
+                other => ApiError::BadRequest(format!("Invalid request body: {other}")),
+            };
+            error.into()
+        })
+}
+
+fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _req| {
+        ApiError::BadRequest(format!("Invalid query string: {err}")).into()
+    })
+}
+
+fn path_config() -> web::PathConfig {
+    web::PathConfig::default()
+        .error_handler(|err, _req| ApiError::NotFound(format!("Not found: {err}")).into())
+}
+
+/// The admin API's routes, each path answering 405 (naming what it allows) to other methods.
+pub fn admin_routes(cfg: &mut web::ServiceConfig) {
+    let only = |allow: &'static str| {
+        web::to(move |req: actix_web::HttpRequest| ops::method_not_allowed(req, allow))
+    };
+    cfg.service(
+        web::resource("/openapi.json")
+            .route(web::get().to(openapi::admin_document))
+            .default_service(only("GET")),
+    )
+    .service(
+        web::scope("/admin/v1")
+            .wrap(from_fn(admin::authorize))
+            .service(
+                web::resource("/tenants")
+                    .route(web::post().to(admin::create_tenant))
+                    .route(web::get().to(admin::list_tenants))
+                    .default_service(only("GET, POST")),
+            )
+            .service(
+                web::resource("/tenants/{tenant_id}")
+                    .route(web::get().to(admin::get_tenant))
+                    .default_service(only("GET")),
+            )
+            .service(
+                web::resource("/tenants/{tenant_id}/keys")
+                    .route(web::post().to(admin::create_key))
+                    .route(web::get().to(admin::list_keys))
+                    .default_service(only("GET, POST")),
+            )
+            .service(
+                web::resource("/keys/{key_id}")
+                    .route(web::delete().to(admin::revoke_key))
+                    .default_service(only("DELETE")),
+            )
+            .service(
+                web::resource("/tenants/{tenant_id}/signals")
+                    .route(web::post().to(admin::create_signal))
+                    .route(web::get().to(admin::list_signals))
+                    .default_service(only("GET, POST")),
+            )
+            .service(
+                web::resource("/tenants/{tenant_id}/signals/{slug}")
+                    .route(web::get().to(admin::get_signal))
+                    .route(web::patch().to(admin::patch_signal))
+                    .default_service(only("GET, PATCH")),
+            )
+            .service(
+                web::resource("/tenants/{tenant_id}/signals/{slug}/limit")
+                    .route(web::put().to(admin::put_limit))
+                    .default_service(only("PUT")),
+            )
+            .service(
+                web::resource("/tenants/{tenant_id}/signals/{slug}/schemas")
+                    .route(web::post().to(admin::add_schema))
+                    .route(web::get().to(admin::list_schemas))
+                    .default_service(only("GET, POST")),
+            )
+            .service(
+                web::resource("/tenants/{tenant_id}/signals/{slug}/schemas/{version}")
+                    .route(web::get().to(admin::get_schema))
+                    .default_service(only("GET")),
+            )
+            .service(
+                web::resource("/dead-letters")
+                    .route(web::get().to(admin::list_dead_letters))
+                    .default_service(only("GET")),
+            )
+            .service(
+                web::resource("/dead-letters/replay")
+                    .route(web::post().to(admin::replay_dead_letters))
+                    .default_service(only("POST")),
+            )
+            .service(
+                web::resource("/sync")
+                    .route(web::post().to(admin::sync))
+                    .default_service(only("POST")),
+            )
+            .default_service(web::to(ops::not_found)),
+    )
+    .default_service(web::to(ops::not_found));
 }
 
 /// Every route, with JSON answers for unknown paths and wrong methods.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     let post_only = || web::to(|req: actix_web::HttpRequest| ops::method_not_allowed(req, "POST"));
+    let get_only = || web::to(|req: actix_web::HttpRequest| ops::method_not_allowed(req, "GET"));
     cfg.service(
         web::resource("/v1/events/batch")
             .route(web::post().to(events::batch))
@@ -121,6 +302,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/events")
             .route(web::post().to(events::single))
             .default_service(post_only()),
+    )
+    .app_data(path_config())
+    .service(
+        web::resource("/v1/signals")
+            .route(web::get().to(signals::list))
+            .default_service(get_only()),
+    )
+    .service(
+        web::resource("/v1/signals/{slug}")
+            .route(web::get().to(signals::one))
+            .default_service(get_only()),
+    )
+    .service(
+        web::resource("/openapi.json")
+            .route(web::get().to(openapi::public_document))
+            .default_service(get_only()),
     )
     .configure(ops::routes::<AppState>)
     .default_service(web::to(ops::not_found));

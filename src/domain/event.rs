@@ -44,9 +44,11 @@ pub enum SchemaVersion {
 }
 
 /// One problem with one field of one event.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FieldError {
+    /// The event's position in the request (0 for a single event).
     pub index: usize,
+    /// The field's path, e.g. `events[3].identity.id`.
     pub field: String,
     pub message: String,
 }

@@ -64,23 +64,41 @@ prefixed_id!(
     KeyId, "key_", 16
 );
 
-/// An API key secret: `sk_` followed by 32 random bytes in hex. Shown once at creation; only
-/// its SHA-256 is ever stored.
-pub struct ApiKey(String);
+prefixed_id!(
+    /// An admin token's public id, used to revoke it. Never the secret.
+    AdminTokenId, "adm_", 16
+);
 
-impl ApiKey {
-    const PREFIX: &'static str = "sk_";
+/// A bearer secret: a prefix naming its kind (`sk_` for API keys, `sat_` for admin tokens)
+/// followed by 32 random bytes in hex. Shown once at creation; only its SHA-256 is ever stored.
+pub struct Secret(String);
+
+/// API keys are secrets of this prefix.
+pub type ApiKey = Secret;
+
+impl Secret {
+    pub const API_KEY_PREFIX: &'static str = "sk_";
     const HEX_LEN: usize = 64;
 
-    pub fn generate() -> Self {
-        let bytes: [u8; 32] = rand::rng().random();
-        ApiKey(format!("{}{}", Self::PREFIX, hex(&bytes)))
+    /// A new API key.
+    pub fn generate_api_key() -> Self {
+        Self::generate(Self::API_KEY_PREFIX)
     }
 
-    /// The hash under which the key is stored, or `None` when `presented` cannot be a key
-    /// (so malformed keys are refused without a lookup).
-    pub fn hash_presented(presented: &str) -> Option<String> {
-        let hex = presented.strip_prefix(Self::PREFIX)?;
+    pub fn generate(prefix: &str) -> Self {
+        let bytes: [u8; 32] = rand::rng().random();
+        Secret(format!("{prefix}{}", hex(&bytes)))
+    }
+
+    /// The hash under which an API key is stored, or `None` when `presented` cannot be one.
+    pub fn hash_presented_key(presented: &str) -> Option<String> {
+        Self::hash_presented(Self::API_KEY_PREFIX, presented)
+    }
+
+    /// The hash under which the secret is stored, or `None` when `presented` cannot be a
+    /// secret of this prefix (so malformed ones are refused without a lookup).
+    pub fn hash_presented(prefix: &str, presented: &str) -> Option<String> {
+        let hex = presented.strip_prefix(prefix)?;
         if hex.len() != Self::HEX_LEN
             || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         {
@@ -128,11 +146,20 @@ mod tests {
 
     #[test]
     fn keys_hash_only_when_well_formed() {
-        let key = ApiKey::generate();
-        assert_eq!(ApiKey::hash_presented(key.expose()), Some(key.hash()));
-        assert_ne!(ApiKey::generate().expose(), key.expose());
-        assert_eq!(ApiKey::hash_presented("sk_123"), None);
-        assert_eq!(ApiKey::hash_presented(&key.expose().to_uppercase()), None);
-        assert_eq!(ApiKey::hash_presented(&key.expose()[1..]), None);
+        let key = ApiKey::generate_api_key();
+        assert_eq!(ApiKey::hash_presented_key(key.expose()), Some(key.hash()));
+        assert_ne!(ApiKey::generate_api_key().expose(), key.expose());
+        assert_eq!(ApiKey::hash_presented_key("sk_123"), None);
+        assert_eq!(
+            ApiKey::hash_presented_key(&key.expose().to_uppercase()),
+            None
+        );
+        assert_eq!(ApiKey::hash_presented_key(&key.expose()[1..]), None);
+        let token = Secret::generate("sat_");
+        assert_eq!(
+            Secret::hash_presented("sat_", token.expose()),
+            Some(token.hash())
+        );
+        assert_eq!(ApiKey::hash_presented_key(token.expose()), None);
     }
 }

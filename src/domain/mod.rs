@@ -8,14 +8,17 @@ pub mod json_guard;
 pub use event::{
     BodyError, Event, FieldError, MAX_BATCH, SchemaVersion, parse_batch, parse_single,
 };
-pub use ids::{ApiKey, KeyId, SignalId, TenantId, hex, random_base62};
+pub use ids::{AdminTokenId, ApiKey, KeyId, Secret, SignalId, TenantId, hex, random_base62};
 
 use std::fmt;
 use std::str::FromStr;
 
 /// The three kinds of signal. The type decides the default rate limit and, in the worker, how
 /// an event is rolled up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum SignalType {
     Event,
     Metric,

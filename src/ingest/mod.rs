@@ -7,6 +7,8 @@
 //! With an `Idempotency-Key` the same script call records the answer (or replays the recorded
 //! one): see `lua/admit.lua` and [`Idempotency`].
 
+pub mod windows;
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "registry versions",
         include_str!("../../migrations/0003_registry_versions.sql"),
     ),
+    (
+        4,
+        "admin tokens",
+        include_str!("../../migrations/0004_admin_tokens.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming Sluice's migration lock.

@@ -142,3 +142,8 @@ pub async fn migrate(pool: &Pool) -> Result<Vec<i32>, PgError> {
     let mut client = pool.get().await?;
     Ok(migrate::run(&mut client).await?)
 }
+
+/// SQL for `timestamptz` column `c` as ISO 8601 text in UTC, to the second.
+pub fn iso(c: &str) -> String {
+    format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
+}

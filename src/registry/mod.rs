@@ -10,7 +10,9 @@
 //! before they are copied; a key is copied inside its creating transaction, so a key is never
 //! shown to an operator unless both stores have it.
 
+pub mod admin_tokens;
 pub mod copy;
+pub mod listing;
 
 use deadpool_postgres::Pool;
 use serde_json::Value;
@@ -116,8 +118,27 @@ pub struct KeyRow {
     pub revoked: bool,
 }
 
+/// A change to a signal: each field set is applied, the others left as they are.
+#[derive(Clone, Debug, Default)]
+pub struct SignalChange {
+    pub active: Option<bool>,
+    /// `Some(None)`: back to the configured default for the signal's type.
+    pub limit: Option<Option<u32>>,
+}
+
+/// A per-minute limit must be positive and fit the registry's column.
+fn check_limit(limit: Option<u32>) -> Result<(), RegistryError> {
+    match limit {
+        Some(l) if l == 0 || l > i32::MAX as u32 => Err(RegistryError::Invalid(format!(
+            "limit must be a positive number of events per minute, at most {}",
+            i32::MAX
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// What `sync` copied, and what it had to repair.
-#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct SyncCounts {
     pub tenants: usize,
     pub signals: usize,
@@ -129,7 +150,7 @@ pub struct SyncCounts {
 /// Entries of the copy a rebuild found wrong (missing, stale or left over) and corrected. Zero
 /// while write-through works; anything else is drift: a flushed or failed-over Redis, a write-
 /// through that failed, or a hand edit.
-#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Repaired {
     pub signals: u64,
     pub keys: u64,
@@ -203,7 +224,7 @@ impl Registry {
     ) -> Result<(KeyId, ApiKey), RegistryError> {
         let tenant = self.existing_tenant(tenant).await?;
         let id = KeyId::generate();
-        let key = ApiKey::generate();
+        let key = ApiKey::generate_api_key();
         let hash = key.hash();
         let mut client = self.pg.get().await?;
         let tx = client.transaction().await?;
@@ -269,13 +290,7 @@ impl Registry {
     ) -> Result<Signal, RegistryError> {
         let tenant = self.existing_tenant(tenant).await?;
         let slug = Slug::parse(slug).map_err(RegistryError::Invalid)?;
-        if let Some(l) = limit
-            && (l == 0 || l > i32::MAX as u32)
-        {
-            return Err(RegistryError::Invalid(
-                "--limit must be a positive number of events per minute".into(),
-            ));
-        }
+        check_limit(limit)?;
         let name = name
             .map(str::trim)
             .filter(|n| !n.is_empty())
@@ -323,25 +338,54 @@ impl Registry {
         Ok(signal)
     }
 
+    /// Turns a signal on or off.
     pub async fn set_active(
         &self,
         tenant: &str,
         slug: &str,
         active: bool,
     ) -> Result<Signal, RegistryError> {
+        let change = SignalChange {
+            active: Some(active),
+            limit: None,
+        };
+        self.update_signal(tenant, slug, &change).await
+    }
+
+    /// Applies `change` to a signal in one step. Setting a field to the value it has is
+    /// harmless (the change is re-applied to the copy), so a retried change does no harm.
+    pub async fn update_signal(
+        &self,
+        tenant: &str,
+        slug: &str,
+        change: &SignalChange,
+    ) -> Result<Signal, RegistryError> {
+        if let Some(limit) = change.limit {
+            check_limit(limit)?;
+        }
+        let (tenant, slug) = self.signal_name(tenant, slug).await?;
         let mut client = self.pg.get().await?;
         let tx = client.transaction().await?;
         let version = next_version(&tx).await?;
         let row = tx
             .query_opt(
                 &format!(
-                    "UPDATE signals AS s SET active = $3, updated_at = now(), version = $4
+                    "UPDATE signals AS s SET active = coalesce($3, active),
+                         rate_limit = CASE WHEN $4 THEN $5 ELSE rate_limit END,
+                         updated_at = now(), version = $6
                      WHERE tenant_id = $1 AND slug = $2 RETURNING {SIGNAL_COLUMNS}"
                 ),
-                &[&tenant, &slug, &active, &version],
+                &[
+                    &tenant.as_str(),
+                    &slug.as_str(),
+                    &change.active,
+                    &change.limit.is_some(),
+                    &change.limit.flatten().map(|l| l as i32),
+                    &version,
+                ],
             )
             .await?
-            .ok_or_else(|| self.no_signal(tenant, slug))?;
+            .ok_or_else(|| self.no_signal(tenant.as_str(), slug.as_str()))?;
         tx.commit().await?;
         let signal = Signal::from_row(&row)?;
         self.copy_signal(&signal).await?;
@@ -362,6 +406,8 @@ impl Registry {
         }
         jsonschema::validator_for(schema)
             .map_err(|e| RegistryError::Invalid(format!("not a valid JSON Schema: {e}")))?;
+        let (tenant, slug) = self.signal_name(tenant, slug).await?;
+        let (tenant, slug) = (tenant.as_str(), slug.as_str());
         let mut client = self.pg.get().await?;
         let tx = client.transaction().await?;
         let registry_version = next_version(&tx).await?;

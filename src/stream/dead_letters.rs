@@ -7,7 +7,7 @@
 
 use deadpool_postgres::Pool;
 use redis::Value as RedisValue;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::group::{Consumer, RawEntry};
 use crate::keyspace::Keyspace;
@@ -135,38 +135,89 @@ pub async fn record(
     Ok(())
 }
 
-/// Dead letters, newest first; replayed ones only when `all`.
-pub async fn list(pg: &Pool, all: bool, limit: i64) -> Result<Value, DeadLetterError> {
+/// A dead letter as operators see it.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DeadLetter {
+    /// Its number: the id to replay it by, and the list's cursor.
+    pub id: i64,
+    /// The stream the entry was read from.
+    #[schema(example = "sluice:{p07}:events")]
+    pub stream: String,
+    /// The stream entry's id (`<entry>/<position>` for one event of a many-event entry).
+    pub entry_id: String,
+    pub event_id: Option<String>,
+    pub tenant_id: Option<String>,
+    /// Why it could not be stored.
+    pub error: String,
+    /// How many times it was delivered before it was set aside.
+    pub deliveries: i32,
+    #[schema(format = DateTime)]
+    pub dead_at: String,
+    #[schema(format = DateTime)]
+    pub replayed_at: Option<String>,
+    /// The entry's fields, exactly as read from the stream.
+    #[schema(value_type = Object)]
+    pub raw: Value,
+}
+
+/// One page of dead letters, newest first, and the cursor of the next.
+pub struct DeadLetterPage {
+    pub items: Vec<DeadLetter>,
+    pub next: Option<i64>,
+}
+
+/// Dead letters, newest first (replayed ones only when `all`), `limit` of them from below
+/// `before` (a previous page's cursor).
+pub async fn list(
+    pg: &Pool,
+    all: bool,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<DeadLetterPage, DeadLetterError> {
     let client = pg.get().await?;
     let rows = client
         .query(
-            "SELECT id, stream, entry_id, event_id, tenant_id, error, deliveries,
-                    to_char(dead_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                    to_char(replayed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
-                    raw
-             FROM dead_letters WHERE $1 OR replayed_at IS NULL
-             ORDER BY id DESC LIMIT $2",
-            &[&all, &limit],
+            &format!(
+                "SELECT id, stream, entry_id, event_id, tenant_id, error, deliveries, {}, {}, raw
+                 FROM dead_letters WHERE ($1 OR replayed_at IS NULL) AND ($2::bigint IS NULL OR id < $2)
+                 ORDER BY id DESC LIMIT $3",
+                crate::pg::iso("dead_at"),
+                crate::pg::iso("replayed_at")
+            ),
+            &[&all, &before, &(i64::from(limit) + 1)],
         )
         .await?;
-    let items: Vec<Value> = rows
+    let mut items: Vec<DeadLetter> = rows
         .iter()
-        .map(|r| {
-            json!({
-                "id": r.get::<_, i64>(0),
-                "stream": r.get::<_, String>(1),
-                "entry_id": r.get::<_, String>(2),
-                "event_id": r.get::<_, Option<String>>(3),
-                "tenant_id": r.get::<_, Option<String>>(4),
-                "error": r.get::<_, String>(5),
-                "deliveries": r.get::<_, i32>(6),
-                "dead_at": r.get::<_, String>(7),
-                "replayed_at": r.get::<_, Option<String>>(8),
-                "raw": serde_json::from_str::<Value>(&r.get::<_, String>(9)).unwrap_or(Value::Null),
-            })
+        .map(|r| DeadLetter {
+            id: r.get(0),
+            stream: r.get(1),
+            entry_id: r.get(2),
+            event_id: r.get(3),
+            tenant_id: r.get(4),
+            error: r.get(5),
+            deliveries: r.get(6),
+            dead_at: r.get(7),
+            replayed_at: r.get(8),
+            raw: serde_json::from_str::<Value>(&r.get::<_, String>(9)).unwrap_or(Value::Null),
         })
         .collect();
-    Ok(json!({"count": items.len(), "dead_letters": items}))
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next = if more {
+        items.last().map(|d| d.id)
+    } else {
+        None
+    };
+    Ok(DeadLetterPage { items, next })
+}
+
+/// A dead letter put back on its stream.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Replayed {
+    pub id: i64,
+    /// The id of the new stream entry.
+    pub entry_id: String,
 }
 
 /// Re-enqueues one dead letter, or every one not replayed yet; returns what was replayed.
@@ -175,7 +226,7 @@ pub async fn replay(
     redis: &Redis,
     keyspace: &Keyspace,
     id: Option<i64>,
-) -> Result<Value, DeadLetterError> {
+) -> Result<Vec<Replayed>, DeadLetterError> {
     let client = pg.get().await?;
     let rows = match id {
         Some(id) => {
@@ -229,7 +280,10 @@ pub async fn replay(
                 &[&dead_id],
             )
             .await?;
-        replayed.push(json!({"id": dead_id, "entry_id": entry}));
+        replayed.push(Replayed {
+            id: dead_id,
+            entry_id: entry,
+        });
     }
-    Ok(json!({"replayed": replayed.len(), "entries": replayed}))
+    Ok(replayed)
 }

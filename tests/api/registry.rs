@@ -90,7 +90,7 @@ async fn operator(env: &TestEnv, api: &TestApi, tenant: &str, id: usize, key: &s
         if status != 404 {
             broken.push(format!("created key {key_id}: answered {status}, not 404"));
         }
-        let key_hash = ApiKey::hash_presented(secret.expose()).unwrap();
+        let key_hash = ApiKey::hash_presented_key(secret.expose()).unwrap();
         registry.revoke_key(key_id.as_str()).await.unwrap();
         let seen = watch_change(
             async || {

@@ -1,0 +1,710 @@
+//! The admin HTTP API, on its own listener (`SLUICE__ADMIN__BIND`): every registry task of
+//! `sluice-admin` except migrations, for operators and their automation.
+//!
+//! Every request needs an admin token (`sluice-admin admin-token create`), checked against
+//! PostgreSQL before anything else is read, so a revoked token stops at once. Every change goes
+//! through [`Registry`], the same code as the CLI, so the registry copy's guarantees hold for
+//! both. Answers use the contract's shapes: `{"success": true, "data": ...}` (lists add
+//! `next_cursor`), errors `{"success": false, "error": "..."}`.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{HttpResponse, web};
+use deadpool_postgres::Pool;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::ApiError;
+use crate::config::Limits;
+use crate::domain::SignalType;
+use crate::keyspace::Keyspace;
+use crate::redis_pool::Redis;
+use crate::registry::admin_tokens::AdminTokens;
+use crate::registry::listing::{KeyInfo, MAX_PAGE, Page, PageRequest, SchemaVersion};
+use crate::registry::{Registry, Signal, SignalChange, SyncCounts, Tenant};
+use crate::stream::dead_letters::{self, DeadLetter, Replayed};
+
+/// What the admin handlers share.
+pub struct AdminState {
+    registry: Registry,
+    tokens: AdminTokens,
+    pg: Pool,
+    redis: Redis,
+    keyspace: Keyspace,
+    limits: Limits,
+}
+
+impl AdminState {
+    pub fn new(pg: Pool, redis: Redis, keyspace: Keyspace, limits: Limits) -> Self {
+        AdminState {
+            registry: Registry::new(pg.clone(), redis.clone(), keyspace),
+            tokens: AdminTokens::new(pg.clone()),
+            pg,
+            redis,
+            keyspace,
+            limits,
+        }
+    }
+
+    fn signal(&self, s: Signal) -> SignalView {
+        SignalView {
+            limit: s
+                .limit
+                .unwrap_or_else(|| self.limits.for_type(s.signal_type)),
+            default_limit: s.limit.is_none(),
+            schema_versions: (1..=s.schema_versions).collect(),
+            id: s.id,
+            tenant_id: s.tenant_id,
+            slug: s.slug,
+            name: s.name,
+            signal_type: s.signal_type,
+            active: s.active,
+        }
+    }
+}
+
+/// Refuses every admin request without a valid admin token, before its body is read.
+pub async fn authorize(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let state = req
+        .app_data::<web::Data<AdminState>>()
+        .cloned()
+        .expect("the admin app holds its state");
+    let refused = match super::auth::bearer_token(req.request()) {
+        None => Some(ApiError::MissingAdminToken),
+        Some(token) => match state.tokens.verify(token).await {
+            Ok(Some(_)) => None,
+            Ok(None) => Some(ApiError::InvalidAdminToken),
+            Err(e) => Some(e.into()),
+        },
+    };
+    match refused {
+        Some(error) => Ok(req.error_response(error)),
+        None => Ok(next.call(req).await?.map_into_boxed_body()),
+    }
+}
+
+/// Where a list page starts and how long it is.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Items per page, 1-1000.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[param(min_length = 1, max_length = 300)]
+    cursor: Option<String>,
+}
+
+impl PageQuery {
+    fn page(&self) -> Result<PageRequest, ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be from 1 to {MAX_PAGE}"
+            )));
+        }
+        if let Some(c) = &self.cursor
+            && (c.is_empty() || c.len() > 300 || c.contains('\0'))
+        {
+            return Err(ApiError::BadRequest(
+                "cursor is not one this list returned".into(),
+            ));
+        }
+        Ok(PageRequest {
+            after: self.cursor.clone(),
+            limit,
+        })
+    }
+}
+
+/// `{"success": true, "data": ...}`.
+#[derive(Serialize, ToSchema)]
+pub struct One<T: ToSchema> {
+    /// Always true.
+    success: bool,
+    data: T,
+}
+
+/// One page of a list.
+#[derive(Serialize, ToSchema)]
+pub struct List<T: ToSchema> {
+    /// Always true.
+    success: bool,
+    data: Vec<T>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+fn one<T: ToSchema + Serialize>(status: actix_web::http::StatusCode, data: T) -> HttpResponse {
+    HttpResponse::build(status).json(One {
+        success: true,
+        data,
+    })
+}
+
+fn ok<T: ToSchema + Serialize>(data: T) -> HttpResponse {
+    one(actix_web::http::StatusCode::OK, data)
+}
+
+fn created<T: ToSchema + Serialize>(data: T) -> HttpResponse {
+    one(actix_web::http::StatusCode::CREATED, data)
+}
+
+fn list<T: ToSchema + Serialize, U>(page: Page<U>, view: impl FnMut(U) -> T) -> HttpResponse {
+    HttpResponse::Ok().json(List {
+        success: true,
+        data: page.items.into_iter().map(view).collect(),
+        next_cursor: page.next,
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "ten_AbCdEfGh12345678", "name": "Acme", "partition": 7, "stream": "sluice:{p07}:events"}))]
+pub struct TenantView {
+    id: String,
+    name: String,
+    /// The Redis partition the tenant's events queue in.
+    partition: u16,
+    /// The stream key of that partition.
+    stream: String,
+}
+
+impl AdminState {
+    fn tenant(&self, t: Tenant) -> TenantView {
+        let partition = self.keyspace.partition_of(&t.id);
+        TenantView {
+            id: t.id,
+            name: t.name,
+            partition,
+            stream: Keyspace::stream(partition),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Acme"}))]
+pub struct NewTenant {
+    /// 1-200 characters.
+    #[schema(min_length = 1, max_length = 200)]
+    name: String,
+}
+
+/// Creates a tenant.
+#[utoipa::path(post, path = "/admin/v1/tenants", tag = "tenants", request_body = NewTenant,
+    responses((status = 201, description = "Created", body = One<TenantView>)))]
+pub async fn create_tenant(
+    state: web::Data<AdminState>,
+    body: web::Json<NewTenant>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = state.registry.create_tenant(&body.name).await?;
+    Ok(created(state.tenant(tenant)))
+}
+
+/// Lists tenants by id.
+#[utoipa::path(get, path = "/admin/v1/tenants", tag = "tenants", params(PageQuery),
+    responses((status = 200, description = "A page of tenants", body = List<TenantView>)))]
+pub async fn list_tenants(
+    state: web::Data<AdminState>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = state.registry.tenants(&query.page()?).await?;
+    Ok(list(page, |t| state.tenant(t)))
+}
+
+/// Shows a tenant, with where its events queue in Redis.
+#[utoipa::path(get, path = "/admin/v1/tenants/{tenant_id}", tag = "tenants", params(TenantPath),
+    responses((status = 200, description = "The tenant", body = One<TenantView>)))]
+pub async fn get_tenant(
+    state: web::Data<AdminState>,
+    path: web::Path<TenantPath>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = state.registry.tenant(&path.tenant_id).await?;
+    Ok(ok(state.tenant(tenant)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TenantPath {
+    /// `ten_` and 16 letters or digits.
+    #[param(pattern = "^ten_[A-Za-z0-9]{16}$")]
+    tenant_id: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SignalPath {
+    /// `ten_` and 16 letters or digits.
+    #[param(pattern = "^ten_[A-Za-z0-9]{16}$")]
+    tenant_id: String,
+    /// The signal's slug.
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
+    slug: String,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SchemaPath {
+    /// `ten_` and 16 letters or digits.
+    #[param(pattern = "^ten_[A-Za-z0-9]{16}$")]
+    tenant_id: String,
+    /// The signal's slug.
+    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
+    slug: String,
+    /// A schema version, from 1.
+    #[param(minimum = 1, maximum = 2147483647)]
+    version: u32,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct KeyPath {
+    /// `key_` and 16 letters or digits.
+    #[param(pattern = "^key_[A-Za-z0-9]{16}$")]
+    key_id: String,
+}
+
+/// An API key: never its secret.
+#[derive(Serialize, ToSchema)]
+pub struct KeyView {
+    #[schema(example = "key_0123456789abcdef")]
+    id: String,
+    tenant_id: String,
+    name: Option<String>,
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// Null while the key works.
+    #[schema(format = DateTime)]
+    revoked_at: Option<String>,
+}
+
+impl From<KeyInfo> for KeyView {
+    fn from(k: KeyInfo) -> Self {
+        KeyView {
+            id: k.id,
+            tenant_id: k.tenant_id,
+            name: k.name,
+            created_at: k.created_at,
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
+/// A new API key with its secret: shown this once, stored only as a hash.
+#[derive(Serialize, ToSchema)]
+pub struct NewKeyView {
+    id: String,
+    tenant_id: String,
+    name: Option<String>,
+    /// The secret, for `Authorization: Bearer`.
+    #[schema(example = "sk_3f9a…")]
+    key: String,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "production"}))]
+pub struct NewKey {
+    /// A label for operators, at most 200 characters.
+    #[schema(max_length = 200)]
+    name: Option<String>,
+}
+
+/// Creates an API key for a tenant.
+#[utoipa::path(post, path = "/admin/v1/tenants/{tenant_id}/keys", tag = "keys", params(TenantPath),
+    request_body = NewKey,
+    responses((status = 201, description = "Created; `key` is shown only now", body = One<NewKeyView>)))]
+pub async fn create_key(
+    state: web::Data<AdminState>,
+    path: web::Path<TenantPath>,
+    body: web::Json<NewKey>,
+) -> Result<HttpResponse, ApiError> {
+    let name = body
+        .name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    if name.is_some_and(|n| n.chars().count() > 200 || n.contains('\0')) {
+        return Err(ApiError::BadRequest(
+            "name must be at most 200 characters".into(),
+        ));
+    }
+    let (id, key) = state.registry.create_key(&path.tenant_id, name).await?;
+    Ok(created(NewKeyView {
+        id: id.to_string(),
+        tenant_id: path.tenant_id.clone(),
+        name: name.map(str::to_owned),
+        key: key.expose().to_owned(),
+    }))
+}
+
+/// Lists a tenant's API keys, revoked ones included.
+#[utoipa::path(get, path = "/admin/v1/tenants/{tenant_id}/keys", tag = "keys",
+    params(TenantPath, PageQuery),
+    responses((status = 200, description = "A page of keys", body = List<KeyView>)))]
+pub async fn list_keys(
+    state: web::Data<AdminState>,
+    path: web::Path<TenantPath>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = state.registry.keys(&path.tenant_id, &query.page()?).await?;
+    Ok(list(page, KeyView::from))
+}
+
+/// Revokes an API key: every api replica refuses it within 5 seconds. Revoking a revoked key
+/// again changes nothing and answers the same.
+#[utoipa::path(delete, path = "/admin/v1/keys/{key_id}", tag = "keys", params(KeyPath),
+    responses((status = 200, description = "Revoked", body = One<KeyView>)))]
+pub async fn revoke_key(
+    state: web::Data<AdminState>,
+    path: web::Path<KeyPath>,
+) -> Result<HttpResponse, ApiError> {
+    state.registry.revoke_key(&path.key_id).await?;
+    Ok(ok(KeyView::from(state.registry.key(&path.key_id).await?)))
+}
+
+/// A signal as operators see it.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"id": "sig_bFyqj0qg", "tenant_id": "ten_AbCdEfGh12345678", "slug": "page_view",
+    "name": "Page view", "type": "event", "active": true, "limit": 100, "default_limit": true,
+    "schema_versions": [1]}))]
+pub struct SignalView {
+    id: String,
+    tenant_id: String,
+    slug: String,
+    name: String,
+    #[serde(rename = "type")]
+    signal_type: SignalType,
+    active: bool,
+    /// Events per minute in force.
+    limit: u32,
+    /// Whether `limit` is the configured default for the type (the signal has none of its own).
+    default_limit: bool,
+    /// Schema versions, oldest first.
+    schema_versions: Vec<u32>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"slug": "page_view", "type": "event", "name": "Page view", "limit": 500}))]
+pub struct NewSignal {
+    /// 1-64 characters of a-z, 0-9, `_` and `-`, starting with a letter or digit.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
+    slug: String,
+    #[serde(rename = "type")]
+    signal_type: SignalType,
+    /// Default: the slug.
+    #[schema(max_length = 200)]
+    name: Option<String>,
+    /// Events per minute; default: the configured limit for the type.
+    #[schema(minimum = 1, maximum = 2147483647)]
+    limit: Option<u32>,
+}
+
+/// Registers a signal.
+#[utoipa::path(post, path = "/admin/v1/tenants/{tenant_id}/signals", tag = "signals",
+    params(TenantPath), request_body = NewSignal,
+    responses((status = 201, description = "Created", body = One<SignalView>),
+        (status = 409, description = "The tenant has a signal with this slug", body = super::error::Body)))]
+pub async fn create_signal(
+    state: web::Data<AdminState>,
+    path: web::Path<TenantPath>,
+    body: web::Json<NewSignal>,
+) -> Result<HttpResponse, ApiError> {
+    if body
+        .name
+        .as_deref()
+        .is_some_and(|n| n.chars().count() > 200 || n.contains('\0'))
+    {
+        return Err(ApiError::BadRequest(
+            "name must be at most 200 characters".into(),
+        ));
+    }
+    let signal = state
+        .registry
+        .create_signal(
+            &path.tenant_id,
+            &body.slug,
+            body.signal_type,
+            body.name.as_deref(),
+            body.limit,
+        )
+        .await?;
+    Ok(created(state.signal(signal)))
+}
+
+/// Lists a tenant's signals by slug.
+#[utoipa::path(get, path = "/admin/v1/tenants/{tenant_id}/signals", tag = "signals",
+    params(TenantPath, PageQuery),
+    responses((status = 200, description = "A page of signals", body = List<SignalView>)))]
+pub async fn list_signals(
+    state: web::Data<AdminState>,
+    path: web::Path<TenantPath>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = state
+        .registry
+        .signals(&path.tenant_id, &query.page()?)
+        .await?;
+    Ok(list(page, |s| state.signal(s)))
+}
+
+/// Shows a signal.
+#[utoipa::path(get, path = "/admin/v1/tenants/{tenant_id}/signals/{slug}", tag = "signals",
+    params(SignalPath),
+    responses((status = 200, description = "The signal", body = One<SignalView>)))]
+pub async fn get_signal(
+    state: web::Data<AdminState>,
+    path: web::Path<SignalPath>,
+) -> Result<HttpResponse, ApiError> {
+    let signal = state.registry.signal(&path.tenant_id, &path.slug).await?;
+    Ok(ok(state.signal(signal)))
+}
+
+/// A change to a signal: the fields given are set, the others stay.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"active": false}))]
+pub struct SignalPatch {
+    /// False: the signal refuses events (404 on ingest) until set true again.
+    active: Option<bool>,
+    /// Events per minute; null: back to the configured default for the type.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2147483647)]
+    limit: Option<Option<u32>>,
+}
+
+/// A field that is present (even as null) is `Some`; an absent one stays `None` by default.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
+}
+
+/// Changes a signal: `{"active": false}`, `{"limit": 500}`, `{"limit": null}`. Setting what is
+/// already set answers the same, so a retry is harmless.
+#[utoipa::path(patch, path = "/admin/v1/tenants/{tenant_id}/signals/{slug}", tag = "signals",
+    params(SignalPath), request_body = SignalPatch,
+    responses((status = 200, description = "The signal as changed", body = One<SignalView>)))]
+pub async fn patch_signal(
+    state: web::Data<AdminState>,
+    path: web::Path<SignalPath>,
+    body: web::Json<SignalPatch>,
+) -> Result<HttpResponse, ApiError> {
+    let change = SignalChange {
+        active: body.active,
+        limit: body.limit,
+    };
+    let signal = state
+        .registry
+        .update_signal(&path.tenant_id, &path.slug, &change)
+        .await?;
+    Ok(ok(state.signal(signal)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"limit": 500}))]
+pub struct LimitBody {
+    /// Events per minute; null: the configured default for the type.
+    #[schema(minimum = 1, maximum = 2147483647)]
+    limit: Option<u32>,
+}
+
+/// Sets a signal's limit (idempotent: the same request twice leaves the same state).
+#[utoipa::path(put, path = "/admin/v1/tenants/{tenant_id}/signals/{slug}/limit", tag = "signals",
+    params(SignalPath), request_body = LimitBody,
+    responses((status = 200, description = "The signal with its new limit", body = One<SignalView>)))]
+pub async fn put_limit(
+    state: web::Data<AdminState>,
+    path: web::Path<SignalPath>,
+    body: web::Json<LimitBody>,
+) -> Result<HttpResponse, ApiError> {
+    let change = SignalChange {
+        active: None,
+        limit: Some(body.limit),
+    };
+    let signal = state
+        .registry
+        .update_signal(&path.tenant_id, &path.slug, &change)
+        .await?;
+    Ok(ok(state.signal(signal)))
+}
+
+/// One schema version of a signal.
+#[derive(Serialize, ToSchema)]
+pub struct SchemaView {
+    signal_id: String,
+    version: u32,
+    /// The JSON Schema events of this version are checked against.
+    #[schema(value_type = Object)]
+    schema: Value,
+    #[schema(format = DateTime)]
+    created_at: String,
+}
+
+impl SchemaView {
+    fn of(signal_id: &str, v: SchemaVersion) -> Self {
+        SchemaView {
+            signal_id: signal_id.to_owned(),
+            version: v.version,
+            schema: v.schema,
+            created_at: v.created_at,
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"schema": {"type": "object", "required": ["value"],
+    "properties": {"value": {"type": "number"}}}}))]
+pub struct NewSchema {
+    /// A JSON Schema document (an object, or true/false).
+    #[schema(value_type = Object)]
+    schema: Value,
+}
+
+/// Adds the next schema version of a signal.
+#[utoipa::path(post, path = "/admin/v1/tenants/{tenant_id}/signals/{slug}/schemas", tag = "schemas",
+    params(SignalPath), request_body = NewSchema,
+    responses((status = 201, description = "The new version", body = One<SchemaView>)))]
+pub async fn add_schema(
+    state: web::Data<AdminState>,
+    path: web::Path<SignalPath>,
+    body: web::Json<NewSchema>,
+) -> Result<HttpResponse, ApiError> {
+    let (signal, version) = state
+        .registry
+        .add_schema(&path.tenant_id, &path.slug, &body.schema)
+        .await?;
+    let added = state
+        .registry
+        .schema(&path.tenant_id, &path.slug, version)
+        .await?;
+    Ok(created(SchemaView::of(&signal.id, added)))
+}
+
+/// Lists a signal's schema versions, oldest first.
+#[utoipa::path(get, path = "/admin/v1/tenants/{tenant_id}/signals/{slug}/schemas", tag = "schemas",
+    params(SignalPath, PageQuery),
+    responses((status = 200, description = "A page of schema versions", body = List<SchemaView>)))]
+pub async fn list_schemas(
+    state: web::Data<AdminState>,
+    path: web::Path<SignalPath>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let signal = state.registry.signal(&path.tenant_id, &path.slug).await?;
+    let page = state
+        .registry
+        .schemas(&path.tenant_id, &path.slug, &query.page()?)
+        .await?;
+    Ok(list(page, |v| SchemaView::of(&signal.id, v)))
+}
+
+/// Shows one schema version.
+#[utoipa::path(get, path = "/admin/v1/tenants/{tenant_id}/signals/{slug}/schemas/{version}",
+    tag = "schemas", params(SchemaPath),
+    responses((status = 200, description = "The schema version", body = One<SchemaView>)))]
+pub async fn get_schema(
+    state: web::Data<AdminState>,
+    path: web::Path<SchemaPath>,
+) -> Result<HttpResponse, ApiError> {
+    let signal = state.registry.signal(&path.tenant_id, &path.slug).await?;
+    let version = state
+        .registry
+        .schema(&path.tenant_id, &path.slug, path.version)
+        .await?;
+    Ok(ok(SchemaView::of(&signal.id, version)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterQuery {
+    /// Include dead letters already replayed.
+    all: Option<bool>,
+    /// Items per page, 1-1000.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
+    cursor: Option<String>,
+}
+
+/// Lists dead letters, newest first (those not replayed yet, unless `all`).
+#[utoipa::path(get, path = "/admin/v1/dead-letters", tag = "dead letters", params(DeadLetterQuery),
+    responses((status = 200, description = "A page of dead letters", body = List<DeadLetter>)))]
+pub async fn list_dead_letters(
+    state: web::Data<AdminState>,
+    query: web::Query<DeadLetterQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: None,
+    }
+    .page()?;
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            c.parse::<i64>()
+                .ok()
+                .filter(|id| *id > 0 && c.len() <= 18 && c.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| {
+                    ApiError::BadRequest("cursor is not one this list returned".into())
+                })?,
+        ),
+    };
+    let found =
+        dead_letters::list(&state.pg, query.all.unwrap_or(false), before, page.limit).await?;
+    Ok(HttpResponse::Ok().json(List {
+        success: true,
+        data: found.items,
+        next_cursor: found.next.map(|id| id.to_string()),
+    }))
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": 12}))]
+pub struct ReplayRequest {
+    /// One dead letter; without it, every one not replayed yet.
+    #[schema(minimum = 1)]
+    id: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReplayView {
+    /// How many went back on their streams.
+    replayed: usize,
+    entries: Vec<Replayed>,
+}
+
+/// Puts dead letters back on their streams: one by id, or every one not replayed yet. Replaying
+/// an event that was stored meanwhile stores nothing twice.
+#[utoipa::path(post, path = "/admin/v1/dead-letters/replay", tag = "dead letters",
+    request_body = ReplayRequest,
+    responses((status = 200, description = "What was replayed", body = One<ReplayView>),
+        (status = 409, description = "The dead letter cannot go back on a stream (the message says why)",
+            body = super::error::Body)))]
+pub async fn replay_dead_letters(
+    state: web::Data<AdminState>,
+    body: web::Json<ReplayRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let entries = dead_letters::replay(&state.pg, &state.redis, &state.keyspace, body.id).await?;
+    Ok(ok(ReplayView {
+        replayed: entries.len(),
+        entries,
+    }))
+}
+
+/// Rebuilds the Redis registry copy from PostgreSQL (what the worker does on its own every
+/// reconcile interval); answers what it copied and repaired.
+#[utoipa::path(post, path = "/admin/v1/sync", tag = "registry",
+    responses((status = 200, description = "Copied", body = One<SyncCounts>)))]
+pub async fn sync(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
+    Ok(ok(state.registry.sync().await?))
+}
