@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the validators the test command runs over the deployment files: kubectl (Debian
-# package, for kustomize), promtool (Debian package prometheus), docker-compose (Debian package),
-# and kubernetes-validate (PyPI, in a virtualenv under .sluice/tools). Safe to run again; installs only what is missing.
+# Installs the validators the test command runs: kubectl (Debian package, for kustomize),
+# promtool (Debian package prometheus), docker-compose (Debian package), and, from PyPI into a
+# virtualenv under .sluice/tools, kubernetes-validate (deployment files), openapi-spec-validator
+# and schemathesis (the OpenAPI documents, tests/api/openapi.rs). Safe to run again; installs only
+# what is missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VENV="$ROOT/.sluice/tools/venv"
@@ -25,8 +27,14 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-if [ ! -x "$VENV/bin/kubernetes-validate" ]; then
-  echo "install-tools: installing kubernetes-validate into $VENV" >&2
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check 'kubernetes-validate==1.37.0'
+# PyPI tools, pinned: a new release of a fuzzer can find new things, which is a change to make
+# on purpose.
+pypi=()
+[ -x "$VENV/bin/kubernetes-validate" ] || pypi+=('kubernetes-validate==1.37.0')
+[ -x "$VENV/bin/openapi-spec-validator" ] || pypi+=('openapi-spec-validator==0.9.0')
+[ -x "$VENV/bin/st" ] || pypi+=('schemathesis==4.32.5')
+if [ ${#pypi[@]} -gt 0 ]; then
+  echo "install-tools: installing ${pypi[*]} into $VENV" >&2
+  [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${pypi[@]}"
 fi

@@ -88,6 +88,38 @@ pub async fn authorize(
     }
 }
 
+/// A request body: a JSON object read into `T`. Serde would also read a struct from a JSON
+/// array of its fields; the admin API takes objects only.
+pub struct Body<T>(T);
+
+impl<T> std::ops::Deref for Body<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: serde::de::DeserializeOwned + 'static> actix_web::FromRequest for Body<T> {
+    type Error = actix_web::Error;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, Self::Error>>;
+
+    fn from_request(
+        req: &actix_web::HttpRequest,
+        payload: &mut actix_web::dev::Payload,
+    ) -> Self::Future {
+        let json = web::Json::<Value>::from_request(req, payload);
+        Box::pin(async move {
+            let web::Json(value) = json.await?;
+            if !value.is_object() {
+                return Err(ApiError::BadRequest("the body must be a JSON object".into()).into());
+            }
+            T::deserialize(value)
+                .map(Body)
+                .map_err(|e| ApiError::BadRequest(format!("Invalid request body: {e}")).into())
+        })
+    }
+}
+
 /// Where a list page starts and how long it is.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +129,20 @@ pub struct PageQuery {
     #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
-    #[param(min_length = 1, max_length = 300)]
+    #[param(min_length = 1, max_length = 300, pattern = "^[^\\u0000]*$")]
+    cursor: Option<String>,
+}
+
+/// A page of schema versions: the cursor is a version number.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VersionPageQuery {
+    /// Items per page, 1-1000.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,9}$")]
     cursor: Option<String>,
 }
 
@@ -110,7 +155,7 @@ impl PageQuery {
             )));
         }
         if let Some(c) = &self.cursor
-            && (c.is_empty() || c.len() > 300 || c.contains('\0'))
+            && (c.is_empty() || c.chars().count() > 300 || c.contains('\0'))
         {
             return Err(ApiError::BadRequest(
                 "cursor is not one this list returned".into(),
@@ -191,8 +236,8 @@ impl AdminState {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "Acme"}))]
 pub struct NewTenant {
-    /// 1-200 characters.
-    #[schema(min_length = 1, max_length = 200)]
+    /// 1-200 characters, kept as given.
+    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\u0000]*$")]
     name: String,
 }
 
@@ -201,7 +246,7 @@ pub struct NewTenant {
     responses((status = 201, description = "Created", body = One<TenantView>)))]
 pub async fn create_tenant(
     state: web::Data<AdminState>,
-    body: web::Json<NewTenant>,
+    body: Body<NewTenant>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = state.registry.create_tenant(&body.name).await?;
     Ok(created(state.tenant(tenant)))
@@ -312,7 +357,7 @@ pub struct NewKeyView {
 #[schema(example = json!({"name": "production"}))]
 pub struct NewKey {
     /// A label for operators, at most 200 characters.
-    #[schema(max_length = 200)]
+    #[schema(max_length = 200, pattern = "^[^\\u0000]*$")]
     name: Option<String>,
 }
 
@@ -323,7 +368,7 @@ pub struct NewKey {
 pub async fn create_key(
     state: web::Data<AdminState>,
     path: web::Path<TenantPath>,
-    body: web::Json<NewKey>,
+    body: Body<NewKey>,
 ) -> Result<HttpResponse, ApiError> {
     let name = body
         .name
@@ -400,9 +445,10 @@ pub struct NewSignal {
     #[serde(rename = "type")]
     signal_type: SignalType,
     /// Default: the slug.
-    #[schema(max_length = 200)]
+    #[schema(max_length = 200, pattern = "^[^\\u0000]*$")]
     name: Option<String>,
     /// Events per minute; default: the configured limit for the type.
+    #[serde(default, deserialize_with = "whole")]
     #[schema(minimum = 1, maximum = 2147483647)]
     limit: Option<u32>,
 }
@@ -415,17 +461,8 @@ pub struct NewSignal {
 pub async fn create_signal(
     state: web::Data<AdminState>,
     path: web::Path<TenantPath>,
-    body: web::Json<NewSignal>,
+    body: Body<NewSignal>,
 ) -> Result<HttpResponse, ApiError> {
-    if body
-        .name
-        .as_deref()
-        .is_some_and(|n| n.chars().count() > 200 || n.contains('\0'))
-    {
-        return Err(ApiError::BadRequest(
-            "name must be at most 200 characters".into(),
-        ));
-    }
     let signal = state
         .registry
         .create_signal(
@@ -482,7 +519,19 @@ pub struct SignalPatch {
 
 /// A field that is present (even as null) is `Some`; an absent one stays `None` by default.
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
-    Option::<u32>::deserialize(d).map(Some)
+    whole(d).map(Some)
+}
+
+/// An optional whole number that fits `T`, however written (`500`, `500.0`: JSON Schema's
+/// `integer`); the registry checks its range.
+fn whole<'de, D: serde::Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<Option<T>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    crate::domain::whole_number(&n)
+        .and_then(|v| T::try_from(v).ok())
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number in range")))
 }
 
 /// Changes a signal: `{"active": false}`, `{"limit": 500}`, `{"limit": null}`. Setting what is
@@ -493,7 +542,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>
 pub async fn patch_signal(
     state: web::Data<AdminState>,
     path: web::Path<SignalPath>,
-    body: web::Json<SignalPatch>,
+    body: Body<SignalPatch>,
 ) -> Result<HttpResponse, ApiError> {
     let change = SignalChange {
         active: body.active,
@@ -511,7 +560,8 @@ pub async fn patch_signal(
 #[schema(example = json!({"limit": 500}))]
 pub struct LimitBody {
     /// Events per minute; null: the configured default for the type.
-    #[schema(minimum = 1, maximum = 2147483647)]
+    #[serde(deserialize_with = "whole")]
+    #[schema(required = true, minimum = 1, maximum = 2147483647)]
     limit: Option<u32>,
 }
 
@@ -522,7 +572,7 @@ pub struct LimitBody {
 pub async fn put_limit(
     state: web::Data<AdminState>,
     path: web::Path<SignalPath>,
-    body: web::Json<LimitBody>,
+    body: Body<LimitBody>,
 ) -> Result<HttpResponse, ApiError> {
     let change = SignalChange {
         active: None,
@@ -541,7 +591,7 @@ pub struct SchemaView {
     signal_id: String,
     version: u32,
     /// The JSON Schema events of this version are checked against.
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::openapi::JsonSchemaDocument)]
     schema: Value,
     #[schema(format = DateTime)]
     created_at: String,
@@ -563,8 +613,8 @@ impl SchemaView {
 #[schema(example = json!({"schema": {"type": "object", "required": ["value"],
     "properties": {"value": {"type": "number"}}}}))]
 pub struct NewSchema {
-    /// A JSON Schema document (an object, or true/false).
-    #[schema(value_type = Object)]
+    /// A JSON Schema document (an object, or true/false) that PostgreSQL can store.
+    #[schema(value_type = super::openapi::JsonSchemaDocument)]
     schema: Value,
 }
 
@@ -575,7 +625,7 @@ pub struct NewSchema {
 pub async fn add_schema(
     state: web::Data<AdminState>,
     path: web::Path<SignalPath>,
-    body: web::Json<NewSchema>,
+    body: Body<NewSchema>,
 ) -> Result<HttpResponse, ApiError> {
     let (signal, version) = state
         .registry
@@ -590,17 +640,23 @@ pub async fn add_schema(
 
 /// Lists a signal's schema versions, oldest first.
 #[utoipa::path(get, path = "/admin/v1/tenants/{tenant_id}/signals/{slug}/schemas", tag = "schemas",
-    params(SignalPath, PageQuery),
+    params(SignalPath, VersionPageQuery),
     responses((status = 200, description = "A page of schema versions", body = List<SchemaView>)))]
 pub async fn list_schemas(
     state: web::Data<AdminState>,
     path: web::Path<SignalPath>,
-    query: web::Query<PageQuery>,
+    query: web::Query<VersionPageQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let page = PageQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    }
+    .page()?;
     let signal = state.registry.signal(&path.tenant_id, &path.slug).await?;
     let page = state
         .registry
-        .schemas(&path.tenant_id, &path.slug, &query.page()?)
+        .schemas(&path.tenant_id, &path.slug, &page)
         .await?;
     Ok(list(page, |v| SchemaView::of(&signal.id, v)))
 }
@@ -652,7 +708,7 @@ pub async fn list_dead_letters(
         Some(c) => Some(
             c.parse::<i64>()
                 .ok()
-                .filter(|id| *id > 0 && c.len() <= 18 && c.bytes().all(|b| b.is_ascii_digit()))
+                .filter(|_| c.len() <= 18 && c.bytes().all(|b| b.is_ascii_digit()))
                 .ok_or_else(|| {
                     ApiError::BadRequest("cursor is not one this list returned".into())
                 })?,
@@ -672,6 +728,7 @@ pub async fn list_dead_letters(
 #[schema(example = json!({"id": 12}))]
 pub struct ReplayRequest {
     /// One dead letter; without it, every one not replayed yet.
+    #[serde(default, deserialize_with = "whole")]
     #[schema(minimum = 1)]
     id: Option<i64>,
 }
@@ -688,11 +745,12 @@ pub struct ReplayView {
 #[utoipa::path(post, path = "/admin/v1/dead-letters/replay", tag = "dead letters",
     request_body = ReplayRequest,
     responses((status = 200, description = "What was replayed", body = One<ReplayView>),
+        (status = 404, description = "No dead letter has this id", body = super::error::Body),
         (status = 409, description = "The dead letter cannot go back on a stream (the message says why)",
             body = super::error::Body)))]
 pub async fn replay_dead_letters(
     state: web::Data<AdminState>,
-    body: web::Json<ReplayRequest>,
+    body: Body<ReplayRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let entries = dead_letters::replay(&state.pg, &state.redis, &state.keyspace, body.id).await?;
     Ok(ok(ReplayView {

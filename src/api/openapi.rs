@@ -36,16 +36,113 @@ pub struct EventInput {
     #[schema(value_type = Option<Version>)]
     version: (),
     identity: Identity,
-    /// Any JSON object; default `{}`. Strings must not contain the NUL character.
-    #[schema(value_type = Option<Object>)]
+    /// Any JSON object that can be stored; default `{}`.
+    #[schema(value_type = Option<Data>)]
     data: (),
-    /// RFC 3339 with an offset; default: the time of receipt.
-    #[schema(value_type = Option<String>, format = DateTime)]
+    /// RFC 3339 with an offset, in year 1 or later; default: the time of receipt.
+    #[schema(value_type = Option<String>, format = DateTime, pattern = "^(?!0000)")]
     timestamp: (),
     /// Echoed back in the answer; at most 256 characters.
     #[schema(value_type = Option<String>, max_length = 256, pattern = "^[^\\u0000]*$")]
     reference: (),
 }
+
+/// No NUL character: PostgreSQL text cannot hold it.
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// An event's `data`: a JSON object whose strings and keys hold no NUL character, whose numbers
+/// fit a 64-bit float, nested at most 64 levels deep (`domain::json_guard`).
+pub struct Data;
+
+impl utoipa::PartialSchema for Data {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::ObjectBuilder;
+        ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Object)
+            .additional_properties(Some(utoipa::openapi::Ref::from_schema_name(
+                "StorableValue",
+            )))
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some(NO_NUL)),
+            ))
+            .description(Some(
+                "A JSON object that PostgreSQL can store: no NUL character in any string or key, \
+                 numbers within a 64-bit float, at most 64 levels deep",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Data {
+    fn schemas(schemas: &mut Vec<(String, RefOr<utoipa::openapi::schema::Schema>)>) {
+        schemas.push((
+            "StorableValue".to_owned(),
+            <StorableValue as utoipa::PartialSchema>::schema(),
+        ));
+    }
+}
+
+/// A JSON Schema document as a signal's schema: an object (as `Data`), or true/false.
+pub struct JsonSchemaDocument;
+
+impl utoipa::PartialSchema for JsonSchemaDocument {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
+        AnyOfBuilder::new()
+            .item(<Data as utoipa::PartialSchema>::schema())
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+            .description(Some(
+                "A JSON Schema (draft 2020-12 and earlier), or true/false; it must itself be a \
+                 valid schema",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for JsonSchemaDocument {
+    fn schemas(schemas: &mut Vec<(String, RefOr<utoipa::openapi::schema::Schema>)>) {
+        <Data as ToSchema>::schemas(schemas);
+    }
+}
+
+/// Any JSON value `data` may hold at any depth.
+pub struct StorableValue;
+
+impl utoipa::PartialSchema for StorableValue {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AnyOfBuilder, ArrayBuilder, ObjectBuilder, SchemaType, Type,
+        };
+        let itself = || utoipa::openapi::Ref::from_schema_name("StorableValue");
+        AnyOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(SchemaType::from_iter([
+                Type::Null,
+                Type::Boolean,
+                Type::Number,
+            ])))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(NO_NUL)),
+            )
+            .item(ArrayBuilder::new().items(itself()))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .additional_properties(Some(itself()))
+                    .property_names(Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .pattern(Some(NO_NUL)),
+                    )),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for StorableValue {}
 
 /// A schema version: a positive integer, or `"latest"`.
 pub struct Version;
@@ -118,7 +215,7 @@ pub struct BatchInput {
     ),
     paths(events::batch, events::single, signals::list, signals::one, ops::livez, ops::readyz,
         ops::metrics, public_document),
-    components(schemas(ErrorBody, FieldError, EventInput, Identity, Version, BatchInput)),
+    components(schemas(ErrorBody, FieldError, EventInput, Identity, Version, Data, StorableValue, BatchInput)),
     modifiers(&PublicSecurity, &PUBLIC_RESPONSES),
     tags((name = "ingest", description = "Send events"),
         (name = "self-service", description = "Your signals and their rate-limit windows"),

@@ -433,14 +433,12 @@ fn parse_version(raw: &str) -> Option<SchemaVersion> {
     if raw == "\"latest\"" {
         return Some(SchemaVersion::Latest);
     }
-    // Only a plain positive integer literal: no fraction, exponent or sign.
-    if raw.bytes().all(|b| b.is_ascii_digit()) && !raw.starts_with('0') {
-        let n: u32 = raw.parse().ok()?;
-        if n <= i32::MAX as u32 {
-            return Some(SchemaVersion::Exact(n));
-        }
-    }
-    None
+    // A positive whole number, however written (`2`, `2.0`, `2e0`: JSON Schema's `integer`).
+    let n = serde_json::from_str::<serde_json::Number>(raw).ok()?;
+    let n = super::whole_number(&n)?;
+    (1..=i64::from(i32::MAX))
+        .contains(&n)
+        .then(|| SchemaVersion::Exact(n as u32))
 }
 
 /// serde_json appends "at line L column C" positions relative to the event's own text, which
@@ -588,11 +586,21 @@ mod tests {
             r#"{"signal":"a","signal":"b","identity":{"type":"account","id":"1"}}"#.to_owned(),
         ]);
         assert!(errors_of(&dup)[0].message.contains("duplicate field"));
-        assert!(
-            errors_of(&batch(&[event(r#","version":1.0"#)]))[0]
-                .field
-                .ends_with("version")
-        );
+        for not_a_version in ["1.5", "0", "0.0", "-1", "1e999", "true"] {
+            let body = batch(&[event(&format!(r#","version":{not_a_version}"#))]);
+            assert!(
+                errors_of(&body)[0].field.ends_with("version"),
+                "{not_a_version}"
+            );
+        }
+        // A whole number is one however it is written, as JSON Schema reads `integer`.
+        for two in ["2", "2.0", "2e0", "20e-1"] {
+            let body = batch(&[event(&format!(r#","version":{two}"#))]);
+            assert_eq!(
+                parse_batch(&body).unwrap()[0].version,
+                SchemaVersion::Exact(2)
+            );
+        }
         assert!(
             errors_of(&batch(&[event(r#","version":2147483648"#)]))[0]
                 .field

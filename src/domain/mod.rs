@@ -93,6 +93,17 @@ impl fmt::Display for Slug {
 
 /// True when `s` is a valid identity type: 1–64 characters of `[a-z0-9_-]`. The built-in
 /// types (`account`, `contact`, `deal`, `lead`) are such strings too.
+/// The value of a JSON number with no fractional part, as JSON Schema's `integer` reads it:
+/// `500` and `500.0` alike. `None` for fractions, and for magnitudes past 2^53 written with a
+/// fraction or exponent (they cannot be told from their neighbours).
+pub fn whole_number(n: &serde_json::Number) -> Option<i64> {
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0)
+            .map(|f| f as i64)
+    })
+}
+
 pub fn is_identity_type(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64

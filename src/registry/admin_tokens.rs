@@ -35,12 +35,8 @@ impl AdminTokens {
 
     /// Creates a token; returns its id and the secret, which is never seen again.
     pub async fn create(&self, name: Option<&str>) -> Result<(String, Secret), RegistryError> {
+        super::check_label("token name", name)?;
         let name = name.map(str::trim).filter(|n| !n.is_empty());
-        if name.is_some_and(|n| n.chars().count() > 200 || n.contains('\0')) {
-            return Err(RegistryError::Invalid(
-                "token name must be at most 200 characters".into(),
-            ));
-        }
         let id = AdminTokenId::generate();
         let token = Secret::generate(TOKEN_PREFIX);
         let client = self.pg.get().await?;

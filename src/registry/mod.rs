@@ -126,6 +126,16 @@ pub struct SignalChange {
     pub limit: Option<Option<u32>>,
 }
 
+/// An optional label (a key's or signal's name): at most 200 characters as given, no NUL.
+pub fn check_label(what: &str, label: Option<&str>) -> Result<(), RegistryError> {
+    match label {
+        Some(l) if l.chars().count() > 200 || l.contains('\0') => Err(RegistryError::Invalid(
+            format!("{what} must be at most 200 characters, without NUL"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A per-minute limit must be positive and fit the registry's column.
 fn check_limit(limit: Option<u32>) -> Result<(), RegistryError> {
     match limit {
@@ -183,10 +193,10 @@ impl Registry {
     }
 
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant, RegistryError> {
-        let name = name.trim();
+        // A label, kept as given: 1-200 characters, none of them NUL (PostgreSQL text).
         if name.is_empty() || name.chars().count() > 200 || name.contains('\0') {
             return Err(RegistryError::Invalid(
-                "tenant name must be 1-200 characters".into(),
+                "tenant name must be 1-200 characters, without NUL".into(),
             ));
         }
         let id = TenantId::generate();
@@ -222,6 +232,8 @@ impl Registry {
         tenant: &str,
         name: Option<&str>,
     ) -> Result<(KeyId, ApiKey), RegistryError> {
+        check_label("name", name)?;
+        let name = name.map(str::trim).filter(|n| !n.is_empty());
         let tenant = self.existing_tenant(tenant).await?;
         let id = KeyId::generate();
         let key = ApiKey::generate_api_key();
@@ -291,6 +303,7 @@ impl Registry {
         let tenant = self.existing_tenant(tenant).await?;
         let slug = Slug::parse(slug).map_err(RegistryError::Invalid)?;
         check_limit(limit)?;
+        check_label("name", name)?;
         let name = name
             .map(str::trim)
             .filter(|n| !n.is_empty())
@@ -403,6 +416,11 @@ impl Registry {
             return Err(RegistryError::Invalid(
                 "a JSON Schema must be an object (or true/false)".into(),
             ));
+        }
+        if let Some(why) = crate::domain::json_guard::unstorable(&schema.to_string()) {
+            return Err(RegistryError::Invalid(format!(
+                "the schema cannot be stored: {why}"
+            )));
         }
         jsonschema::validator_for(schema)
             .map_err(|e| RegistryError::Invalid(format!("not a valid JSON Schema: {e}")))?;

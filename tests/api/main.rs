@@ -2,6 +2,7 @@
 //! PostgreSQL processes started by `support`.
 
 mod admin;
+mod admin_api;
 mod cluster;
 mod errors;
 mod faults;
@@ -9,9 +10,11 @@ mod hostile;
 mod idempotency;
 mod ingest;
 mod limits;
+mod openapi;
 mod ops;
 mod recovery;
 mod registry;
+mod selfservice;
 mod support;
 mod tls;
 mod worker;

@@ -130,6 +130,26 @@ impl TestEnv {
         }
     }
 
+    /// Starts an api replica with its admin listener (SLUICE__ADMIN__BIND), both on free ports;
+    /// returns (public, admin).
+    pub fn spawn_api_with_admin(&self) -> (TestApi, TestApi) {
+        let mut settings = self.settings();
+        settings.admin.bind = Some("127.0.0.1:0".parse().unwrap());
+        let mut api = sluice::api::serve(&settings, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let admin = *api.admin.take().expect("the admin listener is bound");
+        let running = |server: sluice::api::ApiServer| {
+            let handle = server.server.handle();
+            actix_web::rt::spawn(server.server);
+            TestApi {
+                base: format!("http://{}", server.addr),
+                handle: Some(handle),
+                client: client(),
+            }
+        };
+        let admin = running(admin);
+        (running(api), admin)
+    }
+
     /// A tenant with one API key. Returns (tenant id, key).
     pub async fn tenant(&self) -> (String, String) {
         let tenant = self.registry.create_tenant("Test tenant").await.unwrap();
@@ -340,6 +360,27 @@ impl TestApi {
     pub async fn get(&self, path: &str) -> Reply {
         self.send(self.client.get(self.url(path)), Vec::new()).await
     }
+
+    /// `method` on `path` with a bearer credential and, if given, a JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: &str,
+        body: Option<&Value>,
+    ) -> Reply {
+        let mut req = self
+            .request(method.parse().unwrap(), path)
+            .insert_header(("Authorization", format!("Bearer {bearer}")));
+        let bytes = match body {
+            Some(body) => {
+                req = req.insert_header(("Content-Type", "application/json"));
+                body.to_string().into_bytes()
+            }
+            None => Vec::new(),
+        };
+        self.send(req, bytes).await
+    }
 }
 
 impl Drop for TestApi {
@@ -546,6 +587,17 @@ pub fn spawn_api_process(
     port: Option<u16>,
     extra: &[(&str, &str)],
 ) -> (ApiProcess, String) {
+    spawn_api_process_to(env, port, extra, std::process::Stdio::piped())
+}
+
+/// As [`spawn_api_process`], its stderr (the log) going to `stderr`: a file, for a long run
+/// whose log would fill a pipe nobody reads.
+pub fn spawn_api_process_to(
+    env: &TestEnv,
+    port: Option<u16>,
+    extra: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> (ApiProcess, String) {
     let port = port.unwrap_or_else(servers::free_port);
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-api"));
     cmd.envs(env.env_vars())
@@ -553,7 +605,7 @@ pub fn spawn_api_process(
         .env_remove("RUST_LOG")
         .env("SLUICE__API__BIND", format!("127.0.0.1:{port}"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+        .stderr(stderr);
     for (k, v) in extra {
         cmd.env(k, v);
     }

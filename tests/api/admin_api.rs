@@ -1,0 +1,438 @@
+//! The admin HTTP API (SLUICE__ADMIN__BIND) as operators and their automation use it: every
+//! registry task with an admin token and no database access, each change seen by the ingest API.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{TestEnv, event};
+
+/// An admin token, made as operators make one.
+fn admin_token(env: &TestEnv) -> (String, String) {
+    let made = env.admin(&["admin-token", "create", "--name", "ops"]);
+    let id = made["id"].as_str().unwrap().to_owned();
+    let token = made["token"].as_str().unwrap().to_owned();
+    assert!(
+        id.starts_with("adm_") && token.starts_with("sat_"),
+        "{made}"
+    );
+    (id, token)
+}
+
+/// Calls until `done` holds for the reply or `within` passes; the last reply.
+async fn eventually(
+    within: Duration,
+    mut call: impl AsyncFnMut() -> crate::support::Reply,
+    done: impl Fn(&crate::support::Reply) -> bool,
+) -> crate::support::Reply {
+    let started = Instant::now();
+    loop {
+        let reply = call().await;
+        if done(&reply) || started.elapsed() > within {
+            return reply;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[actix_web::test]
+async fn an_operator_runs_the_registry_over_http_and_ingest_follows() {
+    let env = TestEnv::start().await;
+    let (_, token) = admin_token(&env);
+    let (api, admin) = env.spawn_api_with_admin();
+    let call = |method: &'static str, path: String, body: Option<Value>| {
+        let (admin, token) = (&admin, token.clone());
+        async move { admin.call(method, &path, &token, body.as_ref()).await }
+    };
+
+    let tenant = call(
+        "POST",
+        "/admin/v1/tenants".into(),
+        Some(json!({"name": "Acme"})),
+    )
+    .await;
+    assert_eq!(tenant.status, 201, "{}", tenant.text);
+    assert_eq!(tenant.body["success"], true);
+    let t = tenant.body["data"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(tenant.body["data"]["name"], "Acme");
+    let shown = call("GET", format!("/admin/v1/tenants/{t}"), None).await;
+    assert_eq!(shown.status, 200);
+    assert!(
+        shown.body["data"]["stream"]
+            .as_str()
+            .unwrap()
+            .ends_with(":events")
+    );
+
+    // A key: its secret once, never in a list.
+    let made = call(
+        "POST",
+        format!("/admin/v1/tenants/{t}/keys"),
+        Some(json!({"name": "prod"})),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let key = made.body["data"]["key"].as_str().unwrap().to_owned();
+    let key_id = made.body["data"]["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("sk_"));
+    let keys = call("GET", format!("/admin/v1/tenants/{t}/keys"), None).await;
+    assert_eq!(keys.body["data"][0]["id"], key_id.as_str());
+    assert_eq!(keys.body["data"][0]["revoked_at"], Value::Null);
+    assert!(
+        !keys.text.contains(&key) && !keys.text.contains("sk_"),
+        "{}",
+        keys.text
+    );
+
+    // A signal, then changes to it, each seen by the ingest API at once.
+    let created = call(
+        "POST",
+        format!("/admin/v1/tenants/{t}/signals"),
+        Some(json!({"slug": "page_view", "type": "event", "name": "Page view"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.body["data"]["limit"], 100);
+    assert_eq!(created.body["data"]["default_limit"], true);
+    let again = call(
+        "POST",
+        format!("/admin/v1/tenants/{t}/signals"),
+        Some(json!({"slug": "page_view", "type": "metric"})),
+    )
+    .await;
+    assert_eq!(again.status, 409, "{}", again.text);
+    assert!(
+        again
+            .error()
+            .contains("already has a signal with slug page_view")
+    );
+    assert_eq!(
+        api.batch(&key, json!([event("page_view", "a1")]))
+            .await
+            .status,
+        200
+    );
+
+    let signal = format!("/admin/v1/tenants/{t}/signals/page_view");
+    let limited = call("PATCH", signal.clone(), Some(json!({"limit": 2}))).await;
+    assert_eq!(limited.status, 200, "{}", limited.text);
+    assert_eq!(limited.body["data"]["limit"], 2);
+    assert_eq!(limited.body["data"]["default_limit"], false);
+    let mine = api.call("GET", "/v1/signals/page_view", &key, None).await;
+    assert_eq!(mine.body["data"]["limit"], 2, "{}", mine.text);
+    assert_eq!(mine.body["data"]["window"]["used"], 1);
+
+    let off = call("PATCH", signal.clone(), Some(json!({"active": false}))).await;
+    assert_eq!(off.body["data"]["active"], false);
+    let refused = api.batch(&key, json!([event("page_view", "a2")])).await;
+    assert_eq!(refused.status, 404);
+    assert_eq!(refused.error(), "Signals not found: page_view");
+    let on = call("PATCH", signal.clone(), Some(json!({"active": true}))).await;
+    assert_eq!(on.body["data"]["active"], true);
+    assert_eq!(
+        on.body["data"]["limit"], 2,
+        "a PATCH leaves what it does not name"
+    );
+
+    // PUT of the limit: the same request twice leaves the same state.
+    for _ in 0..2 {
+        let put = call(
+            "PUT",
+            format!("{signal}/limit"),
+            Some(json!({"limit": null})),
+        )
+        .await;
+        assert_eq!(put.status, 200, "{}", put.text);
+        assert_eq!(put.body["data"]["limit"], 100);
+        assert_eq!(put.body["data"]["default_limit"], true);
+    }
+    let listed = call("GET", format!("/admin/v1/tenants/{t}/signals"), None).await;
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(listed.body["next_cursor"], Value::Null);
+
+    // Schemas: versions 1, 2; a document that is no schema is refused.
+    for (n, schema) in [(1, json!({"type": "object"})), (2, json!(true))] {
+        let added = call(
+            "POST",
+            format!("{signal}/schemas"),
+            Some(json!({"schema": schema})),
+        )
+        .await;
+        assert_eq!(added.status, 201, "{}", added.text);
+        assert_eq!(added.body["data"]["version"], n);
+    }
+    let bad = call(
+        "POST",
+        format!("{signal}/schemas"),
+        Some(json!({"schema": {"type": 5}})),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.error().starts_with("not a valid JSON Schema"),
+        "{}",
+        bad.text
+    );
+    let versions = call("GET", format!("{signal}/schemas"), None).await;
+    assert_eq!(versions.body["data"].as_array().unwrap().len(), 2);
+    let one = call("GET", format!("{signal}/schemas/1"), None).await;
+    assert_eq!(one.body["data"]["schema"], json!({"type": "object"}));
+    assert_eq!(
+        call("GET", format!("{signal}/schemas/3"), None)
+            .await
+            .status,
+        404
+    );
+    let at_version = api
+        .batch(&key, json!([{"signal": "page_view", "version": 2, "identity": {"type": "account", "id": "a"}}]))
+        .await;
+    assert_eq!(at_version.status, 200, "{}", at_version.text);
+    assert_eq!(at_version.body["data"][0]["schema_version"], 2);
+
+    // Revocation: the key stops within the contract's 5 seconds; revoking again is harmless.
+    let revoked = call("DELETE", format!("/admin/v1/keys/{key_id}"), None).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    assert!(revoked.body["data"]["revoked_at"].is_string());
+    let again = call("DELETE", format!("/admin/v1/keys/{key_id}"), None).await;
+    assert_eq!(
+        again.body["data"]["revoked_at"],
+        revoked.body["data"]["revoked_at"]
+    );
+    let refused = eventually(
+        Duration::from_secs(5),
+        async || api.batch(&key, json!([event("page_view", "a3")])).await,
+        |r| r.status == 401,
+    )
+    .await;
+    assert_eq!(refused.error(), "Invalid API key");
+
+    let synced = call("POST", "/admin/v1/sync".into(), None).await;
+    assert_eq!(synced.status, 200, "{}", synced.text);
+    assert_eq!(synced.body["data"]["signals"], 1);
+    assert_eq!(
+        synced.body["data"]["repaired"],
+        json!({"signals": 0, "keys": 0})
+    );
+    let dead = call("GET", "/admin/v1/dead-letters".into(), None).await;
+    assert_eq!((dead.status, dead.body["data"].clone()), (200, json!([])));
+    let replayed = call(
+        "POST",
+        "/admin/v1/dead-letters/replay".into(),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(replayed.body["data"]["replayed"], 0, "{}", replayed.text);
+    let missing = call(
+        "POST",
+        "/admin/v1/dead-letters/replay".into(),
+        Some(json!({"id": 7})),
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+}
+
+#[actix_web::test]
+async fn admin_tokens_are_required_checked_and_revocable_and_the_listener_is_separate() {
+    let env = TestEnv::start().await;
+    let (id, token) = admin_token(&env);
+    let (tenant, api_key) = env.tenant().await;
+    let (api, admin) = env.spawn_api_with_admin();
+
+    let bare = admin.get("/admin/v1/tenants").await;
+    assert_eq!((bare.status, bare.error()), (401, "Missing admin token"));
+    assert_eq!(bare.header("www-authenticate"), Some("Bearer"));
+    for wrong in ["sat_nope", api_key.as_str(), &token[..token.len() - 1]] {
+        let reply = admin.call("GET", "/admin/v1/tenants", wrong, None).await;
+        assert_eq!(
+            (reply.status, reply.error()),
+            (401, "Invalid admin token"),
+            "{wrong}"
+        );
+    }
+    // Refused before the body is read: a bad body without a token is still a 401.
+    let no_token_bad_body = admin
+        .send(
+            admin.request("POST".parse().unwrap(), "/admin/v1/tenants"),
+            b"{".to_vec(),
+        )
+        .await;
+    assert_eq!(no_token_bad_body.status, 401);
+    let ok = admin
+        .call("GET", &format!("/admin/v1/tenants/{tenant}"), &token, None)
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+
+    // The document is public on its listener; the admin API is not on the ingest listener.
+    assert_eq!(admin.get("/openapi.json").await.status, 200);
+    let on_public = api.call("GET", "/admin/v1/tenants", &token, None).await;
+    assert_eq!(on_public.status, 404);
+    assert_eq!(
+        api.call("GET", "/v1/signals", &token, None).await.status,
+        401
+    );
+
+    // Revoked: refused from the next request on.
+    let revoked = env.admin(&["admin-token", "revoke", "--id", &id]);
+    assert_eq!(revoked["revoked"], true);
+    let after = admin.call("GET", "/admin/v1/tenants", &token, None).await;
+    assert_eq!((after.status, after.error()), (401, "Invalid admin token"));
+
+    // Off unless SLUICE__ADMIN__BIND is set.
+    let plain = sluice::api::serve(&env.settings(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    assert!(plain.admin.is_none());
+}
+
+#[actix_web::test]
+async fn lists_page_with_a_cursor_and_bad_requests_get_clear_4xx() {
+    let env = TestEnv::start().await;
+    let (_, token) = admin_token(&env);
+    let (_api, admin) = env.spawn_api_with_admin();
+    let get = async |path: &str| admin.call("GET", path, &token, None).await;
+    for i in 0..5 {
+        let made = admin
+            .call(
+                "POST",
+                "/admin/v1/tenants",
+                &token,
+                Some(&json!({"name": format!("t{i}")})),
+            )
+            .await;
+        assert_eq!(made.status, 201);
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/admin/v1/tenants?limit=2&cursor={c}"),
+            None => "/admin/v1/tenants?limit=2".to_owned(),
+        };
+        let page = get(&path).await;
+        assert_eq!(page.status, 200, "{}", page.text);
+        pages += 1;
+        let items = page.body["data"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|t| t["id"].as_str().unwrap().to_owned()));
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        (seen.len(), unique.len()),
+        (5, 5),
+        "every tenant once: {seen:?}"
+    );
+
+    for (path, status, message) in [
+        (
+            "/admin/v1/tenants?limit=0",
+            400,
+            "limit must be from 1 to 1000",
+        ),
+        (
+            "/admin/v1/tenants?limit=1001",
+            400,
+            "limit must be from 1 to 1000",
+        ),
+        ("/admin/v1/tenants?sort=name", 400, "Invalid query string"),
+        ("/admin/v1/tenants/nope", 400, "is not a valid TenantId id"),
+        (
+            "/admin/v1/tenants/ten_0000000000000000",
+            404,
+            "no tenant with id ten_0000000000000000",
+        ),
+        (
+            "/admin/v1/dead-letters?cursor=x",
+            400,
+            "cursor is not one this list returned",
+        ),
+        ("/admin/v1/nothing", 404, "Not found: GET /admin/v1/nothing"),
+    ] {
+        let reply = get(path).await;
+        assert_eq!(reply.status, status, "{path}: {}", reply.text);
+        assert!(reply.error().contains(message), "{path}: {}", reply.text);
+    }
+    let tenant = get("/admin/v1/tenants?limit=1").await.body["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let signals = format!("/admin/v1/tenants/{tenant}/signals");
+    for (body, message) in [
+        (json!([]), "the body must be a JSON object"),
+        (
+            json!({"slug": "a", "type": "event", "colour": "red"}),
+            "unknown field `colour`",
+        ),
+        (
+            json!({"slug": "a", "type": "gauge"}),
+            "unknown variant `gauge`",
+        ),
+        (json!({"slug": "A!", "type": "event"}), "invalid slug"),
+        (
+            json!({"slug": "a", "type": "event", "limit": 0}),
+            "limit must be a positive number",
+        ),
+        (
+            json!({"slug": "a", "type": "event", "limit": 1.5}),
+            "is not a whole number",
+        ),
+        (
+            json!({"slug": "a", "type": "event", "name": "x\u{0}y"}),
+            "without NUL",
+        ),
+    ] {
+        let reply = admin.call("POST", &signals, &token, Some(&body)).await;
+        assert_eq!(reply.status, 400, "{body}: {}", reply.text);
+        assert!(reply.error().contains(message), "{body}: {}", reply.text);
+    }
+    // A whole number is one however it is written.
+    let made = admin
+        .call(
+            "POST",
+            &signals,
+            &token,
+            Some(&json!({"slug": "a", "type": "event", "limit": 5.0})),
+        )
+        .await;
+    assert_eq!(
+        (made.status, made.body["data"]["limit"].clone()),
+        (201, json!(5))
+    );
+
+    let not_json = admin
+        .send(
+            admin
+                .request("POST".parse().unwrap(), &signals)
+                .insert_header(("Authorization", format!("Bearer {token}")))
+                .insert_header(("Content-Type", "text/plain")),
+            b"slug=a".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (not_json.status, not_json.error()),
+        (415, "Content-Type must be application/json")
+    );
+    let broken = admin
+        .send(
+            admin
+                .request("POST".parse().unwrap(), &signals)
+                .insert_header(("Authorization", format!("Bearer {token}")))
+                .insert_header(("Content-Type", "application/json")),
+            b"{\"slug\":".to_vec(),
+        )
+        .await;
+    assert_eq!(broken.status, 400);
+    assert!(
+        broken.error().starts_with("Invalid JSON"),
+        "{}",
+        broken.text
+    );
+    let wrong_method = admin.call("DELETE", &signals, &token, None).await;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.header("allow"), Some("GET, POST"));
+}
