@@ -51,7 +51,8 @@ pub fn routes<P: Probe>(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// Serves only the ops endpoints (the worker's metrics listener), on one thread. The server
+/// Serves only the ops endpoints and their OpenAPI document (the worker's metrics listener), on
+/// one thread. The server
 /// installs no signal handlers: the binary stops it through its handle on shutdown.
 /// `setting` names the bind address's setting in the error.
 pub fn serve<P: Probe>(
@@ -64,6 +65,11 @@ pub fn serve<P: Probe>(
         App::new()
             .app_data(state.clone())
             .configure(routes::<P>)
+            .service(
+                web::resource("/openapi.json")
+                    .route(web::get().to(crate::api::openapi::operations_document))
+                    .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "GET"))),
+            )
             .default_service(web::to(not_found))
     })
     .workers(1)

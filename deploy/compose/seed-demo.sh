@@ -6,12 +6,13 @@
 set -eu
 state=${SLUICE_DEMO_STATE:-/state}
 url=${SLUICE_DEMO_URL:-http://localhost:8080}
+admin_url=${SLUICE_DEMO_ADMIN_URL:-http://localhost:8081}
 file="$state/demo.env"
 field() { sed -E "s/.*\"$1\":\"([^\"]*)\".*/\1/"; }
 remember() { printf '%s=%s\n' "$1" "$2" >> "$file"; }
 
 [ -w "$state" ] || { echo "demo: $state is not writable by uid $(id -u)" >&2; exit 1; }
-TENANT="" KEY=""
+TENANT="" KEY="" ADMIN_TOKEN=""
 [ -f "$file" ] && . "$file"
 
 if [ -z "$TENANT" ]; then
@@ -21,6 +22,10 @@ fi
 if [ -z "$KEY" ]; then
   KEY=$(sluice-admin key create --tenant "$TENANT" --name demo | field key)
   remember KEY "$KEY"
+fi
+if [ -z "$ADMIN_TOKEN" ]; then
+  ADMIN_TOKEN=$(sluice-admin admin-token create --name demo | field token)
+  remember ADMIN_TOKEN "$ADMIN_TOKEN"
 fi
 # A signal that exists already is fine: creating it again is refused and changes nothing.
 signal() {
@@ -44,4 +49,12 @@ curl -s $url/v1/events/batch \\
   -H 'Authorization: Bearer $KEY' \\
   -H 'Content-Type: application/json' \\
   -d '{"events": [{"signal": "page_view", "identity": {"type": "account", "id": "acc_123"}, "data": {"path": "/pricing"}, "reference": "evt-001"}]}'
+
+Your signals and what is left of their windows:
+
+curl -s $url/v1/signals -H 'Authorization: Bearer $KEY'
+
+The admin API (api1's admin listener, published on 127.0.0.1 only), e.g. the demo tenant's signals:
+
+curl -s $admin_url/admin/v1/tenants/$TENANT/signals -H 'Authorization: Bearer $ADMIN_TOKEN'
 MSG

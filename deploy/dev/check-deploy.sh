@@ -50,6 +50,7 @@ docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
 api = by[("Deployment", "sluice-api")]["spec"]
 worker = by[("Deployment", "sluice-worker")]["spec"]["template"]["spec"]
+admin = by[("Deployment", "sluice-admin-api")]["spec"]["template"]["spec"]
 problems = []
 if "replicas" in api:
     problems.append("the api Deployment sets replicas against its HorizontalPodAutoscaler")
@@ -62,15 +63,23 @@ if any(d["kind"] == "Job" for d in docs):
     problems.append("a Job: its template is immutable, so a new image tag cannot be applied")
 # Every container that runs a Sluice binary reads the Redis settings, and the PostgreSQL ones
 # where it connects there: where a TLS file setting names a mounted path, it must be mounted.
-wanted = {"api": {"redis-tls"}, "migrate": {"redis-tls", "postgres-tls"}, "worker": {"redis-tls", "postgres-tls"}}
-for spec in (api["template"]["spec"], worker):
+wanted = {"api": {"redis-tls"}, "migrate": {"redis-tls", "postgres-tls"}, "worker": {"redis-tls", "postgres-tls"},
+          "admin": {"redis-tls", "postgres-tls"}}
+for spec in (api["template"]["spec"], worker, admin):
     for c in spec.get("initContainers", []) + spec["containers"]:
         mounted = {m["name"] for m in c.get("volumeMounts", [])}
         if not wanted[c["name"]] <= mounted:
             problems.append(f"{c['name']} does not mount {sorted(wanted[c['name']] - mounted)}")
 policies = {d["metadata"]["name"] for d in docs if d["kind"] == "NetworkPolicy"}
-if policies != {"default-deny", "sluice-api", "sluice-worker"}:
+if policies != {"default-deny", "sluice-api", "sluice-worker", "sluice-admin-api"}:
     problems.append(f"network policies: {sorted(policies)}")
+# The admin API stays off the public path: the public replicas do not set its bind, and neither
+# the public Service nor an Ingress selects the admin pods.
+for c in api["template"]["spec"]["containers"]:
+    if any(e.get("name") == "SLUICE__ADMIN__BIND" for e in c.get("env", [])):
+        problems.append("the public api Deployment serves the admin API")
+if by[("Service", "sluice-api")]["spec"]["selector"] == by[("Service", "sluice-admin")]["spec"]["selector"]:
+    problems.append("the public Service selects the admin pods")
 if problems:
     sys.exit("check-deploy: k8s: " + "; ".join(problems))
 PYEOF

@@ -19,9 +19,11 @@ export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-sluicecheck}
 # Published ports, overridable so the check can run beside a local stack.
 export SLUICE_HTTP_PORT=${SLUICE_HTTP_PORT:-18080}
 export SLUICE_PROMETHEUS_PORT=${SLUICE_PROMETHEUS_PORT:-19090}
+export SLUICE_ADMIN_PORT=${SLUICE_ADMIN_PORT:-18081}
 SERVICES=(redis postgres migrate api1 api2 worker demo lb prometheus)
 BASE="http://127.0.0.1:$SLUICE_HTTP_PORT"
 PROM="http://127.0.0.1:$SLUICE_PROMETHEUS_PORT"
+ADMIN="http://127.0.0.1:$SLUICE_ADMIN_PORT"
 
 say() { echo "compose-check: $*" >&2; }
 fail() { say "FAILED: $*"; exit 1; }
@@ -90,9 +92,19 @@ tenant=$(echo "$demo" | grep -o 'Demo tenant ten_[A-Za-z0-9]*' | head -n 1 | cut
 [ -n "$key" ] && [ -n "$tenant" ] || fail "docker compose logs demo printed no key: $demo"
 
 # The demo's own curl, exactly as printed, against the published port.
-curl_cmd=$(echo "$demo" | sed -n '/^curl /,/-d /p' | sed "s|http://localhost:8080|$BASE|")
+curl_cmd=$(echo "$demo" | awk '/^curl /{on=1} on{print} on && /-d /{exit}' | sed "s|http://localhost:8080|$BASE|")
 reply=$(bash -c "$curl_cmd")
 echo "$reply" | grep -q '"success":true' || fail "the demo's curl answered: $reply"
+# Self-service through the load balancer, and the admin API on api1's loopback-only port, with
+# the curls the demo printed.
+for printed in '/v1/signals -H' '/admin/v1/tenants/'; do
+  cmd=$(echo "$demo" | grep -F "$printed" | head -n 1 | sed "s|http://localhost:8080|$BASE|; s|http://localhost:8081|$ADMIN|")
+  [ -n "$cmd" ] || fail "the demo printed no curl for $printed: $demo"
+  reply=$(bash -c "$cmd")
+  echo "$reply" | grep -q '"slug":"page_view"' || fail "$cmd answered: $reply"
+done
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$BASE/admin/v1/tenants")" = 404 ] || fail "the admin API answers on the public port"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$ADMIN/admin/v1/tenants")" = 401 ] || fail "the admin API answers without a token"
 # A batch over every demo signal: an event, a metric with its schema, a state.
 reply=$(curl -s "$BASE/v1/events/batch" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' -d '{"events": [
   {"signal": "page_view", "identity": {"type": "account", "id": "acc_1"}, "reference": "check-1"},

@@ -56,6 +56,11 @@ else
   printf 'TENANT=%s\nKEY=%s\n' "$TENANT" "$KEY" > "$STATE/demo.env"
   chmod 600 "$STATE/demo.env"
 fi
+# An admin token for the admin API (made once; a demo.env from before it existed gains one).
+if [ -z "${ADMIN_TOKEN:-}" ]; then
+  ADMIN_TOKEN=$("$BIN/sluice-admin" admin-token create --name demo | sed -E 's/.*"token":"([^"]*)".*/\1/')
+  printf 'ADMIN_TOKEN=%s\n' "$ADMIN_TOKEN" >> "$STATE/demo.env"
+fi
 
 nohup "$BIN/sluice-worker" >"$STATE/worker.log" 2>&1 &
 echo $! > "$STATE/worker.pid"
@@ -76,7 +81,8 @@ wait_ready "http://127.0.0.1:$WORKER_PORT" worker
 cat <<MSG
 
 Sluice is up.
-  api          http://127.0.0.1:$API_PORT   (log: $STATE/api.log)
+  api          http://127.0.0.1:$API_PORT   (log: $STATE/api.log; OpenAPI: /openapi.json)
+  admin API    http://127.0.0.1:$ADMIN_PORT   (token: ADMIN_TOKEN in $STATE/demo.env)
   worker       http://127.0.0.1:$WORKER_PORT/metrics   (log: $STATE/worker.log)
   redis        127.0.0.1:$REDIS_PORT   postgres 127.0.0.1:$PG_PORT (database sluice)
   demo tenant  $TENANT   signals: page_view (event), mrr (metric, schema v1), plan (state)
@@ -93,6 +99,14 @@ curl -s http://127.0.0.1:$API_PORT/v1/events/batch \\
         {"signal": "mrr", "identity": {"type": "account", "id": "acc_123"},
          "data": {"value": 499.0}, "reference": "evt-002"}
       ]}'
+
+See your signals and what is left of their windows:
+
+curl -s http://127.0.0.1:$API_PORT/v1/signals -H 'Authorization: Bearer $KEY'
+
+Manage the registry over HTTP, e.g. the demo tenant's signals:
+
+curl -s http://127.0.0.1:$ADMIN_PORT/admin/v1/tenants/$TENANT/signals -H 'Authorization: Bearer $ADMIN_TOKEN'
 
 Then see them stored:
 

@@ -241,6 +241,29 @@ struct PublicDoc;
 )]
 struct AdminDoc;
 
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice worker",
+        description = "The worker's operations listener (`SLUICE__WORKER__METRICS_BIND`): health, \
+                       metrics and this document."
+    ),
+    paths(ops::livez, ops::readyz, ops::metrics, operations_document)
+)]
+struct OperationsDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+pub async fn operations_document() -> HttpResponse {
+    static DOC: OnceLock<String> = OnceLock::new();
+    serve(DOC.get_or_init(|| {
+        let mut doc = OperationsDoc::openapi();
+        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        doc.to_json().expect("the document serializes")
+    }))
+}
+
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1", body = Object)))]

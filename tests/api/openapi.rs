@@ -1,7 +1,7 @@
 //! The OpenAPI documents against the live system, as a client developer's tools see them:
 //! `openapi-spec-validator` accepts both, and schemathesis attacks every operation of both
-//! listeners of a real `sluice-api` (backed by real Redis and PostgreSQL) with every check on,
-//! and finds nothing. Settings and the one adjusted check, with its reason:
+//! listeners of a real `sluice-api` (backed by real Redis and PostgreSQL), and the worker's
+//! operations listener, with every check on, and finds nothing. Settings and the one adjusted check, with its reason:
 //! tests/api/schemathesis.toml. The tools come from deploy/dev/install-tools.sh.
 
 use std::path::{Path, PathBuf};
@@ -49,7 +49,7 @@ fn schemathesis(base: &str, token: &str, config: &Path, workdir: &Path) -> Outpu
 }
 
 #[actix_web::test]
-async fn the_documents_validate_and_schemathesis_finds_nothing_on_either_listener() {
+async fn the_documents_validate_and_schemathesis_finds_nothing_on_any_listener() {
     let env = TestEnv::start().await;
     let (tenant, key) = env.tenant().await;
     env.signal(&tenant, "page_view", "event", None).await;
@@ -84,9 +84,18 @@ async fn the_documents_validate_and_schemathesis_finds_nothing_on_either_listene
         std::net::TcpStream::connect(&admin_addr).is_ok()
     });
 
+    // The worker's operations listener serves a document of its own too.
+    let worker = env.spawn_worker(&[]);
+    let worker_addr = worker.metrics_url.trim_start_matches("http://").to_owned();
+    worker.wait_ready(200).await;
+
     // Each listener serves its own document: the public one describes no admin operation.
     let mut documents = Vec::new();
-    for (addr, name) in [(&base, "public"), (&admin_addr, "admin")] {
+    for (addr, name) in [
+        (&base, "public"),
+        (&admin_addr, "admin"),
+        (&worker_addr, "worker"),
+    ] {
         let reply = TestApi::at(addr).get("/openapi.json").await;
         assert_eq!(reply.status, 200);
         assert_eq!(reply.body["openapi"], "3.1.0");
@@ -105,6 +114,10 @@ async fn the_documents_validate_and_schemathesis_finds_nothing_on_either_listene
     assert!(paths(&documents[0].1).contains(&"/v1/signals".to_owned()));
     assert!(paths(&documents[1].1).iter().all(|p| !p.starts_with("/v1")));
     assert!(paths(&documents[1].1).contains(&"/admin/v1/dead-letters/replay".to_owned()));
+    assert_eq!(
+        paths(&documents[2].1),
+        ["/livez", "/metrics", "/openapi.json", "/readyz"]
+    );
 
     for (name, _, path) in &documents {
         let out = Command::new(tool("openapi-spec-validator"))
