@@ -236,8 +236,13 @@ impl AdminState {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "Acme"}))]
 pub struct NewTenant {
-    /// 1-200 characters, kept as given.
-    #[schema(min_length = 1, max_length = 200, pattern = "^[^\\u0000]*$")]
+    /// 1-200 characters, not all blank (Unicode White_Space), no NUL; kept without surrounding
+    /// blanks.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000]*[^\\u0000\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000]*$"
+    )]
     name: String,
 }
 

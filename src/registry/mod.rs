@@ -193,12 +193,17 @@ impl Registry {
     }
 
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant, RegistryError> {
-        // A label, kept as given: 1-200 characters, none of them NUL (PostgreSQL text).
-        if name.is_empty() || name.chars().count() > 200 || name.contains('\0') {
+        // 1-200 characters as given, not all blank, none of them NUL (PostgreSQL text); kept
+        // without surrounding blanks.
+        if name.chars().count() > 200
+            || name.contains('\0')
+            || name.chars().all(char::is_whitespace)
+        {
             return Err(RegistryError::Invalid(
-                "tenant name must be 1-200 characters, without NUL".into(),
+                "tenant name must be 1-200 characters, not all blank, without NUL".into(),
             ));
         }
+        let name = name.trim();
         let id = TenantId::generate();
         let client = self.pg.get().await?;
         client

@@ -299,6 +299,18 @@ async fn lists_page_with_a_cursor_and_bad_requests_get_clear_4xx() {
             .await;
         assert_eq!(made.status, 201);
     }
+    for blank in [" ", "\u{3000}\t"] {
+        let reply = admin
+            .call(
+                "POST",
+                "/admin/v1/tenants",
+                &token,
+                Some(&json!({"name": blank})),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{blank:?}: {}", reply.text);
+        assert!(reply.error().contains("not all blank"), "{}", reply.text);
+    }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     let mut pages = 0;
@@ -435,4 +447,44 @@ async fn lists_page_with_a_cursor_and_bad_requests_get_clear_4xx() {
     let wrong_method = admin.call("DELETE", &signals, &token, None).await;
     assert_eq!(wrong_method.status, 405);
     assert_eq!(wrong_method.header("allow"), Some("GET, POST"));
+}
+
+#[actix_web::test]
+async fn with_postgresql_down_the_admin_api_answers_503_and_ingest_goes_on() {
+    let mut env = TestEnv::start().await;
+    let (_, token) = admin_token(&env);
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", None).await;
+    let (api, admin) = env.spawn_api_with_admin();
+    assert_eq!(
+        admin
+            .call("GET", "/admin/v1/tenants", &token, None)
+            .await
+            .status,
+        200
+    );
+
+    env.pg.stop();
+    let down = admin.call("GET", "/admin/v1/tenants", &token, None).await;
+    assert_eq!(down.status, 503, "{}", down.text);
+    assert!(down.error().starts_with("PostgreSQL: "), "{}", down.text);
+    assert!(down.error().ends_with("please retry"), "{}", down.text);
+    assert_eq!(down.header("retry-after"), Some("1"));
+    // Ingest and self-service need only Redis.
+    assert_eq!(
+        api.batch(&key, json!([event("page_view", "p1")]))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(api.call("GET", "/v1/signals", &key, None).await.status, 200);
+
+    env.pg.start_again();
+    let back = eventually(
+        Duration::from_secs(10),
+        async || admin.call("GET", "/admin/v1/tenants", &token, None).await,
+        |r| r.status == 200,
+    )
+    .await;
+    assert_eq!(back.status, 200, "{}", back.text);
 }
