@@ -30,25 +30,20 @@ pub trait Probe: Send + Sync + 'static {
     fn metrics(&self) -> String;
 }
 
+/// A resource at `path` that answers 405, naming the methods in `allow`, to any method its
+/// routes do not take.
+pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| {
+        method_not_allowed(req, allow)
+    }))
+}
+
 /// Mounts `/livez`, `/readyz` and `/metrics` for probe `P`, which the app holds as
 /// `web::Data<P>`. Other methods on these paths answer 405 naming `GET`.
 pub fn routes<P: Probe>(cfg: &mut web::ServiceConfig) {
-    let get_only = || web::to(|req: HttpRequest| method_not_allowed(req, "GET"));
-    cfg.service(
-        web::resource("/livez")
-            .route(web::get().to(livez))
-            .default_service(get_only()),
-    )
-    .service(
-        web::resource("/readyz")
-            .route(web::get().to(readyz::<P>))
-            .default_service(get_only()),
-    )
-    .service(
-        web::resource("/metrics")
-            .route(web::get().to(metrics::<P>))
-            .default_service(get_only()),
-    );
+    cfg.service(resource("/livez", "GET").route(web::get().to(livez)))
+        .service(resource("/readyz", "GET").route(web::get().to(readyz::<P>)))
+        .service(resource("/metrics", "GET").route(web::get().to(metrics::<P>)));
 }
 
 /// Serves only the ops endpoints and their OpenAPI document (the worker's metrics listener), on
@@ -66,9 +61,8 @@ pub fn serve<P: Probe>(
             .app_data(state.clone())
             .configure(routes::<P>)
             .service(
-                web::resource("/openapi.json")
-                    .route(web::get().to(crate::api::openapi::operations_document))
-                    .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "GET"))),
+                resource("/openapi.json", "GET")
+                    .route(web::get().to(crate::api::openapi::operations_document)),
             )
             .default_service(web::to(not_found))
     })

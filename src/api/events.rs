@@ -59,6 +59,9 @@ pub struct BatchResponse<'a> {
 }
 
 #[derive(Serialize, ToSchema)]
+#[schema(example = json!({"success": true,
+    "data": {"id": "0193a5c8-7d2e-7000-8000-4f2b9c1d3e5a", "signal_id": "sig_bFyqj0qg",
+             "schema_version": null, "status": "pending", "reference": "evt-001"}}))]
 pub struct SingleResponse<'a> {
     /// Always true.
     success: bool,

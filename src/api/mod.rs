@@ -206,121 +206,77 @@ fn path_config() -> web::PathConfig {
         .error_handler(|err, _req| ApiError::NotFound(format!("Not found: {err}")).into())
 }
 
-/// The admin API's routes, each path answering 405 (naming what it allows) to other methods.
+/// The admin API's routes.
 pub fn admin_routes(cfg: &mut web::ServiceConfig) {
-    let only = |allow: &'static str| {
-        web::to(move |req: actix_web::HttpRequest| ops::method_not_allowed(req, allow))
-    };
-    cfg.service(
-        web::resource("/openapi.json")
-            .route(web::get().to(openapi::admin_document))
-            .default_service(only("GET")),
-    )
-    .service(
-        web::scope("/admin/v1")
-            .wrap(from_fn(admin::authorize))
-            .service(
-                web::resource("/tenants")
-                    .route(web::post().to(admin::create_tenant))
-                    .route(web::get().to(admin::list_tenants))
-                    .default_service(only("GET, POST")),
-            )
-            .service(
-                web::resource("/tenants/{tenant_id}")
-                    .route(web::get().to(admin::get_tenant))
-                    .default_service(only("GET")),
-            )
-            .service(
-                web::resource("/tenants/{tenant_id}/keys")
-                    .route(web::post().to(admin::create_key))
-                    .route(web::get().to(admin::list_keys))
-                    .default_service(only("GET, POST")),
-            )
-            .service(
-                web::resource("/keys/{key_id}")
-                    .route(web::delete().to(admin::revoke_key))
-                    .default_service(only("DELETE")),
-            )
-            .service(
-                web::resource("/tenants/{tenant_id}/signals")
-                    .route(web::post().to(admin::create_signal))
-                    .route(web::get().to(admin::list_signals))
-                    .default_service(only("GET, POST")),
-            )
-            .service(
-                web::resource("/tenants/{tenant_id}/signals/{slug}")
-                    .route(web::get().to(admin::get_signal))
-                    .route(web::patch().to(admin::patch_signal))
-                    .default_service(only("GET, PATCH")),
-            )
-            .service(
-                web::resource("/tenants/{tenant_id}/signals/{slug}/limit")
-                    .route(web::put().to(admin::put_limit))
-                    .default_service(only("PUT")),
-            )
-            .service(
-                web::resource("/tenants/{tenant_id}/signals/{slug}/schemas")
-                    .route(web::post().to(admin::add_schema))
-                    .route(web::get().to(admin::list_schemas))
-                    .default_service(only("GET, POST")),
-            )
-            .service(
-                web::resource("/tenants/{tenant_id}/signals/{slug}/schemas/{version}")
-                    .route(web::get().to(admin::get_schema))
-                    .default_service(only("GET")),
-            )
-            .service(
-                web::resource("/dead-letters")
-                    .route(web::get().to(admin::list_dead_letters))
-                    .default_service(only("GET")),
-            )
-            .service(
-                web::resource("/dead-letters/replay")
-                    .route(web::post().to(admin::replay_dead_letters))
-                    .default_service(only("POST")),
-            )
-            .service(
-                web::resource("/sync")
-                    .route(web::post().to(admin::sync))
-                    .default_service(only("POST")),
-            )
-            .default_service(web::to(ops::not_found)),
-    )
-    .default_service(web::to(ops::not_found));
+    use web::{delete, get, patch, post, put};
+    let signal = "/tenants/{tenant_id}/signals/{slug}";
+    cfg.service(ops::resource("/openapi.json", "GET").route(get().to(openapi::admin_document)))
+        .service(
+            web::scope("/admin/v1")
+                .wrap(from_fn(admin::authorize))
+                .service(
+                    ops::resource("/tenants", "GET, POST")
+                        .route(post().to(admin::create_tenant))
+                        .route(get().to(admin::list_tenants)),
+                )
+                .service(
+                    ops::resource("/tenants/{tenant_id}", "GET").route(get().to(admin::get_tenant)),
+                )
+                .service(
+                    ops::resource("/tenants/{tenant_id}/keys", "GET, POST")
+                        .route(post().to(admin::create_key))
+                        .route(get().to(admin::list_keys)),
+                )
+                .service(
+                    ops::resource("/keys/{key_id}", "DELETE").route(delete().to(admin::revoke_key)),
+                )
+                .service(
+                    ops::resource("/tenants/{tenant_id}/signals", "GET, POST")
+                        .route(post().to(admin::create_signal))
+                        .route(get().to(admin::list_signals)),
+                )
+                .service(
+                    ops::resource(signal, "GET, PATCH")
+                        .route(get().to(admin::get_signal))
+                        .route(patch().to(admin::patch_signal)),
+                )
+                .service(
+                    ops::resource(&format!("{signal}/limit"), "PUT")
+                        .route(put().to(admin::put_limit)),
+                )
+                .service(
+                    ops::resource(&format!("{signal}/schemas"), "GET, POST")
+                        .route(post().to(admin::add_schema))
+                        .route(get().to(admin::list_schemas)),
+                )
+                .service(
+                    ops::resource(&format!("{signal}/schemas/{{version}}"), "GET")
+                        .route(get().to(admin::get_schema)),
+                )
+                .service(
+                    ops::resource("/dead-letters", "GET").route(get().to(admin::list_dead_letters)),
+                )
+                .service(
+                    ops::resource("/dead-letters/replay", "POST")
+                        .route(post().to(admin::replay_dead_letters)),
+                )
+                .service(ops::resource("/sync", "POST").route(post().to(admin::sync)))
+                .default_service(web::to(ops::not_found)),
+        )
+        .default_service(web::to(ops::not_found));
 }
 
 /// Every route, with JSON answers for unknown paths and wrong methods.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let post_only = || web::to(|req: actix_web::HttpRequest| ops::method_not_allowed(req, "POST"));
-    let get_only = || web::to(|req: actix_web::HttpRequest| ops::method_not_allowed(req, "GET"));
-    cfg.service(
-        web::resource("/v1/events/batch")
-            .route(web::post().to(events::batch))
-            .default_service(post_only()),
-    )
-    .service(
-        web::resource("/v1/events")
-            .route(web::post().to(events::single))
-            .default_service(post_only()),
-    )
-    .app_data(path_config())
-    .service(
-        web::resource("/v1/signals")
-            .route(web::get().to(signals::list))
-            .default_service(get_only()),
-    )
-    .service(
-        web::resource("/v1/signals/{slug}")
-            .route(web::get().to(signals::one))
-            .default_service(get_only()),
-    )
-    .service(
-        web::resource("/openapi.json")
-            .route(web::get().to(openapi::public_document))
-            .default_service(get_only()),
-    )
-    .configure(ops::routes::<AppState>)
-    .default_service(web::to(ops::not_found));
+    use web::{get, post};
+    cfg.service(ops::resource("/v1/events/batch", "POST").route(post().to(events::batch)))
+        .service(ops::resource("/v1/events", "POST").route(post().to(events::single)))
+        .app_data(path_config())
+        .service(ops::resource("/v1/signals", "GET").route(get().to(signals::list)))
+        .service(ops::resource("/v1/signals/{slug}", "GET").route(get().to(signals::one)))
+        .service(ops::resource("/openapi.json", "GET").route(get().to(openapi::public_document)))
+        .configure(ops::routes::<AppState>)
+        .default_service(web::to(ops::not_found));
 }
 
 /// The api is ready only while Redis answers: without it, it can neither authenticate nor admit.

@@ -198,6 +198,11 @@ pub struct IdempotencyKey(
 /// `POST /v1/events/batch`'s body.
 #[derive(ToSchema)]
 #[allow(dead_code)]
+#[schema(example = json!({"events": [
+    {"signal": "page_view", "identity": {"type": "account", "id": "acc_123"},
+     "data": {"path": "/pricing"}, "reference": "evt-001"},
+    {"signal": "mrr", "identity": {"type": "account", "id": "acc_123"},
+     "data": {"value": 499.0}, "reference": "evt-002"}]}))]
 pub struct BatchInput {
     /// 1 to 100 events.
     #[schema(min_items = 1, max_items = 100)]

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{TestApi, TestEnv, servers::free_port, spawn_api_process_to};
 
@@ -55,18 +55,12 @@ async fn the_documents_validate_and_schemathesis_finds_nothing_on_any_listener()
     env.signal(&tenant, "page_view", "event", None).await;
     env.signal(&tenant, "mrr", "metric", None).await;
     let dir = tempfile::tempdir().unwrap();
-    let schema = dir.path().join("mrr.json");
-    std::fs::write(&schema, r#"{"type": "object", "required": ["value"]}"#).unwrap();
-    env.admin(&[
-        "schema",
-        "add",
-        "--tenant",
+    env.schema(
         &tenant,
-        "--slug",
         "mrr",
-        "--file",
-        schema.to_str().unwrap(),
-    ]);
+        json!({"type": "object", "required": ["value"]}),
+    )
+    .await;
     // A key of its own for the admin run to revoke (the public run keeps `key`).
     let spare = env.admin(&["key", "create", "--tenant", &tenant, "--name", "spare"]);
     let token = env.admin(&["admin-token", "create", "--name", "fuzz"]);

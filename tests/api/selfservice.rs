@@ -39,19 +39,8 @@ async fn a_key_sees_its_own_signals_and_the_window_admission_uses() {
         "--slug",
         "plan",
     ]);
-    let schema = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(schema.path(), r#"{"type": "object"}"#).unwrap();
     for _ in 0..2 {
-        env.admin(&[
-            "schema",
-            "add",
-            "--tenant",
-            &tenant,
-            "--slug",
-            "mrr",
-            "--file",
-            schema.path().to_str().unwrap(),
-        ]);
+        env.schema(&tenant, "mrr", json!({"type": "object"})).await;
     }
     let other_page_view = env.signal(&other_tenant, "page_view", "event", None).await;
     let api = env.spawn_api().await;

@@ -170,6 +170,15 @@ impl TestEnv {
             .id
     }
 
+    /// Adds the next schema version of a signal; returns the version.
+    pub async fn schema(&self, tenant: &str, slug: &str, schema: Value) -> u32 {
+        self.registry
+            .add_schema(tenant, slug, &schema)
+            .await
+            .unwrap()
+            .1
+    }
+
     /// Runs `sluice-admin` against this environment as an operator would; the command must
     /// succeed, and its JSON is returned.
     pub fn admin(&self, args: &[&str]) -> Value {
