@@ -278,8 +278,8 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
                 path: path(),
                 error: e.to_string(),
             })?;
-            let (signal, version) = registry.add_schema(&tenant, &slug, &schema).await?;
-            json!({"signal_id": signal.id, "version": version})
+            let (signal, added) = registry.add_schema(&tenant, &slug, &schema).await?;
+            json!({"signal_id": signal.id, "version": added.version})
         }
         Command::Sync => serde_json::to_value(registry.sync().await?).expect("counts serialize"),
         Command::DeadLetters {

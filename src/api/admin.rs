@@ -415,8 +415,9 @@ pub async fn revoke_key(
     state: web::Data<AdminState>,
     path: web::Path<KeyPath>,
 ) -> Result<HttpResponse, ApiError> {
-    state.registry.revoke_key(&path.key_id).await?;
-    Ok(ok(KeyView::from(state.registry.key(&path.key_id).await?)))
+    Ok(ok(KeyView::from(
+        state.registry.revoke_key(&path.key_id).await?,
+    )))
 }
 
 /// A signal as operators see it.
@@ -602,10 +603,10 @@ pub struct SchemaView {
     created_at: String,
 }
 
-impl SchemaView {
-    fn of(signal_id: &str, v: SchemaVersion) -> Self {
+impl From<SchemaVersion> for SchemaView {
+    fn from(v: SchemaVersion) -> Self {
         SchemaView {
-            signal_id: signal_id.to_owned(),
+            signal_id: v.signal_id,
             version: v.version,
             schema: v.schema,
             created_at: v.created_at,
@@ -632,15 +633,11 @@ pub async fn add_schema(
     path: web::Path<SignalPath>,
     body: Body<NewSchema>,
 ) -> Result<HttpResponse, ApiError> {
-    let (signal, version) = state
+    let (_, added) = state
         .registry
         .add_schema(&path.tenant_id, &path.slug, &body.schema)
         .await?;
-    let added = state
-        .registry
-        .schema(&path.tenant_id, &path.slug, version)
-        .await?;
-    Ok(created(SchemaView::of(&signal.id, added)))
+    Ok(created(SchemaView::from(added)))
 }
 
 /// Lists a signal's schema versions, oldest first.
@@ -658,12 +655,11 @@ pub async fn list_schemas(
         cursor: query.cursor,
     }
     .page()?;
-    let signal = state.registry.signal(&path.tenant_id, &path.slug).await?;
     let page = state
         .registry
         .schemas(&path.tenant_id, &path.slug, &page)
         .await?;
-    Ok(list(page, |v| SchemaView::of(&signal.id, v)))
+    Ok(list(page, SchemaView::from))
 }
 
 /// Shows one schema version.
@@ -674,12 +670,11 @@ pub async fn get_schema(
     state: web::Data<AdminState>,
     path: web::Path<SchemaPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let signal = state.registry.signal(&path.tenant_id, &path.slug).await?;
     let version = state
         .registry
         .schema(&path.tenant_id, &path.slug, path.version)
         .await?;
-    Ok(ok(SchemaView::of(&signal.id, version)))
+    Ok(ok(SchemaView::from(version)))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::{Registry, RegistryError, SIGNAL_COLUMNS, Signal, Tenant};
-use crate::domain::{KeyId, Slug, TenantId};
+use crate::domain::{Slug, TenantId};
 use crate::pg::iso;
 
 /// The most items one page may hold.
@@ -47,9 +47,31 @@ pub struct KeyInfo {
     pub revoked_at: Option<String>,
 }
 
+impl KeyInfo {
+    /// The columns [`KeyInfo::from_row`] reads, in its order.
+    pub(super) fn columns() -> String {
+        format!(
+            "id, tenant_id, name, {}, {}",
+            iso("created_at"),
+            iso("revoked_at")
+        )
+    }
+
+    pub(super) fn from_row(row: &tokio_postgres::Row) -> Self {
+        KeyInfo {
+            id: row.get(0),
+            tenant_id: row.get(1),
+            name: row.get(2),
+            created_at: row.get(3),
+            revoked_at: row.get(4),
+        }
+    }
+}
+
 /// One version of a signal's schema.
 #[derive(Clone, Debug)]
 pub struct SchemaVersion {
+    pub signal_id: String,
     pub version: u32,
     pub schema: Value,
     pub created_at: String,
@@ -84,49 +106,15 @@ impl Registry {
         let rows = client
             .query(
                 &format!(
-                    "SELECT id, tenant_id, name, {}, {} FROM api_keys
+                    "SELECT {} FROM api_keys
                      WHERE tenant_id = $1 AND ($2::text IS NULL OR id > $2) ORDER BY id LIMIT $3",
-                    iso("created_at"),
-                    iso("revoked_at")
+                    KeyInfo::columns()
                 ),
                 &[&tenant.as_str(), &page.after, &(i64::from(page.limit) + 1)],
             )
             .await?;
-        let items = rows
-            .iter()
-            .map(|r| KeyInfo {
-                id: r.get(0),
-                tenant_id: r.get(1),
-                name: r.get(2),
-                created_at: r.get(3),
-                revoked_at: r.get(4),
-            })
-            .collect();
+        let items = rows.iter().map(KeyInfo::from_row).collect();
         Ok(Page::of(items, page.limit, |k: &KeyInfo| k.id.clone()))
-    }
-
-    /// One API key (revoked or not), by id.
-    pub async fn key(&self, id: &str) -> Result<KeyInfo, RegistryError> {
-        let id = KeyId::parse(id).map_err(RegistryError::Invalid)?;
-        let client = self.pg.get().await?;
-        let row = client
-            .query_opt(
-                &format!(
-                    "SELECT id, tenant_id, name, {}, {} FROM api_keys WHERE id = $1",
-                    iso("created_at"),
-                    iso("revoked_at")
-                ),
-                &[&id.as_str()],
-            )
-            .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("no API key with id {id}")))?;
-        Ok(KeyInfo {
-            id: row.get(0),
-            tenant_id: row.get(1),
-            name: row.get(2),
-            created_at: row.get(3),
-            revoked_at: row.get(4),
-        })
     }
 
     pub async fn signals(
@@ -186,7 +174,7 @@ impl Registry {
         let rows = client
             .query(
                 &format!(
-                    "SELECT version, schema, {} FROM signal_schemas
+                    "SELECT signal_id, version, schema, {} FROM signal_schemas
                      WHERE signal_id = $1 AND version > $2 ORDER BY version LIMIT $3",
                     iso("created_at")
                 ),
@@ -210,7 +198,7 @@ impl Registry {
         let row = client
             .query_opt(
                 &format!(
-                    "SELECT version, schema, {} FROM signal_schemas WHERE signal_id = $1 AND version = $2",
+                    "SELECT signal_id, version, schema, {} FROM signal_schemas WHERE signal_id = $1 AND version = $2",
                     iso("created_at")
                 ),
                 &[&signal.id, &i32::try_from(version).unwrap_or(i32::MAX)],
@@ -237,10 +225,12 @@ impl Registry {
     }
 }
 
-fn schema_version(row: &tokio_postgres::Row) -> SchemaVersion {
+/// A `signal_schemas` row read as `signal_id, version, schema, created_at`.
+pub(super) fn schema_version(row: &tokio_postgres::Row) -> SchemaVersion {
     SchemaVersion {
-        version: row.get::<_, i32>(0) as u32,
-        schema: row.get(1),
-        created_at: row.get(2),
+        signal_id: row.get(0),
+        version: row.get::<_, i32>(1) as u32,
+        schema: row.get(2),
+        created_at: row.get(3),
     }
 }

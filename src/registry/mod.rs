@@ -23,6 +23,7 @@ use crate::domain::{ApiKey, KeyId, SignalId, SignalType, Slug, TenantId};
 use crate::keyspace::{Keyspace, PackedSignal};
 use crate::redis_pool::Redis;
 use copy::RegistryCopy;
+use listing::KeyInfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -269,32 +270,38 @@ impl Registry {
         Ok((id, key))
     }
 
-    /// Revokes a key. Revoking a revoked key again is harmless and re-applies the removal.
-    pub async fn revoke_key(&self, id: &str) -> Result<(), RegistryError> {
+    /// Revokes a key; returns it as revoked. Revoking a revoked key again is harmless and
+    /// re-applies the removal.
+    pub async fn revoke_key(&self, id: &str) -> Result<KeyInfo, RegistryError> {
         let id = KeyId::parse(id).map_err(RegistryError::Invalid)?;
         let mut client = self.pg.get().await?;
         let tx = client.transaction().await?;
         let version = next_version(&tx).await?;
         let row = tx
             .query_opt(
-                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()), version = $2
-                 WHERE id = $1 RETURNING key_hash, tenant_id",
+                &format!(
+                    "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()), version = $2
+                     WHERE id = $1 RETURNING {}, key_hash",
+                    KeyInfo::columns()
+                ),
                 &[&id.as_str(), &version],
             )
             .await?
             .ok_or_else(|| RegistryError::NotFound(format!("no API key with id {id}")))?;
         tx.commit().await?;
+        let key = KeyInfo::from_row(&row);
         let revoked = KeyRow {
-            hash: row.get(0),
-            tenant_id: row.get(1),
-            key_id: id.to_string(),
+            hash: row.get("key_hash"),
+            tenant_id: key.tenant_id.clone(),
+            key_id: key.id.clone(),
             version,
             revoked: true,
         };
         self.copy
             .put_key(&revoked)
             .await
-            .map_err(|e| RegistryError::CopyStale(e.to_string()))
+            .map_err(|e| RegistryError::CopyStale(e.to_string()))?;
+        Ok(key)
     }
 
     pub async fn create_signal(
@@ -416,7 +423,7 @@ impl Registry {
         tenant: &str,
         slug: &str,
         schema: &Value,
-    ) -> Result<(Signal, u32), RegistryError> {
+    ) -> Result<(Signal, listing::SchemaVersion), RegistryError> {
         if !(schema.is_object() || schema.is_boolean()) {
             return Err(RegistryError::Invalid(
                 "a JSON Schema must be an object (or true/false)".into(),
@@ -444,15 +451,18 @@ impl Registry {
             .await?
             .ok_or_else(|| self.no_signal(tenant, slug))?;
         let signal_id: String = row.get(0);
-        let version: i32 = tx
-            .query_one(
-                "INSERT INTO signal_schemas (signal_id, version, schema)
-                 SELECT $1, coalesce(max(version), 0) + 1, $2 FROM signal_schemas WHERE signal_id = $1
-                 RETURNING version",
+        let added = listing::schema_version(
+            &tx.query_one(
+                &format!(
+                    "INSERT INTO signal_schemas (signal_id, version, schema)
+                     SELECT $1, coalesce(max(version), 0) + 1, $2 FROM signal_schemas WHERE signal_id = $1
+                     RETURNING signal_id, version, schema, {}",
+                    crate::pg::iso("created_at")
+                ),
                 &[&signal_id, schema],
             )
-            .await?
-            .get(0);
+            .await?,
+        );
         let row = tx
             .query_one(
                 &format!("SELECT {SIGNAL_COLUMNS} FROM signals s WHERE s.id = $1"),
@@ -462,7 +472,7 @@ impl Registry {
         tx.commit().await?;
         let signal = Signal::from_row(&row)?;
         self.copy_signal(&signal).await?;
-        Ok((signal, version as u32))
+        Ok((signal, added))
     }
 
     /// Rebuilds the Redis copy from one consistent snapshot of PostgreSQL. Entries changed

@@ -135,7 +135,7 @@ async fn schema_versions_resolve_to_latest_or_the_one_asked_for() {
             .add_schema(&tenant, "mrr", &schema)
             .await
             .unwrap();
-        assert_eq!(v, expected);
+        assert_eq!(v.version, expected);
     }
     let api = env.spawn_api().await;
     let with_version = |v: Value| {

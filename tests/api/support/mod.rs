@@ -177,6 +177,7 @@ impl TestEnv {
             .await
             .unwrap()
             .1
+            .version
     }
 
     /// Runs `sluice-admin` against this environment as an operator would; the command must
