@@ -146,25 +146,37 @@ pub struct VersionPageQuery {
     cursor: Option<String>,
 }
 
+/// A page's length: 100 unless asked, 1 to [`MAX_PAGE`].
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "limit must be from 1 to {MAX_PAGE}"
+        )))
+    }
+}
+
+/// A page of `limit` items after `cursor`, which must be text a list could have returned.
+fn page(limit: Option<u32>, cursor: Option<String>) -> Result<PageRequest, ApiError> {
+    let limit = page_limit(limit)?;
+    if let Some(c) = &cursor
+        && (c.is_empty() || c.chars().count() > 300 || c.contains('\0'))
+    {
+        return Err(ApiError::BadRequest(
+            "cursor is not one this list returned".into(),
+        ));
+    }
+    Ok(PageRequest {
+        after: cursor,
+        limit,
+    })
+}
+
 impl PageQuery {
     fn page(&self) -> Result<PageRequest, ApiError> {
-        let limit = self.limit.unwrap_or(100);
-        if !(1..=MAX_PAGE).contains(&limit) {
-            return Err(ApiError::BadRequest(format!(
-                "limit must be from 1 to {MAX_PAGE}"
-            )));
-        }
-        if let Some(c) = &self.cursor
-            && (c.is_empty() || c.chars().count() > 300 || c.contains('\0'))
-        {
-            return Err(ApiError::BadRequest(
-                "cursor is not one this list returned".into(),
-            ));
-        }
-        Ok(PageRequest {
-            after: self.cursor.clone(),
-            limit,
-        })
+        page(self.limit, self.cursor.clone())
     }
 }
 
@@ -650,11 +662,7 @@ pub async fn list_schemas(
     query: web::Query<VersionPageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let page = PageQuery {
-        limit: query.limit,
-        cursor: query.cursor,
-    }
-    .page()?;
+    let page = page(query.limit, query.cursor)?;
     let page = state
         .registry
         .schemas(&path.tenant_id, &path.slug, &page)
@@ -698,11 +706,7 @@ pub async fn list_dead_letters(
     state: web::Data<AdminState>,
     query: web::Query<DeadLetterQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let page = PageQuery {
-        limit: query.limit,
-        cursor: None,
-    }
-    .page()?;
+    let limit = page_limit(query.limit)?;
     let before = match query.cursor.as_deref() {
         None => None,
         Some(c) => Some(
@@ -714,8 +718,7 @@ pub async fn list_dead_letters(
                 })?,
         ),
     };
-    let found =
-        dead_letters::list(&state.pg, query.all.unwrap_or(false), before, page.limit).await?;
+    let found = dead_letters::list(&state.pg, query.all.unwrap_or(false), before, limit).await?;
     Ok(HttpResponse::Ok().json(List {
         success: true,
         data: found.items,

@@ -185,9 +185,8 @@ fn admin_json() -> web::JsonConfig {
                 | JsonPayloadError::OverflowKnownLength { .. } => {
                     ApiError::PayloadTooLarge { limit: LIMIT }
                 }
-                JsonPayloadError::Deserialize(e) if e.is_data() => {
-                    ApiError::BadRequest(format!("Invalid request body: {e}"))
-                }
+                // Bodies are read as any JSON value first (`admin::Body`), so only the syntax
+                // can fail here.
                 JsonPayloadError::Deserialize(e) => ApiError::InvalidJson(e.to_string()),
                 other => ApiError::BadRequest(format!("Invalid request body: {other}")),
             };

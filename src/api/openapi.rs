@@ -285,10 +285,9 @@ pub async fn admin_document() -> HttpResponse {
     serve(DOC.get_or_init(|| admin().to_json().expect("the document serializes")))
 }
 
-fn serve(doc: &str) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(doc.to_owned())
+/// Answers a document built once per process (held in a static, so never copied).
+fn serve(doc: &'static str) -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(doc)
 }
 
 /// The public listener's document.
@@ -437,7 +436,7 @@ impl CommonResponses {
         );
         if path.starts_with("/v1/events") {
             for status in ["200", "429"] {
-                if let Some(RefOr::T(response)) = responses_of(op).get_mut(status) {
+                if let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) {
                     add_rate_limit_headers(response);
                 }
             }
@@ -449,10 +448,6 @@ impl CommonResponses {
             )]);
         }
     }
-}
-
-fn responses_of(op: &mut Operation) -> &mut std::collections::BTreeMap<String, RefOr<Response>> {
-    &mut op.responses.responses
 }
 
 /// The `X-RateLimit-*` headers of every 200 and 429 from the ingest endpoints.

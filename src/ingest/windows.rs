@@ -72,11 +72,11 @@ impl Windows {
             return Err(format!("not an array: {reply:?}"));
         };
         let text = |v: &Value| -> Result<String, String> {
-            redis::from_redis_value::<String>(v.clone()).map_err(|e| e.to_string())
+            redis::from_redis_value_ref::<String>(v).map_err(|e| e.to_string())
         };
         let now: i64 = items
             .first()
-            .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
+            .and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
             .ok_or("no time")?;
         let window = now - now.rem_euclid(60);
         let reset = Utc
