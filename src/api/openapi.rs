@@ -287,7 +287,9 @@ pub async fn admin_document() -> HttpResponse {
 
 /// Answers a document built once per process (held in a static, so never copied).
 fn serve(doc: &'static str) -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(doc)
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc)
 }
 
 /// The public listener's document.

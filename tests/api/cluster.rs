@@ -165,12 +165,9 @@ async fn a_master_dies_under_load(min_replicas_ack: &str) {
     let pg = env.pg_client().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let missing = loop {
-        let stored: HashSet<String> = pg
-            .query("SELECT id::text FROM events", &[])
+        let stored: HashSet<String> = crate::support::stored_event_ids(&pg)
             .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
+            .into_iter()
             .collect();
         let missing = must.iter().filter(|id| !stored.contains(*id)).count();
         if missing == 0 || Instant::now() > deadline {

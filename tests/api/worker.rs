@@ -793,13 +793,7 @@ async fn a_poisoned_event_is_dead_lettered_alone_and_a_redelivered_entry_stores_
     worker.wait_ready(200).await;
     wait_drained(&env, 98).await;
     let client = env.pg_client().await;
-    let stored: Vec<String> = client
-        .query("SELECT id::text FROM events", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let stored = crate::support::stored_event_ids(&client).await;
     assert_eq!(stored.len(), 98, "the 98 neighbours are stored");
     assert!(poisoned.iter().all(|p| !stored.contains(p)));
     let good: Vec<String> = acked

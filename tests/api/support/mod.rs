@@ -403,6 +403,17 @@ impl Drop for TestApi {
 }
 
 /// An event of `signal` for account `id`.
+/// The ids of every stored event, as text.
+pub async fn stored_event_ids(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query("SELECT id::text FROM events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// The value of the sample `series` (a metric name with its labels, as exposed) in a Prometheus
 /// text exposition; `None` when it is not there.
 pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
