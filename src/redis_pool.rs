@@ -8,26 +8,42 @@
 //! Connections are multiplexed: one TCP connection (per node, on a cluster) carries any number
 //! of concurrent commands. So instead of checking a connection out of a pool per call (which
 //! costs a health-check round trip, `UNWATCH` + `PING`, every time), each process keeps
-//! `pool_size` long-lived connections, opened on first use and used round-robin. A connection
-//! that does not answer in time is dropped and replaced on next use; a failure at the transport
-//! level (the server went away) drops them all, so a restarted Redis costs one failed request,
-//! not one per connection. On a cluster, the redis crate follows `MOVED`/`ASK` redirects and refreshes the
-//! slot map when the topology changes. Measured effect: BENCHMARKS.md, "History".
+//! `pool_size` long-lived connections, opened on first use and used round-robin. Measured
+//! effect: BENCHMARKS.md, "History".
+//!
+//! Requirement: a Redis restart between two requests costs no request. A connection's reader
+//! (the redis crate's driver task, which this module spawns itself) marks the connection closed
+//! the moment it sees the server go away, so a command is never handed to a connection already
+//! known to be dead: the slot is reopened first. And since the connection counts the bytes its
+//! socket accepted, a command that fails with the connection while nothing more was written
+//! (the reader saw the close just before it) is known never to have reached Redis, and is sent
+//! again on a fresh connection within the same deadline. Only a write that did reach a socket
+//! and got no answer is [`RedisError::Unconfirmed`] (it may have run); a read is then simply
+//! sent once more. On a cluster the redis crate opens the sockets, reconnects a node that went
+//! away and follows `MOVED`/`ASK` redirects itself.
 //!
 //! TLS is rustls (as for PostgreSQL: nothing to build or link from OpenSSL), with the server's
 //! certificate always checked against the CA of `SLUICE__REDIS__TLS_CA_FILE` (or the system's
 //! roots) and the name connected to; on a cluster the same CA and client certificate serve every
 //! node the cluster names.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::{AsyncStream, ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
+    Pipeline, RedisFuture, ScriptInvocation, Value,
+};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_rustls::TlsConnector;
 
 use crate::config::{RedisMode, RedisSettings};
 use crate::keyspace::cluster_slot;
@@ -62,14 +78,55 @@ pub struct Redis {
 /// What connections are opened with.
 #[derive(Clone)]
 enum Client {
-    Standalone(redis::Client),
+    Standalone(Arc<Server>),
     Cluster(ClusterClient),
+}
+
+/// One Redis server: where it is, what to say on connecting (`AUTH`, `SELECT`), and how to
+/// speak TLS to it.
+struct Server {
+    info: ConnectionInfo,
+    /// Set for `rediss://` URLs.
+    tls: Option<TlsConnector>,
 }
 
 struct Shared {
     /// Long-lived multiplexed connections; `None` until first used or after a failure.
-    slots: Vec<Mutex<Option<Conn>>>,
+    slots: Vec<Mutex<Option<Pooled>>>,
     next: AtomicUsize,
+}
+
+/// A connection in a slot.
+#[derive(Clone)]
+struct Pooled {
+    conn: Conn,
+    /// Raised by the connection's reader when it ends (the server closed the connection or
+    /// reset it): from then on nothing sent on it can reach a server, so the slot is reopened
+    /// instead. Never raised on a cluster connection, which reconnects its nodes itself.
+    closed: Arc<AtomicBool>,
+    /// Bytes handed to the socket so far; `None` on a cluster connection, whose sockets the
+    /// redis crate opens. A command that failed while this did not move was never written.
+    written: Option<Arc<AtomicU64>>,
+}
+
+impl Pooled {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn written(&self) -> Option<u64> {
+        self.written.as_ref().map(|w| w.load(Ordering::Acquire))
+    }
+}
+
+/// Raises the flag when dropped: when the reader's task ends, however it ends (its runtime
+/// shutting down included).
+struct RaiseOnDrop(Arc<AtomicBool>);
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// A connection to one server or to a cluster.
@@ -139,25 +196,19 @@ impl Redis {
     /// report itself unready) while Redis is still down; a bad URL or certificate file stops it
     /// here.
     pub fn new(settings: &RedisSettings) -> Result<Self, String> {
-        let certs = certificates(&settings.tls)?;
         let client = match settings.mode {
-            RedisMode::Standalone => {
-                let url = settings.url.expose().trim();
-                match certs {
-                    Some(certs) => redis::Client::build_with_tls(url, certs),
-                    None => redis::Client::open(url),
-                }
-                .map(Client::Standalone)
-            }
+            RedisMode::Standalone => Server::new(settings).map(|s| Client::Standalone(Arc::new(s))),
             RedisMode::Cluster => {
                 let mut builder = ClusterClientBuilder::new(settings.urls());
-                if let Some(certs) = certs {
+                if let Some(certs) = certificates(&settings.tls)? {
                     builder = builder.certs(certs);
                 }
-                builder.build().map(Client::Cluster)
+                builder
+                    .build()
+                    .map(Client::Cluster)
+                    .map_err(|e| format!("SLUICE__REDIS__URL: cannot use it: {e}"))
             }
-        }
-        .map_err(|e| format!("SLUICE__REDIS__URL: cannot use it: {e}"))?;
+        }?;
         let slots = (0..settings.pool_size).map(|_| Mutex::new(None)).collect();
         Ok(Redis {
             client,
@@ -211,42 +262,48 @@ impl Redis {
         self.query::<String>(&redis::cmd("PING")).await.map(drop)
     }
 
-    /// Runs `op` on a connection within the deadline; a connection that failed at the
-    /// transport level (or did not answer in time) is replaced. With `writes`, a deadline or a
-    /// transport failure once `op` has started is [`RedisError::Unconfirmed`]: what was sent
-    /// may have run.
+    /// Runs `op` on a connection within the deadline. A connection known to be closed is
+    /// reopened before anything is sent on it. A transport failure once `op` has started is,
+    /// with `writes`, [`RedisError::Unconfirmed`] (what was sent may have run); without, `op`
+    /// runs once more on a fresh connection, within the same deadline.
     async fn with_connection<T>(
         &self,
         writes: bool,
-        op: impl AsyncFnOnce(&mut Conn) -> Result<T, RedisError>,
+        op: impl AsyncFn(&mut Conn) -> Result<T, RedisError>,
     ) -> Result<T, RedisError> {
         let slot = self.shared.next.fetch_add(1, Ordering::Relaxed) % self.shared.slots.len();
         let sent = AtomicBool::new(false);
         let attempt = async {
-            let mut conn = self.connection(slot).await?;
-            sent.store(true, Ordering::Relaxed);
-            op(&mut conn).await.map_err(|e| match e {
-                RedisError::Command(e)
-                    if e.is_io_error()
-                        || e.is_connection_dropped()
-                        || e.is_unrecoverable_error() =>
-                {
-                    // The server went away (a restart, a failover): every connection to it is
-                    // stale, so all are replaced now rather than each failing one request first.
-                    self.discard_all();
-                    if writes {
-                        RedisError::Unconfirmed(e.to_string())
-                    } else {
-                        RedisError::Command(e)
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let mut pooled = self.connection(slot).await?;
+                let before = pooled.written();
+                sent.store(true, Ordering::Relaxed);
+                match op(&mut pooled.conn).await {
+                    Err(RedisError::Command(e)) if is_transport_failure(&e) => {
+                        // Its reader raises the flag too, but perhaps only later.
+                        self.discard(slot, &pooled);
+                        // The reader reads before it writes, so a connection that had closed
+                        // before the command reached the socket fails it with nothing written.
+                        let unsent = before.is_some() && pooled.written() == before;
+                        if writes && !unsent {
+                            return Err(RedisError::Unconfirmed(e.to_string()));
+                        }
+                        if tries == 2 {
+                            return Err(RedisError::Command(e));
+                        }
+                        sent.store(false, Ordering::Relaxed);
                     }
+                    result => return result,
                 }
-                e => e,
-            })
+            }
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result,
             Err(_) => {
-                self.discard(slot);
+                // A connection that does not answer in time is replaced on next use.
+                self.shared.slots[slot].lock().expect("slot lock").take();
                 if writes && sent.load(Ordering::Relaxed) {
                     Err(RedisError::Unconfirmed(format!(
                         "did not answer within {:?}",
@@ -259,31 +316,182 @@ impl Redis {
         }
     }
 
-    async fn connection(&self, slot: usize) -> Result<Conn, RedisError> {
-        if let Some(conn) = self.shared.slots[slot].lock().expect("slot lock").clone() {
-            return Ok(conn);
+    /// The slot's connection, opened anew when there is none or its reader has seen it close.
+    async fn connection(&self, slot: usize) -> Result<Pooled, RedisError> {
+        if let Some(pooled) = &*self.shared.slots[slot].lock().expect("slot lock") {
+            if !pooled.is_closed() {
+                return Ok(pooled.clone());
+            }
         }
-        let conn = match &self.client {
-            Client::Standalone(client) => client
-                .get_multiplexed_async_connection()
-                .await
-                .map(Conn::Standalone),
-            Client::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+        let pooled = match &self.client {
+            Client::Standalone(server) => server.open().await,
+            Client::Cluster(client) => client.get_async_connection().await.map(|conn| Pooled {
+                conn: Conn::Cluster(conn),
+                closed: Arc::new(AtomicBool::new(false)),
+                written: None,
+            }),
         }
         .map_err(RedisError::Connect)?;
-        *self.shared.slots[slot].lock().expect("slot lock") = Some(conn.clone());
-        Ok(conn)
+        *self.shared.slots[slot].lock().expect("slot lock") = Some(pooled.clone());
+        Ok(pooled)
     }
 
-    fn discard(&self, slot: usize) {
-        self.shared.slots[slot].lock().expect("slot lock").take();
-    }
-
-    fn discard_all(&self) {
-        for slot in 0..self.shared.slots.len() {
-            self.discard(slot);
+    /// Empties the slot if it still holds `failed` (another request may have reopened it).
+    fn discard(&self, slot: usize, failed: &Pooled) {
+        let mut held = self.shared.slots[slot].lock().expect("slot lock");
+        if held
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(&p.closed, &failed.closed))
+        {
+            held.take();
         }
     }
+}
+
+/// The server went away or the connection broke: nothing more will come back on it.
+fn is_transport_failure(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+}
+
+impl Server {
+    fn new(settings: &RedisSettings) -> Result<Self, String> {
+        let info = settings
+            .url
+            .expose()
+            .trim()
+            .into_connection_info()
+            .map_err(|e| format!("SLUICE__REDIS__URL: cannot use it: {e}"))?;
+        let tls = match info.addr() {
+            ConnectionAddr::TcpTls { .. } => Some(tls_connector(&settings.tls)?),
+            _ => None,
+        };
+        Ok(Server { info, tls })
+    }
+
+    /// Connects, says hello (`AUTH`, `SELECT` as the URL asks), and spawns the connection's
+    /// reader on this runtime, watched so that its end marks the connection closed.
+    async fn open(&self) -> redis::RedisResult<Pooled> {
+        let stream: Pin<Box<dyn AsyncStream + Send + Sync>> = match self.info.addr() {
+            ConnectionAddr::Tcp(host, port) => Box::pin(tcp(host, *port).await?),
+            ConnectionAddr::TcpTls { host, port, .. } => {
+                let tls = self
+                    .tls
+                    .as_ref()
+                    .expect("a rediss:// URL has its TLS connector");
+                let name = ServerName::try_from(host.clone())?;
+                Box::pin(tls.connect(name, tcp(host, *port).await?).await?)
+            }
+            ConnectionAddr::Unix(path) => Box::pin(tokio::net::UnixStream::connect(path).await?),
+            other => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "unsupported Redis address",
+                    format!("{other:?}"),
+                )));
+            }
+        };
+        let written = Arc::new(AtomicU64::new(0));
+        let stream = Counted {
+            inner: stream,
+            written: written.clone(),
+        };
+        let (conn, reader) = MultiplexedConnection::new_with_config(
+            self.info.redis_settings(),
+            stream,
+            AsyncConnectionConfig::new(),
+        )
+        .await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let raise = RaiseOnDrop(closed.clone());
+        tokio::spawn(async move {
+            reader.await;
+            drop(raise);
+        });
+        Ok(Pooled {
+            conn: Conn::Standalone(conn),
+            closed,
+            written: Some(written),
+        })
+    }
+}
+
+/// A stream that counts the bytes the socket accepted.
+struct Counted {
+    inner: Pin<Box<dyn AsyncStream + Send + Sync>>,
+    written: Arc<AtomicU64>,
+}
+
+impl Counted {
+    fn count(&self, done: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = done {
+            self.written.fetch_add(n as u64, Ordering::Release);
+        }
+        done
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let done = self.inner.as_mut().poll_write(cx, buf);
+        self.count(done)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let done = self.inner.as_mut().poll_write_vectored(cx, bufs);
+        self.count(done)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_shutdown(cx)
+    }
+}
+
+async fn tcp(host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    // Commands are small and answered one by one: none waits for a full segment.
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// rustls for a `rediss://` server: its certificate checked against the CA file (else the
+/// system's roots) and the name connected to, with the client certificate where one is named.
+fn tls_connector(files: &TlsFiles) -> Result<TlsConnector, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = crate::tls::roots(files.ca.as_deref())
+        .map_err(|e| format!("SLUICE__REDIS__TLS_CA_FILE: {e}"))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots);
+    let config = crate::tls::client_auth(builder, files)
+        .map_err(|e| format!("SLUICE__REDIS__TLS_CERT_FILE / SLUICE__REDIS__TLS_KEY_FILE: {e}"))?;
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// The CA, client certificate and key as the redis crate takes them (PEM bytes), each file
@@ -304,8 +512,9 @@ fn certificates(files: &TlsFiles) -> Result<Option<redis::TlsCertificates>, Stri
     };
     let client_tls = match (&files.cert, &files.key) {
         (Some(cert), Some(key)) => {
-            crate::tls::read_certs(cert)
-                .map_err(|e| format!("SLUICE__REDIS__TLS_CERT_FILE: {e}"))?;
+            crate::tls::read_certs(cert).map_err(|e| {
+                format!("SLUICE__REDIS__TLS_CERT_FILE / SLUICE__REDIS__TLS_KEY_FILE: {e}")
+            })?;
             crate::tls::read_key(key).map_err(|e| format!("SLUICE__REDIS__TLS_KEY_FILE: {e}"))?;
             Some(redis::ClientTlsConfig {
                 client_cert: read(cert)?,

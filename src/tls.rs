@@ -4,8 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use rustls::client::WantsClientCert;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, ConfigBuilder, RootCertStore};
 
 /// The TLS files a connection may use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,4 +41,39 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_file(path)
         .map_err(|e| format!("cannot read the client key {}: {e}", path.display()))
+}
+
+/// The CA file's certificates, or (without one) the system's trusted roots, which may be none:
+/// the caller says what an empty store means for its connection.
+pub fn roots(ca: Option<&Path>) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in read_certs(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// Finishes a client configuration: with the client certificate and key of `files` where
+/// both are named, else without one.
+pub fn client_auth(
+    builder: ConfigBuilder<ClientConfig, WantsClientCert>,
+    files: &TlsFiles,
+) -> Result<ClientConfig, String> {
+    match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+            .map_err(|e| format!("the client certificate and key do not go together: {e}")),
+        _ => Ok(builder.with_no_client_auth()),
+    }
 }

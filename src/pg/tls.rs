@@ -27,7 +27,6 @@ use rustls::{
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub use crate::tls::TlsFiles;
-use crate::tls::{read_certs, read_key};
 
 /// What connections are made with: rustls, configured for the target's mode. (With `disable`
 /// the driver never starts TLS, whatever the connector.)
@@ -162,43 +161,19 @@ impl Target {
         let builder = builder
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        let config = match (&self.files.cert, &self.files.key) {
-            (Some(cert), Some(key)) => {
-                let chain = read_certs(cert)?;
-                let key = read_key(key)?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| {
-                    format!("the client certificate and key do not go together: {e}")
-                })?
-            }
-            _ => builder.with_no_client_auth(),
-        };
+        let config = crate::tls::client_auth(builder, &self.files)?;
         Ok(MakeRustlsConnect::new(config))
     }
 
-    /// The CA file's certificates, or the system's trusted roots.
+    /// The CA file's certificates, or the system's trusted roots (of which there must be some).
     fn roots(&self) -> Result<RootCertStore, String> {
-        let mut roots = RootCertStore::empty();
-        match &self.files.ca {
-            Some(path) => {
-                for cert in read_certs(path)? {
-                    roots.add(cert).map_err(|e| {
-                        format!("{}: not a usable CA certificate: {e}", path.display())
-                    })?;
-                }
-            }
-            None => {
-                let native = rustls_native_certs::load_native_certs();
-                for cert in native.certs {
-                    let _ = roots.add(cert);
-                }
-                if roots.is_empty() {
-                    return Err(format!(
-                        "sslmode={} needs CA certificates: give SLUICE__POSTGRES__TLS_CA_FILE \
-                         (or sslrootcert), or install the system's (ca-certificates)",
-                        self.mode
-                    ));
-                }
-            }
+        let roots = crate::tls::roots(self.files.ca.as_deref())?;
+        if roots.is_empty() {
+            return Err(format!(
+                "sslmode={} needs CA certificates: give SLUICE__POSTGRES__TLS_CA_FILE \
+                 (or sslrootcert), or install the system's (ca-certificates)",
+                self.mode
+            ));
         }
         Ok(roots)
     }

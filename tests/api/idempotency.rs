@@ -327,6 +327,37 @@ async fn a_late_answer_retried_with_its_key_is_stored_once_and_without_one_twice
     );
 }
 
+#[actix_web::test]
+async fn a_connection_lost_after_the_script_ran_is_unconfirmed_and_a_keyed_retry_stores_it_once() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", None).await;
+    let proxy = DelayProxy::start(env.redis.port);
+    let api = env.spawn_api_with(&through(&env, &proxy));
+    // Caches the API key, so the script is the command whose answer is lost.
+    let warm = send(&api, "/v1/events/batch", &key, None, &batch(&["warm"])).await;
+    assert_eq!(warm.status, 200, "{}", warm.text);
+
+    let body = batch(&["cut"]);
+    proxy.cut_next_reply();
+    let lost = send(&api, "/v1/events/batch", &key, Some("cut-1"), &body).await;
+    // The script reached Redis and ran: sending it again unasked would admit the event twice.
+    assert_eq!(lost.status, 503, "{}", lost.text);
+    assert!(
+        lost.error().contains("may have been accepted"),
+        "{}",
+        lost.text
+    );
+    let retry = send(&api, "/v1/events/batch", &key, Some("cut-1"), &body).await;
+    assert_eq!(retry.status, 200, "{}", retry.text);
+    assert_eq!(retry.header("Idempotent-Replayed"), Some("true"));
+
+    let _worker = env.spawn_worker(&[]);
+    assert_eq!(env.wait_for_events(2, 30).await, 2);
+    let stored = stored_references(&env).await;
+    assert_eq!(stored["cut"], 1);
+}
+
 /// Clients that retry every failure (the same request, with the same key when `with_keys`)
 /// against two api replicas behind a proxy to Redis, while replies are delayed past the
 /// deadline, a replica is killed and restarted, and Redis is killed and restarted. Returns the

@@ -12,6 +12,7 @@ mod ingest;
 mod limits;
 mod openapi;
 mod ops;
+mod reconnect;
 mod recovery;
 mod registry;
 mod selfservice;

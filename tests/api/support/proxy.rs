@@ -1,6 +1,8 @@
 //! A TCP proxy in front of a server that can hold back the server's replies, as a congested
 //! network or a stalled Redis would: requests pass at once (so a script runs), answers arrive
-//! late (so the api's deadline passes first). Stopped, with every connection, when dropped.
+//! late (so the api's deadline passes first); or that cuts a connection instead of passing its
+//! next reply on, as a server dying right after it ran a command would. Stopped, with every
+//! connection, when dropped.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -17,6 +19,8 @@ pub struct DelayProxy {
 
 struct Shared {
     delay_ms: AtomicU64,
+    /// The next reply chunk of any connection is dropped with its connection.
+    cut_next: AtomicBool,
     stop: AtomicBool,
     /// Both ends of every connection, to shut them down on drop.
     streams: Mutex<Vec<TcpStream>>,
@@ -30,6 +34,7 @@ impl DelayProxy {
         listener.set_nonblocking(true).unwrap();
         let shared = Arc::new(Shared {
             delay_ms: AtomicU64::new(0),
+            cut_next: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
         });
@@ -64,6 +69,12 @@ impl DelayProxy {
             .delay_ms
             .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
+
+    /// The next reply the server sends, on whichever connection, never arrives: the proxy
+    /// closes that connection instead, both ways. The command was run; its client cannot know.
+    pub fn cut_next_reply(&self) {
+        self.shared.cut_next.store(true, Ordering::SeqCst);
+    }
 }
 
 fn relay(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
@@ -82,6 +93,11 @@ fn relay(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
+                if delayed && shared.cut_next.swap(false, Ordering::SeqCst) {
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                    return;
+                }
                 let delay = shared.delay_ms.load(Ordering::Relaxed);
                 if delayed && delay > 0 {
                     std::thread::sleep(Duration::from_millis(delay));
