@@ -481,7 +481,7 @@ async fn with_postgresql_down_the_admin_api_answers_503_and_ingest_goes_on() {
 
     env.pg.start_again();
     let back = eventually(
-        Duration::from_secs(10),
+        crate::support::PATIENCE,
         async || admin.call("GET", "/admin/v1/tenants", &token, None).await,
         |r| r.status == 200,
     )

@@ -236,13 +236,9 @@ async fn with_replica_acks_required_a_shard_without_its_replica_answers_503() {
 
     cluster.restart(replica);
     cluster.wait_healthy(Duration::from_secs(20));
-    let mut status = 0;
-    for _ in 0..50 {
-        status = api.batch(&key, json!([event("clicks", "3")])).await.status;
-        if status == 200 {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(status, 200, "acknowledged again once the replica is back");
+    crate::support::eventually("acknowledged again once the replica is back", async || {
+        let status = api.batch(&key, json!([event("clicks", "3")])).await.status;
+        (status == 200).then_some(())
+    })
+    .await;
 }

@@ -327,15 +327,10 @@ async fn redis_down_is_503_quickly_and_ready_says_so() {
     assert_eq!(api.get("/livez").await.status, 200);
 
     env.redis.restart();
-    let mut recovered = false;
-    for _ in 0..50 {
-        if api.get("/readyz").await.status == 200 {
-            recovered = true;
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(recovered, "readyz recovers once Redis is back");
+    crate::support::eventually("readyz to recover once Redis is back", async || {
+        (api.get("/readyz").await.status == 200).then_some(())
+    })
+    .await;
     // The restarted Redis lost its data: the registry copy is rebuilt, and ingest works again.
     env.registry.sync().await.unwrap();
     assert_eq!(

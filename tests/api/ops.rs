@@ -99,14 +99,11 @@ async fn api_and_worker_metrics_pass_promtool_without_lint_findings() {
     let partition = sluice::keyspace::Keyspace::new(16).partition_of(&tenant);
     let oldest = format!("sluice_worker_oldest_pending_seconds{{partition=\"{partition}\"}}");
     let lag = format!("sluice_worker_stream_lag{{partition=\"{partition}\"}}");
-    let mut exposition = String::new();
-    for _ in 0..100 {
-        exposition = worker.get("/metrics").await.1;
-        if exposition.contains(&oldest) && exposition.contains(&lag) {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    let exposition = crate::support::eventually("the tenant's partition published", async || {
+        let exposition = worker.get("/metrics").await.1;
+        (exposition.contains(&oldest) && exposition.contains(&lag)).then_some(exposition)
+    })
+    .await;
     for name in [
         "sluice_worker_events_stored_total{status=\"processed\"} 2",
         "sluice_worker_batch_duration_seconds_bucket",
@@ -167,6 +164,17 @@ async fn request_ids_are_kept_when_sane_and_made_otherwise() {
         )
         .await;
     assert_ne!(replaced.header("x-request-id"), Some(long.as_str()));
+}
+
+/// How many sockets process `pid` holds open.
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn sigterm(child: &std::process::Child) {
@@ -268,15 +276,17 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
         &[("SLUICE__API__SHUTDOWN_GRACE_SECS", "10")],
     );
     let body = json!({"events": [event("page_view", "in-flight")]}).to_string();
-    // Half the body is sent; then the process is asked to stop.
+    // Half the body is sent and the api has taken the connection; then it is asked to stop.
+    let before = sockets_of(child.id());
     let mut stream = start_post(&base, &key, body.as_bytes(), body.len() / 2);
-    std::thread::sleep(Duration::from_millis(200));
+    crate::support::wait_until("the api to accept the connection", || {
+        sockets_of(child.id()) > before
+    });
     sigterm(&child);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        TcpStream::connect(&base).is_err(),
-        "no new connections once stopping"
-    );
+    // No new connections once stopping.
+    crate::support::wait_until("the api to close its listener", || {
+        TcpStream::connect(&base).is_err()
+    });
     stream
         .write_all(&body.as_bytes()[body.len() / 2..])
         .unwrap();

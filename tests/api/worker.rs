@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice::keyspace::Keyspace;
 
-use crate::support::{TestApi, TestEnv, event};
+use crate::support::{TestApi, TestEnv, event, eventually};
 
 /// Settings that let one signal take all the load these tests send.
 pub const HIGH_LIMITS: &[(&str, &str)] = &[
@@ -308,13 +308,10 @@ async fn kill_9_mid_batch_then_another_worker_claims_everything_exactly_once() {
     let stored = env.wait_for_events(acked.len() as i64, 60).await;
     assert_eq!(stored, acked.len() as i64);
     // The entries the dead worker held are claimed, stored (or found stored) and acknowledged.
-    for _ in 0..100 {
-        if env.pending() == 0 {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(env.pending(), 0);
+    eventually("every entry acknowledged", async || {
+        (env.pending() == 0).then_some(())
+    })
+    .await;
     assert_exactly_once(&env, &acked).await;
     let (_, metrics) = second.get("/metrics").await;
     let claimed = crate::support::metric_value(&metrics, "sluice_worker_claimed_total");
@@ -360,22 +357,20 @@ async fn redis_outage_makes_the_worker_unready_then_it_resumes() {
     assert!(worker.is_alive(), "the worker waits out the outage");
     env.redis.restart();
     worker.wait_ready(200).await;
-    // A Redis that lost its data: the registry copy and the groups are recreated, and new
-    // events flow again.
-    let mut healed = false;
-    for _ in 0..50 {
-        if api
-            .batch(&key, json!([event("clicks", "probe")]))
-            .await
-            .status
-            == 200
-        {
-            healed = true;
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(healed, "registry copy rebuilt after the restart");
+    // A Redis that lost its data: the worker recreates the registry copy and the groups (the
+    // api answers 404 for the tenant's signal until then), and new events flow again.
+    eventually("the registry copy rebuilt after the restart", async || {
+        let reply = api.batch(&key, json!([event("clicks", "probe")])).await;
+        // Until then the tenant's key or signal is unknown to the new Redis: 401 or 404.
+        assert!(
+            [200, 401, 404].contains(&reply.status),
+            "a restarted Redis costs no request: {} {}",
+            reply.status,
+            reply.text
+        );
+        (reply.status == 200).then_some(())
+    })
+    .await;
     let more = ingest(&api, &key, 2, "r2").await;
     let total = (acked.len() + more.len() + 1) as i64; // + the accepted probe
     assert_eq!(env.wait_for_events(total, 30).await, total);
@@ -439,13 +434,10 @@ async fn a_poisoned_entry_does_not_block_its_batch_and_is_kept_or_dead_lettered(
     worker.wait_ready(200).await;
     let expected = (good.len() + more.len() + 1) as i64;
     assert_eq!(env.wait_for_events(expected, 30).await, expected);
-    for _ in 0..100 {
-        if env.pending() == 0 {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(env.pending(), 0);
+    eventually("every entry acknowledged", async || {
+        (env.pending() == 0).then_some(())
+    })
+    .await;
 
     let client = env.pg_client().await;
     let kept: (String, String) = {
@@ -527,13 +519,10 @@ async fn dead_letters_can_be_listed_and_replayed_without_duplicates() {
     );
     let replayed = admin(&["dead-letters", "replay", "--id", &id]);
     assert_eq!(replayed["replayed"], 1);
-    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
-    for _ in 0..50 {
-        if env.pending() == 0 {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the replayed entry handled", async || {
+        env.drained().then_some(())
+    })
+    .await;
     assert_exactly_once(&env, &acked).await;
     assert_eq!(
         admin(&["dead-letters", "list"])["count"],
@@ -635,20 +624,14 @@ async fn a_flushed_redis_heals_its_registry_copy_from_postgres() {
     });
     let _worker = env.spawn_worker(&[("SLUICE__WORKER__RECONCILE_INTERVAL_MS", "300")]);
     let _: () = redis::cmd("FLUSHALL").query(&mut env.redis.conn()).unwrap();
-    let mut healed = false;
-    for _ in 0..50 {
-        if api_no_cache
+    eventually("the worker to rebuild the registry copy", async || {
+        let status = api_no_cache
             .batch(&key, json!([event("clicks", "1")]))
             .await
-            .status
-            == 200
-        {
-            healed = true;
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(healed, "the worker rebuilt the registry copy");
+            .status;
+        (status == 200).then_some(())
+    })
+    .await;
     drop(api);
     assert_eq!(
         env.wait_for_events(1, 30).await,
@@ -670,9 +653,10 @@ async fn partitions_are_made_ahead_and_expired_ones_dropped() {
     let tomorrow = sluice::worker::sink::partition_name(
         chrono::Utc::now().date_naive() + chrono::Duration::days(1),
     );
-    let mut names = Vec::new();
-    for _ in 0..100 {
-        names = client
+    let names = eventually(
+        "tomorrow's partition made, the expired one dropped",
+        async || {
+            let names: Vec<String> = client
             .query(
                 "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid",
                 &[],
@@ -682,11 +666,11 @@ async fn partitions_are_made_ahead_and_expired_ones_dropped() {
             .iter()
             .map(|r| r.get::<_, String>(0))
             .collect();
-        if names.contains(&tomorrow) && !names.contains(&"events_20200101".to_owned()) {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+            (names.contains(&tomorrow) && !names.contains(&"events_20200101".to_owned()))
+                .then_some(names)
+        },
+    )
+    .await;
     assert!(names.contains(&tomorrow), "{names:?}");
     assert!(
         !names.contains(&"events_20200101".to_owned()),
@@ -728,7 +712,7 @@ async fn wait_drained(env: &TestEnv, processed: i64) {
             .await
             .unwrap()
             .get(0);
-        if stored >= processed && env.pending() == 0 {
+        if stored >= processed && env.drained() {
             return;
         }
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
@@ -843,7 +827,6 @@ async fn a_poisoned_event_is_dead_lettered_alone_and_a_redelivered_entry_stores_
         &[("t", &fields["t"]), ("s", &fields["s"]), ("b", &b)],
     );
     wait_drained(&env, 98).await;
-    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     assert_exactly_once(&env, &good).await;
     assert_rolled_up_once(&client).await;
 }

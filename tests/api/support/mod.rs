@@ -402,7 +402,26 @@ impl Drop for TestApi {
     }
 }
 
-/// An event of `signal` for account `id`.
+/// How long a test waits for what the product does by itself (a reconnect, a rebuilt registry
+/// copy, a drained stream): ample for a loaded 2-core machine. Reaching it fails the test.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `check` until it returns `Some` (every 100 ms, for at most [`PATIENCE`]) and returns
+/// what it found; panics naming `what` otherwise.
+pub async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up after {PATIENCE:?} waiting for {what}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The ids of every stored event, as text.
 pub async fn stored_event_ids(client: &tokio_postgres::Client) -> Vec<String> {
     client
@@ -439,6 +458,7 @@ pub fn run_binary(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32
     )
 }
 
+/// An event of `signal` for account `id`.
 pub fn event(signal: &str, id: &str) -> Value {
     serde_json::json!({"signal": signal, "identity": {"type": "account", "id": id}})
 }
@@ -487,6 +507,38 @@ impl TestEnv {
             }
             actix_web::rt::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// True once the consumer group has been handed every entry of every partition stream and
+    /// has acknowledged them all: whatever was added, the worker has finished with.
+    pub fn drained(&self) -> bool {
+        type Info = HashMap<String, redis::Value>;
+        let text = |info: &Info, field: &str| {
+            info.get(field)
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                .unwrap_or_default()
+        };
+        let mut conn = self.redis.conn();
+        let keyspace = Keyspace::new(self.settings().redis.partitions);
+        keyspace.streams().all(|stream| {
+            let Ok(info) = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&stream)
+                .query::<Info>(&mut conn)
+            else {
+                return true; // no stream: nothing to drain
+            };
+            let groups: Vec<Info> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .query(&mut conn)
+                .unwrap_or_default();
+            groups.iter().any(|group| {
+                text(group, "name") == "sluice"
+                    && text(group, "last-delivered-id") == text(&info, "last-generated-id")
+                    && text(group, "pending") == "0"
+            })
+        })
     }
 
     /// Pending entries of the consumer group, over all partitions.
