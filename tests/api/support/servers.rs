@@ -11,19 +11,36 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
 use super::certs::RedisTls;
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, never handed out before by this process, and with the
+/// port 10,000 above it free too (a Redis Cluster node's bus port).
+///
+/// Both lie below the kernel's ephemeral range (from 32768), so no outgoing connection takes a
+/// test server's port as its own while that server is down for a restart, and no other test of
+/// the same process is handed it meanwhile: a restarted server always gets its port back.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u16 = 10_000;
+    const COUNT: u16 = 12_000; // ports 10000–21999, bus ports 20000–31999
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    static START: OnceLock<u16> = OnceLock::new();
+    // Parallel test processes start at different places.
+    let start = *START.get_or_init(|| rand::random_range(0..COUNT));
+    let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % COUNT;
+        let port = FIRST + (start + n) % COUNT;
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+    panic!("no free port pair left in {FIRST}–{}", FIRST + COUNT - 1);
 }
 
 /// A `redis-server` on loopback.
