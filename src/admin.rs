@@ -10,6 +10,7 @@ use crate::config::Settings;
 use crate::domain::SignalType;
 use crate::keyspace::Keyspace;
 use crate::pg::{self, PgError};
+use crate::redis_memory::{Memory, NodeMemory};
 use crate::redis_pool::Redis;
 use crate::registry::admin_tokens::AdminTokens;
 use crate::registry::{self, Registry, RegistryError};
@@ -31,6 +32,9 @@ pub enum AdminError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     DeadLetters(#[from] DeadLetterError),
+    /// Redis cannot be used to hold acknowledged events (the message says why).
+    #[error("{0}")]
+    Redis(String),
 }
 
 #[derive(Parser, Debug)]
@@ -72,6 +76,9 @@ enum Command {
     },
     /// Rebuild the Redis registry copy from PostgreSQL.
     Sync,
+    /// Check that Redis can hold the backlog: every primary answers and evicts nothing
+    /// (maxmemory-policy noeviction); prints each one's memory.
+    Doctor,
     /// Inspect and replay entries the worker could not store.
     DeadLetters {
         #[command(subcommand)]
@@ -281,7 +288,15 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
             let (signal, added) = registry.add_schema(&tenant, &slug, &schema).await?;
             json!({"signal_id": signal.id, "version": added.version})
         }
-        Command::Sync => serde_json::to_value(registry.sync().await?).expect("counts serialize"),
+        Command::Sync => {
+            fit_for_the_backlog(&redis, keyspace, settings.redis.allow_eviction).await?;
+            serde_json::to_value(registry.sync().await?).expect("counts serialize")
+        }
+        Command::Doctor => {
+            let nodes =
+                fit_for_the_backlog(&redis, keyspace, settings.redis.allow_eviction).await?;
+            json!({"redis": nodes, "ok": true})
+        }
         Command::DeadLetters {
             command: DeadLetterCommand::List { all, limit },
         } => {
@@ -307,4 +322,20 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
             json!({"id": token.id, "revoked": true})
         }
     })
+}
+
+/// Every primary's memory, once Redis has answered and keeps what it is given (an evicting
+/// policy is an error unless `allow_eviction`).
+async fn fit_for_the_backlog(
+    redis: &Redis,
+    keyspace: Keyspace,
+    allow_eviction: bool,
+) -> Result<Vec<NodeMemory>, AdminError> {
+    let memory = Memory::read(redis, keyspace)
+        .await
+        .map_err(|e| AdminError::Redis(e.to_string()))?;
+    memory
+        .check_policy(allow_eviction)
+        .map_err(AdminError::Redis)?;
+    Ok(memory.nodes)
 }

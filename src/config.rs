@@ -52,6 +52,9 @@ pub struct RedisSettings {
     /// With `rediss://` URLs: the CA the servers' certificates must chain to (the system's
     /// roots when unset), and a client certificate and key for servers that ask for one.
     pub tls: crate::tls::TlsFiles,
+    /// Run on a Redis whose `maxmemory-policy` evicts keys, which loses acknowledged events
+    /// when it fills (see `redis_memory`). Off: such a Redis is refused.
+    pub allow_eviction: bool,
 }
 
 impl RedisSettings {
@@ -105,6 +108,9 @@ pub struct ApiSettings {
     pub keep_alive: Duration,
     /// How long the answer to a request with an `Idempotency-Key` is kept for replays.
     pub idempotency_ttl: Duration,
+    /// Share of Redis `maxmemory` from which ingest is refused with 503 before Redis refuses
+    /// writes itself, keeping room for counters, idempotency records and the worker's writes.
+    pub max_memory_fraction: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -221,6 +227,7 @@ struct RawRedis {
     tls_ca_file: String,
     tls_cert_file: String,
     tls_key_file: String,
+    allow_eviction: String,
 }
 
 impl Default for RawRedis {
@@ -235,6 +242,7 @@ impl Default for RawRedis {
             tls_ca_file: String::new(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            allow_eviction: "false".into(),
         }
     }
 }
@@ -274,6 +282,7 @@ struct RawApi {
     max_connections: String,
     keep_alive_secs: String,
     idempotency_ttl_secs: String,
+    max_memory_fraction: String,
 }
 
 impl Default for RawApi {
@@ -289,6 +298,7 @@ impl Default for RawApi {
             max_connections: "10000".into(),
             keep_alive_secs: "30".into(),
             idempotency_ttl_secs: "86400".into(),
+            max_memory_fraction: "0.9".into(),
         }
     }
 }
@@ -440,6 +450,8 @@ impl Settings {
                 })?,
                 timeout: Duration::from_millis(get("redis.timeout_ms", &r.timeout_ms).positive()?),
                 pool_size: get("redis.pool_size", &r.pool_size).positive()?,
+                allow_eviction: get("redis.allow_eviction", &r.allow_eviction)
+                    .parsed("true or false")?,
             },
             postgres: {
                 let tls = crate::tls::TlsFiles {
@@ -497,6 +509,12 @@ impl Settings {
                         }
                     })?,
                 ),
+                max_memory_fraction: get("api.max_memory_fraction", &a.max_memory_fraction)
+                    .parse_with(|v| match v.parse::<f64>() {
+                        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+                        _ => Err("must be a number above 0 and at most 1 (a share of Redis maxmemory)"
+                            .to_owned()),
+                    })?,
             },
             admin: AdminSettings {
                 bind: get("admin.bind", &raw.admin.bind).parse_with(|v| {
@@ -752,6 +770,11 @@ mod tests {
         );
         assert_eq!(s.redis.partitions, 16);
         assert_eq!(s.api.body_limit_bytes, 1 << 20);
+        assert_eq!(s.api.max_memory_fraction, 0.9);
+        assert!(
+            !s.redis.allow_eviction,
+            "an evicting Redis is refused unless asked"
+        );
     }
 
     #[test]
@@ -781,6 +804,10 @@ mod tests {
             ("SLUICE__API__KEY_CACHE_TTL_MS", "60000"),
             ("SLUICE__ADMIN__BIND", "localhost:8081"),
             ("SLUICE__ADMIN__BIND", "127.0.0.1:8080"),
+            ("SLUICE__API__MAX_MEMORY_FRACTION", "0"),
+            ("SLUICE__API__MAX_MEMORY_FRACTION", "1.5"),
+            ("SLUICE__API__MAX_MEMORY_FRACTION", "NaN"),
+            ("SLUICE__REDIS__ALLOW_EVICTION", "yes"),
         ] {
             let err = load(&[(var, value)]).unwrap_err().to_string();
             assert!(err.contains(var), "{var}={value}: {err}");

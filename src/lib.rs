@@ -32,6 +32,8 @@
 //!   and the values the registry copy holds.
 //! - [`redis_pool`]: the Redis connections (TLS with `rediss://`), with one deadline over every
 //!   call (503, never a hang).
+//! - [`redis_memory`]: Redis's memory, where the backlog waits: evicting policies refused, the
+//!   api's early brake before Redis is full, the memory gauges.
 //! - [`pg`]: the PostgreSQL pool (TLS as the URL's `sslmode` says), database creation and the
 //!   embedded migrations.
 //! - [`ops`]: `/livez`, `/readyz`, `/metrics` and the JSON 404/405 answers, for both services.
@@ -52,6 +54,7 @@ pub mod keyspace;
 pub mod metrics;
 pub mod ops;
 pub mod pg;
+pub mod redis_memory;
 pub mod redis_pool;
 pub mod registry;
 pub mod shutdown;

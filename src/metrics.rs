@@ -20,6 +20,9 @@ pub struct ApiMetrics {
     pub events_rejected: IntCounterVec,
     pub script_duration: HistogramVec,
     pub idempotent_replays: IntCounter,
+    /// Ingest requests refused with 503 because the backlog (Redis memory) is full.
+    pub backlog_full: IntCounter,
+    pub memory: MemoryMetrics,
 }
 
 /// Buckets for request and script latency: 250 µs to 5 s.
@@ -126,7 +129,17 @@ impl ApiMetrics {
         registry
             .register(Box::new(idempotent_replays.clone()))
             .expect("unique metric");
+        let backlog_full = register(
+            &registry,
+            IntCounter::new(
+                "sluice_backlog_full_refusals_total",
+                "Ingest requests refused with 503 because Redis memory (the backlog of events not yet stored) is full or above SLUICE__API__MAX_MEMORY_FRACTION; nothing of them was admitted.",
+            ),
+        );
+        let memory = MemoryMetrics::new(&registry);
         ApiMetrics {
+            backlog_full,
+            memory,
             registry,
             http_requests,
             http_duration,
@@ -150,6 +163,70 @@ impl Default for ApiMetrics {
     }
 }
 
+/// Redis memory, as both services see it: `INFO memory` of every primary.
+#[derive(Clone)]
+pub struct MemoryMetrics {
+    used: IntGaugeVec,
+    max: IntGaugeVec,
+    policy: IntGaugeVec,
+}
+
+impl MemoryMetrics {
+    fn new(registry: &Registry) -> Self {
+        MemoryMetrics {
+            used: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "sluice_redis_used_memory_bytes",
+                        "Redis used_memory of each primary: mostly the backlog of acknowledged events not yet stored.",
+                    ),
+                    &["node"],
+                ),
+            ),
+            max: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "sluice_redis_maxmemory_bytes",
+                        "Redis maxmemory of each primary (0: no limit). Writes are refused past it.",
+                    ),
+                    &["node"],
+                ),
+            ),
+            policy: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "sluice_redis_maxmemory_policy_info",
+                        "Always 1; the labels give each primary's maxmemory-policy (only noeviction keeps acknowledged events).",
+                    ),
+                    &["node", "policy"],
+                ),
+            ),
+        }
+    }
+
+    /// Sets the gauges to `nodes`' figures (primaries no longer there disappear).
+    pub fn publish(&self, nodes: &[crate::redis_memory::NodeMemory]) {
+        for gauge in [&self.used, &self.max, &self.policy] {
+            gauge.reset();
+        }
+        for n in nodes {
+            let node = n.node.as_str();
+            self.used
+                .with_label_values(&[node])
+                .set(i64::try_from(n.used_memory).unwrap_or(i64::MAX));
+            self.max
+                .with_label_values(&[node])
+                .set(i64::try_from(n.maxmemory).unwrap_or(i64::MAX));
+            self.policy
+                .with_label_values(&[node, n.maxmemory_policy.as_str()])
+                .set(1);
+        }
+    }
+}
+
 /// The worker's metrics.
 #[derive(Clone)]
 pub struct WorkerMetrics {
@@ -165,6 +242,7 @@ pub struct WorkerMetrics {
     pub dead_letters: IntCounter,
     pub redis_up: IntGauge,
     pub postgres_up: IntGauge,
+    pub memory: MemoryMetrics,
 }
 
 impl WorkerMetrics {
@@ -273,6 +351,7 @@ impl WorkerMetrics {
                     "1 while the last PostgreSQL write succeeded.",
                 ),
             ),
+            memory: MemoryMetrics::new(r),
             registry,
         }
     }

@@ -36,7 +36,9 @@ use std::time::Duration;
 use redis::aio::{AsyncStream, ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
     Pipeline, RedisFuture, ScriptInvocation, Value,
@@ -257,6 +259,35 @@ impl Redis {
         .await
     }
 
+    /// Runs `cmd` on every primary: each one's `host:port` with its reply (standalone: the one
+    /// server's).
+    pub async fn on_each_primary(&self, cmd: &Cmd) -> Result<Vec<(String, Value)>, RedisError> {
+        if let Client::Standalone(server) = &self.client {
+            return Ok(vec![(server.address(), self.query(cmd).await?)]);
+        }
+        let every_primary = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+        let reply = self
+            .with_connection(false, async |conn| match conn {
+                Conn::Cluster(c) => Ok(c.route_command(cmd.clone(), every_primary.clone()).await?),
+                Conn::Standalone(c) => Ok(cmd.query_async(c).await?),
+            })
+            .await?;
+        let Value::Map(replies) = reply else {
+            return Err(RedisError::Command(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "expected one reply per primary",
+            ))));
+        };
+        replies
+            .into_iter()
+            .map(|(node, reply)| {
+                let node =
+                    redis::from_redis_value::<String>(node).map_err(redis::RedisError::from)?;
+                Ok((node, reply))
+            })
+            .collect()
+    }
+
     /// `PING`, for readiness checks (on a cluster, every primary must answer).
     pub async fn ping(&self) -> Result<(), RedisError> {
         self.query::<String>(&redis::cmd("PING")).await.map(drop)
@@ -354,6 +385,17 @@ fn is_transport_failure(e: &redis::RedisError) -> bool {
 }
 
 impl Server {
+    /// `host:port` (or the socket's path), for metrics and messages: never the password.
+    fn address(&self) -> String {
+        match self.info.addr() {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                format!("{host}:{port}")
+            }
+            ConnectionAddr::Unix(path) => path.display().to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+
     fn new(settings: &RedisSettings) -> Result<Self, String> {
         let info = settings
             .url

@@ -16,10 +16,13 @@ echo "sluice: building (release)..." >&2
 cargo build --release --locked --bins -q
 BIN="$ROOT/target/release"
 
-# Redis, with an append-only file so acknowledged events survive a restart.
+# Redis, with an append-only file so acknowledged events survive a restart, and a memory
+# limit with noeviction: a full backlog refuses writes (ingest answers 503) instead of evicting
+# acknowledged events. SLUICE_DEV_REDIS_MAXMEMORY sizes it (docs/operations.md, "Redis memory").
 mkdir -p "$STATE/redis"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$STATE/redis" \
   --appendonly yes --appendfsync everysec --save "" \
+  --maxmemory "${SLUICE_DEV_REDIS_MAXMEMORY:-512mb}" --maxmemory-policy noeviction \
   --daemonize yes --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log"
 # A large append-only file takes a while to load; Redis answers LOADING until then.
 for _ in $(seq 600); do

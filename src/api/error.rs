@@ -11,6 +11,9 @@ use serde::Serialize;
 use super::rate_headers::RateHeaders;
 use crate::domain::FieldError;
 
+/// `Retry-After` of a 503 for a full backlog, in seconds.
+pub const BACKLOG_RETRY_AFTER_SECS: &str = "5";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("Missing API key")]
@@ -62,6 +65,17 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("Event store unavailable, please retry")]
     Unavailable(String),
+    /// Redis memory, which holds the events not yet stored, is full (or past the brake).
+    #[error(
+        "Event backlog is full: nothing was ingested; retry after the Retry-After seconds, while \
+         stored events make room"
+    )]
+    BacklogFull,
+    /// Redis would evict acknowledged events (operators see which node and policy).
+    #[error(
+        "Event store is not configured to keep events: nothing was ingested, please retry later"
+    )]
+    Evicting(String),
     /// The admission script was sent but its answer did not arrive: it may have run.
     #[error(
         "Event store did not confirm in time; the events may have been accepted. Retry with the \
@@ -112,7 +126,9 @@ impl ResponseError for ApiError {
             | ApiError::Unconfirmed(_)
             | ApiError::NotReplicated(_)
             | ApiError::CopyStale(_)
-            | ApiError::Dependency(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::Dependency(_)
+            | ApiError::BacklogFull
+            | ApiError::Evicting(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -129,6 +145,15 @@ impl ResponseError for ApiError {
             | ApiError::Dependency(cause) => {
                 tracing::warn!(%cause, "answering 503");
                 response.insert_header((RETRY_AFTER, "1"));
+            }
+            // Room comes back as the worker stores events: give it a few seconds.
+            ApiError::BacklogFull => {
+                response.insert_header((RETRY_AFTER, BACKLOG_RETRY_AFTER_SECS));
+            }
+            // An operator has to change a setting: ask for patience.
+            ApiError::Evicting(cause) => {
+                tracing::warn!(%cause, "answering 503");
+                response.insert_header((RETRY_AFTER, "30"));
             }
             ApiError::MissingKey
             | ApiError::InvalidKey
@@ -157,6 +182,9 @@ impl From<crate::redis_pool::RedisError> for ApiError {
                 ApiError::NotReplicated(e.to_string())
             }
             crate::redis_pool::RedisError::Unconfirmed(_) => ApiError::Unconfirmed(e.to_string()),
+            crate::redis_pool::RedisError::Command(ref c) if c.code() == Some("OOM") => {
+                ApiError::BacklogFull
+            }
             _ => ApiError::Unavailable(e.to_string()),
         }
     }
@@ -182,6 +210,15 @@ impl From<crate::stream::dead_letters::DeadLetterError> for ApiError {
             D::NotFound(m) => ApiError::NotFound(m),
             D::NotReplayable(m) => ApiError::Conflict(m),
             D::Postgres(_) | D::Redis(_) => ApiError::Dependency(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::redis_memory::Refusal> for ApiError {
+    fn from(refusal: crate::redis_memory::Refusal) -> Self {
+        match refusal {
+            crate::redis_memory::Refusal::Evicting(why) => ApiError::Evicting(why),
+            crate::redis_memory::Refusal::Full => ApiError::BacklogFull,
         }
     }
 }

@@ -236,6 +236,9 @@ async fn admit(
             fingerprint,
             ttl: state.settings.idempotency_ttl,
         });
+    if let Err(refusal) = state.memory.check(&request.principal.tenant_id) {
+        return Err(refused(state, refusal.into(), events.len()));
+    }
     let verdict = state
         .admission
         .admit(
@@ -255,7 +258,8 @@ async fn admit(
             .with_label_values(&[reason])
             .inc_by(events)
     };
-    match verdict? {
+    let verdict = verdict.map_err(|e| refused(state, e.into(), events.len()))?;
+    match verdict {
         Verdict::NotFound(slugs) => {
             reject("signal_not_found");
             Err(ApiError::SignalsNotFound(slugs))
@@ -369,4 +373,18 @@ impl AppState {
             .inc_by(events as u64);
         error
     }
+}
+
+/// Counts a request refused for Redis memory (or any other reason Redis gave) and passes the
+/// error on.
+fn refused(state: &AppState, error: ApiError, events: usize) -> ApiError {
+    if let ApiError::BacklogFull = error {
+        state.metrics.backlog_full.inc();
+        state
+            .metrics
+            .events_rejected
+            .with_label_values(&["backlog_full"])
+            .inc_by(events as u64);
+    }
+    error
 }

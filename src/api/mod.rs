@@ -41,6 +41,7 @@ use crate::ingest::windows::Windows;
 use crate::keyspace::Keyspace;
 use crate::metrics::ApiMetrics;
 use crate::ops;
+use crate::redis_memory::{Brake, REFRESH_EVERY};
 use crate::redis_pool::Redis;
 
 /// What every request handler shares.
@@ -51,11 +52,20 @@ pub struct AppState {
     pub keys: auth::KeyCache,
     pub settings: ApiSettings,
     pub metrics: ApiMetrics,
+    /// Refuses ingest while Redis evicts or the backlog is (nearly) full.
+    pub memory: Brake,
 }
 
 impl AppState {
     pub fn new(settings: &Settings) -> Result<Self, String> {
+        let metrics = ApiMetrics::new();
         Ok(AppState {
+            memory: Brake::new(
+                Keyspace::new(settings.redis.partitions),
+                settings.api.max_memory_fraction,
+                settings.redis.allow_eviction,
+                metrics.memory.clone(),
+            ),
             redis: Redis::new(&settings.redis)?,
             admission: Admission::new(
                 Keyspace::new(settings.redis.partitions),
@@ -65,7 +75,7 @@ impl AppState {
             windows: Windows::new(Keyspace::new(settings.redis.partitions), settings.limits),
             keys: auth::KeyCache::new(settings.api.key_cache_ttl),
             settings: settings.api.clone(),
-            metrics: ApiMetrics::new(),
+            metrics,
         })
     }
 }
@@ -82,6 +92,7 @@ pub struct ApiServer {
 /// `settings.admin.bind` if set, and returns the running servers.
 pub fn serve(settings: &Settings, bind: SocketAddr) -> Result<ApiServer, String> {
     let state = web::Data::new(AppState::new(settings)?);
+    watch_memory(&state);
     let admin = match settings.admin.bind {
         Some(admin_bind) => Some(Box::new(serve_admin(settings, &state, admin_bind)?)),
         None => None,
@@ -121,6 +132,21 @@ pub fn serve(settings: &Settings, bind: SocketAddr) -> Result<ApiServer, String>
         addr,
         admin,
     })
+}
+
+/// Reads Redis memory every [`REFRESH_EVERY`] for the brake and the gauges, for as long as the
+/// server holds its state.
+fn watch_memory(state: &web::Data<AppState>) {
+    let state = Arc::downgrade(&state.clone().into_inner());
+    actix_web::rt::spawn(async move {
+        while let Some(state) = state.upgrade() {
+            if let Err(e) = state.memory.refresh(&state.redis).await {
+                tracing::debug!(error = %e, "reading Redis memory failed");
+            }
+            drop(state);
+            actix_web::rt::time::sleep(REFRESH_EVERY).await;
+        }
+    });
 }
 
 /// The admin listener: its own server (two threads: it serves operators, not traffic), sharing
@@ -278,16 +304,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(ops::not_found));
 }
 
-/// The api is ready only while Redis answers: without it, it can neither authenticate nor admit.
+/// The api is ready only while Redis answers (without it, it can neither authenticate nor
+/// admit) and keeps what it is given (`maxmemory-policy noeviction`).
 impl ops::Probe for AppState {
     async fn failing(&self) -> Vec<ops::Failing> {
-        match self.redis.ping().await {
-            Ok(()) => Vec::new(),
-            Err(e) => vec![ops::Failing {
-                dependency: "redis",
-                error: e.to_string(),
-            }],
-        }
+        let error = match self.redis.ping().await {
+            Ok(()) => match self.memory.refresh(&self.redis).await {
+                Ok(None) => return Vec::new(),
+                Ok(Some(refusal)) => refusal,
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        vec![ops::Failing {
+            dependency: "redis",
+            error,
+        }]
     }
 
     fn metrics(&self) -> String {

@@ -432,7 +432,8 @@ impl CommonResponses {
         add(
             "503",
             error(
-                "A store (Redis or PostgreSQL) did not answer in time; retry",
+                "A store (Redis or PostgreSQL) did not answer in time, or (ingest) the backlog of \
+                 events not yet stored fills Redis's memory; retry after `Retry-After`",
                 &[("Retry-After", "Seconds to wait before retrying")],
             ),
         );

@@ -56,6 +56,10 @@ async fn main() -> ExitCode {
         return sluice::ops::healthcheck_exit("sluice-api", settings.api.bind);
     }
     sluice::telemetry::init(&settings.log);
+    if let Err(line) = refuse_evicting_redis(&settings).await {
+        eprintln!("sluice-api: {line}");
+        return ExitCode::from(2);
+    }
     let api = match sluice::api::serve(&settings, settings.api.bind) {
         Ok(api) => api,
         Err(e) => {
@@ -90,4 +94,12 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// An evicting Redis would lose acknowledged events: the api does not start on one.
+async fn refuse_evicting_redis(settings: &Settings) -> Result<(), String> {
+    let redis = sluice::redis_pool::Redis::new(&settings.redis)?;
+    let keyspace = sluice::keyspace::Keyspace::new(settings.redis.partitions);
+    sluice::redis_memory::refuse_evicting_at_start(&redis, keyspace, settings.redis.allow_eviction)
+        .await
 }

@@ -8,11 +8,12 @@ use chrono::Utc;
 use super::sink::Sink;
 use crate::config::WorkerSettings;
 use crate::metrics::WorkerMetrics;
+use crate::redis_memory::Memory;
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::stream::Consumer;
 
-/// How often per-partition pending and lag gauges are refreshed.
+/// How often per-partition pending and lag gauges (and Redis memory) are refreshed.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 /// How often partitions ahead are created and old ones dropped.
 const PARTITIONS_EVERY: Duration = Duration::from_secs(3600);
@@ -136,6 +137,10 @@ impl Maintenance {
     /// Reads every partition's figures first and only then sets the gauges, so that a scrape
     /// never sees some partitions published and others not yet.
     async fn publish_stats(&self) {
+        let keyspace = crate::keyspace::Keyspace::new(self.partition_count());
+        if let Ok(memory) = Memory::read(self.streams.redis(), keyspace).await {
+            self.metrics.memory.publish(&memory.nodes);
+        }
         let Ok(now_ms) = self.streams.now_ms().await else {
             return;
         };

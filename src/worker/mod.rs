@@ -32,6 +32,7 @@ use crate::config::{PostgresSettings, Settings, WorkerSettings};
 use crate::keyspace::Keyspace;
 use crate::metrics::WorkerMetrics;
 use crate::pg::{self, PgError};
+use crate::redis_memory;
 use crate::redis_pool::{Redis, RedisError};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
@@ -56,6 +57,8 @@ pub struct Worker {
     shutdown: Shutdown,
     /// Events per entry in the last batch, to size reads in events.
     events_per_entry: AtomicU32,
+    /// Run on an evicting Redis all the same (`SLUICE__REDIS__ALLOW_EVICTION`).
+    allow_eviction: bool,
 }
 
 impl Worker {
@@ -88,6 +91,7 @@ impl Worker {
             metrics,
             shutdown,
             events_per_entry: AtomicU32::new(crate::domain::MAX_BATCH as u32),
+            allow_eviction: settings.redis.allow_eviction,
         })
     }
 
@@ -108,6 +112,8 @@ impl Worker {
     /// authorization); outages are waited out instead.
     pub async fn run(&self) -> Result<(), String> {
         tracing::info!(consumer = self.streams.consumer(), "worker starting");
+        let keyspace = Keyspace::new(self.streams.partitions());
+        redis_memory::refuse_evicting_at_start(&self.redis, keyspace, self.allow_eviction).await?;
         // One attempt first: a server that refuses this configuration stops the worker with the
         // reason, rather than a retry loop that could never succeed. Other failures (an outage)
         // are retried by `start`.
@@ -680,14 +686,23 @@ impl From<DeadLetterError> for StepError {
     }
 }
 
-/// The worker is ready only while both Redis and PostgreSQL answer.
+/// The worker is ready only while both Redis and PostgreSQL answer, and Redis keeps what it is
+/// given (`maxmemory-policy noeviction`).
 impl crate::ops::Probe for Worker {
     async fn failing(&self) -> Vec<crate::ops::Failing> {
         let mut failing = Vec::new();
-        if let Err(e) = self.redis.ping().await {
+        let keyspace = Keyspace::new(self.streams.partitions());
+        let redis = match self.redis.ping().await {
+            Ok(()) => match redis_memory::Memory::read(&self.redis, keyspace).await {
+                Ok(memory) => memory.check_policy(self.allow_eviction).err(),
+                Err(e) => Some(e.to_string()),
+            },
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(error) = redis {
             failing.push(crate::ops::Failing {
                 dependency: "redis",
-                error: e.to_string(),
+                error,
             });
         }
         let pg = async {

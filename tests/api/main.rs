@@ -10,6 +10,7 @@ mod hostile;
 mod idempotency;
 mod ingest;
 mod limits;
+mod memory;
 mod openapi;
 mod ops;
 mod reconnect;
