@@ -199,6 +199,25 @@ t0=$(date +%s.%N)
 t1=$(date +%s.%N)
 record copy_seconds "$(python3 -c "print($t1-$t0)")"
 
+# 5a. The read API over that backlog, now stored: BACKLOG events of one tenant. One connection,
+# one request at a time, so each latency is a request's own: a lookup by id, the first page of an
+# identity's events, the first page of a signal's events, each over many different targets.
+"${PSQL[@]}" -At -c "select '/v1/events/' || id from events order by random() limit 5000" > "$WORK/read_by_id"
+"${PSQL[@]}" -At -c "select '/v1/events?identity_type=account&identity_id=' || identity_id from (select distinct identity_id from events) i order by random() limit 5000" > "$WORK/read_by_identity"
+"${PSQL[@]}" -At -c "select '/v1/events?signal=' || slug from signals" > "$WORK/read_by_signal"
+record read_events "$("${PSQL[@]}" -At -c 'select count(*) from events')"
+start_apis 1
+for kind in by_id by_identity by_signal; do
+  out=$("$BIN/sluice-loadgen" "${API_URLS[@]}" --key "$KEY" --get-paths "$WORK/read_$kind" \
+    --connections 1 --duration "$SECONDS_PER_RUN" --json)
+  record "read_${kind}_rps" "$(echo "$out" | json "['requests_per_sec']")"
+  record "read_${kind}_p50" "$(echo "$out" | json "['latency_ms']['p50']")"
+  record "read_${kind}_p99" "$(echo "$out" | json "['latency_ms']['p99']")"
+  record "read_${kind}_non200" "$(echo "$out" | json "['statuses']" | python3 -c "import ast,sys; d=ast.literal_eval(sys.stdin.read()); print(', '.join(f'{k}: {v}' for k,v in d.items() if k!='200'))")"
+  echo "bench: read $kind: p99 $(echo "$out" | json "['latency_ms']['p99']") ms" >&2
+done
+stop_apis
+
 # 5b. Recovery after a worker crash. A consumer reads the whole backlog and never acknowledges
 # it, exactly as a worker killed with it in hand leaves it; then a worker started with a short
 # claim idle time claims and stores all of it. Measured from the "crash" to the last row stored.
@@ -278,6 +297,22 @@ signal, not per event (docs/design.md, "One stream entry per request").
 | worker drain of a {int(f('drain_events')):,}-event backlog | {drain:,.0f} events/s ({f('drain_seconds'):.1f} s) | | |
 | raw `\\copy` of the same rows into a table like `events` | {copy:,.0f} rows/s ({f('copy_seconds'):.1f} s) | | |
 | worker drain ÷ raw COPY | **{drain/copy:.2f}** | ≥ 0.8 | {verdict(drain/copy >= 0.8)} |
+
+## Reads
+
+The read API over the {int(f('read_events')):,} events of one tenant stored by the drain above (one api replica,
+one connection, one request at a time, each to a different target; `sluice-loadgen --get-paths`).
+
+| read | requests/s | p50 ms | p99 ms | target | | non-200 |
+|---|---|---|---|---|---|---|
+""" + "\n".join(
+    f"| {what} | {f(f'read_{k}_rps'):,.0f} | {f(f'read_{k}_p50'):.2f} | **{f(f'read_{k}_p99'):.2f}** | p99 ≤ {t} ms | {verdict(f(f'read_{k}_p99') <= t)} | {r[f'read_{k}_non200'] or 'none'} |"
+    for what, k, t in (("`GET /v1/events/{id}`", "by_id", 10),
+                       ("`GET /v1/events?identity_type=…&identity_id=…` (first page of 100)", "by_identity", 30),
+                       ("`GET /v1/events?signal=…` (first page of 100)", "by_signal", 30))
+) + f"""
+
+Query plans and the indexes behind them: docs/design.md, "Reads".
 
 ## Idempotency-Key
 

@@ -84,6 +84,24 @@ pub struct PostgresSettings {
     pub pool_size: usize,
     /// CA, client certificate and key files for TLS, where the URL names none.
     pub tls: crate::tls::TlsFiles,
+    /// Where the api's read API queries (a replica, say); `url` when unset.
+    pub read_url: Option<Secret>,
+    /// Connections of the api's read pool: its own, so reads never wait on ingest or admin.
+    pub read_pool_size: usize,
+    /// The longest one read may take (a statement timeout, and the wait for a connection):
+    /// past it the read answers 503.
+    pub read_timeout: Duration,
+}
+
+impl PostgresSettings {
+    /// The settings of the read pool: the read URL (or the primary's) and the read pool's size.
+    pub fn for_reads(&self) -> PostgresSettings {
+        PostgresSettings {
+            url: self.read_url.clone().unwrap_or_else(|| self.url.clone()),
+            pool_size: self.read_pool_size,
+            ..self.clone()
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -255,6 +273,9 @@ struct RawPostgres {
     tls_ca_file: String,
     tls_cert_file: String,
     tls_key_file: String,
+    read_url: String,
+    read_pool_size: String,
+    read_timeout_ms: String,
 }
 
 impl Default for RawPostgres {
@@ -265,6 +286,9 @@ impl Default for RawPostgres {
             tls_ca_file: String::new(),
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
+            read_url: String::new(),
+            read_pool_size: "4".into(),
+            read_timeout_ms: "2000".into(),
         }
     }
 }
@@ -374,7 +398,7 @@ impl Default for RawLog {
 }
 
 /// Settings whose values may carry a password: a rejected value is never echoed.
-const SECRET_KEYS: &[&str] = &["redis.url", "postgres.url"];
+const SECRET_KEYS: &[&str] = &["redis.url", "postgres.url", "postgres.read_url"];
 
 impl Settings {
     /// Reads defaults, `SLUICE_CONFIG` and the process environment.
@@ -465,6 +489,18 @@ impl Settings {
                         crate::pg::tls::Target::parse(v, &tls).map(|_| v.to_owned())
                     })?),
                     pool_size: get("postgres.pool_size", &p.pool_size).positive()?,
+                    read_url: get("postgres.read_url", &p.read_url).parse_with(|v| {
+                        if v.is_empty() {
+                            return Ok(None);
+                        }
+                        crate::pg::tls::Target::parse(v, &tls)?;
+                        Ok(Some(Secret(v.to_owned())))
+                    })?,
+                    read_pool_size: get("postgres.read_pool_size", &p.read_pool_size)
+                        .positive()?,
+                    read_timeout: Duration::from_millis(
+                        get("postgres.read_timeout_ms", &p.read_timeout_ms).positive()?,
+                    ),
                     tls,
                 }
             },

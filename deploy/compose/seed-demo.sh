@@ -54,6 +54,11 @@ Your signals and what is left of their windows:
 
 curl -s $url/v1/signals -H 'Authorization: Bearer $KEY'
 
+Once stored (a moment later), read them back: the newest events, and an identity's latest states:
+
+curl -s '$url/v1/events?limit=10' -H 'Authorization: Bearer $KEY'
+curl -s $url/v1/identities/account/acc_123 -H 'Authorization: Bearer $KEY'
+
 The admin API (api1's admin listener, published on 127.0.0.1 only), e.g. the demo tenant's signals:
 
 curl -s $admin_url/admin/v1/tenants/$TENANT/signals -H 'Authorization: Bearer $ADMIN_TOKEN'

@@ -63,7 +63,7 @@ if any(d["kind"] == "Job" for d in docs):
     problems.append("a Job: its template is immutable, so a new image tag cannot be applied")
 # Every container that runs a Sluice binary reads the Redis settings, and the PostgreSQL ones
 # where it connects there: where a TLS file setting names a mounted path, it must be mounted.
-wanted = {"api": {"redis-tls"}, "migrate": {"redis-tls", "postgres-tls"}, "worker": {"redis-tls", "postgres-tls"},
+wanted = {"api": {"redis-tls", "postgres-tls"}, "migrate": {"redis-tls", "postgres-tls"}, "worker": {"redis-tls", "postgres-tls"},
           "admin": {"redis-tls", "postgres-tls"}}
 for spec in (api["template"]["spec"], worker, admin):
     for c in spec.get("initContainers", []) + spec["containers"]:

@@ -121,6 +121,13 @@ done
 [ "$(psql_q "select sum(count) from metric_rollups where granularity = 'hour'")" = 1 ] || fail "no metric rollup"
 [ "$(psql_q "select data->>'plan' from signal_states")" = pro ] || fail "no latest state"
 
+say "the read API answers through the load balancer"
+id=$(echo "$reply" | grep -o '"id":"[^"]*"' | head -n 1 | cut -d'"' -f4)
+event=$(curl -s "$BASE/v1/events/$id" -H "Authorization: Bearer $key")
+echo "$event" | grep -q '"status":"processed"' || fail "GET /v1/events/$id answered: $event"
+states=$(curl -s "$BASE/v1/identities/account/acc_1" -H "Authorization: Bearer $key")
+echo "$states" | grep -q '"plan":"pro"' || fail "GET /v1/identities/account/acc_1 answered: $states"
+
 say "/metrics stays off the public port; Prometheus scrapes every replica and the worker"
 code=$(curl -s -o /dev/null -w '%{http_code}' "$BASE/metrics")
 [ "$code" = 404 ] || fail "GET /metrics on the public port answered $code"

@@ -107,6 +107,14 @@ See your signals and what is left of their windows:
 
 curl -s http://127.0.0.1:$API_PORT/v1/signals -H 'Authorization: Bearer $KEY'
 
+Follow them once stored (a moment after they are acknowledged): list the newest, then read one
+by the id the answer gave, an identity's latest states, and a metric's hourly rollup:
+
+curl -s 'http://127.0.0.1:$API_PORT/v1/events?limit=10' -H 'Authorization: Bearer $KEY'
+curl -s http://127.0.0.1:$API_PORT/v1/events/<id> -H 'Authorization: Bearer $KEY'
+curl -s http://127.0.0.1:$API_PORT/v1/identities/account/acc_123 -H 'Authorization: Bearer $KEY'
+curl -s 'http://127.0.0.1:$API_PORT/v1/signals/mrr/rollups?identity_type=account&identity_id=acc_123&granularity=hour' -H 'Authorization: Bearer $KEY'
+
 Manage the registry over HTTP, e.g. the demo tenant's signals:
 
 curl -s http://127.0.0.1:$ADMIN_PORT/admin/v1/tenants/$TENANT/signals -H 'Authorization: Bearer $ADMIN_TOKEN'

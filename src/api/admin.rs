@@ -18,11 +18,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
 use crate::config::Limits;
-use crate::domain::SignalType;
+use crate::domain::{PageLimit, SignalType};
 use crate::keyspace::Keyspace;
 use crate::redis_pool::Redis;
 use crate::registry::admin_tokens::AdminTokens;
-use crate::registry::listing::{KeyInfo, MAX_PAGE, Page, PageRequest, SchemaVersion};
+use crate::registry::listing::{KeyInfo, Page, PageRequest, SchemaVersion};
 use crate::registry::{Registry, Signal, SignalChange, SyncCounts, Tenant};
 use crate::stream::dead_letters::{self, DeadLetter, Replayed};
 
@@ -146,16 +146,11 @@ pub struct VersionPageQuery {
     cursor: Option<String>,
 }
 
-/// A page's length: 100 unless asked, 1 to [`MAX_PAGE`].
+/// A page's length: 100 unless asked, 1 to [`PageLimit::MAX`].
 fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
-    let limit = limit.unwrap_or(100);
-    if (1..=MAX_PAGE).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "limit must be from 1 to {MAX_PAGE}"
-        )))
-    }
+    PageLimit::new(limit, 100)
+        .map(PageLimit::get)
+        .map_err(ApiError::BadRequest)
 }
 
 /// A page of `limit` items after `cursor`, which must be text a list could have returned.

@@ -11,6 +11,7 @@ mod events;
 mod idempotency;
 pub mod openapi;
 mod rate_headers;
+mod reads;
 mod signals;
 
 pub use auth::Principal;
@@ -41,6 +42,7 @@ use crate::ingest::windows::Windows;
 use crate::keyspace::Keyspace;
 use crate::metrics::ApiMetrics;
 use crate::ops;
+use crate::pg::reads::Reads;
 use crate::redis_memory::{Brake, REFRESH_EVERY};
 use crate::redis_pool::Redis;
 
@@ -54,6 +56,8 @@ pub struct AppState {
     pub metrics: ApiMetrics,
     /// Refuses ingest while Redis evicts or the backlog is (nearly) full.
     pub memory: Brake,
+    /// The read API's own PostgreSQL pool (connections open on first read).
+    pub reads: Reads,
 }
 
 impl AppState {
@@ -66,6 +70,7 @@ impl AppState {
                 settings.redis.allow_eviction,
                 metrics.memory.clone(),
             ),
+            reads: Reads::new(&settings.postgres).map_err(|e| e.to_string())?,
             redis: Redis::new(&settings.redis)?,
             admission: Admission::new(
                 Keyspace::new(settings.redis.partitions),
@@ -295,10 +300,21 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use web::{get, post};
     cfg.service(ops::resource("/v1/events/batch", "POST").route(post().to(events::batch)))
-        .service(ops::resource("/v1/events", "POST").route(post().to(events::single)))
+        .service(
+            ops::resource("/v1/events", "GET, POST")
+                .route(post().to(events::single))
+                .route(get().to(reads::events)),
+        )
         .app_data(path_config())
+        .app_data(query_config())
+        .service(ops::resource("/v1/events/{id}", "GET").route(get().to(reads::event)))
+        .service(
+            ops::resource("/v1/identities/{type}/{id}", "GET")
+                .route(get().to(reads::identity_states)),
+        )
         .service(ops::resource("/v1/signals", "GET").route(get().to(signals::list)))
         .service(ops::resource("/v1/signals/{slug}", "GET").route(get().to(signals::one)))
+        .service(ops::resource("/v1/signals/{slug}/rollups", "GET").route(get().to(reads::rollups)))
         .service(ops::resource("/openapi.json", "GET").route(get().to(openapi::public_document)))
         .configure(ops::routes::<AppState>)
         .default_service(web::to(ops::not_found));

@@ -19,7 +19,7 @@ use utoipa::openapi::{
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use super::error::Body as ErrorBody;
-use super::{admin, events, signals};
+use super::{admin, events, reads, signals};
 use crate::domain::FieldError;
 use crate::ops;
 
@@ -218,12 +218,15 @@ pub struct BatchInput {
                        `pending`, then stored exactly once. Errors share one shape: \
                        `{\"success\": false, \"error\": \"...\"}`."
     ),
-    paths(events::batch, events::single, signals::list, signals::one, ops::livez, ops::readyz,
+    paths(events::batch, events::single, signals::list, signals::one, reads::event,
+        reads::events, reads::identity_states, reads::rollups, ops::livez, ops::readyz,
         ops::metrics, public_document),
     components(schemas(ErrorBody, FieldError, EventInput, Identity, Version, Data, StorableValue, BatchInput)),
     modifiers(&PublicSecurity, &PUBLIC_RESPONSES),
     tags((name = "ingest", description = "Send events"),
         (name = "self-service", description = "Your signals and their rate-limit windows"),
+        (name = "reads", description = "What became of your events: each one's status, lists by \
+            signal, status, identity and time, identities' latest states, metrics' rollups"),
         (name = "operations", description = "Health, metrics and this document")),
 )]
 struct PublicDoc;

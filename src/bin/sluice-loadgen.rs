@@ -1,5 +1,6 @@
 //! `sluice-loadgen`: drives `POST /v1/events/batch` with realistic batches over many keep-alive
-//! connections and reports throughput, latency percentiles and every non-200 by status.
+//! connections and reports throughput, latency percentiles and every non-200 by status; with
+//! `--get-paths`, the read API instead.
 //!
 //! ```text
 //! sluice-loadgen --url http://127.0.0.1:8080 --key sk_... --signal page_view \
@@ -29,8 +30,12 @@ struct Args {
     #[arg(long = "key", required = true)]
     keys: Vec<String>,
     /// Signal slug; repeat for several. Each key must own every slug given.
-    #[arg(long = "signal", required = true)]
+    #[arg(long = "signal", required_unless_present = "get_paths")]
     signals: Vec<String>,
+    /// Read instead of ingest: GET the paths of this file (one per line, such as
+    /// `/v1/events/<id>`), each connection taking them in turn.
+    #[arg(long)]
+    get_paths: Option<std::path::PathBuf>,
     /// Events per request.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -92,13 +97,33 @@ fn bodies(args: &Args, conn: usize) -> Vec<String> {
         .collect()
 }
 
+/// The paths of `--get-paths`, one per non-empty line.
+fn get_paths(args: &Args) -> Option<Vec<String>> {
+    let file = args.get_paths.as_ref()?;
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| {
+        eprintln!("sluice-loadgen: cannot read {}: {e}", file.display());
+        std::process::exit(2);
+    });
+    Some(
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
 async fn connection(args: Args, conn: usize, start_measuring: Instant, stop_at: Instant) -> Tally {
-    let url = format!(
-        "{}/v1/events/batch",
-        args.urls[conn % args.urls.len()].trim_end_matches('/')
-    );
+    let base = args.urls[conn % args.urls.len()]
+        .trim_end_matches('/')
+        .to_owned();
+    let url = format!("{base}/v1/events/batch");
     let key = format!("Bearer {}", args.keys[conn % args.keys.len()]);
-    let bodies = bodies(&args, conn);
+    let gets = get_paths(&args).filter(|paths| !paths.is_empty());
+    let bodies = if gets.is_some() {
+        Vec::new()
+    } else {
+        bodies(&args, conn)
+    };
     // Keys unique to this run, so a second run against the same Redis replays nothing.
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -130,17 +155,29 @@ async fn connection(args: Args, conn: usize, start_measuring: Instant, stop_at: 
             scheduled = Some(next_send);
             next_send += every;
         }
-        let body = bodies[n % bodies.len()].clone();
         n += 1;
-        let mut request = client
-            .post(&url)
-            .insert_header(("Authorization", key.as_str()))
-            .insert_header(("Content-Type", "application/json"));
-        if args.idempotency_keys {
-            request = request.insert_header(("Idempotency-Key", format!("{run}-{conn}-{n}")));
-        }
         let sent = scheduled.unwrap_or_else(Instant::now);
-        let result = request.send_body(body).await;
+        let result = match &gets {
+            Some(paths) => {
+                let path = &paths[(conn + n * args.connections) % paths.len()];
+                client
+                    .get(format!("{base}{path}"))
+                    .insert_header(("Authorization", key.as_str()))
+                    .send()
+                    .await
+            }
+            None => {
+                let mut request = client
+                    .post(&url)
+                    .insert_header(("Authorization", key.as_str()))
+                    .insert_header(("Content-Type", "application/json"));
+                if args.idempotency_keys {
+                    request =
+                        request.insert_header(("Idempotency-Key", format!("{run}-{conn}-{n}")));
+                }
+                request.send_body(bodies[n % bodies.len()].clone()).await
+            }
+        };
         let (status, accepted) = match result {
             Ok(mut res) => {
                 let status = res.status().as_u16();

@@ -91,8 +91,35 @@ impl fmt::Display for Slug {
     }
 }
 
-/// True when `s` is a valid identity type: 1–64 characters of `[a-z0-9_-]`. The built-in
-/// types (`account`, `contact`, `deal`, `lead`) are such strings too.
+/// How many items a page of a list holds: 1 to [`PageLimit::MAX`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageLimit(u32);
+
+impl PageLimit {
+    pub const MAX: u32 = 1000;
+
+    /// `limit`, or `default` when none was asked for.
+    pub fn new(limit: Option<u32>, default: u32) -> Result<Self, String> {
+        match limit.unwrap_or(default) {
+            n @ 1..=Self::MAX => Ok(PageLimit(n)),
+            _ => Err(format!("limit must be from 1 to {}", Self::MAX)),
+        }
+    }
+
+    /// [`PageLimit::new`] of a query parameter's text.
+    pub fn parse(limit: Option<&str>, default: u32) -> Result<Self, String> {
+        let limit = limit
+            .map(|text| text.parse::<u32>().map_err(|_| ()))
+            .transpose()
+            .map_err(|()| format!("limit must be from 1 to {}", Self::MAX))?;
+        Self::new(limit, default)
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
 /// The value of a JSON number with no fractional part, as JSON Schema's `integer` reads it:
 /// `500` and `500.0` alike. `None` for fractions, and for magnitudes past 2^53 written with a
 /// fraction or exponent (they cannot be told from their neighbours).
@@ -104,6 +131,8 @@ pub fn whole_number(n: &serde_json::Number) -> Option<i64> {
     })
 }
 
+/// True when `s` is a valid identity type: 1–64 characters of `[a-z0-9_-]`. The built-in
+/// types (`account`, `contact`, `deal`, `lead`) are such strings too.
 pub fn is_identity_type(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -122,6 +151,15 @@ mod tests {
         }
         for bad in ["", "Page", "_x", "a b", "é", &"a".repeat(65)] {
             assert!(Slug::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn page_limits() {
+        assert_eq!(PageLimit::parse(None, 100).unwrap().get(), 100);
+        assert_eq!(PageLimit::parse(Some("1000"), 100).unwrap().get(), 1000);
+        for bad in ["0", "1001", "-1", "ten", "", "1.5"] {
+            assert!(PageLimit::parse(Some(bad), 100).is_err(), "{bad}");
         }
     }
 

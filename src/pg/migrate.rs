@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "admin tokens",
         include_str!("../../migrations/0004_admin_tokens.sql"),
     ),
+    (5, "reads", include_str!("../../migrations/0005_reads.sql")),
 ];
 
 /// An arbitrary constant naming Sluice's migration lock.

@@ -4,9 +4,10 @@
 //! [`crate::stream::dead_letters`].
 
 pub mod migrate;
+pub mod reads;
 pub mod tls;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::error::SqlState;
 
 use crate::config::PostgresSettings;
@@ -93,7 +94,18 @@ fn target(settings: &PostgresSettings) -> Result<(tls::Target, tls::Connector), 
 
 /// Builds a PostgreSQL pool; connections open on first use.
 pub fn pool(settings: &PostgresSettings) -> Result<Pool, PgError> {
-    let (target, connector) = target(settings)?;
+    pool_with(settings, |_| {}, Timeouts::default())
+}
+
+/// [`pool`], with the connection settings adjusted by `adjust` first, and bounds on waiting for
+/// a connection, making one and recycling one.
+pub fn pool_with(
+    settings: &PostgresSettings,
+    adjust: impl FnOnce(&mut tokio_postgres::Config),
+    timeouts: Timeouts,
+) -> Result<Pool, PgError> {
+    let (mut target, connector) = target(settings)?;
+    adjust(&mut target.config);
     let manager = Manager::from_config(
         target.config,
         connector,
@@ -103,6 +115,7 @@ pub fn pool(settings: &PostgresSettings) -> Result<Pool, PgError> {
     );
     Pool::builder(manager)
         .max_size(settings.pool_size)
+        .timeouts(timeouts)
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| PgError::Config(format!("cannot build a PostgreSQL pool: {e}")))

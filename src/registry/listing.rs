@@ -9,7 +9,7 @@ use crate::domain::{Slug, TenantId};
 use crate::pg::iso;
 
 /// The most items one page may hold.
-pub const MAX_PAGE: u32 = 1000;
+pub const MAX_PAGE: u32 = crate::domain::PageLimit::MAX;
 
 /// Where a page starts and how long it is.
 #[derive(Clone, Debug)]

@@ -13,6 +13,7 @@ mod limits;
 mod memory;
 mod openapi;
 mod ops;
+mod reads;
 mod reconnect;
 mod recovery;
 mod registry;
