@@ -2,7 +2,7 @@
 # Installs the validators the test command runs: kubectl (Debian package, for kustomize),
 # promtool (Debian package prometheus), docker-compose (Debian package), and, from PyPI into a
 # virtualenv under .sluice/tools, kubernetes-validate (deployment files), openapi-spec-validator
-# and schemathesis (the OpenAPI documents, tests/api/openapi.rs). Safe to run again; installs only
+# and schemathesis (the OpenAPI documents, tests/api/openapi.rs), and pytest (the Python SDK). Safe to run again; installs only
 # what is missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -33,6 +33,8 @@ pypi=()
 [ -x "$VENV/bin/kubernetes-validate" ] || pypi+=('kubernetes-validate==1.37.0')
 [ -x "$VENV/bin/openapi-spec-validator" ] || pypi+=('openapi-spec-validator==0.9.0')
 [ -x "$VENV/bin/st" ] || pypi+=('schemathesis==4.32.5')
+# pytest for the Python SDK's tests (clients/python); schemathesis depends on the same version.
+[ -x "$VENV/bin/pytest" ] || pypi+=('pytest==9.2.0')
 if [ ${#pypi[@]} -gt 0 ]; then
   echo "install-tools: installing ${pypi[*]} into $VENV" >&2
   [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"

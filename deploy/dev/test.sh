@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests; the integration tests, which start their own redis-server and
-# PostgreSQL processes on free ports in temporary directories; the validators over the
+# PostgreSQL processes on free ports in temporary directories; the Python SDK's tests; the validators over the
 # deployment files (compose, Kubernetes manifests, Prometheus config and alert rules); and the
 # compose check, which builds the image and runs the whole stack under Docker
 # (SLUICE_SKIP_COMPOSE_CHECK=1 skips it, for a quick local run).
@@ -32,9 +32,17 @@ deploy/dev/install-deps.sh
 deploy/dev/install-tools.sh
 cargo fmt --all -- --check
 [ ${#filters[@]} -gt 0 ] || deploy/dev/check-deploy.sh
+# The Python SDK as its users get it: installed from clients/python, then its tests against
+# the installed package (the scripted-server rules; tests/api/sdk.rs runs it against Sluice).
+VENV=.sluice/tools/venv
+sdk_tests() {
+  "$VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps clients/python
+  "$VENV/bin/python" -m pytest -q -p no:cacheprovider clients/python/tests
+}
 for ((round = 1; round <= repeat; round++)); do
   [ "$repeat" -eq 1 ] || echo "test: round $round of $repeat" >&2
   cargo test --locked --lib --tests -- "${filters[@]}"
+  [ ${#filters[@]} -gt 0 ] || sdk_tests
 done
 if [ ${#filters[@]} -gt 0 ]; then
   echo "test: validators and compose check skipped (a selection of tests)" >&2

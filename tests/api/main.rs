@@ -17,6 +17,7 @@ mod reads;
 mod reconnect;
 mod recovery;
 mod registry;
+mod sdk;
 mod selfservice;
 mod support;
 mod tls;

@@ -1,0 +1,543 @@
+"""The client: a queue that `track()` appends to, and one sender thread that batches, sends and
+retries.
+
+Requirements, in the order a request meets them:
+
+- `track()` never blocks and never grows memory without bound: it validates, encodes the event
+  and appends it to a bounded queue (a full queue drops the event and reports it).
+- Batches hold at most 100 events and 1 MiB of JSON (the API's limits, counted before gzip).
+- A batch gets one Idempotency-Key, and keeps it and its exact body across every try, so a retry
+  after a lost answer is stored once. Transport errors, 408, 429 and 5xx (not 501) are retried
+  with capped exponential backoff and full jitter, never sooner than `Retry-After`; other
+  answers are final. `max_retries=N` means at most N+1 requests for an event.
+- Events a 200 lists in `rate_limited` are sent again, alone and under a new key, once the
+  window resets (`X-RateLimit-Reset`); a 429 waits for the reset the same way. Both count as
+  tries.
+- Nothing given up on is silent: `on_error(error, events)`, or the `sluice_sdk` logger.
+- `flush(timeout)` returns within its timeout whatever the server does; a normal interpreter
+  exit flushes (bounded by `shutdown_timeout`); after `os.fork()` the child starts empty with a
+  sender of its own; `sync_mode=True` sends in the caller's thread, with the same rules.
+"""
+
+import atexit
+import gzip as gzip_module
+import http.client
+import json
+import logging
+import os
+import random
+import threading
+import time
+import urllib.parse
+import uuid
+import weakref
+from collections import deque
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+from . import __version__
+from .errors import (
+    ClientClosed,
+    DeliveryFailed,
+    QueueFull,
+    RetriesExhausted,
+)
+
+log = logging.getLogger("sluice_sdk")
+
+#: Most events in one request (the API's limit).
+MAX_BATCH = 100
+#: Most bytes of JSON in one request body, before compression (the API's default limit).
+MAX_BODY = 1 << 20
+_ENVELOPE = len(b'{"events":[]}')
+
+# Every client of this process, for the exit flush and for resetting after fork.
+_clients = weakref.WeakSet()
+
+
+def _now_iso():
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class _Event:
+    """One tracked event: its wire form, encoded once, and how many requests carried it."""
+
+    __slots__ = ("fields", "encoded", "tries")
+
+    def __init__(self, fields, encoded, tries=0):
+        self.fields = fields
+        self.encoded = encoded
+        self.tries = tries
+
+
+class _Batch:
+    """Events sent together under one Idempotency-Key and one body, across all their tries."""
+
+    __slots__ = ("events", "key", "body", "not_before")
+
+    def __init__(self, events, gzip):
+        self.events = events
+        self.key = str(uuid.uuid4())
+        body = b'{"events":[' + b",".join(e.encoded for e in events) + b"]}"
+        self.body = gzip_module.compress(body) if gzip else body
+        self.not_before = 0.0
+
+    @property
+    def tries(self):
+        return max(e.tries for e in self.events)
+
+
+class Client:
+    """Sends events to Sluice. Thread-safe; one per process is enough.
+
+    >>> client = Client("sk_...", host="http://127.0.0.1:8080")
+    >>> client.track("page_view", {"type": "account", "id": "acc_123"}, data={"path": "/pricing"})
+    >>> client.flush(timeout=10)
+    True
+    """
+
+    def __init__(
+        self,
+        api_key,
+        host="http://127.0.0.1:8080",
+        flush_at=100,
+        flush_interval=0.5,
+        max_queue_size=10000,
+        max_retries=10,
+        timeout=10,
+        gzip=False,
+        sync_mode=False,
+        on_error=None,
+        backoff_base=0.5,
+        backoff_max=30.0,
+        shutdown_timeout=5.0,
+    ):
+        if not isinstance(api_key, str) or not api_key:
+            raise ValueError("api_key must be a non-empty string (sk_...)")
+        url = urllib.parse.urlsplit(host)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError("host must be an http:// or https:// URL, such as http://127.0.0.1:8080")
+        if not 1 <= int(flush_at) <= MAX_BATCH:
+            raise ValueError(f"flush_at must be from 1 to {MAX_BATCH}")
+        if flush_interval <= 0 or max_queue_size < 1 or max_retries < 0 or timeout <= 0:
+            raise ValueError(
+                "flush_interval and timeout must be positive, max_queue_size at least 1, "
+                "max_retries at least 0"
+            )
+        self.api_key = api_key
+        self.host = host
+        self.flush_at = int(flush_at)
+        self.flush_interval = float(flush_interval)
+        self.max_queue_size = int(max_queue_size)
+        self.max_retries = int(max_retries)
+        self.timeout = float(timeout)
+        self.gzip = bool(gzip)
+        self.sync_mode = bool(sync_mode)
+        self.on_error = on_error
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
+        self.shutdown_timeout = float(shutdown_timeout)
+        self._url = url
+        self._path = (url.path.rstrip("/") or "") + "/v1/events/batch"
+        self._closed = False
+        self._setup()
+        _clients.add(self)
+
+    def _setup(self):
+        """The state a process starts with: at construction, and in a child after fork."""
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._queue = deque()  # events waiting for a batch
+        self._queued_since = None  # when the oldest waiting event was tracked
+        self._delayed = []  # batches waiting for their not_before
+        self._unfinished = 0  # tracked, not yet delivered or given up
+        self._flushing = 0  # flush() calls waiting
+        self._stopping = False
+        self._thread = None
+        # A connection per sending thread (the sender; callers in sync_mode): http.client
+        # connections are not shared between threads.
+        self._local = threading.local()
+
+    # -- The caller's side -------------------------------------------------------------------
+
+    def track(self, signal, identity, data=None, timestamp=None, reference=None, version=None):
+        """Queues one event; returns at once (in `sync_mode`, once it is delivered or given up).
+
+        `identity` is `{"type": ..., "id": ...}` as on the wire. `timestamp` (a `datetime`, naive
+        ones taken as UTC, or an RFC 3339 string) defaults to now. Arguments that can never be
+        sent raise `ValueError` or `TypeError`; everything after is reported to `on_error`.
+        """
+        event = _Event(*_encode(signal, identity, data, timestamp, reference, version))
+        if os.getpid() != self._pid:
+            self._setup()
+        if self.sync_mode:
+            with self._cond:
+                self._unfinished += 1
+            self._deliver_now(event)
+            return
+        with self._cond:
+            if self._closed:
+                problem = ClientClosed("the client is closed; the event was dropped")
+            elif len(self._queue) >= self.max_queue_size:
+                problem = QueueFull(
+                    f"the queue holds max_queue_size={self.max_queue_size} events; the event was dropped"
+                )
+            else:
+                problem = None
+                first = not self._queue
+                if first:
+                    self._queued_since = time.monotonic()
+                self._queue.append(event)
+                self._unfinished += 1
+                self._ensure_sender()
+                # The sender recomputes its wait: the interval now runs from this event.
+                if first or len(self._queue) >= self.flush_at:
+                    self._cond.notify_all()
+        if problem is not None:
+            self._give_up(problem, [event])
+
+    def flush(self, timeout=None):
+        """Sends what is queued and waits until everything tracked so far is delivered or given
+        up: True. False if `timeout` (seconds) passed first, even against a server that never
+        answers."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._unfinished > 0:
+                    if self._thread is None or not self._thread.is_alive():
+                        if not self._queue and not self._delayed:
+                            break
+                        self._ensure_sender()
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining if remaining is not None else 1.0)
+                return self._unfinished == 0
+            finally:
+                self._flushing -= 1
+
+    def close(self, timeout=None):
+        """Flushes (within `timeout`), then stops the sender. Events tracked afterwards are
+        dropped and reported. True if everything was delivered or given up."""
+        done = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(0.1 if not done else max(0.1, self.timeout))
+        return done
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(self.shutdown_timeout)
+        return False
+
+    # -- The sender ----------------------------------------------------------------------------
+
+    def _ensure_sender(self):
+        # Called with the lock held.
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="sluice-sdk-sender", daemon=True)
+            self._thread.start()
+
+    def _run(self):
+        while True:
+            with self._cond:
+                batch = self._next_batch()
+                while batch is None:
+                    if self._stopping and not self._queue and not self._delayed:
+                        self._drop_connection()
+                        return
+                    self._cond.wait(self._wait_time())
+                    batch = self._next_batch()
+            self._attempt(batch)
+
+    def _next_batch(self):
+        """A batch to send now, if any (with the lock held): a delayed one that is due, else a
+        new one when enough waits, the interval passed, or someone flushes or closes."""
+        now = time.monotonic()
+        for i, batch in enumerate(self._delayed):
+            if batch.not_before <= now:
+                return self._delayed.pop(i)
+        if not self._queue:
+            return None
+        due = (
+            len(self._queue) >= self.flush_at
+            or self._flushing
+            or self._stopping
+            or now - self._queued_since >= self.flush_interval
+        )
+        if not due:
+            return None
+        events, size = [], _ENVELOPE
+        while self._queue and len(events) < MAX_BATCH:
+            extra = len(self._queue[0].encoded) + (1 if events else 0)
+            if events and size + extra > MAX_BODY:
+                break
+            events.append(self._queue.popleft())
+            size += extra
+        self._queued_since = now if self._queue else None
+        return _Batch(events, self.gzip)
+
+    def _wait_time(self):
+        now = time.monotonic()
+        waits = [b.not_before - now for b in self._delayed]
+        if self._queue and self._queued_since is not None:
+            waits.append(self._queued_since + self.flush_interval - now)
+        return max(0.001, min(waits)) if waits else None
+
+    def _attempt(self, batch):
+        """Sends `batch` once and settles what the answer means: done, given up, or retried."""
+        for event in batch.events:
+            event.tries += 1
+        outcome = self._send(batch)
+        done, retry, regroup, problem = outcome
+        if done:
+            self._finish(done)
+        if problem is not None:
+            self._give_up(problem[0], problem[1])
+        with self._cond:
+            if retry is not None:
+                batch.not_before = retry
+                self._delayed.append(batch)
+            if regroup is not None:
+                events, not_before = regroup
+                again = _Batch(events, self.gzip)
+                again.not_before = not_before
+                self._delayed.append(again)
+            self._cond.notify_all()
+
+    def _deliver_now(self, event):
+        """`sync_mode`: the same rules, in the caller's thread."""
+        batch = _Batch([event], self.gzip)
+        while batch is not None:
+            wait = batch.not_before - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            for e in batch.events:
+                e.tries += 1
+            done, retry, regroup, problem = self._send(batch)
+            if done:
+                self._finish(done)
+            if problem is not None:
+                self._give_up(problem[0], problem[1])
+            if retry is not None:
+                batch.not_before = retry
+            elif regroup is not None:
+                batch = _Batch(regroup[0], self.gzip)
+                batch.not_before = regroup[1]
+            else:
+                batch = None
+
+    def _send(self, batch):
+        """One request. Returns (delivered events, monotonic time to retry the batch at or None,
+        (events to send again alone, not before) or None, (error, events) to give up or None)."""
+        headers = {
+            "Authorization": f"Bearer {self.api_key}",
+            "Content-Type": "application/json",
+            "User-Agent": f"sluice-sdk/{__version__}",
+            "Idempotency-Key": batch.key,
+        }
+        if self.gzip:
+            headers["Content-Encoding"] = "gzip"
+        try:
+            status, response_headers, body = self._post(batch.body, headers)
+        except (OSError, http.client.HTTPException) as e:
+            return self._retry_or_give_up(batch, None, f"no answer: {e!r}")
+        if status == 200:
+            return self._settle_200(batch, response_headers, body)
+        message = _error_message(body) or f"HTTP {status}"
+        if status == 429:
+            return self._retry_or_give_up(batch, _reset_at(response_headers), message, status)
+        if status == 408 or (500 <= status <= 599 and status != 501):
+            return self._retry_or_give_up(batch, _retry_after(response_headers), message, status)
+        return [], None, None, (DeliveryFailed(status, message), _fields(batch.events))
+
+    def _settle_200(self, batch, headers, body):
+        try:
+            answer = json.loads(body)
+            limited = {int(item["index"]) for item in answer.get("rate_limited") or []}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            limited = set()
+        if not limited:
+            return batch.events, None, None, None
+        again = [e for i, e in enumerate(batch.events) if i in limited]
+        done = [e for i, e in enumerate(batch.events) if i not in limited]
+        if max(e.tries for e in again) > self.max_retries:
+            problem = RetriesExhausted(
+                429, "rate limited, and max_retries was reached", tries=batch.tries
+            )
+            return done, None, None, (problem, _fields(again))
+        return done, None, (again, _reset_at(headers)), None
+
+    def _retry_or_give_up(self, batch, not_before, message, status=None):
+        if batch.tries > self.max_retries:
+            problem = RetriesExhausted(status, message, tries=batch.tries)
+            return [], None, None, (problem, _fields(batch.events))
+        cap = min(self.backoff_max, self.backoff_base * (2 ** (batch.tries - 1)))
+        at = time.monotonic() + random.uniform(0, cap)
+        if not_before is not None:
+            at = max(at, not_before)
+        return [], at, None, None
+
+    def _post(self, body, headers):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn_class = (
+                http.client.HTTPSConnection if self._url.scheme == "https" else http.client.HTTPConnection
+            )
+            conn = conn_class(self._url.hostname, self._url.port, timeout=self.timeout)
+            self._local.conn = conn
+        try:
+            conn.request("POST", self._path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            if response.getheader("Connection", "").lower() == "close":
+                self._drop_connection()
+            return response.status, response, data
+        except BaseException:
+            self._drop_connection()
+            raise
+
+    def _drop_connection(self):
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    def _finish(self, events):
+        with self._cond:
+            self._unfinished -= len(events)
+            self._cond.notify_all()
+
+    def _give_up(self, error, events):
+        if not events:
+            return
+        events = [e.fields if isinstance(e, _Event) else e for e in events]
+        try:
+            if self.on_error is not None:
+                self.on_error(error, events)
+            else:
+                log.error("sluice-sdk gave up on %d event(s): %s", len(events), error)
+        except Exception:  # an on_error that raises never stops the sender
+            log.exception("sluice-sdk: on_error raised")
+        finally:
+            with self._cond:
+                if not isinstance(error, (QueueFull, ClientClosed)):
+                    self._unfinished -= len(events)
+                self._cond.notify_all()
+
+
+def _fields(events):
+    return [e.fields for e in events]
+
+
+def _encode(signal, identity, data, timestamp, reference, version):
+    """The event as the API takes it, and its JSON."""
+    if not isinstance(signal, str) or not signal:
+        raise ValueError("signal must be a non-empty string (the signal's slug)")
+    if (
+        not isinstance(identity, dict)
+        or not isinstance(identity.get("type"), str)
+        or not isinstance(identity.get("id"), str)
+    ):
+        raise ValueError('identity must be {"type": str, "id": str}')
+    fields = {"signal": signal, "identity": {"type": identity["type"], "id": identity["id"]}}
+    if data is not None:
+        if not isinstance(data, dict):
+            raise TypeError("data must be a dict (a JSON object)")
+        fields["data"] = data
+    if timestamp is None:
+        fields["timestamp"] = _now_iso()
+    elif isinstance(timestamp, datetime):
+        if timestamp.tzinfo is None:
+            timestamp = timestamp.replace(tzinfo=timezone.utc)
+        fields["timestamp"] = timestamp.isoformat()
+    elif isinstance(timestamp, str):
+        fields["timestamp"] = timestamp
+    else:
+        raise TypeError("timestamp must be a datetime or an RFC 3339 string")
+    if reference is not None:
+        if not isinstance(reference, str):
+            raise TypeError("reference must be a string")
+        fields["reference"] = reference
+    if version is not None:
+        if not (version == "latest" or (isinstance(version, int) and not isinstance(version, bool) and version > 0)):
+            raise ValueError('version must be a positive integer or "latest"')
+        fields["version"] = version
+    try:
+        encoded = json.dumps(fields, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"the event cannot be sent as JSON: {e}") from None
+    if len(encoded) + _ENVELOPE > MAX_BODY:
+        raise ValueError(f"the event is {len(encoded)} bytes of JSON; a request holds at most {MAX_BODY}")
+    # What on_error receives: the event as sent, not the caller's objects (which may change).
+    return json.loads(encoded), encoded
+
+
+def _error_message(body):
+    try:
+        return json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _retry_after(headers):
+    """Monotonic time `Retry-After` (seconds or an HTTP date) allows the next try at."""
+    value = headers.getheader("Retry-After") if headers is not None else None
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(timezone.utc)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return time.monotonic() + max(0.0, seconds)
+
+
+def _reset_at(headers):
+    """Monotonic time the rate-limit window resets at: `X-RateLimit-Reset`, else `Retry-After`,
+    else the next minute (windows are UTC minutes)."""
+    value = headers.getheader("X-RateLimit-Reset") if headers is not None else None
+    if value:
+        try:
+            reset = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            seconds = (reset - datetime.now(timezone.utc)).total_seconds()
+            return time.monotonic() + max(0.0, seconds)
+        except ValueError:
+            pass
+    after = _retry_after(headers)
+    if after is not None:
+        return after
+    return time.monotonic() + (60 - time.time() % 60)
+
+
+def _flush_at_exit():
+    for client in list(_clients):
+        try:
+            if client._pid == os.getpid() and not client._closed:
+                client.close(client.shutdown_timeout)
+        except Exception:
+            log.exception("sluice-sdk: flushing at exit failed")
+
+
+def _after_fork_in_child():
+    # The parent's events are the parent's to send: the child starts empty, with a sender
+    # thread of its own started on its first track().
+    for client in list(_clients):
+        client._setup()
+
+
+atexit.register(_flush_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,309 @@
+"""Every rule of the client, against a scripted server (conftest.py)."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+import sluice_sdk
+from sluice_sdk import DeliveryFailed, QueueFull, RetriesExhausted
+
+ACCOUNT = {"type": "account", "id": "acc_1"}
+
+
+def client(server, **options):
+    options.setdefault("backoff_base", 0.01)
+    options.setdefault("backoff_max", 0.05)
+    return sluice_sdk.Client("sk_test", host=server.url, **options)
+
+
+def iso_in(seconds):
+    at = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_batches_hold_at_most_100_events_each_under_its_own_key(server):
+    c = client(server)
+    for i in range(250):
+        c.track("page_view", ACCOUNT, data={"n": i}, reference=f"r{i}")
+    assert c.flush(timeout=30)
+    requests = server.requests
+    assert [len(r.events) for r in requests] == [100, 100, 50]
+    assert len({r.headers["Idempotency-Key"] for r in requests}) == 3
+    assert server.references() == [f"r{i}" for i in range(250)]
+    first = requests[0]
+    assert first.headers["Authorization"] == "Bearer sk_test"
+    assert first.headers["User-Agent"] == f"sluice-sdk/{sluice_sdk.__version__}"
+    assert first.headers["Content-Type"] == "application/json"
+    event = first.events[0]
+    assert event["signal"] == "page_view" and event["identity"] == ACCOUNT
+    assert event["timestamp"].endswith("Z"), "the time of track(), not of sending"
+    c.close()
+
+
+def test_bodies_are_split_at_1_mib(server):
+    c = client(server, flush_at=100, flush_interval=60)
+    pad = "x" * (300 * 1024)
+    for i in range(7):
+        c.track("page_view", ACCOUNT, data={"pad": pad}, reference=f"big{i}")
+    assert c.flush(timeout=30)
+    assert all(len(r.raw) <= 1 << 20 for r in server.requests)
+    assert len(server.requests) >= 3
+    assert server.references() == [f"big{i}" for i in range(7)]
+
+
+def test_a_batch_is_retried_with_the_same_key_and_body_until_accepted(server, errors):
+    server.then((503, {}, None), (503, {}, None))
+    c = client(server, on_error=errors)
+    c.track("page_view", ACCOUNT, reference="once")
+    assert c.flush(timeout=30)
+    requests = server.requests
+    assert len(requests) == 3
+    assert len({r.headers["Idempotency-Key"] for r in requests}) == 1
+    assert len({r.raw for r in requests}) == 1
+    assert errors.seen == []
+
+
+def test_a_lost_connection_is_retried_like_a_503(server, errors):
+    server.then("drop")
+    c = client(server, on_error=errors)
+    c.track("page_view", ACCOUNT, reference="once")
+    assert c.flush(timeout=30)
+    assert len(server.requests) == 2
+    assert server.requests[0].headers["Idempotency-Key"] == server.requests[1].headers["Idempotency-Key"]
+    assert errors.seen == []
+
+
+def test_retry_after_is_respected(server):
+    server.then((503, {"Retry-After": "1"}, None))
+    c = client(server)
+    c.track("page_view", ACCOUNT)
+    assert c.flush(timeout=30)
+    first, second = server.requests
+    assert second.at - first.at >= 0.95
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+def test_final_answers_are_reported_and_never_retried(server, errors, status):
+    server.then((status, {}, {"success": False, "error": f"refused {status}"}))
+    c = client(server, on_error=errors)
+    c.track("page_view", ACCOUNT, reference="doomed")
+    assert c.flush(timeout=30)
+    assert len(server.requests) == 1
+    [(error, events)] = errors.seen
+    assert isinstance(error, DeliveryFailed)
+    assert error.status == status and f"refused {status}" in str(error)
+    assert [e["reference"] for e in events] == ["doomed"]
+
+
+def test_max_retries_n_means_n_plus_1_requests(server, errors):
+    server.then(*[(503, {}, None)] * 10)
+    c = client(server, max_retries=3, on_error=errors)
+    c.track("page_view", ACCOUNT, reference="r")
+    assert c.flush(timeout=30)
+    assert len(server.requests) == 4
+    [(error, events)] = errors.seen
+    assert isinstance(error, RetriesExhausted) and error.tries == 4 and error.status == 503
+    assert [e["reference"] for e in events] == ["r"]
+
+
+def test_rate_limited_events_are_sent_again_alone_after_the_reset(server, errors):
+    reset = iso_in(1.2)
+    limited = {"success": True,
+               "data": [{"id": "a", "status": "pending", "reference": "r0"},
+                        {"id": "c", "status": "pending", "reference": "r2"}],
+               "rate_limited": [{"signal_id": "sig_test", "reference": "r1", "index": 1}]}
+    server.then((200, {"X-RateLimit-Reset": reset}, limited))
+    c = client(server, on_error=errors, flush_interval=60)
+    for i in range(3):
+        c.track("page_view", ACCOUNT, reference=f"r{i}")
+    assert c.flush(timeout=30)
+    first, again = server.requests
+    assert again.references == ["r1"]
+    assert again.headers["Idempotency-Key"] != first.headers["Idempotency-Key"]
+    waited = again.at - first.at
+    assert waited >= 0.8, f"sent again after {waited:.2f} s, before the reset"
+    assert errors.seen == []
+
+
+def test_a_429_waits_for_the_reset(server):
+    server.then((429, {"X-RateLimit-Reset": iso_in(1.2), "Retry-After": "1"}, None))
+    c = client(server)
+    c.track("page_view", ACCOUNT, reference="r")
+    assert c.flush(timeout=30)
+    first, again = server.requests
+    assert again.references == ["r"]
+    assert again.at - first.at >= 0.8
+
+
+def test_rate_limiting_counts_against_max_retries(server, errors):
+    always_limited = (429, {"X-RateLimit-Reset": iso_in(0), "Retry-After": "0"}, None)
+    server.then(*[always_limited] * 10)
+    c = client(server, max_retries=2, on_error=errors)
+    c.track("page_view", ACCOUNT, reference="r")
+    assert c.flush(timeout=30)
+    assert len(server.requests) == 3
+    assert isinstance(errors.seen[0][0], RetriesExhausted)
+
+
+def test_flush_returns_within_its_timeout_against_a_server_that_never_answers(server):
+    server.then("hang")
+    c = client(server, timeout=30)
+    c.track("page_view", ACCOUNT)
+    server.wait_for(1)
+    started = time.monotonic()
+    assert c.flush(timeout=0.5) is False
+    assert time.monotonic() - started < 5, "flush(timeout) is bounded"
+
+
+def test_track_never_blocks_and_a_full_queue_drops_and_reports(server, errors):
+    server.then("hang")
+    c = client(server, max_queue_size=5, flush_at=100, flush_interval=3600, on_error=errors)
+    started = time.monotonic()
+    for i in range(6):
+        c.track("page_view", ACCOUNT, reference=f"r{i}")
+    assert time.monotonic() - started < 5
+    [(error, events)] = errors.seen
+    assert isinstance(error, QueueFull)
+    assert [e["reference"] for e in events] == ["r5"]
+
+
+def test_gzip_compresses_bodies(server):
+    c = client(server, gzip=True)
+    c.track("page_view", ACCOUNT, data={"text": "a" * 1000}, reference="z")
+    assert c.flush(timeout=30)
+    [request] = server.requests
+    assert request.headers["Content-Encoding"] == "gzip"
+    assert len(request.raw) < 1000
+    assert request.references == ["z"]
+
+
+def test_eight_threads_each_event_delivered_once(server):
+    c = client(server, flush_interval=0.05)
+
+    def send(t):
+        for i in range(500):
+            c.track("page_view", ACCOUNT, reference=f"t{t}-{i}")
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert c.flush(timeout=60)
+    references = server.references()
+    assert len(references) == 4000
+    assert set(references) == {f"t{t}-{i}" for t in range(8) for i in range(500)}
+
+
+def test_an_on_error_that_raises_never_stops_the_sender(server):
+    server.then((400, {}, None))
+
+    def on_error(error, events):
+        raise RuntimeError("a broken handler")
+
+    c = client(server, on_error=on_error)
+    c.track("page_view", ACCOUNT, reference="refused")
+    assert c.flush(timeout=30)
+    c.track("page_view", ACCOUNT, reference="after")
+    assert c.flush(timeout=30)
+    assert server.requests[-1].references == ["after"]
+
+
+def test_given_up_events_are_logged_without_on_error(server, caplog):
+    server.then((401, {}, {"success": False, "error": "Invalid API key"}))
+    c = client(server)
+    c.track("page_view", ACCOUNT)
+    assert c.flush(timeout=30)
+    assert "gave up on 1 event" in caplog.text and "Invalid API key" in caplog.text
+
+
+def test_sync_mode_sends_before_track_returns_with_the_same_retries(server):
+    server.then((503, {}, None))
+    c = client(server, sync_mode=True)
+    c.track("page_view", ACCOUNT, reference="now")
+    assert len(server.requests) == 2
+    assert server.requests[1].references == ["now"]
+    assert c.flush(timeout=1)
+
+
+def test_a_normal_exit_delivers_what_was_tracked(server):
+    script = f"""
+import sluice_sdk
+c = sluice_sdk.Client("sk_test", host={server.url!r}, flush_interval=3600)
+for i in range(5):
+    c.track("page_view", {{"type": "account", "id": "a"}}, reference=f"exit{{i}}")
+"""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(sluice_sdk.__file__)))
+    done = subprocess.run([sys.executable, "-c", script], env=env, timeout=60)
+    assert done.returncode == 0
+    assert server.references() == [f"exit{i}" for i in range(5)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_after_fork_the_child_has_its_own_sender_and_the_parent_sends_its_events_once(server):
+    c = client(server, flush_interval=3600)
+    c.track("page_view", ACCOUNT, reference="parent")
+    pid = os.fork()
+    if pid == 0:  # the child
+        ok = False
+        try:
+            c.track("page_view", ACCOUNT, reference="child")
+            ok = c.flush(timeout=30)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert c.flush(timeout=30)
+    assert sorted(server.references()) == ["child", "parent"]
+
+
+def test_arguments_that_can_never_be_sent_raise_at_once(server):
+    c = client(server)
+    for bad in [
+        dict(signal="", identity=ACCOUNT),
+        dict(signal="s", identity={"type": "account"}),
+        dict(signal="s", identity=ACCOUNT, version=0),
+        dict(signal="s", identity=ACCOUNT, data={"pad": "x" * (1 << 20)}),
+    ]:
+        with pytest.raises(ValueError):
+            c.track(**bad)
+    for bad in [
+        dict(signal="s", identity=ACCOUNT, data=["not", "an", "object"]),
+        dict(signal="s", identity=ACCOUNT, timestamp=12),
+        dict(signal="s", identity=ACCOUNT, data={"x": float("nan")}),
+    ]:
+        with pytest.raises(TypeError):
+            c.track(**bad)
+    with pytest.raises(ValueError):
+        sluice_sdk.Client("sk", host="ftp://example.com")
+
+
+def test_a_closed_client_drops_and_reports(server, errors):
+    c = client(server, on_error=errors)
+    assert c.close(timeout=5)
+    c.track("page_view", ACCOUNT, reference="late")
+    [(error, events)] = errors.seen
+    assert isinstance(error, sluice_sdk.ClientClosed)
+    assert server.requests == []
+
+
+def test_the_context_manager_flushes_on_exit(server):
+    with client(server, flush_interval=3600) as c:
+        c.track("page_view", ACCOUNT, reference="ctx")
+    assert server.references() == ["ctx"]
+
+
+def test_timestamps_are_sent_as_given_or_as_utc(server):
+    c = client(server)
+    c.track("s", ACCOUNT, timestamp=datetime(2026, 11, 26, 10, 0, 0))
+    c.track("s", ACCOUNT, timestamp="2026-11-26T10:00:00+01:00")
+    assert c.flush(timeout=30)
+    stamps = [e["timestamp"] for r in server.requests for e in r.events]
+    assert stamps == ["2026-11-26T10:00:00+00:00", "2026-11-26T10:00:00+01:00"]
+    assert json.dumps(stamps)

@@ -1,0 +1,109 @@
+//! The Python SDK (clients/python) against a real `sluice-api` and worker: events tracked while
+//! the api answers 503 after its admission script ran (Redis's replies held back past the api's
+//! deadline by a proxy) are stored exactly once, because each batch keeps its Idempotency-Key
+//! across retries.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::proxy::DelayProxy;
+use crate::support::{
+    PATIENCE, TestApi, TestEnv, event, eventually, metric_value, spawn_api_process,
+};
+
+const EVENTS: usize = 3000;
+
+#[actix_web::test]
+async fn events_tracked_through_late_answers_are_stored_exactly_once() {
+    let env = TestEnv::start_with(&[("SLUICE__LIMITS__EVENT", "1000000")]).await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", None).await;
+    let proxy = DelayProxy::start(env.redis.port);
+    let redis_url = format!("redis://127.0.0.1:{}", proxy.port);
+    let (_api, base) = spawn_api_process(
+        &env,
+        None,
+        &[
+            ("SLUICE__REDIS__URL", redis_url.as_str()),
+            ("SLUICE__REDIS__TIMEOUT_MS", "300"),
+            ("SLUICE__REDIS__POOL_SIZE", "1"),
+        ],
+    );
+    let api = TestApi::at(&base);
+    // The key cached and the connection open: from here on only scripts meet the delay.
+    let warm = api.batch(&key, json!([event("page_view", "warm")])).await;
+    assert_eq!(warm.status, 200, "{}", warm.text);
+    let _worker = env.spawn_worker(&[]);
+
+    proxy.delay_replies(Duration::from_millis(600));
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
+    let mut script = Command::new("python3")
+        .arg(sdk.join("tests/e2e/track.py"))
+        .args([&format!("http://{base}"), &key, &EVENTS.to_string(), "4"])
+        .env("PYTHONPATH", &sdk)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs");
+    let mut guard = KillOnDrop(&mut script);
+    // Until the api has answered several requests 503 after running their scripts.
+    let late = "sluice_http_requests_total{route=\"/v1/events/batch\",status=\"503\"}";
+    eventually(
+        "the api to answer 503s while replies are late",
+        async || {
+            let metrics = api.get("/metrics").await.text;
+            metric_value(&metrics, late).filter(|n| *n >= 3.0)
+        },
+    )
+    .await;
+    proxy.delay_replies(Duration::ZERO);
+
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < PATIENCE * 3, "the SDK never finished");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut out = String::new();
+    guard
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "the SDK gave up on events: {out}");
+
+    let total = (EVENTS + 1) as i64;
+    assert_eq!(env.wait_for_events(total, PATIENCE.as_secs()).await, total);
+    let pg = env.pg_client().await;
+    let stored: HashMap<String, i64> = pg
+        .query(
+            "SELECT reference, count(*) FROM events WHERE reference LIKE 'sdk-%' GROUP BY reference",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(stored.len(), EVENTS, "every event tracked is stored");
+    let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored more than once: {twice:?}");
+}
+
+/// Kills the script if the test ends early, pass or fail.
+struct KillOnDrop<'a>(&'a mut std::process::Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
