@@ -2,7 +2,9 @@
 # Installs the validators the test command runs: kubectl (Debian package, for kustomize),
 # promtool (Debian package prometheus), docker-compose (Debian package), and, from PyPI into a
 # virtualenv under .sluice/tools, kubernetes-validate (deployment files), openapi-spec-validator
-# and schemathesis (the OpenAPI documents, tests/api/openapi.rs), and pytest (the Python SDK). Safe to run again; installs only
+# and schemathesis (the OpenAPI documents, tests/api/openapi.rs), pytest (the Python SDK) and
+# openapi-python-client, and from npm into .sluice/tools/node the TypeScript generator and
+# compiler (tests/api/generators.rs). Safe to run again; installs only
 # what is missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -35,8 +37,28 @@ pypi=()
 [ -x "$VENV/bin/st" ] || pypi+=('schemathesis==4.32.5')
 # pytest for the Python SDK's tests (clients/python); schemathesis depends on the same version.
 [ -x "$VENV/bin/pytest" ] || pypi+=('pytest==9.2.0')
+# Client generators run on the OpenAPI documents (tests/api/generators.rs).
+[ -x "$VENV/bin/openapi-python-client" ] || pypi+=('openapi-python-client==0.29.1')
 if [ ${#pypi[@]} -gt 0 ]; then
   echo "install-tools: installing ${pypi[*]} into $VENV" >&2
   [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "${pypi[@]}"
+fi
+
+# npm tools, exactly as tests/generators/package-lock.json pins them, in .sluice/tools/node:
+# openapi-typescript, openapi-fetch and TypeScript (tests/api/generators.rs).
+NODE_DIR="$ROOT/.sluice/tools/node"
+LOCK="$ROOT/tests/generators/package-lock.json"
+if [ ! -x "$NODE_DIR/node_modules/.bin/tsc" ] || ! cmp -s "$LOCK" "$NODE_DIR/package-lock.json"; then
+  if ! command -v npm >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "install-tools: installing nodejs npm" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  echo "install-tools: installing the npm tools of tests/generators into $NODE_DIR" >&2
+  mkdir -p "$NODE_DIR"
+  cp "$ROOT/tests/generators/package.json" "$LOCK" "$NODE_DIR/"
+  (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi

@@ -47,102 +47,53 @@ pub struct EventInput {
     reference: (),
 }
 
-/// No NUL character: PostgreSQL text cannot hold it.
-const NO_NUL: &str = "^[^\\u0000]*$";
+/// What the server refuses in free-form JSON, for the descriptions (`domain::json_guard`).
+const STORABLE: &str = "The server refuses (400) what PostgreSQL could not store: a NUL \
+    character (`\\u0000`) in any string or key, a number beyond a 64-bit float, or nesting deeper \
+    than 64 levels.";
 
-/// An event's `data`: a JSON object whose strings and keys hold no NUL character, whose numbers
-/// fit a 64-bit float, nested at most 64 levels deep (`domain::json_guard`).
+/// A JSON object of any shape, described as generators take it: `{"type": "object",
+/// "additionalProperties": true}`. (A precise recursive schema of what can be stored made the
+/// common client generators drop the type, and with it every event's `data`.)
+fn free_form_object(description: String) -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(
+            AdditionalProperties::<utoipa::openapi::schema::Schema>::FreeForm(true),
+        ))
+        .description(Some(description))
+}
+
+/// An event's `data`: any JSON object that can be stored.
 pub struct Data;
 
 impl utoipa::PartialSchema for Data {
     fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::ObjectBuilder;
-        ObjectBuilder::new()
-            .schema_type(utoipa::openapi::schema::Type::Object)
-            .additional_properties(Some(utoipa::openapi::Ref::from_schema_name(
-                "StorableValue",
-            )))
-            .property_names(Some(
-                ObjectBuilder::new()
-                    .schema_type(utoipa::openapi::schema::Type::String)
-                    .pattern(Some(NO_NUL)),
-            ))
-            .description(Some(
-                "A JSON object that PostgreSQL can store: no NUL character in any string or key, \
-                 numbers within a 64-bit float, at most 64 levels deep",
-            ))
-            .into()
+        free_form_object(format!("Any JSON object; default `{{}}`. {STORABLE}")).into()
     }
 }
 
-impl ToSchema for Data {
-    fn schemas(schemas: &mut Vec<(String, RefOr<utoipa::openapi::schema::Schema>)>) {
-        schemas.push((
-            "StorableValue".to_owned(),
-            <StorableValue as utoipa::PartialSchema>::schema(),
-        ));
-    }
-}
+impl ToSchema for Data {}
 
-/// A JSON Schema document as a signal's schema: an object (as `Data`), or true/false.
+/// A JSON Schema document as a signal's schema.
 pub struct JsonSchemaDocument;
 
 impl utoipa::PartialSchema for JsonSchemaDocument {
     fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
         AnyOfBuilder::new()
-            .item(<Data as utoipa::PartialSchema>::schema())
+            .item(free_form_object("A JSON Schema document".to_owned()))
             .item(ObjectBuilder::new().schema_type(Type::Boolean))
-            .description(Some(
+            .description(Some(format!(
                 "A JSON Schema (draft 2020-12 and earlier), or true/false; it must itself be a \
-                 valid schema",
-            ))
+                 valid schema. {STORABLE}"
+            )))
             .into()
     }
 }
 
-impl ToSchema for JsonSchemaDocument {
-    fn schemas(schemas: &mut Vec<(String, RefOr<utoipa::openapi::schema::Schema>)>) {
-        <Data as ToSchema>::schemas(schemas);
-    }
-}
-
-/// Any JSON value `data` may hold at any depth.
-pub struct StorableValue;
-
-impl utoipa::PartialSchema for StorableValue {
-    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{
-            AnyOfBuilder, ArrayBuilder, ObjectBuilder, SchemaType, Type,
-        };
-        let itself = || utoipa::openapi::Ref::from_schema_name("StorableValue");
-        AnyOfBuilder::new()
-            .item(ObjectBuilder::new().schema_type(SchemaType::from_iter([
-                Type::Null,
-                Type::Boolean,
-                Type::Number,
-            ])))
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some(NO_NUL)),
-            )
-            .item(ArrayBuilder::new().items(itself()))
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::Object)
-                    .additional_properties(Some(itself()))
-                    .property_names(Some(
-                        ObjectBuilder::new()
-                            .schema_type(Type::String)
-                            .pattern(Some(NO_NUL)),
-                    )),
-            )
-            .into()
-    }
-}
-
-impl ToSchema for StorableValue {}
+impl ToSchema for JsonSchemaDocument {}
 
 /// A schema version: a positive integer, or `"latest"`.
 pub struct Version;
@@ -221,7 +172,7 @@ pub struct BatchInput {
     paths(events::batch, events::single, signals::list, signals::one, reads::event,
         reads::events, reads::identity_states, reads::rollups, ops::livez, ops::readyz,
         ops::metrics, public_document),
-    components(schemas(ErrorBody, FieldError, EventInput, Identity, Version, Data, StorableValue, BatchInput)),
+    components(schemas(ErrorBody, FieldError, EventInput, Identity, Version, Data, BatchInput)),
     modifiers(&PublicSecurity, &PUBLIC_RESPONSES),
     tags((name = "ingest", description = "Send events"),
         (name = "self-service", description = "Your signals and their rate-limit windows"),

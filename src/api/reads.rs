@@ -31,6 +31,23 @@ pub struct IdentityView {
     id: String,
 }
 
+/// `data` as stored: a JSON object of any shape (for generators: an object with any
+/// properties, not an empty one).
+pub struct StoredData;
+
+impl utoipa::PartialSchema for StoredData {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(true)))
+            .description(Some("The event's `data`, as stored"))
+            .into()
+    }
+}
+
+impl ToSchema for StoredData {}
+
 /// A stored event.
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"id": "01936f0e-2c4a-7000-8000-5f2f1c6d7e80", "signal": "mrr",
@@ -54,7 +71,7 @@ pub struct EventView {
     error: Option<String>,
     identity: IdentityView,
     /// The event's `data` as stored.
-    #[schema(value_type = Object)]
+    #[schema(value_type = StoredData)]
     data: Value,
     /// The event's timestamp (RFC 3339, UTC).
     #[schema(format = DateTime)]
@@ -110,7 +127,7 @@ pub struct StateView {
     signal: String,
     signal_id: String,
     /// The `data` of the state event with the latest timestamp.
-    #[schema(value_type = Object)]
+    #[schema(value_type = StoredData)]
     data: Value,
     /// That event's timestamp (RFC 3339, UTC).
     #[schema(format = DateTime)]
