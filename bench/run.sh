@@ -202,6 +202,9 @@ record copy_seconds "$(python3 -c "print($t1-$t0)")"
 # 5a. The read API over that backlog, now stored: BACKLOG events of one tenant. One connection,
 # one request at a time, so each latency is a request's own: a lookup by id, the first page of an
 # identity's events, the first page of a signal's events, each over many different targets.
+# As autovacuum would shortly after such a bulk load: statistics of the new rows, so the plans are
+# the steady state's (without them, a list by signal may sort the whole signal).
+"${PSQL[@]}" -c "analyze events"
 "${PSQL[@]}" -At -c "select '/v1/events/' || id from events order by random() limit 5000" > "$WORK/read_by_id"
 "${PSQL[@]}" -At -c "select '/v1/events?identity_type=account&identity_id=' || identity_id from (select distinct identity_id from events) i order by random() limit 5000" > "$WORK/read_by_identity"
 "${PSQL[@]}" -At -c "select '/v1/events?signal=' || slug from signals" > "$WORK/read_by_signal"

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{PATIENCE, Reply, TestApi, TestEnv, eventually};
+use crate::support::{PATIENCE, Reply, TestApi, TestEnv, WorkerProcess, eventually};
 
 /// A tenant with `page_view` (event), `mrr` (metric, value must be a number), `plan` and `tier`
 /// (states), limits high enough for any test here; (tenant, key).
@@ -47,6 +47,28 @@ async fn send(api: &TestApi, key: &str, events: Vec<Value>) -> Vec<String> {
 
 async fn get(api: &TestApi, key: &str, path: &str) -> Reply {
     api.call("GET", path, key, None).await
+}
+
+/// Dependencies, a tenant (`tenant`), an api replica and a worker: (env, api, key, worker).
+async fn running() -> (TestEnv, TestApi, String, WorkerProcess) {
+    let env = TestEnv::start().await;
+    let (_, key) = tenant(&env).await;
+    let api = env.spawn_api().await;
+    let worker = env.spawn_worker(&[]);
+    (env, api, key, worker)
+}
+
+/// Each path is refused with 400 naming what is wrong; `unknown` (a path naming the slug
+/// `nope`) answers 404 as ingest says it.
+async fn assert_refused(api: &TestApi, key: &str, cases: &[(&str, &str)], unknown: &str) {
+    for (path, names) in cases {
+        let reply = get(api, key, path).await;
+        assert_eq!(reply.status, 400, "{path}: {}", reply.text);
+        assert!(reply.error().contains(names), "{path}: {}", reply.text);
+    }
+    let reply = get(api, key, unknown).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.error(), "Signals not found: nope");
 }
 
 #[actix_web::test]
@@ -192,10 +214,7 @@ fn ids_of(events: &[Value]) -> Vec<String> {
 
 #[actix_web::test]
 async fn events_list_in_pages_by_signal_status_identity_and_time_and_never_skip_or_repeat() {
-    let env = TestEnv::start().await;
-    let (_, key) = tenant(&env).await;
-    let api = env.spawn_api().await;
-    let _worker = env.spawn_worker(&[]);
+    let (env, api, key, _worker) = running().await;
     // 300 events over two accounts and three signals, two a second; the mrr events of n = 1,
     // 31, 61, … invalid;
     // several share a timestamp, so ids break ties.
@@ -290,35 +309,34 @@ async fn events_list_in_pages_by_signal_status_identity_and_time_and_never_skip_
     .await;
     assert_eq!(window.len(), 20);
 
-    for (query, names) in [
-        ("limit=0", "limit"),
-        ("limit=1001", "limit"),
-        ("limit=ten", "limit"),
-        ("status=pending", "status"),
-        ("since=yesterday", "since"),
-        ("until=2026-11-26", "until"),
-        ("identity_type=account", "identity_id"),
-        ("identity_type=Account&identity_id=a", "identity_type"),
-        ("cursor=abc", "cursor"),
-        ("signal=Not_A_Slug", "signal"),
-        ("colour=red", "colour"),
-        ("signal=mrr&signal=plan", "signal"),
-    ] {
-        let reply = get(&api, &key, &format!("/v1/events?{query}")).await;
-        assert_eq!(reply.status, 400, "{query}: {}", reply.text);
-        assert!(reply.error().contains(names), "{query}: {}", reply.text);
-    }
-    let unknown = get(&api, &key, "/v1/events?signal=nope").await;
-    assert_eq!(unknown.status, 404);
-    assert_eq!(unknown.error(), "Signals not found: nope");
+    assert_refused(
+        &api,
+        &key,
+        &[
+            ("/v1/events?limit=0", "limit"),
+            ("/v1/events?limit=1001", "limit"),
+            ("/v1/events?limit=ten", "limit"),
+            ("/v1/events?status=pending", "status"),
+            ("/v1/events?since=yesterday", "since"),
+            ("/v1/events?until=2026-11-26", "until"),
+            ("/v1/events?identity_type=account", "identity_id"),
+            (
+                "/v1/events?identity_type=Account&identity_id=a",
+                "identity_type",
+            ),
+            ("/v1/events?cursor=abc", "cursor"),
+            ("/v1/events?signal=Not_A_Slug", "signal"),
+            ("/v1/events?colour=red", "colour"),
+            ("/v1/events?signal=mrr&signal=plan", "signal"),
+        ],
+        "/v1/events?signal=nope",
+    )
+    .await;
 }
 
 #[actix_web::test]
 async fn an_identity_reads_its_latest_state_per_signal_by_event_timestamp() {
-    let env = TestEnv::start().await;
-    let (_, key) = tenant(&env).await;
-    let api = env.spawn_api().await;
-    let _worker = env.spawn_worker(&[]);
+    let (env, api, key, _worker) = running().await;
     // The newer plan arrives first; the older one after it must not win.
     let newer = send(
         &api,
@@ -393,10 +411,7 @@ async fn an_identity_reads_its_latest_state_per_signal_by_event_timestamp() {
 
 #[actix_web::test]
 async fn a_metric_reads_its_rollups_by_hour_and_day_for_one_identity_or_all() {
-    let env = TestEnv::start().await;
-    let (_, key) = tenant(&env).await;
-    let api = env.spawn_api().await;
-    let _worker = env.spawn_worker(&[]);
+    let (env, api, key, _worker) = running().await;
     send(
         &api,
         &key,
@@ -496,20 +511,19 @@ async fn a_metric_reads_its_rollups_by_hour_and_day_for_one_identity_or_all() {
     assert_eq!(buckets(&rest).len(), 1);
     assert_eq!(buckets(&rest)[0]["start"], "2026-11-27T00:00:00Z");
 
-    for (path, names) in [
-        ("/v1/signals/mrr/rollups?granularity=week", "granularity"),
-        ("/v1/signals/page_view/rollups", "metric"),
-        ("/v1/signals/mrr/rollups?identity_id=acc_1", "identity_type"),
-        ("/v1/signals/mrr/rollups?since=now", "since"),
-        ("/v1/signals/mrr/rollups?limit=5000", "limit"),
-    ] {
-        let reply = get(&api, &key, path).await;
-        assert_eq!(reply.status, 400, "{path}: {}", reply.text);
-        assert!(reply.error().contains(names), "{path}: {}", reply.text);
-    }
-    let unknown = get(&api, &key, "/v1/signals/nope/rollups").await;
-    assert_eq!(unknown.status, 404);
-    assert_eq!(unknown.error(), "Signals not found: nope");
+    assert_refused(
+        &api,
+        &key,
+        &[
+            ("/v1/signals/mrr/rollups?granularity=week", "granularity"),
+            ("/v1/signals/page_view/rollups", "metric"),
+            ("/v1/signals/mrr/rollups?identity_id=acc_1", "identity_type"),
+            ("/v1/signals/mrr/rollups?since=now", "since"),
+            ("/v1/signals/mrr/rollups?limit=5000", "limit"),
+        ],
+        "/v1/signals/nope/rollups",
+    )
+    .await;
 }
 
 #[actix_web::test]

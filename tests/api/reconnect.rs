@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::support::certs::{RedisTls, TestCa};
 use crate::support::cluster::RedisCluster;
-use crate::support::{RedisServer, TestEnv, event, spawn_api_process};
+use crate::support::{ApiProcess, RedisServer, TestEnv, event, spawn_api_process};
 
 /// Connection slots per api process and its worker threads: the requests below go over a new
 /// HTTP connection each, which the api hands to its threads in turn, and each takes the next
@@ -48,6 +48,18 @@ async fn refused(base: &str, keys: &[String]) -> Vec<(u16, String)> {
     refused
 }
 
+/// An api process with `POOL_SIZE` connections and `WORKERS` threads.
+fn api_process(env: &TestEnv) -> (ApiProcess, String) {
+    spawn_api_process(
+        env,
+        None,
+        &[
+            ("SLUICE__REDIS__POOL_SIZE", POOL_SIZE),
+            ("SLUICE__API__WORKERS", WORKERS),
+        ],
+    )
+}
+
 /// Tenants with a `page_view` signal and a key each.
 async fn keys(env: &TestEnv, n: usize) -> Vec<String> {
     let mut keys = Vec::new();
@@ -63,14 +75,7 @@ async fn keys(env: &TestEnv, n: usize) -> Vec<String> {
 /// port, its data lost), restores the registry copy, and expects every request to be admitted.
 async fn a_restart_costs_no_request(mut env: TestEnv) {
     let keys = keys(&env, 1).await;
-    let (_api, base) = spawn_api_process(
-        &env,
-        None,
-        &[
-            ("SLUICE__REDIS__POOL_SIZE", POOL_SIZE),
-            ("SLUICE__API__WORKERS", WORKERS),
-        ],
-    );
+    let (_api, base) = api_process(&env);
     assert_eq!(refused(&base, &keys).await, vec![], "before the restart");
 
     env.redis.restart();
@@ -97,14 +102,7 @@ async fn a_cluster_node_restart_between_requests_costs_no_request() {
     let env = TestEnv::start_on_cluster(&cluster, &[]).await;
     // Enough tenants for every master to hold some of their partitions.
     let keys = keys(&env, 8).await;
-    let (_api, base) = spawn_api_process(
-        &env,
-        None,
-        &[
-            ("SLUICE__REDIS__POOL_SIZE", POOL_SIZE),
-            ("SLUICE__API__WORKERS", WORKERS),
-        ],
-    );
+    let (_api, base) = api_process(&env);
     assert_eq!(refused(&base, &keys).await, vec![], "before the restart");
 
     for (port, _, _) in cluster.masters() {

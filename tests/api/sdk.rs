@@ -49,7 +49,7 @@ async fn events_tracked_through_late_answers_are_stored_exactly_once() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("python3 runs");
-    let mut guard = KillOnDrop(&mut script);
+    let guard = KillOnDrop(&mut script);
     // Until the api has answered several requests 503 after running their scripts.
     let late = "sluice_http_requests_total{route=\"/v1/events/batch\",status=\"503\"}";
     eventually(
