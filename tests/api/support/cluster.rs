@@ -291,13 +291,13 @@ impl RedisCluster {
     }
 }
 
-impl Drop for RedisCluster {
+/// Each node stops with its owner, so none outlives a test, even one that fails while the
+/// cluster is still being made.
+impl Drop for Node {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
