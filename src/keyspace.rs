@@ -7,16 +7,19 @@
 //! | key                                   | type   | holds                                            |
 //! |---------------------------------------|--------|--------------------------------------------------|
 //! | `sluice:{pNN}:reg:<tenant>`           | hash   | slug → packed signal (see [`PackedSignal`])      |
-//! | `sluice:{pNN}:rl:<tenant>:<slug>`     | hash   | `w` window start (unix s), `n` admitted in it    |
-//! | `sluice:{pNN}:events`                 | stream | admitted events, one entry each                  |
-//! | `sluice:{pNN}:dead`                   | stream | entries the worker could not store               |
+//! | `sluice:{pNN}:rl:<tenant>`            | hash   | slug → `<window start (unix s)>:<admitted in it>` |
+//! | `sluice:{pNN}:idem:<tenant>:<key>`    | string | the recorded answer to a request with that `Idempotency-Key`, until its TTL |
+//! | `sluice:{pNN}:events`                 | stream | admitted events, one entry per request (`stream::entry`) |
+//! | `sluice:{pNN}:dead`                   | stream | events the worker could not store                |
 //! | `sluice:keys`                         | hash   | sha256(api key) → `<tenant> <key id>`            |
 //!
-//! The rate-limit key is named by slug, not by signal id and window as first sketched: the api
-//! knows only slugs before the script runs, and the window comes from Redis's clock inside the
-//! script, while every key a script touches must be passed in `KEYS` (Cluster routes on them).
-//! A slug is permanent within its tenant, so slug and signal id name the same counter; keeping
-//! the window inside the hash lets one key serve every window.
+//! The rate-limit windows are one hash per tenant with a field per slug, not a key per signal
+//! and window as first sketched: the api knows only slugs before the script runs, the window
+//! comes from Redis's clock inside the script, and every key a script touches must be passed in
+//! `KEYS` (Cluster routes on them); one hash lets the script read and write every slug of a
+//! request at once (`HMGET`, `HSET`). A slug is permanent within its tenant, so slug and signal
+//! id name the same counter; keeping the window start in the value lets one field serve every
+//! window (a stale window reads as empty).
 
 use crate::domain::SignalType;
 
