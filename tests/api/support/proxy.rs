@@ -1,7 +1,7 @@
 //! A TCP proxy in front of a server that can hold back the server's replies, as a congested
 //! network or a stalled Redis would: requests pass at once (so a script runs), answers arrive
-//! late (so the api's deadline passes first); or that cuts a connection instead of passing its
-//! next reply on, as a server dying right after it ran a command would. Stopped, with every
+//! late (so the api's deadline passes first); or that cuts a connection instead of passing on
+//! the reply to a given command, as a server dying right after it ran the command would. Stopped, with every
 //! connection, when dropped.
 
 use std::io::{Read, Write};
@@ -19,8 +19,11 @@ pub struct DelayProxy {
 
 struct Shared {
     delay_ms: AtomicU64,
-    /// The next reply chunk of any connection is dropped with its connection.
-    cut_next: AtomicBool,
+    /// (request marker, reply marker): once a request holding the first has passed, the first
+    /// reply chunk holding the second is dropped with its connection.
+    cut: Mutex<Option<(&'static [u8], &'static [u8])>>,
+    /// The request was seen: the reply is cut when it comes.
+    armed: AtomicBool,
     stop: AtomicBool,
     /// Both ends of every connection, to shut them down on drop.
     streams: Mutex<Vec<TcpStream>>,
@@ -34,7 +37,8 @@ impl DelayProxy {
         listener.set_nonblocking(true).unwrap();
         let shared = Arc::new(Shared {
             delay_ms: AtomicU64::new(0),
-            cut_next: AtomicBool::new(false),
+            cut: Mutex::new(None),
+            armed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             streams: Mutex::new(Vec::new()),
         });
@@ -70,10 +74,12 @@ impl DelayProxy {
             .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// The next reply the server sends, on whichever connection, never arrives: the proxy
-    /// closes that connection instead, both ways. The command was run; its client cannot know.
-    pub fn cut_next_reply(&self) {
-        self.shared.cut_next.store(true, Ordering::SeqCst);
+    /// Once a request holding `request` (a command's name, say `EVALSHA`) has been passed to
+    /// the server, the reply holding `reply` never arrives: the proxy closes that connection
+    /// instead, both ways. The command was sent, so it ran; its client cannot know. Other
+    /// traffic (a health check, a key lookup) passes untouched.
+    pub fn cut_reply(&self, request: &'static [u8], reply: &'static [u8]) {
+        *self.shared.cut.lock().unwrap() = Some((request, reply));
     }
 }
 
@@ -93,10 +99,22 @@ fn relay(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
-                if delayed && shared.cut_next.swap(false, Ordering::SeqCst) {
-                    let _ = from.shutdown(Shutdown::Both);
-                    let _ = to.shutdown(Shutdown::Both);
-                    return;
+                let chunk = &buf[..n];
+                let holds = |marker: &[u8]| chunk.windows(marker.len()).any(|w| w == marker);
+                if !delayed {
+                    let cut = shared.cut.lock().unwrap();
+                    if cut.is_some_and(|(request, _)| holds(request)) {
+                        shared.armed.store(true, Ordering::SeqCst);
+                    }
+                } else if shared.armed.load(Ordering::SeqCst) {
+                    let mut cut = shared.cut.lock().unwrap();
+                    if cut.is_some_and(|(_, reply)| holds(reply)) {
+                        *cut = None;
+                        shared.armed.store(false, Ordering::SeqCst);
+                        let _ = from.shutdown(Shutdown::Both);
+                        let _ = to.shutdown(Shutdown::Both);
+                        return;
+                    }
                 }
                 let delay = shared.delay_ms.load(Ordering::Relaxed);
                 if delayed && delay > 0 {
