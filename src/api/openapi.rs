@@ -39,8 +39,9 @@ pub struct EventInput {
     /// Any JSON object that can be stored; default `{}`.
     #[schema(value_type = Option<Data>)]
     data: (),
-    /// RFC 3339 with an offset, in year 1 or later; default: the time of receipt.
-    #[schema(value_type = Option<String>, format = DateTime, pattern = "^(?!0000)")]
+    /// RFC 3339 with an offset, in year 1 or later once in UTC (so not 0001-01-01 with a
+    /// positive offset); default: the time of receipt.
+    #[schema(value_type = Option<String>, format = DateTime, pattern = r"^(?!0000)(?!0001-01-01T[^+]*\+)")]
     timestamp: (),
     /// Echoed back in the answer; at most 256 characters.
     #[schema(value_type = Option<String>, max_length = 256, pattern = "^[^\\u0000]*$")]
@@ -141,8 +142,13 @@ pub struct Identity {
 pub struct IdempotencyKey(
     /// Makes a retry safe: a request repeated with the same key within 24 hours (by default)
     /// answers what the first answered, with the same event ids, and stores nothing again.
-    /// 1-255 visible ASCII characters (optionally as a quoted string).
-    #[param(min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$")]
+    /// 1-255 visible ASCII characters, or the same as a structured-field string (`"..."`, with
+    /// `\"` and `\\` as escapes).
+    #[param(
+        min_length = 1,
+        max_length = 512,
+        pattern = r#"^([!#-~][!-~]{0,254}|"([!#-\[\]-~]|\\["\\]){1,255}")$"#
+    )]
     Option<String>,
 );
 
