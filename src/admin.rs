@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 use crate::config::Settings;
-use crate::domain::SignalType;
+use crate::domain::{
+    AdminTokenId, KeyId, Label, PerMinute, SignalType, Slug, TenantId, TenantName,
+};
 use crate::keyspace::Keyspace;
 use crate::pg::{self, PgError};
 use crate::redis_memory::{Memory, NodeMemory};
@@ -96,12 +98,12 @@ enum AdminTokenCommand {
     /// Create an admin token; the token is printed once and only its hash is stored.
     Create {
         #[arg(long)]
-        name: Option<String>,
+        name: Option<Label>,
     },
     /// Revoke an admin token: the admin API refuses it from the next request on.
     Revoke {
         #[arg(long)]
-        id: String,
+        id: AdminTokenId,
     },
 }
 
@@ -126,12 +128,12 @@ enum TenantCommand {
     /// Create a tenant.
     Create {
         #[arg(long)]
-        name: String,
+        name: TenantName,
     },
     /// Show a tenant with its partition and stream key (where its events queue in Redis).
     Show {
         #[arg(long)]
-        id: String,
+        id: TenantId,
     },
 }
 
@@ -140,14 +142,14 @@ enum KeyCommand {
     /// Create an API key; the key is printed once and only its hash is stored.
     Create {
         #[arg(long)]
-        tenant: String,
+        tenant: TenantId,
         #[arg(long)]
-        name: Option<String>,
+        name: Option<Label>,
     },
     /// Revoke an API key: it stops working on every api replica within 5 seconds.
     Revoke {
         #[arg(long)]
-        id: String,
+        id: KeyId,
     },
 }
 
@@ -156,30 +158,30 @@ enum SignalCommand {
     /// Register a signal.
     Create {
         #[arg(long)]
-        tenant: String,
+        tenant: TenantId,
         #[arg(long)]
-        slug: String,
-        #[arg(long = "type", value_parser = parse_type)]
+        slug: Slug,
+        #[arg(long = "type")]
         signal_type: SignalType,
         #[arg(long)]
-        name: Option<String>,
+        name: Option<Label>,
         /// Events per minute; default: the configured limit for the type.
         #[arg(long)]
-        limit: Option<u32>,
+        limit: Option<PerMinute>,
     },
     /// Stop accepting events for a signal.
     Deactivate {
         #[arg(long)]
-        tenant: String,
+        tenant: TenantId,
         #[arg(long)]
-        slug: String,
+        slug: Slug,
     },
     /// Accept events for a signal again.
     Activate {
         #[arg(long)]
-        tenant: String,
+        tenant: TenantId,
         #[arg(long)]
-        slug: String,
+        slug: Slug,
     },
 }
 
@@ -188,16 +190,12 @@ enum SchemaCommand {
     /// Add the next schema version of a signal from a JSON Schema file.
     Add {
         #[arg(long)]
-        tenant: String,
+        tenant: TenantId,
         #[arg(long)]
-        slug: String,
+        slug: Slug,
         #[arg(long)]
         file: PathBuf,
     },
-}
-
-fn parse_type(s: &str) -> Result<SignalType, String> {
-    s.parse()
 }
 
 /// Runs one command; the JSON to print on success.
@@ -237,14 +235,14 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
         Command::Key {
             command: KeyCommand::Create { tenant, name },
         } => {
-            let (id, key) = registry.create_key(&tenant, name.as_deref()).await?;
+            let (id, key) = registry.create_key(&tenant, name.as_ref()).await?;
             json!({"id": id.as_str(), "key": key.expose()})
         }
         Command::Key {
             command: KeyCommand::Revoke { id },
         } => {
             registry.revoke_key(&id).await?;
-            json!({"id": id, "revoked": true})
+            json!({"id": id.as_str(), "revoked": true})
         }
         Command::Signal {
             command:
@@ -257,7 +255,7 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
                 },
         } => {
             let s = registry
-                .create_signal(&tenant, &slug, signal_type, name.as_deref(), limit)
+                .create_signal(&tenant, &slug, signal_type, name.as_ref(), limit)
                 .await?;
             json!({"id": s.id, "slug": s.slug, "type": s.signal_type.as_str(), "active": s.active, "limit": limit_of(&s)})
         }
@@ -312,7 +310,7 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
         Command::AdminToken {
             command: AdminTokenCommand::Create { name },
         } => {
-            let (id, token) = AdminTokens::new(pg).create(name.as_deref()).await?;
+            let (id, token) = AdminTokens::new(pg).create(name.as_ref()).await?;
             json!({"id": id, "token": token.expose()})
         }
         Command::AdminToken {

@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
 use crate::config::Limits;
-use crate::domain::{PageLimit, SignalType};
+use crate::domain::{KeyId, Label, PageLimit, PerMinute, SignalType, Slug, TenantId, TenantName};
 use crate::keyspace::Keyspace;
 use crate::redis_pool::Redis;
 use crate::registry::admin_tokens::AdminTokens;
@@ -245,12 +245,8 @@ impl AdminState {
 pub struct NewTenant {
     /// 1-200 characters, not all blank (Unicode White_Space), no NUL; kept without surrounding
     /// blanks.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\u0000]*[^\\u0000\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000]*$"
-    )]
-    name: String,
+    #[schema(inline)]
+    name: TenantName,
 }
 
 /// Creates a tenant.
@@ -290,30 +286,30 @@ pub async fn get_tenant(
 #[into_params(parameter_in = Path)]
 pub struct TenantPath {
     /// `ten_` and 16 letters or digits.
-    #[param(pattern = "^ten_[A-Za-z0-9]{16}$")]
-    tenant_id: String,
+    #[param(inline)]
+    tenant_id: TenantId,
 }
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct SignalPath {
     /// `ten_` and 16 letters or digits.
-    #[param(pattern = "^ten_[A-Za-z0-9]{16}$")]
-    tenant_id: String,
+    #[param(inline)]
+    tenant_id: TenantId,
     /// The signal's slug.
-    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
-    slug: String,
+    #[param(inline)]
+    slug: Slug,
 }
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct SchemaPath {
     /// `ten_` and 16 letters or digits.
-    #[param(pattern = "^ten_[A-Za-z0-9]{16}$")]
-    tenant_id: String,
+    #[param(inline)]
+    tenant_id: TenantId,
     /// The signal's slug.
-    #[param(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
-    slug: String,
+    #[param(inline)]
+    slug: Slug,
     /// A schema version, from 1.
     #[param(minimum = 1, maximum = 2147483647)]
     version: u32,
@@ -323,8 +319,8 @@ pub struct SchemaPath {
 #[into_params(parameter_in = Path)]
 pub struct KeyPath {
     /// `key_` and 16 letters or digits.
-    #[param(pattern = "^key_[A-Za-z0-9]{16}$")]
-    key_id: String,
+    #[param(inline)]
+    key_id: KeyId,
 }
 
 /// An API key: never its secret.
@@ -369,8 +365,8 @@ pub struct NewKeyView {
 #[schema(example = json!({"name": "production"}))]
 pub struct NewKey {
     /// A label for operators, at most 200 characters.
-    #[schema(max_length = 200, pattern = "^[^\\u0000]*$")]
-    name: Option<String>,
+    #[schema(inline)]
+    name: Option<Label>,
 }
 
 /// Creates an API key for a tenant.
@@ -382,21 +378,14 @@ pub async fn create_key(
     path: web::Path<TenantPath>,
     body: Body<NewKey>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = body
-        .name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty());
-    if name.is_some_and(|n| n.chars().count() > 200 || n.contains('\0')) {
-        return Err(ApiError::BadRequest(
-            "name must be at most 200 characters".into(),
-        ));
-    }
-    let (id, key) = state.registry.create_key(&path.tenant_id, name).await?;
+    let (id, key) = state
+        .registry
+        .create_key(&path.tenant_id, body.name.as_ref())
+        .await?;
     Ok(created(NewKeyView {
         id: id.to_string(),
-        tenant_id: path.tenant_id.clone(),
-        name: name.map(str::to_owned),
+        tenant_id: path.tenant_id.to_string(),
+        name: body.name.as_ref().and_then(Label::get).map(str::to_owned),
         key: key.expose().to_owned(),
     }))
 }
@@ -453,17 +442,16 @@ pub struct SignalView {
 #[schema(example = json!({"slug": "page_view", "type": "event", "name": "Page view", "limit": 500}))]
 pub struct NewSignal {
     /// 1-64 characters of a-z, 0-9, `_` and `-`, starting with a letter or digit.
-    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
-    slug: String,
+    #[schema(inline)]
+    slug: Slug,
     #[serde(rename = "type")]
     signal_type: SignalType,
     /// Default: the slug.
-    #[schema(max_length = 200, pattern = "^[^\\u0000]*$")]
-    name: Option<String>,
+    #[schema(inline)]
+    name: Option<Label>,
     /// Events per minute; default: the configured limit for the type.
-    #[serde(default, deserialize_with = "whole")]
-    #[schema(minimum = 1, maximum = 2147483647)]
-    limit: Option<u32>,
+    #[schema(inline)]
+    limit: Option<PerMinute>,
 }
 
 /// Registers a signal.
@@ -482,7 +470,7 @@ pub async fn create_signal(
             &path.tenant_id,
             &body.slug,
             body.signal_type,
-            body.name.as_deref(),
+            body.name.as_ref(),
             body.limit,
         )
         .await?;
@@ -526,25 +514,15 @@ pub struct SignalPatch {
     active: Option<bool>,
     /// Events per minute; null: back to the configured default for the type.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2147483647)]
-    limit: Option<Option<u32>>,
+    #[schema(value_type = Option<PerMinute>, inline)]
+    limit: Option<Option<PerMinute>>,
 }
 
 /// A field that is present (even as null) is `Some`; an absent one stays `None` by default.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
-    whole(d).map(Some)
-}
-
-/// An optional whole number that fits `T`, however written (`500`, `500.0`: JSON Schema's
-/// `integer`); the registry checks its range.
-fn whole<'de, D: serde::Deserializer<'de>, T: TryFrom<i64>>(d: D) -> Result<Option<T>, D::Error> {
-    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
-        return Ok(None);
-    };
-    crate::domain::whole_number(&n)
-        .and_then(|v| T::try_from(v).ok())
-        .map(Some)
-        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number in range")))
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Changes a signal: `{"active": false}`, `{"limit": 500}`, `{"limit": null}`. Setting what is
@@ -573,9 +551,9 @@ pub async fn patch_signal(
 #[schema(example = json!({"limit": 500}))]
 pub struct LimitBody {
     /// Events per minute; null: the configured default for the type.
-    #[serde(deserialize_with = "whole")]
-    #[schema(required = true, minimum = 1, maximum = 2147483647)]
-    limit: Option<u32>,
+    #[serde(deserialize_with = "Option::deserialize")]
+    #[schema(required = true, inline)]
+    limit: Option<PerMinute>,
 }
 
 /// Sets a signal's limit (idempotent: the same request twice leaves the same state).
@@ -729,6 +707,16 @@ pub struct ReplayRequest {
     #[serde(default, deserialize_with = "whole")]
     #[schema(minimum = 1)]
     id: Option<i64>,
+}
+
+/// An optional whole number, however written (`12`, `12.0`: JSON Schema's `integer`).
+fn whole<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    crate::domain::whole_number(&n)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a whole number in range")))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -231,9 +231,17 @@ fn query_config() -> web::QueryConfig {
     })
 }
 
+/// A path segment that cannot be what the route names (an id of another shape, a slug that
+/// breaks the slug rule): 400, with the rule's own message.
 fn path_config() -> web::PathConfig {
-    web::PathConfig::default()
-        .error_handler(|err, _req| ApiError::NotFound(format!("Not found: {err}")).into())
+    use actix_web::error::PathError;
+    web::PathConfig::default().error_handler(|err, _req| {
+        let message = match err {
+            PathError::Deserialize(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        ApiError::BadRequest(message).into()
+    })
 }
 
 /// The admin API's routes.

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use actix_web::HttpResponse;
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, OpenApi as Document, RefOr, Response, ResponseBuilder,
@@ -20,7 +21,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use super::error::Body as ErrorBody;
 use super::{admin, events, reads, signals};
-use crate::domain::FieldError;
+use crate::domain::{FieldError, IdentityId, IdentityType};
 use crate::ops;
 
 /// An event as clients send it.
@@ -128,10 +129,10 @@ pub struct Identity {
     /// `account`, `contact`, `deal`, `lead`, or a custom type of 1-64 characters of a-z, 0-9,
     /// `_` and `-`.
     #[serde(rename = "type")]
-    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
+    #[schema(value_type = IdentityType, inline)]
     kind: String,
     /// The object's id in the CRM, 1-256 characters.
-    #[schema(min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$")]
+    #[schema(value_type = IdentityId, inline)]
     id: String,
 }
 
@@ -179,7 +180,7 @@ pub struct BatchInput {
         reads::events, reads::identity_states, reads::rollups, ops::livez, ops::readyz,
         ops::metrics, public_document),
     components(schemas(ErrorBody, FieldError, EventInput, Identity, Version, Data, BatchInput)),
-    modifiers(&PublicSecurity, &PUBLIC_RESPONSES),
+    modifiers(&PublicSecurity, &PUBLIC_RESPONSES, &PlainFields),
     tags((name = "ingest", description = "Send events"),
         (name = "self-service", description = "Your signals and their rate-limit windows"),
         (name = "reads", description = "What became of your events: each one's status, lists by \
@@ -202,7 +203,7 @@ struct PublicDoc;
         admin::list_schemas, admin::get_schema, admin::list_dead_letters,
         admin::replay_dead_letters, admin::sync, admin_document),
     components(schemas(ErrorBody)),
-    modifiers(&AdminSecurity, &ADMIN_RESPONSES),
+    modifiers(&AdminSecurity, &ADMIN_RESPONSES, &PlainFields),
 )]
 struct AdminDoc;
 
@@ -275,6 +276,43 @@ fn bearer(doc: &mut Document, name: &str, format: &str, what: &str) {
     doc.components
         .get_or_insert_with(Default::default)
         .add_security_scheme(name, SecurityScheme::Http(scheme));
+}
+
+/// A body field of a rule type (`domain::text`) comes out of the derive as a `oneOf` of the
+/// rule's schema, carrying the field's description, and of `null` when the field is optional.
+/// This writes each such field as the one schema it stands for (`"type": ["string", "null"]`),
+/// the shape client generators read best.
+struct PlainFields;
+
+impl Modify for PlainFields {
+    fn modify(&self, doc: &mut Document) {
+        let Some(components) = doc.components.as_mut() else {
+            return;
+        };
+        for schema in components.schemas.values_mut() {
+            if let RefOr::T(Schema::Object(object)) = schema {
+                object.properties.values_mut().for_each(plain_field);
+            }
+        }
+    }
+}
+
+fn plain_field(field: &mut RefOr<Schema>) {
+    let RefOr::T(Schema::OneOf(one_of)) = field else {
+        return;
+    };
+    let null = |s: &&RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+    let nullable = one_of.items.iter().any(|s| null(&s));
+    let rest: Vec<_> = one_of.items.iter().filter(|s| !null(s)).collect();
+    let [RefOr::T(Schema::Object(rule))] = rest.as_slice() else {
+        return;
+    };
+    let mut plain = rule.clone();
+    if nullable && let SchemaType::Type(t) = plain.schema_type {
+        plain.schema_type = SchemaType::from_iter([t, Type::Null]);
+    }
+    plain.description = one_of.description.clone().or(plain.description);
+    *field = RefOr::T(Schema::Object(plain));
 }
 
 struct PublicSecurity;

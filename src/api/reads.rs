@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::Principal;
 use super::error::ApiError;
-use crate::domain::{PageLimit, SignalType, Slug, hex, is_identity_type};
+use crate::domain::{IdentityId, IdentityType, PageLimit, Rule, SignalType, Slug, hex};
 use crate::pg::reads::{Bucket, EventFilter, Position, ReadError, RollupQuery, State, StoredEvent};
 
 /// The CRM object an event is about.
@@ -202,16 +202,16 @@ pub struct RollupPage {
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only this signal's events (its slug).
-    #[param(pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    #[param(value_type = Option<Slug>, inline)]
     signal: Option<String>,
     /// `processed` or `invalid`.
     #[param(pattern = "^(processed|invalid)$")]
     status: Option<String>,
     /// Only events about this identity: give `identity_id` too.
-    #[param(pattern = "^[a-z0-9_-]{1,64}$")]
+    #[param(value_type = Option<IdentityType>, inline)]
     identity_type: Option<String>,
     /// Only events about this identity: give `identity_type` too.
-    #[param(min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$")]
+    #[param(value_type = Option<IdentityId>, inline)]
     identity_id: Option<String>,
     /// Events whose timestamp is at or after this (RFC 3339 with an offset).
     #[param(format = DateTime)]
@@ -234,10 +234,10 @@ pub struct EventsQuery {
 pub struct RollupsQuery {
     /// One identity's buckets (give `identity_id` too); without both, the buckets over every
     /// identity.
-    #[param(pattern = "^[a-z0-9_-]{1,64}$")]
+    #[param(value_type = Option<IdentityType>, inline)]
     identity_type: Option<String>,
     /// One identity's buckets (give `identity_type` too).
-    #[param(min_length = 1, max_length = 256, pattern = "^[^\\u0000]+$")]
+    #[param(value_type = Option<IdentityId>, inline)]
     identity_id: Option<String>,
     /// `hour` or `day` (the default).
     #[param(pattern = "^(hour|day)$")]
@@ -361,10 +361,9 @@ pub async fn events(
     tag = "reads",
     security(("api_key" = [])),
     params(
-        ("type" = String, Path, description = "`account`, `contact`, `deal`, `lead` or a custom type",
-            pattern = "^[a-z0-9_-]{1,64}$"),
-        ("id" = String, Path, description = "The object's id in the CRM", min_length = 1,
-            max_length = 256),
+        ("type" = inline(IdentityType), Path,
+            description = "`account`, `contact`, `deal`, `lead` or a custom type"),
+        ("id" = inline(IdentityId), Path, description = "The object's id in the CRM"),
     ),
     responses(
         (status = 200, description = "The identity's latest states (none stored: an empty list)",
@@ -402,8 +401,7 @@ pub async fn identity_states(
     path = "/v1/signals/{slug}/rollups",
     tag = "reads",
     security(("api_key" = [])),
-    params(("slug" = String, Path, description = "A metric signal's slug",
-        pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$"), RollupsQuery),
+    params(("slug" = inline(Slug), Path, description = "A metric signal's slug"), RollupsQuery),
     responses(
         (status = 200, description = "A page of buckets", body = RollupPage),
         (status = 400, description = "A parameter is not valid (the message names it), or the \
@@ -494,17 +492,10 @@ fn identity(
     match (kind, id) {
         (None, None) => Ok(None),
         (Some(kind), Some(id)) => {
-            if !is_identity_type(&kind) {
-                return Err(ApiError::BadRequest(format!(
-                    "identity_type {kind:?} is not valid: 1-64 characters of a-z, 0-9, '_' and '-'"
-                )));
-            }
-            if id.is_empty() || id.chars().count() > 256 || id.contains('\0') {
-                return Err(ApiError::BadRequest(
-                    "identity_id must be 1-256 characters, without NUL".to_owned(),
-                ));
-            }
-            Ok(Some((kind, id)))
+            let bad = |name: &str, e: String| ApiError::BadRequest(format!("{name} {e}"));
+            let kind = IdentityType::parse(&kind).map_err(|e| bad("identity_type", e))?;
+            let id = IdentityId::parse(&id).map_err(|e| bad("identity_id", e))?;
+            Ok(Some((kind.into_string(), id.into_string())))
         }
         _ => Err(ApiError::BadRequest(
             "identity_type and identity_id go together: give both or neither".to_owned(),

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, Body as ErrorBody};
-use crate::domain::{SignalType, Slug};
+use crate::domain::{Rule, SignalType, Slug};
 use crate::ingest::windows::SignalStatus;
 
 /// The current rate-limit window of a signal.
@@ -105,8 +105,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     path = "/v1/signals/{slug}",
     tag = "self-service",
     security(("api_key" = [])),
-    params(("slug" = String, Path, description = "The signal's slug",
-        pattern = r"^[a-z0-9][a-z0-9_-]{0,63}$")),
+    params(("slug" = inline(Slug), Path, description = "The signal's slug")),
     responses(
         (status = 200, description = "The signal", body = SignalOne),
         (status = 400, description = "Not a valid slug", body = ErrorBody),

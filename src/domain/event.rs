@@ -12,12 +12,11 @@ use serde::Deserialize;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{is_identity_type, json_guard};
+use super::{IdentityId, IdentityType, json_guard};
 
 /// Most events one batch request may carry.
 pub const MAX_BATCH: usize = 100;
 const MAX_SIGNAL_LEN: usize = 64;
-const MAX_IDENTITY_ID_LEN: usize = 256;
 const MAX_REFERENCE_LEN: usize = 256;
 
 /// One validated event, borrowing its `data` from the request body.
@@ -291,7 +290,7 @@ fn parse_event<'a>(raw: &'a RawValue, at: Path, errors: &mut Vec<FieldError>) ->
             }
             Ok(identity) => {
                 let kind = required_string(identity.kind, at, "identity.type", errors).and_then(|t| {
-                    if is_identity_type(&t) {
+                    if IdentityType::is_valid(&t) {
                         Some(t)
                     } else {
                         errors.push(at.error(
@@ -302,7 +301,7 @@ fn parse_event<'a>(raw: &'a RawValue, at: Path, errors: &mut Vec<FieldError>) ->
                     }
                 });
                 let id = required_string(identity.id, at, "identity.id", errors).and_then(|id| {
-                    bounded_text(id, MAX_IDENTITY_ID_LEN, at, "identity.id", errors)
+                    bounded_text(id, IdentityId::MAX_CHARS, at, "identity.id", errors)
                 });
                 (kind, id)
             }
@@ -692,9 +691,9 @@ mod properties {
         assert!(!events.is_empty() && events.len() <= MAX_BATCH);
         for e in events {
             assert!(!e.signal.is_empty() && e.signal.chars().count() <= MAX_SIGNAL_LEN);
-            assert!(is_identity_type(&e.identity_type));
+            assert!(IdentityType::is_valid(&e.identity_type));
             let n = e.identity_id.chars().count();
-            assert!((1..=MAX_IDENTITY_ID_LEN).contains(&n) && !e.identity_id.contains('\0'));
+            assert!((1..=IdentityId::MAX_CHARS).contains(&n) && !e.identity_id.contains('\0'));
             assert!(e.data.get().starts_with('{'));
             assert_eq!(json_guard::unstorable(e.data.get()), None);
             assert!(

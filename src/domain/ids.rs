@@ -3,6 +3,9 @@
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
+use utoipa::openapi::schema::ObjectBuilder;
+
+use super::text::{Rule, string_schema, text_rule};
 
 /// `n` characters of `[A-Za-z0-9]` from the operating system's generator.
 pub fn random_base62(n: usize) -> String {
@@ -26,8 +29,14 @@ macro_rules! prefixed_id {
                 $name(format!("{}{}", $prefix, random_base62($len)))
             }
 
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Rule for $name {
             /// Accepts only ids of this kind's shape, so a typo is caught before any lookup.
-            pub fn parse(s: &str) -> Result<Self, String> {
+            fn parse(s: &str) -> Result<Self, String> {
                 let ok = s
                     .strip_prefix($prefix)
                     .is_some_and(|rest| rest.len() == $len && rest.bytes().all(|b| b.is_ascii_alphanumeric()));
@@ -38,16 +47,11 @@ macro_rules! prefixed_id {
                 }
             }
 
-            pub fn as_str(&self) -> &str {
-                &self.0
+            fn schema() -> ObjectBuilder {
+                string_schema(concat!("^", $prefix, "[A-Za-z0-9]{", $len, "}$"), None, None)
             }
         }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
+        text_rule!($name);
     };
 }
 

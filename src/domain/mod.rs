@@ -4,11 +4,13 @@
 mod event;
 mod ids;
 pub mod json_guard;
+pub mod text;
 
 pub use event::{
     BodyError, Event, FieldError, MAX_BATCH, SchemaVersion, parse_batch, parse_single,
 };
 pub use ids::{AdminTokenId, ApiKey, KeyId, Secret, SignalId, TenantId, hex, random_base62};
+pub use text::{IdentityId, IdentityType, Label, PerMinute, Rule, Slug, TenantName};
 
 use std::fmt;
 use std::str::FromStr;
@@ -56,41 +58,6 @@ impl FromStr for SignalType {
     }
 }
 
-/// A signal's slug: what clients name it by, unique within its tenant.
-/// 1–64 characters of `[a-z0-9_-]`, starting with a letter or digit.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Slug(String);
-
-impl Slug {
-    pub const MAX_LEN: usize = 64;
-
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= Self::MAX_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-            && s.as_bytes()[0].is_ascii_alphanumeric();
-        if ok {
-            Ok(Slug(s.to_owned()))
-        } else {
-            Err(format!(
-                "invalid slug {s:?}: use 1-{} characters of a-z, 0-9, '_' and '-', starting with a letter or digit",
-                Self::MAX_LEN
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Slug {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// How many items a page of a list holds: 1 to [`PageLimit::MAX`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageLimit(u32);
@@ -131,28 +98,9 @@ pub fn whole_number(n: &serde_json::Number) -> Option<i64> {
     })
 }
 
-/// True when `s` is a valid identity type: 1–64 characters of `[a-z0-9_-]`. The built-in
-/// types (`account`, `contact`, `deal`, `lead`) are such strings too.
-pub fn is_identity_type(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn slugs() {
-        for ok in ["a", "page_view", "mrr-2", "0day"] {
-            assert!(Slug::parse(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "Page", "_x", "a b", "é", &"a".repeat(65)] {
-            assert!(Slug::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn page_limits() {
@@ -160,16 +108,6 @@ mod tests {
         assert_eq!(PageLimit::parse(Some("1000"), 100).unwrap().get(), 1000);
         for bad in ["0", "1001", "-1", "ten", "", "1.5"] {
             assert!(PageLimit::parse(Some(bad), 100).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn identity_types() {
-        for ok in ["account", "contact", "deal", "lead", "custom_obj-1"] {
-            assert!(is_identity_type(ok));
-        }
-        for bad in ["", "Account", "a.b", "ü", &"x".repeat(65)] {
-            assert!(!is_identity_type(bad));
         }
     }
 }

@@ -7,7 +7,7 @@
 use deadpool_postgres::Pool;
 
 use super::RegistryError;
-use crate::domain::{AdminTokenId, Secret};
+use crate::domain::{AdminTokenId, Label, Secret};
 use crate::pg::iso;
 
 /// The prefix of every admin token.
@@ -34,9 +34,8 @@ impl AdminTokens {
     }
 
     /// Creates a token; returns its id and the secret, which is never seen again.
-    pub async fn create(&self, name: Option<&str>) -> Result<(String, Secret), RegistryError> {
-        super::check_label("token name", name)?;
-        let name = name.map(str::trim).filter(|n| !n.is_empty());
+    pub async fn create(&self, name: Option<&Label>) -> Result<(String, Secret), RegistryError> {
+        let name = name.and_then(Label::get);
         let id = AdminTokenId::generate();
         let token = Secret::generate(TOKEN_PREFIX);
         let client = self.pg.get().await?;
@@ -50,8 +49,7 @@ impl AdminTokens {
     }
 
     /// Revokes a token; revoking a revoked token again is harmless.
-    pub async fn revoke(&self, id: &str) -> Result<AdminToken, RegistryError> {
-        let id = AdminTokenId::parse(id).map_err(RegistryError::Invalid)?;
+    pub async fn revoke(&self, id: &AdminTokenId) -> Result<AdminToken, RegistryError> {
         let client = self.pg.get().await?;
         let row = client
             .query_opt(

@@ -98,10 +98,10 @@ impl Registry {
 
     pub async fn keys(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         page: &PageRequest,
     ) -> Result<Page<KeyInfo>, RegistryError> {
-        let tenant = self.existing_tenant(tenant).await?;
+        self.tenant(tenant).await?;
         let client = self.pg.get().await?;
         let rows = client
             .query(
@@ -119,10 +119,10 @@ impl Registry {
 
     pub async fn signals(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         page: &PageRequest,
     ) -> Result<Page<Signal>, RegistryError> {
-        let tenant = self.existing_tenant(tenant).await?;
+        self.tenant(tenant).await?;
         let client = self.pg.get().await?;
         let rows = client
             .query(
@@ -141,8 +141,8 @@ impl Registry {
         Ok(Page::of(items, page.limit, |s: &Signal| s.slug.clone()))
     }
 
-    pub async fn signal(&self, tenant: &str, slug: &str) -> Result<Signal, RegistryError> {
-        let (tenant, slug) = self.signal_name(tenant, slug).await?;
+    pub async fn signal(&self, tenant: &TenantId, slug: &Slug) -> Result<Signal, RegistryError> {
+        self.tenant(tenant).await?;
         let client = self.pg.get().await?;
         let row = client
             .query_opt(
@@ -159,8 +159,8 @@ impl Registry {
     /// A signal's schema versions, oldest first; the cursor is a version number.
     pub async fn schemas(
         &self,
-        tenant: &str,
-        slug: &str,
+        tenant: &TenantId,
+        slug: &Slug,
         page: &PageRequest,
     ) -> Result<Page<SchemaVersion>, RegistryError> {
         let signal = self.signal(tenant, slug).await?;
@@ -189,8 +189,8 @@ impl Registry {
 
     pub async fn schema(
         &self,
-        tenant: &str,
-        slug: &str,
+        tenant: &TenantId,
+        slug: &Slug,
         version: u32,
     ) -> Result<SchemaVersion, RegistryError> {
         let signal = self.signal(tenant, slug).await?;
@@ -210,18 +210,6 @@ impl Registry {
                 ))
             })?;
         Ok(schema_version(&row))
-    }
-
-    /// A tenant id and slug checked for shape, and the tenant for existence, so that a lookup
-    /// names what is wrong: a malformed value (invalid), or a tenant that does not exist.
-    pub(super) async fn signal_name(
-        &self,
-        tenant: &str,
-        slug: &str,
-    ) -> Result<(TenantId, Slug), RegistryError> {
-        let tenant = self.existing_tenant(tenant).await?;
-        let slug = Slug::parse(slug).map_err(RegistryError::Invalid)?;
-        Ok((tenant, slug))
     }
 }
 

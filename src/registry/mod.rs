@@ -19,7 +19,9 @@ use serde_json::Value;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 
-use crate::domain::{ApiKey, KeyId, SignalId, SignalType, Slug, TenantId};
+use crate::domain::{
+    ApiKey, KeyId, Label, PerMinute, SignalId, SignalType, Slug, TenantId, TenantName,
+};
 use crate::keyspace::{Keyspace, PackedSignal};
 use crate::redis_pool::Redis;
 use copy::RegistryCopy;
@@ -124,28 +126,7 @@ pub struct KeyRow {
 pub struct SignalChange {
     pub active: Option<bool>,
     /// `Some(None)`: back to the configured default for the signal's type.
-    pub limit: Option<Option<u32>>,
-}
-
-/// An optional label (a key's or signal's name): at most 200 characters as given, no NUL.
-pub fn check_label(what: &str, label: Option<&str>) -> Result<(), RegistryError> {
-    match label {
-        Some(l) if l.chars().count() > 200 || l.contains('\0') => Err(RegistryError::Invalid(
-            format!("{what} must be at most 200 characters, without NUL"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// A per-minute limit must be positive and fit the registry's column.
-fn check_limit(limit: Option<u32>) -> Result<(), RegistryError> {
-    match limit {
-        Some(l) if l == 0 || l > i32::MAX as u32 => Err(RegistryError::Invalid(format!(
-            "limit must be a positive number of events per minute, at most {}",
-            i32::MAX
-        ))),
-        _ => Ok(()),
-    }
+    pub limit: Option<Option<PerMinute>>,
 }
 
 /// What `sync` copied, and what it had to repair.
@@ -193,18 +174,8 @@ impl Registry {
         }
     }
 
-    pub async fn create_tenant(&self, name: &str) -> Result<Tenant, RegistryError> {
-        // 1-200 characters as given, not all blank, none of them NUL (PostgreSQL text); kept
-        // without surrounding blanks.
-        if name.chars().count() > 200
-            || name.contains('\0')
-            || name.chars().all(char::is_whitespace)
-        {
-            return Err(RegistryError::Invalid(
-                "tenant name must be 1-200 characters, not all blank, without NUL".into(),
-            ));
-        }
-        let name = name.trim();
+    pub async fn create_tenant(&self, name: &TenantName) -> Result<Tenant, RegistryError> {
+        let name = name.as_str();
         let id = TenantId::generate();
         let client = self.pg.get().await?;
         client
@@ -219,8 +190,7 @@ impl Registry {
         })
     }
 
-    pub async fn tenant(&self, id: &str) -> Result<Tenant, RegistryError> {
-        let id = TenantId::parse(id).map_err(RegistryError::Invalid)?;
+    pub async fn tenant(&self, id: &TenantId) -> Result<Tenant, RegistryError> {
         let client = self.pg.get().await?;
         let row = client
             .query_opt("SELECT name FROM tenants WHERE id = $1", &[&id.as_str()])
@@ -235,12 +205,11 @@ impl Registry {
     /// Creates a key for `tenant`; returns its id and the secret, which is never seen again.
     pub async fn create_key(
         &self,
-        tenant: &str,
-        name: Option<&str>,
+        tenant: &TenantId,
+        name: Option<&Label>,
     ) -> Result<(KeyId, ApiKey), RegistryError> {
-        check_label("name", name)?;
-        let name = name.map(str::trim).filter(|n| !n.is_empty());
-        let tenant = self.existing_tenant(tenant).await?;
+        let name = name.and_then(Label::get);
+        self.tenant(tenant).await?;
         let id = KeyId::generate();
         let key = ApiKey::generate_api_key();
         let hash = key.hash();
@@ -272,8 +241,7 @@ impl Registry {
 
     /// Revokes a key; returns it as revoked. Revoking a revoked key again is harmless and
     /// re-applies the removal.
-    pub async fn revoke_key(&self, id: &str) -> Result<KeyInfo, RegistryError> {
-        let id = KeyId::parse(id).map_err(RegistryError::Invalid)?;
+    pub async fn revoke_key(&self, id: &KeyId) -> Result<KeyInfo, RegistryError> {
         let mut client = self.pg.get().await?;
         let tx = client.transaction().await?;
         let version = next_version(&tx).await?;
@@ -306,20 +274,14 @@ impl Registry {
 
     pub async fn create_signal(
         &self,
-        tenant: &str,
-        slug: &str,
+        tenant: &TenantId,
+        slug: &Slug,
         signal_type: SignalType,
-        name: Option<&str>,
-        limit: Option<u32>,
+        name: Option<&Label>,
+        limit: Option<PerMinute>,
     ) -> Result<Signal, RegistryError> {
-        let tenant = self.existing_tenant(tenant).await?;
-        let slug = Slug::parse(slug).map_err(RegistryError::Invalid)?;
-        check_limit(limit)?;
-        check_label("name", name)?;
-        let name = name
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .unwrap_or(slug.as_str());
+        self.tenant(tenant).await?;
+        let name = name.and_then(Label::get).unwrap_or(slug.as_str());
         let mut client = self.pg.get().await?;
         let signal = loop {
             let id = SignalId::generate();
@@ -337,7 +299,7 @@ impl Registry {
                         &slug.as_str(),
                         &name,
                         &signal_type.as_str(),
-                        &limit.map(|l| l as i32),
+                        &limit.map(|l| l.get() as i32),
                         &version,
                     ],
                 )
@@ -366,8 +328,8 @@ impl Registry {
     /// Turns a signal on or off.
     pub async fn set_active(
         &self,
-        tenant: &str,
-        slug: &str,
+        tenant: &TenantId,
+        slug: &Slug,
         active: bool,
     ) -> Result<Signal, RegistryError> {
         let change = SignalChange {
@@ -381,14 +343,11 @@ impl Registry {
     /// harmless (the change is re-applied to the copy), so a retried change does no harm.
     pub async fn update_signal(
         &self,
-        tenant: &str,
-        slug: &str,
+        tenant: &TenantId,
+        slug: &Slug,
         change: &SignalChange,
     ) -> Result<Signal, RegistryError> {
-        if let Some(limit) = change.limit {
-            check_limit(limit)?;
-        }
-        let (tenant, slug) = self.signal_name(tenant, slug).await?;
+        self.tenant(tenant).await?;
         let mut client = self.pg.get().await?;
         let tx = client.transaction().await?;
         let version = next_version(&tx).await?;
@@ -405,7 +364,7 @@ impl Registry {
                     &slug.as_str(),
                     &change.active,
                     &change.limit.is_some(),
-                    &change.limit.flatten().map(|l| l as i32),
+                    &change.limit.flatten().map(|l| l.get() as i32),
                     &version,
                 ],
             )
@@ -420,8 +379,8 @@ impl Registry {
     /// Adds the next schema version of a signal. The document must be a valid JSON Schema.
     pub async fn add_schema(
         &self,
-        tenant: &str,
-        slug: &str,
+        tenant: &TenantId,
+        slug: &Slug,
         schema: &Value,
     ) -> Result<(Signal, listing::SchemaVersion), RegistryError> {
         if !(schema.is_object() || schema.is_boolean()) {
@@ -436,7 +395,7 @@ impl Registry {
         }
         jsonschema::validator_for(schema)
             .map_err(|e| RegistryError::Invalid(format!("not a valid JSON Schema: {e}")))?;
-        let (tenant, slug) = self.signal_name(tenant, slug).await?;
+        self.tenant(tenant).await?;
         let (tenant, slug) = (tenant.as_str(), slug.as_str());
         let mut client = self.pg.get().await?;
         let tx = client.transaction().await?;
@@ -542,11 +501,6 @@ impl Registry {
             .put_signal(signal)
             .await
             .map_err(|e| RegistryError::CopyStale(e.to_string()))
-    }
-
-    async fn existing_tenant(&self, tenant: &str) -> Result<TenantId, RegistryError> {
-        let tenant = self.tenant(tenant).await?;
-        TenantId::parse(&tenant.id).map_err(RegistryError::Invalid)
     }
 
     fn no_signal(&self, tenant: &str, slug: &str) -> RegistryError {

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
-use crate::support::{TestEnv, event};
+use crate::support::{TestEnv, event, valid};
 
 struct Admin<'a> {
     env: &'a TestEnv,
@@ -176,8 +176,12 @@ async fn sync_rebuilds_a_flushed_registry_copy() {
     let admin = Admin { env: &env };
     let (tenant, key) = env.tenant().await;
     env.signal(&tenant, "plan", "state", None).await;
-    let (revoked_id, revoked_key) = env.registry.create_key(&tenant, None).await.unwrap();
-    env.registry.revoke_key(revoked_id.as_str()).await.unwrap();
+    let (revoked_id, revoked_key) = env
+        .registry
+        .create_key(&valid(&tenant), None)
+        .await
+        .unwrap();
+    env.registry.revoke_key(&revoked_id).await.unwrap();
     let api = env.spawn_api_with(&{
         let mut s = env.settings();
         s.api.key_cache_ttl = std::time::Duration::ZERO;

@@ -449,6 +449,92 @@ async fn lists_page_with_a_cursor_and_bad_requests_get_clear_4xx() {
     assert_eq!(wrong_method.header("allow"), Some("GET, POST"));
 }
 
+/// The HTTP API and `sluice-admin` read every input by the same rule: the same refusals with
+/// the same words, and what they accept kept alike (a label measured as sent, then trimmed).
+#[actix_web::test]
+async fn http_and_the_cli_judge_inputs_by_one_rule() {
+    let env = TestEnv::start().await;
+    let (_, token) = admin_token(&env);
+    let (_api, admin) = env.spawn_api_with_admin();
+    let t = env.admin(&["tenant", "create", "--name", "Acme"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    env.admin(&[
+        "signal", "create", "--tenant", &t, "--slug", "plan", "--type", "state",
+    ]);
+    let keys = format!("/admin/v1/tenants/{t}/keys");
+    let padded = format!("{}{}", "x".repeat(195), " ".repeat(10));
+    let cases: Vec<(&str, String, Value, Vec<&str>, &str)> = vec![
+        (
+            "POST",
+            keys.clone(),
+            json!({"name": padded}),
+            vec!["key", "create", "--tenant", &t, "--name", &padded],
+            "at most 200 characters",
+        ),
+        (
+            "POST",
+            "/admin/v1/tenants/ten_short/keys".into(),
+            json!({}),
+            vec!["key", "create", "--tenant", "ten_short"],
+            "\"ten_short\" is not a valid TenantId id",
+        ),
+        (
+            "POST",
+            format!("/admin/v1/tenants/{t}/signals"),
+            json!({"slug": "Bad Slug", "type": "event"}),
+            vec![
+                "signal", "create", "--tenant", &t, "--slug", "Bad Slug", "--type", "event",
+            ],
+            "invalid slug \"Bad Slug\"",
+        ),
+        (
+            "PUT",
+            format!("/admin/v1/tenants/{t}/signals/plan/limit"),
+            json!({"limit": 0}),
+            vec![
+                "signal", "create", "--tenant", &t, "--slug", "x", "--type", "event", "--limit",
+                "0",
+            ],
+            "limit must be a positive number of events per minute",
+        ),
+        (
+            "POST",
+            "/admin/v1/tenants".into(),
+            json!({"name": " \u{3000}"}),
+            vec!["tenant", "create", "--name", " \u{3000}"],
+            "tenant name must be 1-200 characters, not all blank",
+        ),
+    ];
+    for (method, path, body, args, message) in cases {
+        let http = admin.call(method, &path, &token, Some(&body)).await;
+        assert_eq!(http.status, 400, "{method} {path}: {}", http.text);
+        assert!(
+            http.error().contains(message),
+            "{method} {path}: {}",
+            http.text
+        );
+        let cli = env.admin_refused(&args);
+        assert!(cli.contains(message), "{args:?}: {cli}");
+    }
+
+    let blank_edged = format!("  {}  ", "y".repeat(150));
+    let made = admin
+        .call("POST", &keys, &token, Some(&json!({"name": blank_edged})))
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    env.admin(&["key", "create", "--tenant", &t, "--name", &blank_edged]);
+    let listed = admin.call("GET", &keys, &token, None).await;
+    let names: Vec<&Value> = listed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| &k["name"])
+        .collect();
+    assert_eq!(names, vec![&json!("y".repeat(150)); 2], "{}", listed.text);
+}
+
 #[actix_web::test]
 async fn with_postgresql_down_the_admin_api_answers_503_and_ingest_goes_on() {
     let mut env = TestEnv::start().await;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use awc::http::Method;
 use serde_json::{Value, json};
 
-use crate::support::{TestEnv, event};
+use crate::support::{TestEnv, event, valid};
 
 #[actix_web::test]
 async fn missing_and_invalid_keys_are_401() {
@@ -181,7 +181,7 @@ async fn unknown_schema_version_is_400_naming_event_version_and_signal() {
 #[actix_web::test]
 async fn unknown_or_inactive_signals_are_404_listing_distinct_slugs_in_order() {
     let (env, api, key) = TestEnv::with_page_view().await;
-    let tenant = env.registry.create_tenant("x").await.unwrap();
+    let tenant = env.registry.create_tenant(&valid("x")).await.unwrap();
     let _ = tenant;
     let reply = api
         .batch(

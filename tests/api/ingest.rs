@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{TestEnv, event};
+use crate::support::{TestEnv, event, valid};
 
 #[actix_web::test]
 async fn the_contract_example_gets_the_contract_response() {
@@ -132,7 +132,7 @@ async fn schema_versions_resolve_to_latest_or_the_one_asked_for() {
     for expected in 1..=2 {
         let (_, v) = env
             .registry
-            .add_schema(&tenant, "mrr", &schema)
+            .add_schema(&valid(&tenant), &valid("mrr"), &schema)
             .await
             .unwrap();
         assert_eq!(v.version, expected);
@@ -272,8 +272,12 @@ async fn deactivation_and_activation_reach_the_api_within_2_seconds() {
 #[actix_web::test]
 async fn a_revoked_key_stops_working_on_every_replica_within_5_seconds() {
     let env = TestEnv::start().await;
-    let tenant = env.registry.create_tenant("t").await.unwrap().id;
-    let (key_id, key) = env.registry.create_key(&tenant, None).await.unwrap();
+    let tenant = env.registry.create_tenant(&valid("t")).await.unwrap().id;
+    let (key_id, key) = env
+        .registry
+        .create_key(&valid(&tenant), None)
+        .await
+        .unwrap();
     env.signal(&tenant, "page_view", "event", None).await;
     let replicas = [env.spawn_api().await, env.spawn_api().await];
     for api in &replicas {
@@ -285,7 +289,7 @@ async fn a_revoked_key_stops_working_on_every_replica_within_5_seconds() {
             200
         );
     }
-    env.registry.revoke_key(key_id.as_str()).await.unwrap();
+    env.registry.revoke_key(&key_id).await.unwrap();
     let revoked = Instant::now();
     for api in &replicas {
         loop {

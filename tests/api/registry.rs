@@ -12,7 +12,7 @@ use sluice::keyspace::{API_KEYS, Keyspace};
 use sluice::redis_pool::Redis;
 use sluice::registry::{self, Registry};
 
-use crate::support::{TestApi, TestEnv, event};
+use crate::support::{TestApi, TestEnv, event, valid};
 
 /// Registry rows that make every rebuild slow, so changes land inside rebuilds.
 const PADDING: i64 = 4000;
@@ -65,7 +65,13 @@ async fn operator(env: &TestEnv, api: &TestApi, tenant: &str, id: usize, key: &s
     for round in 0..ROUNDS {
         let slug = format!("op{id}-{round}");
         registry
-            .create_signal(tenant, &slug, "metric".parse().unwrap(), None, None)
+            .create_signal(
+                &valid(tenant),
+                &valid(&slug),
+                "metric".parse().unwrap(),
+                None,
+                None,
+            )
             .await
             .unwrap();
         let seen = watch_change(
@@ -75,7 +81,10 @@ async fn operator(env: &TestEnv, api: &TestApi, tenant: &str, id: usize, key: &s
         .await;
         broken.extend(seen);
 
-        registry.set_active(tenant, &slug, false).await.unwrap();
+        registry
+            .set_active(&valid(tenant), &valid(&slug), false)
+            .await
+            .unwrap();
         let seen = watch_change(
             async || copied_signal(&mut conn, &hash, &slug) == Some(false),
             &format!("deactivated signal {slug}"),
@@ -84,14 +93,14 @@ async fn operator(env: &TestEnv, api: &TestApi, tenant: &str, id: usize, key: &s
         broken.extend(seen);
 
         // A key in use (cached as valid by the api), then revoked.
-        let (key_id, secret) = registry.create_key(tenant, None).await.unwrap();
+        let (key_id, secret) = registry.create_key(&valid(tenant), None).await.unwrap();
         let probe = json!([event("no-such-signal", "1")]);
         let status = api.batch(secret.expose(), probe.clone()).await.status;
         if status != 404 {
             broken.push(format!("created key {key_id}: answered {status}, not 404"));
         }
         let key_hash = ApiKey::hash_presented_key(secret.expose()).unwrap();
-        registry.revoke_key(key_id.as_str()).await.unwrap();
+        registry.revoke_key(&key_id).await.unwrap();
         let seen = watch_change(
             async || {
                 let stored: Option<String> = redis::cmd("HGET")

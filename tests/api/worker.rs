@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice::keyspace::Keyspace;
 
-use crate::support::{TestApi, TestEnv, event, eventually};
+use crate::support::{TestApi, TestEnv, event, eventually, valid};
 
 /// Settings that let one signal take all the load these tests send.
 pub const HIGH_LIMITS: &[(&str, &str)] = &[
@@ -116,8 +116,8 @@ async fn stores_events_with_rollups_states_and_invalid_reasons() {
     env.signal(&tenant, "page_view", "event", None).await;
     env.registry
         .add_schema(
-            &tenant,
-            "mrr",
+            &valid(&tenant),
+            &valid("mrr"),
             &json!({"type": "object", "properties": {"value": {"type": "number", "minimum": 0}}}),
         )
         .await

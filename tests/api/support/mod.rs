@@ -152,10 +152,14 @@ impl TestEnv {
 
     /// A tenant with one API key. Returns (tenant id, key).
     pub async fn tenant(&self) -> (String, String) {
-        let tenant = self.registry.create_tenant("Test tenant").await.unwrap();
+        let tenant = self
+            .registry
+            .create_tenant(&valid("Test tenant"))
+            .await
+            .unwrap();
         let (_, key) = self
             .registry
-            .create_key(&tenant.id, Some("test"))
+            .create_key(&valid(&tenant.id), Some(&valid("test")))
             .await
             .unwrap();
         (tenant.id, key.expose().to_owned())
@@ -164,7 +168,13 @@ impl TestEnv {
     /// Registers a signal; returns its id.
     pub async fn signal(&self, tenant: &str, slug: &str, kind: &str, limit: Option<u32>) -> String {
         self.registry
-            .create_signal(tenant, slug, kind.parse().unwrap(), None, limit)
+            .create_signal(
+                &valid(tenant),
+                &valid(slug),
+                kind.parse().unwrap(),
+                None,
+                limit.map(|l| sluice::domain::PerMinute::new(l.into()).unwrap()),
+            )
             .await
             .unwrap()
             .id
@@ -173,7 +183,7 @@ impl TestEnv {
     /// Adds the next schema version of a signal; returns the version.
     pub async fn schema(&self, tenant: &str, slug: &str, schema: Value) -> u32 {
         self.registry
-            .add_schema(tenant, slug, &schema)
+            .add_schema(&valid(tenant), &valid(slug), &schema)
             .await
             .unwrap()
             .1
@@ -195,6 +205,19 @@ impl TestEnv {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Runs `sluice-admin` as [`TestEnv::admin`] does; the command must fail, and its stderr
+    /// is returned.
+    pub fn admin_refused(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-admin"))
+            .args(args)
+            .envs(self.env_vars())
+            .env_remove("SLUICE_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "sluice-admin {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     /// A direct connection to the test database (over its Unix socket, which every test server
@@ -268,6 +291,11 @@ impl TestEnv {
 
 fn settings_from(vars: &HashMap<String, String>) -> Settings {
     Settings::load_from(None, vars).unwrap()
+}
+
+/// `s` as the rule type `T`, which it must follow.
+pub fn valid<T: sluice::domain::Rule>(s: &str) -> T {
+    T::parse(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
 }
 
 pub fn client() -> awc::Client {
