@@ -14,7 +14,7 @@
 -- KEYS[1]        registry hash of the tenant         sluice:{pNN}:reg:<tenant>
 -- KEYS[2]        the tenant's partition stream       sluice:{pNN}:events
 -- KEYS[3]        the tenant's rate-limit windows     sluice:{pNN}:rl:<tenant>
---                  one field per slug: "<window start>:<admitted in it>"
+--                  one field per slug: its window count (keyspace::WindowCount)
 -- KEYS[4]        with a key: the idempotency record  sluice:{pNN}:idem:<tenant>:<key>
 --
 -- ARGV[1]        tenant id
@@ -39,13 +39,18 @@
 --       written, nothing counted
 --
 -- When anything is admitted, the request becomes one stream entry (src/stream/entry.rs):
---   t   the tenant
---   s   per slug "<id>,<type>,<latest>,<admitted>", joined by ";"
---   b   the events, as the api sent them (rate-limited ones included; the worker skips them)
+--   ENTRY_TENANT    the tenant
+--   ENTRY_SIGNALS   per slug its entry_signal(id, type, latest, admitted), in slug order
+--   ENTRY_EVENTS    the events, as the api sent them (rate-limited ones included; the worker
+--                   skips them)
 --
--- The idempotency record is one string, "<fingerprint>|<received_us>|<s field>": under 200 bytes
--- for a request of one signal, whatever its size. It is written only when at least one event is
--- admitted, so a refused request (404, 400, 429) leaves the key free for a later attempt.
+-- The idempotency record (keyspace::IdempotencyRecord) holds the fingerprint, the receipt time
+-- and the entry's signals field: under 200 bytes for a request of one signal, whatever its size.
+-- It is written only when at least one event is admitted, so a refused request (404, 400, 429)
+-- leaves the key free for a later attempt.
+--
+-- Field names, separators and layouts come from the prelude src/scripts.rs puts before this
+-- line (unpack_signal, read_window, entry_signal, ...), built from the Rust types that own them.
 --
 -- Atomicity: everything is read and checked before the first write, so a refused request
 -- writes nothing; then the entry is XADDed, each slug's counter is raised by exactly the number
@@ -78,7 +83,7 @@ local function windows()
   local states = redis.call('HMGET', KEYS[3], unpack(slugs))
   for s = 1, nslugs do
     used[s] = 0
-    local w, n = string.match(states[s] or '', '^(%d+):(%d+)$')
+    local w, n = read_window(states[s])
     if tonumber(w) == window then
       used[s] = tonumber(n)
     end
@@ -90,7 +95,7 @@ end
 if record_ttl > 0 then
   local record = redis.call('GET', record_key)
   if record then
-    local fp, rec_received, rec_signals = string.match(record, '^([^|]*)|([^|]*)|(.*)$')
+    local fp, rec_received, rec_signals = read_record(record)
     if fp ~= fingerprint then
       return { 'conflict' }
     end
@@ -98,13 +103,14 @@ if record_ttl > 0 then
     local reply = { 'replay', tonumber(now[1]), tonumber(now[2]), window + 60, rec_received }
     local registry = redis.call('HMGET', KEYS[1], unpack(slugs))
     local s = 0
-    for id, typ, latest, admitted in string.gmatch(rec_signals, '([^,;]*),([^,;]*),([^,;]*),([^,;]*)') do
+    for id, typ, latest, admitted in entry_signals(rec_signals) do
       s = s + 1
       -- The limit in force now (the signal may have changed since), for the headers.
       local limit = defaults[typ] or 0
       local packed = registry[s]
       if packed then
-        limit = tonumber(string.match(packed, '^[^|]*|[^|]*|[^|]*|([^|]*)|')) or limit
+        local _, _, _, own = unpack_signal(packed)
+        limit = tonumber(own) or limit
       end
       reply[#reply + 1] = id
       reply[#reply + 1] = typ
@@ -125,7 +131,7 @@ for s = 1, nslugs do
   local packed = registry[s]
   local sig = nil
   if packed then
-    local id, typ, active, limit, versions = string.match(packed, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    local id, typ, active, limit, versions = unpack_signal(packed)
     if id and active == '1' then
       sig = {
         id = id,
@@ -173,23 +179,23 @@ end
 local parts = {}
 for s = 1, nslugs do
   local sig = signals[s]
-  parts[s] = sig.id .. ',' .. sig.type .. ',' .. sig.latest .. ',' .. admitted[s]
+  parts[s] = entry_signal(sig.id, sig.type, sig.latest, admitted[s])
 end
-local described = table.concat(parts, ';')
+local described = table.concat(parts, ENTRY_SIGNAL_LIST)
 if any then
-  redis.call('XADD', KEYS[2], '*', 't', tenant, 's', described, 'b', events)
+  redis.call('XADD', KEYS[2], '*', ENTRY_TENANT, tenant, ENTRY_SIGNALS, described, ENTRY_EVENTS, events)
   local counts = {}
   for s = 1, nslugs do
     if admitted[s] > 0 then
       counts[#counts + 1] = slugs[s]
-      counts[#counts + 1] = window .. ':' .. (used[s] + admitted[s])
+      counts[#counts + 1] = window_value(window, used[s] + admitted[s])
     end
   end
   redis.call('HSET', KEYS[3], unpack(counts))
   -- Every slug's window ends with the minute: the hash outlives the newest by a minute.
   redis.call('EXPIREAT', KEYS[3], reset + 60)
   if record_ttl > 0 then
-    redis.call('SET', record_key, fingerprint .. '|' .. received .. '|' .. described, 'PX', record_ttl)
+    redis.call('SET', record_key, record_value(fingerprint, received, described), 'PX', record_ttl)
   end
 end
 

@@ -2,9 +2,9 @@
 -- registry.lua: applies changes to one hash of the registry copy, the newest version winning.
 --
 -- A registry hash (a tenant's signals, or the API-key index) holds each entry under its own
--- field and, beside it, the version of the registry row it came from under '#' .. field. A field
--- without a version reads as version -1, older than any row. Slugs and key hashes never start
--- with '#', so the two kinds of field never meet, and readers (admit.lua, the api's key lookup)
+-- field and, beside it, the version of the registry row it came from under VERSION_PREFIX ..
+-- field. A field without a version reads as version -1, older than any row. Slugs and key hashes
+-- never start with VERSION_PREFIX, so the two kinds of field never meet, and readers (admit.lua, the api's key lookup)
 -- read the entry fields alone, as before versions existed.
 --
 -- KEYS[1]        the hash
@@ -24,7 +24,7 @@ local horizon = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 
 local function version_of(field)
-  return tonumber(redis.call('HGET', hash, '#' .. field)) or -1
+  return tonumber(redis.call('HGET', hash, VERSION_PREFIX .. field)) or -1
 end
 
 local changed = 0
@@ -40,7 +40,7 @@ for i = 3, last, 3 do
       if current ~= value then changed = changed + 1 end
       redis.call('HSET', hash, field, value)
     end
-    redis.call('HSET', hash, '#' .. field, version)
+    redis.call('HSET', hash, VERSION_PREFIX .. field, version)
   end
 end
 

@@ -6,7 +6,7 @@
 -- KEYS[2]   the tenant's rate-limit windows  sluice:{pNN}:rl:<tenant>
 -- ARGV[1]   a slug, or '' for every signal
 --
--- Reply: {now_s, then per signal: slug, packed signal, "<window start>:<admitted>" or ''}.
+-- Reply: {now_s, then per signal: slug, packed signal, its window count or ''}.
 -- Both keys share the tenant's hash tag, so on a Cluster this is one call to one node; it
 -- writes nothing and counts against no limit.
 
@@ -24,9 +24,9 @@ if ARGV[1] ~= '' then
   return reply
 end
 
--- Fields starting with '#' hold versions (lua/registry.lua), not signals.
+-- Fields starting with VERSION_PREFIX hold versions (lua/registry.lua), not signals.
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
-  if string.sub(all[i], 1, 1) ~= '#' then add(all[i], all[i + 1]) end
+  if string.sub(all[i], 1, 1) ~= VERSION_PREFIX then add(all[i], all[i + 1]) end
 end
 return reply

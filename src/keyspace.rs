@@ -7,11 +7,11 @@
 //! | key                                   | type   | holds                                            |
 //! |---------------------------------------|--------|--------------------------------------------------|
 //! | `sluice:{pNN}:reg:<tenant>`           | hash   | slug → packed signal (see [`PackedSignal`])      |
-//! | `sluice:{pNN}:rl:<tenant>`            | hash   | slug → `<window start (unix s)>:<admitted in it>` |
-//! | `sluice:{pNN}:idem:<tenant>:<key>`    | string | the recorded answer to a request with that `Idempotency-Key`, until its TTL |
+//! | `sluice:{pNN}:rl:<tenant>`            | hash   | slug → its window count (see [`WindowCount`])    |
+//! | `sluice:{pNN}:idem:<tenant>:<key>`    | string | the answer to a request with that `Idempotency-Key` (see [`IdempotencyRecord`]), until its TTL |
 //! | `sluice:{pNN}:events`                 | stream | admitted events, one entry per request (`stream::entry`) |
 //! | `sluice:{pNN}:dead`                   | stream | events the worker could not store                |
-//! | `sluice:keys`                         | hash   | sha256(api key) → `<tenant> <key id>`            |
+//! | `sluice:keys`                         | hash   | sha256(api key) → [`KeyIndexEntry`]              |
 //!
 //! The rate-limit windows are one hash per tenant with a field per slug, not a key per signal
 //! and window as first sketched: the api knows only slugs before the script runs, the window
@@ -20,11 +20,20 @@
 //! request at once (`HMGET`, `HSET`). A slug is permanent within its tenant, so slug and signal
 //! id name the same counter; keeping the window start in the value lets one field serve every
 //! window (a stale window reads as empty).
+//!
+//! The values' formats are the types named in the table, each with its `Display` and `FromStr`;
+//! the Lua scripts read and write them through the prelude `scripts` builds from those types.
+//! `tests/api/formats.rs` checks this table against every key a working system leaves in Redis.
 
 use crate::domain::SignalType;
 
 /// The API-key index. Not partitioned: it is read outside the admission script, by key hash.
 pub const API_KEYS: &str = "sluice:keys";
+
+/// Beside each entry of a registry hash (a tenant's signals, the API-key index), the version of
+/// the registry row it came from is kept under this prefix and the entry's field
+/// (`lua/registry.lua`); slugs and key hashes never start with it.
+pub const VERSION_PREFIX: char = '#';
 
 /// Maps tenants to partitions and names their keys.
 #[derive(Clone, Copy, Debug)]
@@ -110,15 +119,28 @@ pub struct PackedSignal {
 }
 
 impl PackedSignal {
+    /// Between the fields.
+    pub const SEP: char = '|';
+
     pub fn pack(&self) -> String {
-        format!(
-            "{}|{}|{}|{}|{}",
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for PackedSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sep = Self::SEP;
+        write!(
+            f,
+            "{}{sep}{}{sep}{}{sep}",
             self.id,
             self.signal_type,
-            u8::from(self.active),
-            self.limit.map(|l| l.to_string()).unwrap_or_default(),
-            self.schema_versions
-        )
+            u8::from(self.active)
+        )?;
+        if let Some(limit) = self.limit {
+            write!(f, "{limit}")?;
+        }
+        write!(f, "{sep}{}", self.schema_versions)
     }
 }
 
@@ -128,7 +150,7 @@ impl std::str::FromStr for PackedSignal {
     /// Reads what [`PackedSignal::pack`] wrote.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || format!("not a packed signal: {s:?}");
-        let mut parts = s.split('|');
+        let mut parts = s.split(Self::SEP);
         let mut next = || parts.next().ok_or_else(bad);
         let (id, kind, active, limit, versions) = (next()?, next()?, next()?, next()?, next()?);
         if parts.next().is_some() || id.is_empty() {
@@ -147,6 +169,98 @@ impl std::str::FromStr for PackedSignal {
                 l => Some(l.parse().map_err(|_| bad())?),
             },
             schema_versions: versions.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// A slug's rate-limit window as the tenant's window hash holds it: `<window start>:<admitted>`,
+/// the start in Unix seconds (a multiple of 60, from Redis's clock), and how many events of the
+/// slug were admitted in it. A value of an earlier window counts as nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowCount {
+    pub start: i64,
+    pub admitted: u32,
+}
+
+impl WindowCount {
+    /// Between the two numbers.
+    pub const SEP: char = ':';
+
+    /// What the value `text` says was admitted in the window starting at `window`.
+    pub fn used_in(text: &str, window: i64) -> u32 {
+        text.parse::<WindowCount>()
+            .ok()
+            .filter(|w| w.start == window)
+            .map_or(0, |w| w.admitted)
+    }
+}
+
+impl std::fmt::Display for WindowCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}{}", self.start, Self::SEP, self.admitted)
+    }
+}
+
+impl std::str::FromStr for WindowCount {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("not a window count: {s:?}");
+        let (start, admitted) = s.split_once(Self::SEP).ok_or_else(bad)?;
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(start) || !digits(admitted) {
+            return Err(bad());
+        }
+        Ok(WindowCount {
+            start: start.parse().map_err(|_| bad())?,
+            admitted: admitted.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// The recorded answer to a request with an `Idempotency-Key`:
+/// `<fingerprint>|<received, µs since the epoch>|<the entry's s field>`. Written and read by
+/// `lua/admit.lua` alone (a retry is answered from it inside the script); under 200 bytes for a
+/// request of one signal, whatever its size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub fingerprint: String,
+    pub received_us: i64,
+    /// The signals and admitted counts, as the entry's `s` field (`stream::entry::EntrySignal`).
+    pub signals: String,
+}
+
+impl IdempotencyRecord {
+    /// Between the three parts (the fingerprint is hex, the time digits: neither holds it).
+    pub const SEP: char = '|';
+}
+
+impl std::fmt::Display for IdempotencyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sep = Self::SEP;
+        write!(
+            f,
+            "{}{sep}{}{sep}{}",
+            self.fingerprint, self.received_us, self.signals
+        )
+    }
+}
+
+impl std::str::FromStr for IdempotencyRecord {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("not an idempotency record: {s:?}");
+        let mut parts = s.splitn(3, Self::SEP);
+        let (Some(fingerprint), Some(received), Some(signals)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        Ok(IdempotencyRecord {
+            fingerprint: fingerprint.to_owned(),
+            received_us: received.parse().map_err(|_| bad())?,
+            signals: signals.to_owned(),
         })
     }
 }
@@ -198,6 +312,34 @@ mod tests {
         for bad in ["", "ten_x", " key_x", "ten_x ", "ten_x key_y z"] {
             assert!(bad.parse::<KeyIndexEntry>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn window_counts_and_records_read_back_as_written() {
+        let w = WindowCount {
+            start: 1_764_000_000,
+            admitted: 7,
+        };
+        assert_eq!(w.to_string(), "1764000000:7");
+        assert_eq!(w.to_string().parse(), Ok(w));
+        assert_eq!(WindowCount::used_in("1764000000:7", 1_764_000_000), 7);
+        assert_eq!(WindowCount::used_in("1763999940:7", 1_764_000_000), 0);
+        for bad in ["", ":", "1:", ":1", "1:2:3", "-1:2", "1:x"] {
+            assert!(bad.parse::<WindowCount>().is_err(), "{bad:?}");
+            assert_eq!(WindowCount::used_in(bad, 1), 0);
+        }
+        let r = IdempotencyRecord {
+            fingerprint: "ab12".into(),
+            received_us: 1_764_000_000_123_456,
+            signals: "sig_a,event,0,1;sig_b,state,2,3".into(),
+        };
+        assert_eq!(
+            r.to_string(),
+            "ab12|1764000000123456|sig_a,event,0,1;sig_b,state,2,3"
+        );
+        assert_eq!(r.to_string().parse(), Ok(r));
+        assert!("ab12|x|s".parse::<IdempotencyRecord>().is_err());
+        assert!("ab12|1".parse::<IdempotencyRecord>().is_err());
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub mod pg;
 pub mod redis_memory;
 pub mod redis_pool;
 pub mod registry;
+pub mod scripts;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;

@@ -156,7 +156,7 @@ pub struct Admission {
 impl Admission {
     pub fn new(keyspace: Keyspace, limits: Limits, min_replicas_ack: u32) -> Self {
         Admission {
-            script: Script::new(ADMIT_LUA),
+            script: crate::scripts::script(ADMIT_LUA),
             keyspace,
             limits,
             min_replicas_ack,

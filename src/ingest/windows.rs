@@ -5,7 +5,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use redis::{Script, Value};
 
 use crate::config::Limits;
-use crate::keyspace::{Keyspace, PackedSignal};
+use crate::keyspace::{Keyspace, PackedSignal, WindowCount};
 use crate::redis_pool::{Redis, RedisError};
 
 static SIGNALS_LUA: &str = include_str!("../../lua/signals.lua");
@@ -39,7 +39,7 @@ pub struct Windows {
 impl Windows {
     pub fn new(keyspace: Keyspace, limits: Limits) -> Self {
         Windows {
-            script: Script::new(SIGNALS_LUA),
+            script: crate::scripts::script(SIGNALS_LUA),
             keyspace,
             limits,
         }
@@ -89,11 +89,7 @@ impl Windows {
                 return Err("a signal of fewer than 3 values".into());
             };
             let signal: PackedSignal = text(packed)?.parse()?;
-            let used = text(counter)?
-                .split_once(':')
-                .filter(|(w, _)| w.parse::<i64>().ok() == Some(window))
-                .and_then(|(_, n)| n.parse::<u32>().ok())
-                .unwrap_or(0);
+            let used = WindowCount::used_in(&text(counter)?, window);
             let limit = signal
                 .limit
                 .unwrap_or_else(|| self.limits.for_type(signal.signal_type));

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use redis::Script;
 
-use crate::keyspace::{API_KEYS, KeyIndexEntry, Keyspace};
+use crate::keyspace::{API_KEYS, KeyIndexEntry, Keyspace, VERSION_PREFIX};
 use crate::redis_pool::{Redis, RedisError};
 
 use super::{KeyRow, Signal};
@@ -23,7 +23,6 @@ static REGISTRY_LUA: &str = include_str!("../../lua/registry.lua");
 const CHUNK: usize = 500;
 
 /// The prefix of a field holding the version of the entry named by the rest.
-const VERSION_PREFIX: char = '#';
 
 /// What one write did to the copy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -79,7 +78,7 @@ impl RegistryCopy {
         RegistryCopy {
             redis,
             keyspace,
-            script: Script::new(REGISTRY_LUA),
+            script: crate::scripts::script(REGISTRY_LUA),
         }
     }
 

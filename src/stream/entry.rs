@@ -21,10 +21,11 @@
 //! An event is admitted when it is among the first `admitted` events of its signal in the
 //! array (the limit admits in request order); the others were rate limited and are skipped.
 //!
-//! Entries of the earlier layout, one event each, are still read (a rolling upgrade leaves some
-//! in the streams, and dead letters are kept and replayed in it):
+//! One event alone has a layout of its own, two fields: a dead letter of one event of an entry
+//! is kept and replayed in it, and entries written before requests became entries are read in
+//! it too:
 //!
-//! - `m`: `<tenant>|<signal id>|<signal type>|<schema version>` ([`Meta`]);
+//! - `m`: `<tenant>|<signal id>|<signal type>|<schema version, 0 = none>` ([`Meta`]);
 //! - `e`: one [`StreamEvent`] (without `n` and `v`).
 
 use std::borrow::Cow;
@@ -185,25 +186,40 @@ impl From<&str> for BadEntry {
     }
 }
 
-/// The parts of `m`, as `lua/admit.lua` writes them:
+/// The parts of a one-event entry's `m` field:
 /// `<tenant>|<signal id>|<signal type>|<resolved schema version, 0 = none>`.
 pub struct Meta<'a> {
     pub tenant: &'a str,
     pub signal: &'a str,
     pub signal_type: &'a str,
-    pub version: &'a str,
+    pub version: u32,
 }
 
 impl<'a> Meta<'a> {
+    /// Between the parts.
+    pub const SEP: char = '|';
+
+    /// The parts of `m`; `None` when it is not four parts, or the version is not a number.
     pub fn parse(m: &'a str) -> Option<Self> {
-        let mut parts = m.split('|');
+        let mut parts = m.split(Self::SEP);
         let meta = Meta {
             tenant: parts.next()?,
             signal: parts.next()?,
             signal_type: parts.next()?,
-            version: parts.next()?,
+            version: parts.next()?.parse().ok()?,
         };
         parts.next().is_none().then_some(meta)
+    }
+}
+
+impl std::fmt::Display for Meta<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sep = Self::SEP;
+        write!(
+            f,
+            "{}{sep}{}{sep}{}{sep}{}",
+            self.tenant, self.signal, self.signal_type, self.version
+        )
     }
 }
 
@@ -234,11 +250,7 @@ impl StreamEntry {
             }]);
         };
         let signals = field(SIGNALS).ok_or("entry has no s field")?;
-        let signals: Vec<EntrySignal> = signals
-            .split(';')
-            .map(EntrySignal::parse)
-            .collect::<Option<_>>()
-            .ok_or_else(|| format!("bad s field {signals:?}"))?;
+        let signals = EntrySignal::parse_list(&signals)?;
         let events = field(EVENTS).ok_or("entry has no b field")?;
         let events: Vec<&RawValue> =
             serde_json::from_str(&events).map_err(|e| format!("bad b field: {e}"))?;
@@ -258,10 +270,16 @@ impl StreamEntry {
                     Err(why) => format!("bad event: {why}"),
                     Ok(_) => "event without a valid n or v".to_owned(),
                 };
+                let unplaced = Meta {
+                    tenant: &tenant,
+                    signal: "",
+                    signal_type: "",
+                    version: 0,
+                };
                 out.push(EntryEvent {
                     position,
                     event: Err(BadEntry(reason)),
-                    alone: Some([(META, format!("{tenant}|||0")), (EVENT, e)]),
+                    alone: Some([(META, unplaced.to_string()), (EVENT, e)]),
                 });
                 continue;
             };
@@ -270,15 +288,19 @@ impl StreamEntry {
             if seen[index] > signal.admitted {
                 continue; // rate limited
             }
-            let version = if version > 0 { version } else { signal.latest };
-            let m = format!("{tenant}|{}|{}|{version}", signal.id, signal.signal_type);
+            let meta = Meta {
+                tenant: &tenant,
+                signal: &signal.id,
+                signal_type: &signal.signal_type,
+                version: if version > 0 { version } else { signal.latest },
+            };
             let event = parsed
                 .map_err(|why| BadEntry(format!("bad e field: {why}")))
-                .and_then(|parsed| Self::from_parts(&m, parsed));
+                .and_then(|parsed| Self::from_parts(&meta, parsed));
             out.push(EntryEvent {
                 position,
                 event,
-                alone: Some([(META, m), (EVENT, e)]),
+                alone: Some([(META, meta.to_string()), (EVENT, e)]),
             });
         }
         Ok(out)
@@ -288,18 +310,15 @@ impl StreamEntry {
     pub fn decode(field: impl Fn(&str) -> Option<String>) -> Result<Self, BadEntry> {
         let m = field(META).ok_or("entry has no m field")?;
         let e = field(EVENT).ok_or("entry has no e field")?;
+        let meta = Meta::parse(&m).ok_or_else(|| format!("bad m field {m:?}"))?;
         let event: OwnedStreamEvent =
             serde_json::from_str(&e).map_err(|e| format!("bad e field: {e}"))?;
-        Self::from_parts(&m, event)
+        Self::from_parts(&meta, event)
     }
 
-    /// An event from its meta field (`m`, as [`Meta`] reads it) and its parsed JSON.
-    fn from_parts(m: &str, event: OwnedStreamEvent) -> Result<Self, BadEntry> {
-        let meta = Meta::parse(m).ok_or_else(|| format!("bad m field {m:?}"))?;
-        let version: u32 = meta
-            .version
-            .parse()
-            .map_err(|_| BadEntry::from("bad schema version in m"))?;
+    /// An event from its signal and tenant and its parsed JSON.
+    fn from_parts(meta: &Meta<'_>, event: OwnedStreamEvent) -> Result<Self, BadEntry> {
+        let version = meta.version;
         let time = |s: &str| {
             DateTime::parse_from_rfc3339(s)
                 .map(|t| t.with_timezone(&Utc))
@@ -333,15 +352,45 @@ pub struct EntrySignal {
 }
 
 impl EntrySignal {
-    fn parse(s: &str) -> Option<Self> {
-        let mut parts = s.split(',');
+    /// Between the parts of one signal.
+    pub const SEP: char = ',';
+    /// Between the signals of an `s` field.
+    pub const LIST_SEP: char = ';';
+
+    /// The signals of an `s` field, in order.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>, String> {
+        s.split(Self::LIST_SEP).map(str::parse).collect()
+    }
+}
+
+impl std::fmt::Display for EntrySignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sep = Self::SEP;
+        write!(
+            f,
+            "{}{sep}{}{sep}{}{sep}{}",
+            self.id, self.signal_type, self.latest, self.admitted
+        )
+    }
+}
+
+impl std::str::FromStr for EntrySignal {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("bad s field {s:?}");
+        let mut parts = s.split(Self::SEP);
+        let mut next = || parts.next().ok_or_else(bad);
         let signal = EntrySignal {
-            id: parts.next()?.to_owned(),
-            signal_type: parts.next()?.to_owned(),
-            latest: parts.next()?.parse().ok()?,
-            admitted: parts.next()?.parse().ok()?,
+            id: next()?.to_owned(),
+            signal_type: next()?.to_owned(),
+            latest: next()?.parse().map_err(|_| bad())?,
+            admitted: next()?.parse().map_err(|_| bad())?,
         };
-        parts.next().is_none().then_some(signal)
+        match parts.next() {
+            None => Ok(signal),
+            Some(_) => Err(bad()),
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod admin_api;
 mod cluster;
 mod errors;
 mod faults;
+mod formats;
 mod generators;
 mod hostile;
 mod idempotency;
