@@ -207,23 +207,19 @@ impl MemoryMetrics {
         }
     }
 
-    /// Sets the gauges to `nodes`' figures (primaries no longer there disappear).
-    pub fn publish(&self, nodes: &[crate::redis_memory::NodeMemory]) {
+    /// Forgets every primary (before the ones there now are set again).
+    pub fn clear(&self) {
         for gauge in [&self.used, &self.max, &self.policy] {
             gauge.reset();
         }
-        for n in nodes {
-            let node = n.node.as_str();
-            self.used
-                .with_label_values(&[node])
-                .set(i64::try_from(n.used_memory).unwrap_or(i64::MAX));
-            self.max
-                .with_label_values(&[node])
-                .set(i64::try_from(n.maxmemory).unwrap_or(i64::MAX));
-            self.policy
-                .with_label_values(&[node, n.maxmemory_policy.as_str()])
-                .set(1);
-        }
+    }
+
+    /// Sets one primary's figures.
+    pub fn set(&self, node: &str, used: u64, max: u64, policy: &str) {
+        let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.used.with_label_values(&[node]).set(bytes(used));
+        self.max.with_label_values(&[node]).set(bytes(max));
+        self.policy.with_label_values(&[node, policy]).set(1);
     }
 }
 

@@ -38,6 +38,9 @@ pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     }))
 }
 
+/// The OpenAPI tag of the operations endpoints: no credential, no store behind them.
+pub const TAG: &str = "operations";
+
 /// Mounts `/livez`, `/readyz` and `/metrics` for probe `P`, which the app holds as
 /// `web::Data<P>`. Other methods on these paths answer 405 naming `GET`.
 pub fn routes<P: Probe>(cfg: &mut web::ServiceConfig) {
@@ -60,10 +63,7 @@ pub fn serve<P: Probe>(
         App::new()
             .app_data(state.clone())
             .configure(routes::<P>)
-            .service(
-                resource("/openapi.json", "GET")
-                    .route(web::get().to(crate::api::openapi::operations_document)),
-            )
+            .service(resource("/openapi.json", "GET").route(web::get().to(operations_document)))
             .default_service(web::to(not_found))
     })
     .workers(1)
@@ -97,14 +97,14 @@ pub struct Unready {
 }
 
 /// Liveness: 200 while the process runs.
-#[utoipa::path(get, path = "/livez", tag = "operations",
+#[utoipa::path(get, path = "/livez", tag = TAG,
     responses((status = 200, description = "Alive", body = Status)))]
 pub async fn livez() -> HttpResponse {
     HttpResponse::Ok().json(Status { status: "alive" })
 }
 
 /// Readiness: 200 while every dependency answers; 503 naming each one that does not.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", tag = TAG,
     responses((status = 200, description = "Ready", body = Status),
         (status = 503, description = "A dependency does not answer", body = Unready)))]
 pub async fn readyz<P: Probe>(probe: web::Data<P>) -> HttpResponse {
@@ -124,7 +124,7 @@ pub async fn readyz<P: Probe>(probe: web::Data<P>) -> HttpResponse {
 }
 
 /// The Prometheus text exposition of the process's metrics.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = TAG,
     responses((status = 200, description = "Prometheus text format 0.0.4", body = String,
         content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 pub async fn metrics<P: Probe>(probe: web::Data<P>) -> HttpResponse {
@@ -228,4 +228,36 @@ pub fn healthcheck_exit(name: &str, bind: SocketAddr) -> std::process::ExitCode 
 /// Echoes at most 200 characters of a client-chosen path.
 fn shorten(path: &str) -> String {
     path.chars().take(200).collect()
+}
+
+/// The worker's operations listener's document: its health, metrics and itself.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice worker",
+        description = "The worker's operations listener (`SLUICE__WORKER__METRICS_BIND`): health, \
+                       metrics and this document."
+    ),
+    paths(livez, readyz, metrics, operations_document)
+)]
+struct OperationsDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = TAG,
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+pub async fn operations_document() -> HttpResponse {
+    use utoipa::OpenApi;
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    serve_document(DOC.get_or_init(|| {
+        let mut doc = OperationsDoc::openapi();
+        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        doc.to_json().expect("the document serializes")
+    }))
+}
+
+/// Answers an OpenAPI document built once per process (held in a static, so never copied).
+pub fn serve_document(doc: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc)
 }

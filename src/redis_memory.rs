@@ -100,6 +100,14 @@ pub struct Memory {
 }
 
 impl Memory {
+    /// Sets `metrics` to these primaries' figures (primaries no longer there disappear).
+    pub fn publish(&self, metrics: &MemoryMetrics) {
+        metrics.clear();
+        for n in &self.nodes {
+            metrics.set(&n.node, n.used_memory, n.maxmemory, &n.maxmemory_policy);
+        }
+    }
+
     /// Reads `INFO memory` from every primary (and, on a cluster, which serves each partition).
     pub async fn read(redis: &Redis, keyspace: Keyspace) -> Result<Self, RedisError> {
         let replies = redis
@@ -272,7 +280,7 @@ impl Brake {
     /// evicts and that is not allowed.
     pub async fn refresh(&self, redis: &Redis) -> Result<Option<String>, RedisError> {
         let memory = Memory::read(redis, self.keyspace).await?;
-        self.metrics.publish(&memory.nodes);
+        memory.publish(&self.metrics);
         let refusal = match memory.check_policy(self.allow_eviction) {
             Ok(()) => None,
             Err(line) => {

@@ -582,7 +582,7 @@ pub struct SchemaView {
     signal_id: String,
     version: u32,
     /// The JSON Schema events of this version are checked against.
-    #[schema(value_type = super::openapi::JsonSchemaDocument)]
+    #[schema(value_type = super::schemas::JsonSchemaDocument)]
     schema: Value,
     #[schema(format = DateTime)]
     created_at: String,
@@ -605,7 +605,7 @@ impl From<SchemaVersion> for SchemaView {
     "properties": {"value": {"type": "number"}}}}))]
 pub struct NewSchema {
     /// A JSON Schema document (an object, or true/false) that PostgreSQL can store.
-    #[schema(value_type = super::openapi::JsonSchemaDocument)]
+    #[schema(value_type = super::schemas::JsonSchemaDocument)]
     schema: Value,
 }
 

@@ -68,14 +68,17 @@ pub struct SingleResponse<'a> {
     data: AcceptedItem<'a>,
 }
 
+/// The OpenAPI tag of the ingest endpoints, whose answers carry the rate-limit headers.
+pub const TAG: &str = "ingest";
+
 /// Sends 1 to 100 events. Each is admitted against its signal's window in request order; those
 /// over the limit are listed in `rate_limited`, the rest are acknowledged at once.
 #[utoipa::path(
     post,
     path = "/v1/events/batch",
-    tag = "ingest",
-    params(super::openapi::IdempotencyKey),
-    request_body(content = super::openapi::BatchInput, content_type = "application/json"),
+    tag = TAG,
+    params(super::schemas::IdempotencyKey),
+    request_body(content = super::schemas::BatchInput, content_type = "application/json"),
     responses(
         (status = 200, description = "Accepted (some may be rate limited)", body = BatchResponse,
             headers(("Idempotency-Replayed" = String,
@@ -132,9 +135,9 @@ pub async fn batch(
 #[utoipa::path(
     post,
     path = "/v1/events",
-    tag = "ingest",
-    params(super::openapi::IdempotencyKey),
-    request_body(content = super::openapi::EventInput, content_type = "application/json"),
+    tag = TAG,
+    params(super::schemas::IdempotencyKey),
+    request_body(content = super::schemas::EventInput, content_type = "application/json"),
     responses(
         (status = 200, description = "Accepted", body = SingleResponse,
             headers(("Idempotency-Replayed" = String,

@@ -12,6 +12,7 @@ mod idempotency;
 pub mod openapi;
 mod rate_headers;
 mod reads;
+mod schemas;
 mod signals;
 
 pub use auth::Principal;

@@ -1,12 +1,12 @@
-//! The OpenAPI 3.1 documents, generated from the handlers' own annotations and types: one for
-//! the public listener (ingest, self-service, operations), one for the admin listener. Each is
-//! served at `GET /openapi.json` on its listener.
+//! The OpenAPI 3.1 documents, assembled from the handlers' own annotations and types: one for
+//! the public listener (ingest, self-service, reads, operations), one for the admin listener.
+//! Each is served at `GET /openapi.json` on its listener; the worker's document is `ops`'s own.
 //!
-//! The ingest request bodies are parsed by hand (`domain::event`, for speed and for its exact
-//! error messages), so their schemas are described here; the test command's schemathesis run
-//! checks the parser against them from both sides (valid documents accepted, invalid refused).
-//! The responses every operation of a kind shares (401, 503, and 400/404/413/415 where a request
-//! has parameters or a body) are added by [`CommonResponses`] from what the operation takes.
+//! This module imports the handlers and nothing imports it back: the schemas of what the API
+//! reads by hand live in the leaf `schemas`. The test command's schemathesis run checks the
+//! parsers against them from both sides (valid documents accepted, invalid refused). The
+//! responses every operation of a kind shares (401, 503, and 400/404/413/415 where a request
+//! has parameters or a body) are added by [`CommonResponses`] from what the operation declares.
 
 use std::sync::OnceLock;
 
@@ -17,155 +17,13 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, OpenApi as Document, RefOr, Response, ResponseBuilder,
 };
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use super::error::Body as ErrorBody;
+use super::schemas::{BatchInput, Data, EventInput, Identity, Version};
 use super::{admin, events, reads, signals};
-use crate::domain::{FieldError, IdentityId, IdentityType};
+use crate::domain::FieldError;
 use crate::ops;
-
-/// An event as clients send it.
-#[derive(ToSchema)]
-#[allow(dead_code)] // described, not built: `domain::event` parses the body
-#[schema(example = json!({"signal": "page_view", "identity": {"type": "account", "id": "acc_42"},
-    "data": {"path": "/pricing"}, "timestamp": "2026-11-26T10:14:03Z", "reference": "evt-001"}))]
-pub struct EventInput {
-    /// The slug of an active signal of the key's tenant.
-    #[schema(min_length = 1, max_length = 64)]
-    signal: String,
-    /// A schema version (positive integer) or `"latest"` (the default).
-    #[schema(value_type = Option<Version>)]
-    version: (),
-    identity: Identity,
-    /// Any JSON object that can be stored; default `{}`.
-    #[schema(value_type = Option<Data>)]
-    data: (),
-    /// RFC 3339 with an offset, in year 1 or later once in UTC (so not 0001-01-01 with a
-    /// positive offset); default: the time of receipt.
-    #[schema(value_type = Option<String>, format = DateTime, pattern = r"^(?!0000)(?!0001-01-01T[^+]*\+)")]
-    timestamp: (),
-    /// Echoed back in the answer; at most 256 characters.
-    #[schema(value_type = Option<String>, max_length = 256, pattern = "^[^\\u0000]*$")]
-    reference: (),
-}
-
-/// What the server refuses in free-form JSON, for the descriptions (`domain::json_guard`).
-const STORABLE: &str = "The server refuses (400) what PostgreSQL could not store: a NUL \
-    character (`\\u0000`) in any string or key, a number beyond a 64-bit float, or nesting deeper \
-    than 64 levels.";
-
-/// A JSON object of any shape, described as generators take it: `{"type": "object",
-/// "additionalProperties": true}`. (A precise recursive schema of what can be stored made the
-/// common client generators drop the type, and with it every event's `data`.)
-fn free_form_object(description: String) -> utoipa::openapi::schema::ObjectBuilder {
-    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
-    ObjectBuilder::new()
-        .schema_type(Type::Object)
-        .additional_properties(Some(
-            AdditionalProperties::<utoipa::openapi::schema::Schema>::FreeForm(true),
-        ))
-        .description(Some(description))
-}
-
-/// An event's `data`: any JSON object that can be stored.
-pub struct Data;
-
-impl utoipa::PartialSchema for Data {
-    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
-        free_form_object(format!("Any JSON object; default `{{}}`. {STORABLE}")).into()
-    }
-}
-
-impl ToSchema for Data {}
-
-/// A JSON Schema document as a signal's schema.
-pub struct JsonSchemaDocument;
-
-impl utoipa::PartialSchema for JsonSchemaDocument {
-    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Type};
-        AnyOfBuilder::new()
-            .item(free_form_object("A JSON Schema document".to_owned()))
-            .item(ObjectBuilder::new().schema_type(Type::Boolean))
-            .description(Some(format!(
-                "A JSON Schema (draft 2020-12 and earlier), or true/false; it must itself be a \
-                 valid schema. {STORABLE}"
-            )))
-            .into()
-    }
-}
-
-impl ToSchema for JsonSchemaDocument {}
-
-/// A schema version: a positive integer, or `"latest"`.
-pub struct Version;
-
-impl utoipa::PartialSchema for Version {
-    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
-        OneOfBuilder::new()
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::Integer)
-                    .minimum(Some(1))
-                    .maximum(Some(i32::MAX)),
-            )
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["latest"])),
-            )
-            .description(Some("A schema version number, or `latest`"))
-            .into()
-    }
-}
-
-impl ToSchema for Version {}
-
-/// The CRM object an event is about.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Identity {
-    /// `account`, `contact`, `deal`, `lead`, or a custom type of 1-64 characters of a-z, 0-9,
-    /// `_` and `-`.
-    #[serde(rename = "type")]
-    #[schema(value_type = IdentityType, inline)]
-    kind: String,
-    /// The object's id in the CRM, 1-256 characters.
-    #[schema(value_type = IdentityId, inline)]
-    id: String,
-}
-
-/// The ingest endpoints' `Idempotency-Key` header.
-#[derive(IntoParams)]
-#[allow(dead_code)]
-#[into_params(names("Idempotency-Key"), parameter_in = Header)]
-pub struct IdempotencyKey(
-    /// Makes a retry safe: a request repeated with the same key within 24 hours (by default)
-    /// answers what the first answered, with the same event ids, and stores nothing again.
-    /// 1-255 visible ASCII characters, or the same as a structured-field string (`"..."`, with
-    /// `\"` and `\\` as escapes).
-    #[param(
-        min_length = 1,
-        max_length = 512,
-        pattern = r#"^([!#-~][!-~]{0,254}|"([!#-\[\]-~]|\\["\\]){1,255}")$"#
-    )]
-    Option<String>,
-);
-
-/// `POST /v1/events/batch`'s body.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-#[schema(example = json!({"events": [
-    {"signal": "page_view", "identity": {"type": "account", "id": "acc_123"},
-     "data": {"path": "/pricing"}, "reference": "evt-001"},
-    {"signal": "mrr", "identity": {"type": "account", "id": "acc_123"},
-     "data": {"value": 499.0}, "reference": "evt-002"}]}))]
-pub struct BatchInput {
-    /// 1 to 100 events.
-    #[schema(min_items = 1, max_items = 100)]
-    events: Vec<EventInput>,
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -207,50 +65,20 @@ struct PublicDoc;
 )]
 struct AdminDoc;
 
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "Sluice worker",
-        description = "The worker's operations listener (`SLUICE__WORKER__METRICS_BIND`): health, \
-                       metrics and this document."
-    ),
-    paths(ops::livez, ops::readyz, ops::metrics, operations_document)
-)]
-struct OperationsDoc;
-
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
-pub async fn operations_document() -> HttpResponse {
-    static DOC: OnceLock<String> = OnceLock::new();
-    serve(DOC.get_or_init(|| {
-        let mut doc = OperationsDoc::openapi();
-        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-        doc.to_json().expect("the document serializes")
-    }))
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+#[utoipa::path(get, path = "/openapi.json", tag = ops::TAG,
     responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
 pub async fn public_document() -> HttpResponse {
     static DOC: OnceLock<String> = OnceLock::new();
-    serve(DOC.get_or_init(|| public().to_json().expect("the document serializes")))
+    ops::serve_document(DOC.get_or_init(|| public().to_json().expect("the document serializes")))
 }
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()),
+#[utoipa::path(get, path = "/openapi.json", tag = ops::TAG, security(()),
     responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
 pub async fn admin_document() -> HttpResponse {
     static DOC: OnceLock<String> = OnceLock::new();
-    serve(DOC.get_or_init(|| admin().to_json().expect("the document serializes")))
-}
-
-/// Answers a document built once per process (held in a static, so never copied).
-fn serve(doc: &'static str) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(doc)
+    ops::serve_document(DOC.get_or_init(|| admin().to_json().expect("the document serializes")))
 }
 
 /// The public listener's document.
@@ -391,10 +219,15 @@ fn error(description: &str, headers: &[(&str, &str)]) -> RefOr<Response> {
 }
 
 impl CommonResponses {
-    fn add(&self, path: &str, op: &mut Operation) {
-        let public =
-            path == "/openapi.json" || path == "/livez" || path == "/readyz" || path == "/metrics";
-        if public {
+    /// Decides by what the operation declares: its tag (operations endpoints take no credential
+    /// and read no store; ingest answers carry the rate-limit headers), its parameters, its body.
+    fn add(&self, op: &mut Operation) {
+        let tagged = |op: &Operation, tag: &str| {
+            op.tags
+                .as_ref()
+                .is_some_and(|tags| tags.iter().any(|t| t == tag))
+        };
+        if tagged(op, ops::TAG) {
             return;
         }
         let responses = &mut op.responses.responses;
@@ -420,7 +253,12 @@ impl CommonResponses {
                 error("The request is not valid (the message says what)", &[]),
             );
         }
-        if path.contains('{') {
+        let names_a_resource = op
+            .parameters
+            .iter()
+            .flatten()
+            .any(|p| matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Path));
+        if names_a_resource {
             add("404", error("What the path names does not exist", &[]));
         }
         if op.request_body.is_some() {
@@ -435,7 +273,7 @@ impl CommonResponses {
                 &[("Retry-After", "Seconds to wait before retrying")],
             ),
         );
-        if path.starts_with("/v1/events") {
+        if tagged(op, events::TAG) {
             for status in ["200", "429"] {
                 if let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) {
                     add_rate_limit_headers(response);
@@ -493,7 +331,7 @@ fn add_rate_limit_headers(response: &mut Response) {
 
 impl Modify for CommonResponses {
     fn modify(&self, doc: &mut Document) {
-        for (path, item) in doc.paths.paths.iter_mut() {
+        for item in doc.paths.paths.values_mut() {
             for op in [
                 &mut item.get,
                 &mut item.post,
@@ -504,7 +342,7 @@ impl Modify for CommonResponses {
             .into_iter()
             .flatten()
             {
-                self.add(path, op);
+                self.add(op);
             }
         }
     }

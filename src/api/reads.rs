@@ -37,12 +37,7 @@ pub struct StoredData;
 
 impl utoipa::PartialSchema for StoredData {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
-        ObjectBuilder::new()
-            .schema_type(Type::Object)
-            .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(true)))
-            .description(Some("The event's `data`, as stored"))
-            .into()
+        super::schemas::free_form_object("The event's `data`, as stored").into()
     }
 }
 

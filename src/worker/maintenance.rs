@@ -139,7 +139,7 @@ impl Maintenance {
     async fn publish_stats(&self) {
         let keyspace = crate::keyspace::Keyspace::new(self.partition_count());
         if let Ok(memory) = Memory::read(self.streams.redis(), keyspace).await {
-            self.metrics.memory.publish(&memory.nodes);
+            memory.publish(&self.metrics.memory);
         }
         let Ok(now_ms) = self.streams.now_ms().await else {
             return;
