@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 
 use redis::Value;
-use redis::streams::{StreamId, StreamReadReply};
+use redis::streams::{
+    StreamId, StreamInfoConsumersReply, StreamInfoGroupsReply, StreamPendingCountReply,
+    StreamPendingReply, StreamReadReply,
+};
 
 use crate::keyspace::Keyspace;
 use crate::redis_pool::{Redis, RedisError};
@@ -64,7 +67,7 @@ pub struct Stale {
 }
 
 /// Per-partition group state, for metrics.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct GroupStats {
     pub pending: i64,
     /// Entries not yet delivered to the group (Redis 7 `lag`); -1 when Redis cannot tell.
@@ -218,7 +221,7 @@ impl Consumer {
         idle_ms: u64,
         count: usize,
     ) -> Result<Vec<Stale>, RedisError> {
-        let reply: Vec<(String, String, u64, u64)> = self
+        let reply: StreamPendingCountReply = self
             .redis
             .query(
                 redis::cmd("XPENDING")
@@ -232,10 +235,11 @@ impl Consumer {
             )
             .await?;
         Ok(reply
+            .ids
             .into_iter()
-            .map(|(entry_id, _consumer, _idle, deliveries)| Stale {
-                entry_id,
-                deliveries,
+            .map(|p| Stale {
+                entry_id: p.id,
+                deliveries: p.times_delivered as u64,
             })
             .collect())
     }
@@ -323,7 +327,7 @@ impl Consumer {
         };
         let first_undelivered = next_id(&info.last_delivered);
         let first_pending: Option<String> = if info.pending > 0 {
-            let reply: Vec<(String, String, u64, u64)> = self
+            let reply: StreamPendingCountReply = self
                 .redis
                 .query(
                     redis::cmd("XPENDING")
@@ -334,7 +338,7 @@ impl Consumer {
                         .arg(1),
                 )
                 .await?;
-            reply.into_iter().next().map(|r| r.0)
+            reply.ids.into_iter().next().map(|p| p.id)
         } else {
             None
         };
@@ -360,27 +364,13 @@ impl Consumer {
         idle_ms: u64,
     ) -> Result<(), RedisError> {
         let stream = Keyspace::stream(partition);
-        let consumers: Vec<HashMap<String, Value>> = self
+        let reply: StreamInfoConsumersReply = self
             .redis
             .query(redis::cmd("XINFO").arg("CONSUMERS").arg(&stream).arg(GROUP))
             .await?;
-        for c in consumers {
-            let name: Option<String> = c
-                .get("name")
-                .and_then(|v| redis::from_redis_value(v.clone()).ok());
-            let pending: i64 = c
-                .get("pending")
-                .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                .unwrap_or(1);
-            let idle: i64 = c
-                .get("idle")
-                .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                .unwrap_or(0);
-            if let Some(name) = name
-                && pending == 0
-                && idle as u64 > idle_ms
-                && name != self.consumer
-            {
+        for c in reply.consumers {
+            if c.pending == 0 && c.idle as u64 > idle_ms && c.name != self.consumer {
+                let name = c.name;
                 let _: i64 = self
                     .redis
                     .query(
@@ -403,11 +393,14 @@ impl Consumer {
         };
         let oldest_pending_ms = if info.pending > 0 {
             // The summary form: count, smallest and largest pending id, consumers.
-            let (_, smallest, _, _): (i64, Option<String>, Option<String>, Value) = self
+            let summary: StreamPendingReply = self
                 .redis
                 .query(redis::cmd("XPENDING").arg(&stream).arg(GROUP))
                 .await?;
-            smallest.map(|id| parse_id(&id).0)
+            match summary {
+                StreamPendingReply::Data(data) => Some(parse_id(&data.start_id).0),
+                _ => None,
+            }
         } else {
             None
         };
@@ -425,31 +418,29 @@ impl Consumer {
     }
 
     async fn group_info(&self, stream: &str) -> Result<Option<GroupInfo>, RedisError> {
-        let groups: Result<Vec<HashMap<String, Value>>, RedisError> = self
+        let reply: Result<StreamInfoGroupsReply, RedisError> = self
             .redis
             .query(redis::cmd("XINFO").arg("GROUPS").arg(stream))
             .await;
-        let groups = match groups {
-            Ok(g) => g,
-            Err(RedisError::Command(e)) if e.to_string().contains("no such key") => {
+        let groups = match reply {
+            Ok(reply) => reply.groups,
+            // A stream not created yet: Redis answers a plain ERR, with this detail.
+            Err(RedisError::Command(e))
+                if e.code() == Some("ERR") && e.detail() == Some("no such key") =>
+            {
                 return Ok(None);
             }
             Err(e) => return Err(e),
         };
-        for g in groups {
-            let text = |k: &str| {
-                g.get(k)
-                    .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
-            };
-            if text("name").as_deref() == Some(GROUP) {
-                return Ok(Some(GroupInfo {
-                    last_delivered: text("last-delivered-id").unwrap_or_else(|| "0-0".into()),
-                    pending: text("pending").and_then(|p| p.parse().ok()).unwrap_or(0),
-                    lag: text("lag").and_then(|p| p.parse().ok()).unwrap_or(-1),
-                }));
-            }
-        }
-        Ok(None)
+        Ok(groups
+            .into_iter()
+            .find(|g| g.name == GROUP)
+            .map(|g| GroupInfo {
+                last_delivered: g.last_delivered_id,
+                pending: g.pending as i64,
+                // Unknown (Redis cannot tell after some deletions): reported as -1.
+                lag: g.lag.map_or(-1, |l| l as i64),
+            }))
     }
 
     fn partition_of(&self, stream: &str) -> u16 {

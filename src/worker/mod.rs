@@ -19,7 +19,12 @@
 //! waiting out an outage re-claims its own entries with `XCLAIM … JUSTID` (which leaves the
 //! delivery count alone), so a long outage never turns healthy entries into dead letters.
 
+mod claim;
 mod maintenance;
+mod probe;
+mod process;
+mod retry;
+mod schedule;
 pub mod sink;
 mod validate;
 
@@ -36,9 +41,10 @@ use crate::redis_memory;
 use crate::redis_pool::{Redis, RedisError};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
-use crate::stream::dead_letters::{self, DeadLetterError};
-use crate::stream::{Consumer, RawEntry, StreamEntry};
-use sink::{Record, Sink, SinkError};
+use crate::stream::{Consumer, RawEntry};
+use retry::Backoff;
+use schedule::{Read, Schedule, Step};
+use sink::Sink;
 
 /// Everything the worker's tasks share.
 pub struct Worker {
@@ -161,70 +167,35 @@ impl Worker {
 
     /// The main loop. While one batch is being stored, the next is already being read, so
     /// PostgreSQL and Redis work at the same time; batches are still stored one after another.
-    ///
-    /// Claiming keeps up with draining: a claim takes up to a full batch per partition, and while
-    /// claims come back full, claiming and reading new entries take turns without waiting for
-    /// the next claim cycle, so a crashed worker's backlog is stored at drain speed and new
-    /// entries are not starved meanwhile.
+    /// Which read comes next is [`Schedule`]'s decision.
     async fn consume(&self) {
-        let mut own_pending = true;
-        let mut last_claim = Instant::now();
         let claim_every = (self.settings.claim_idle / 4).max(Duration::from_millis(100));
-        // The last claim came back full: more is waiting to be claimed.
-        let mut claim_backlog = false;
-        let mut claimed_last = false;
+        let mut schedule = Schedule::new(claim_every, Instant::now());
         let mut backoff = Backoff::new();
         // A batch read but not yet stored.
         let mut in_hand: Option<Vec<RawEntry>> = None;
         while !self.stopping() {
-            let step = if own_pending {
-                Step::OwnPending
-            } else if (claim_backlog && !claimed_last) || last_claim.elapsed() >= claim_every {
-                Step::Claim
-            } else {
-                // With a claim backlog, a read that finds nothing new returns at once.
-                Step::New {
-                    block: !claim_backlog,
-                }
-            };
-            let batch_size = self.entries_per_read();
-            let read = async {
-                match step {
-                    Step::OwnPending => self.streams.read(batch_size, 0, true).await,
-                    Step::Claim => {
-                        last_claim = Instant::now();
-                        let claim = self.claim().await;
-                        if let Ok(claimed) = &claim {
-                            claim_backlog = claimed.full;
-                        }
-                        claim.map(|c| c.entries)
-                    }
-                    Step::New { block } => {
-                        let block_ms = if block {
-                            self.settings.block.as_millis() as u64
-                        } else {
-                            0
-                        };
-                        self.streams.read(batch_size, block_ms, false).await
-                    }
-                }
-            };
+            let now = Instant::now();
+            let step = schedule.next_step(now);
+            let read = self.read(step);
             let read = match in_hand.take() {
                 // Re-reading our own pending entries while storing them would return them again.
-                Some(batch) if own_pending => {
+                Some(batch) if step == Step::OwnPending => {
                     self.process(batch).await;
                     read.await
                 }
                 Some(batch) => tokio::join!(read, self.process(batch)).0,
                 None => read.await,
             };
-            claimed_last = matches!(step, Step::Claim);
             let entries = match read {
-                Ok(entries) => {
+                Ok((entries, full)) => {
                     backoff.reset();
+                    let found = entries.len();
+                    schedule.record(step, now, Some(Read { found, full }));
                     entries
                 }
                 Err(e) => {
+                    schedule.record(step, now, None);
                     self.metrics.redis_up.set(0);
                     tracing::warn!(error = %e, "reading streams failed; retrying");
                     if is_nogroup(&e) {
@@ -236,11 +207,9 @@ impl Worker {
                 }
             };
             self.metrics.redis_up.set(1);
-            if entries.is_empty() {
-                own_pending = false;
-                continue;
+            if !entries.is_empty() {
+                in_hand = Some(entries);
             }
-            in_hand = Some(entries);
         }
         // Shutdown: the batch in hand is finished (stored, acknowledged) before exiting.
         if let Some(batch) = in_hand {
@@ -248,52 +217,22 @@ impl Worker {
         }
     }
 
-    /// Takes over entries pending too long with consumers presumed dead, up to a batch per
-    /// partition; those delivered `max_deliveries` times already go to the dead letters instead.
-    async fn claim(&self) -> Result<Claimed, RedisError> {
-        let idle = self.settings.claim_idle.as_millis() as u64;
-        let count = self.entries_per_read();
-        let mut claimed = Claimed::default();
-        for p in 0..self.partition_count() {
-            let stale = self.streams.stale(p, idle, count).await?;
-            if stale.is_empty() {
-                continue;
+    /// Takes `step`: the entries it read, and (for a claim) whether a partition had a full
+    /// batch of idle entries.
+    async fn read(&self, step: Step) -> Result<(Vec<RawEntry>, bool), RedisError> {
+        let batch_size = self.entries_per_read();
+        match step {
+            Step::OwnPending => Ok((self.streams.read(batch_size, 0, true).await?, false)),
+            Step::Claim => self.claim().await.map(|c| (c.entries, c.full)),
+            Step::New { block } => {
+                let block_ms = if block {
+                    self.settings.block.as_millis() as u64
+                } else {
+                    0
+                };
+                Ok((self.streams.read(batch_size, block_ms, false).await?, false))
             }
-            claimed.full |= stale.len() >= count;
-            let (dead, retry): (Vec<_>, Vec<_>) = stale
-                .into_iter()
-                .partition(|s| s.deliveries >= u64::from(self.settings.max_deliveries));
-            if !dead.is_empty() {
-                let ids: Vec<String> = dead.iter().map(|s| s.entry_id.clone()).collect();
-                let entries = self.streams.claim(p, idle, &ids).await?;
-                for entry in &entries {
-                    let deliveries = dead
-                        .iter()
-                        .find(|s| s.entry_id == entry.entry_id)
-                        .map_or(0, |s| s.deliveries);
-                    let reason = format!("not stored after {deliveries} deliveries");
-                    if self
-                        .dead_letter(entry, None, &reason, deliveries)
-                        .await
-                        .is_none()
-                    {
-                        return Ok(claimed);
-                    }
-                }
-            }
-            let ids: Vec<String> = retry.into_iter().map(|s| s.entry_id).collect();
-            let entries = self.streams.claim(p, idle, &ids).await?;
-            self.metrics.claims.inc_by(entries.len() as u64);
-            claimed.entries.extend(entries);
         }
-        if !claimed.entries.is_empty() {
-            tracing::info!(
-                entries = claimed.entries.len(),
-                more = claimed.full,
-                "claimed entries from idle consumers"
-            );
-        }
-        Ok(claimed)
     }
 
     /// How many entries to read (or claim) per partition so that a batch holds about
@@ -308,458 +247,8 @@ impl Worker {
     fn partition_count(&self) -> u16 {
         self.streams.partitions()
     }
-
-    /// Stores one batch of entries and acknowledges them: every event of an entry is stored
-    /// (or dead-lettered alone) before the entry is acknowledged. Returns early only on
-    /// shutdown while a dependency is down, leaving the entries pending for another worker.
-    async fn process(&self, entries: Vec<RawEntry>) {
-        let timer = Instant::now();
-        let mut decoded = Vec::with_capacity(entries.len());
-        // Where each decoded event came from: its entry (in `held`) and its place in it.
-        let mut origins = Vec::with_capacity(entries.len());
-        let mut held = Vec::with_capacity(entries.len());
-        let mut unreadable = Vec::new();
-        for raw in entries {
-            match StreamEntry::decode_all(|f| raw.field(f)) {
-                Ok(events) => {
-                    for event in events {
-                        match event.event {
-                            Ok(entry) => {
-                                decoded.push(entry);
-                                origins.push(Origin {
-                                    entry: held.len(),
-                                    position: event.position,
-                                    alone: event.alone,
-                                });
-                            }
-                            Err(reason) => unreadable.push((
-                                Origin {
-                                    entry: held.len(),
-                                    position: event.position,
-                                    alone: event.alone,
-                                },
-                                reason.to_string(),
-                            )),
-                        }
-                    }
-                    held.push(raw);
-                }
-                Err(reason) => {
-                    // An entry that cannot even be read will never be storable.
-                    if self
-                        .dead_letter(&raw, None, &format!("unreadable entry: {reason}"), 1)
-                        .await
-                        .is_none()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-        for (origin, reason) in &unreadable {
-            let reason = format!("unreadable event: {reason}");
-            if self
-                .dead_letter(&held[origin.entry], origin.one_event(), &reason, 1)
-                .await
-                .is_none()
-            {
-                return;
-            }
-        }
-
-        let entries = &decoded;
-        let loaded = self
-            .retry("loading schemas", &held, move || async move {
-                let mut validator = self.validator.lock().await;
-                Ok(validator.load_missing(self.sink.pool(), entries).await?)
-            })
-            .await;
-        if loaded.is_none() {
-            return;
-        }
-        let records: Vec<Record> = {
-            let validator = self.validator.lock().await;
-            decoded.into_iter().map(|e| validator.check(e)).collect()
-        };
-
-        let records = &records;
-        let stored = self
-            .retry_sink("storing a batch", &held, move || self.sink.store(records))
-            .await;
-        match stored {
-            None => return,
-            Some(Ok(stored)) => self.count(&stored),
-            Some(Err(reason)) => {
-                tracing::warn!(%reason, events = records.len(), "batch refused; storing its events one by one");
-                for (record, origin) in records.iter().zip(&origins) {
-                    if !self.store_alone(record, &held[origin.entry], origin).await {
-                        return;
-                    }
-                }
-            }
-        }
-
-        if let Err(e) = self.streams.ack(&held).await {
-            // Stored but still pending: a later claim redelivers them and the insert is a no-op.
-            tracing::warn!(error = %e, "acknowledging failed; entries will be claimed again");
-        }
-        self.metrics
-            .batch_duration
-            .observe(timer.elapsed().as_secs_f64());
-        if !held.is_empty() {
-            let per_entry = records
-                .len()
-                .div_ceil(held.len())
-                .clamp(1, crate::domain::MAX_BATCH);
-            self.events_per_entry
-                .store(per_entry as u32, Ordering::Relaxed);
-        }
-    }
-
-    /// Stores one event of a refused batch: as it is, else as invalid with its data kept as
-    /// text, else in the dead letters. False on shutdown during an outage.
-    async fn store_alone(&self, record: &Record, raw: &RawEntry, origin: &Origin) -> bool {
-        let Some(result) = self
-            .retry_sink("storing an event", std::slice::from_ref(raw), move || {
-                self.sink.store(std::slice::from_ref(record))
-            })
-            .await
-        else {
-            return false;
-        };
-        let reason = match result {
-            Ok(stored) => {
-                self.count(&stored);
-                return true;
-            }
-            Err(reason) => reason,
-        };
-        let Some(result) = self
-            .retry_sink("storing a refused event", std::slice::from_ref(raw), || {
-                self.sink.store_refused(record, reason.as_str())
-            })
-            .await
-        else {
-            return false;
-        };
-        match result {
-            Ok(stored) => {
-                self.count(&stored);
-                true
-            }
-            Err(again) => self
-                .dead_letter(
-                    raw,
-                    origin.one_event(),
-                    &format!("{reason}; then {again}"),
-                    1,
-                )
-                .await
-                .is_some(),
-        }
-    }
-
-    /// Records an entry, or one event of it, in `dead_letters` and the dead stream; a whole
-    /// entry is then acknowledged. `None` on shutdown during an outage.
-    async fn dead_letter(
-        &self,
-        raw: &RawEntry,
-        event: Option<dead_letters::OneEvent<'_>>,
-        reason: &str,
-        deliveries: u64,
-    ) -> Option<()> {
-        let reason = reason.replace('\0', "\u{fffd}");
-        let reason_ref = &reason;
-        let event = &event;
-        self.retry(
-            "recording a dead letter",
-            std::slice::from_ref(raw),
-            move || async move {
-                let one = event.as_ref().map(|e| dead_letters::OneEvent {
-                    position: e.position,
-                    fields: e.fields,
-                });
-                Ok(dead_letters::record(
-                    self.sink.pool(),
-                    &self.streams,
-                    raw,
-                    one,
-                    reason_ref,
-                    deliveries,
-                )
-                .await?)
-            },
-        )
-        .await?;
-        self.metrics.dead_letters.inc();
-        let stream = Keyspace::stream(raw.partition);
-        let position = event.as_ref().map(|e| e.position);
-        tracing::warn!(entry = %raw.entry_id, ?position, %stream, %reason, "moved to dead letters");
-        Some(())
-    }
-
-    fn count(&self, stored: &sink::Stored) {
-        self.metrics
-            .events_stored
-            .with_label_values(&["processed"])
-            .inc_by(stored.processed);
-        self.metrics
-            .events_stored
-            .with_label_values(&["invalid"])
-            .inc_by(stored.invalid);
-        self.metrics.events_duplicate.inc_by(stored.duplicates);
-        self.metrics.postgres_up.set(1);
-    }
-
-    /// Retries a storage step while PostgreSQL is unavailable; a refusal is handed back.
-    async fn retry_sink<T, F, Fut>(
-        &self,
-        what: &str,
-        held: &[RawEntry],
-        mut step: F,
-    ) -> Option<Result<T, String>>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, SinkError>>,
-    {
-        self.retry(what, held, || {
-            let attempt = step();
-            async move {
-                match attempt.await {
-                    Ok(v) => Ok(Ok(v)),
-                    Err(SinkError::Refused(reason)) => Ok(Err(reason)),
-                    Err(e @ SinkError::Unavailable(_)) => Err(e.into()),
-                }
-            }
-        })
-        .await
-    }
-
-    /// Runs `step` until it succeeds, backing off between failures and keeping `held` entries
-    /// claimed meanwhile. A failure marks the dependency it came from as down
-    /// (`sluice_worker_redis_up` or `sluice_worker_postgres_up`); success marks it up again.
-    /// `None` when shutdown comes first.
-    async fn retry<T, F, Fut>(&self, what: &str, held: &[RawEntry], mut step: F) -> Option<T>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, StepError>>,
-    {
-        let mut backoff = Backoff::new();
-        let mut last_touch = Instant::now();
-        let mut failed: Option<Dependency> = None;
-        loop {
-            match step().await {
-                Ok(v) => {
-                    if let Some(dependency) = failed {
-                        self.dependency_up(dependency, true);
-                    }
-                    return Some(v);
-                }
-                Err(StepError { dependency, error }) => {
-                    self.dependency_up(dependency, false);
-                    failed = Some(dependency);
-                    tracing::warn!(%error, dependency = dependency.name(), "{what} failed; retrying");
-                    if self.stopping() {
-                        tracing::warn!(
-                            "stopping with {} entries unacknowledged; another worker will claim them",
-                            held.len()
-                        );
-                        return None;
-                    }
-                    if !held.is_empty() && last_touch.elapsed() >= self.settings.claim_idle / 3 {
-                        last_touch = Instant::now();
-                        let _ = self.streams.touch(held).await;
-                    }
-                    backoff.wait(&self.shutdown).await;
-                }
-            }
-        }
-    }
-}
-
-/// What the main loop does next.
-#[derive(Clone, Copy)]
-enum Step {
-    /// Re-read this consumer's own unacknowledged entries (after a restart under the same name).
-    OwnPending,
-    /// Claim entries other consumers left idle.
-    Claim,
-    /// Read new entries, waiting for some to arrive or not.
-    New { block: bool },
-}
-
-/// Where a decoded event came from.
-struct Origin {
-    /// Its entry, by index in the batch's entries.
-    entry: usize,
-    /// Its place in that entry.
-    position: usize,
-    /// Its fields as a one-event entry; `None` when the entry is that one event.
-    alone: Option<[(&'static str, String); 2]>,
-}
-
-impl Origin {
-    /// The event alone, for a dead letter of just it; `None`: the whole entry.
-    fn one_event(&self) -> Option<dead_letters::OneEvent<'_>> {
-        self.alone.as_ref().map(|fields| dead_letters::OneEvent {
-            position: self.position,
-            fields,
-        })
-    }
-}
-
-/// One claim's take.
-#[derive(Default)]
-struct Claimed {
-    entries: Vec<RawEntry>,
-    /// Some partition had a full batch of idle entries: claim again soon.
-    full: bool,
-}
-
-impl Worker {
-    fn dependency_up(&self, dependency: Dependency, up: bool) {
-        let gauge = match dependency {
-            Dependency::Redis => &self.metrics.redis_up,
-            Dependency::Postgres => &self.metrics.postgres_up,
-        };
-        gauge.set(i64::from(up));
-    }
-}
-
-/// The stores a worker's steps depend on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dependency {
-    Redis,
-    Postgres,
-}
-
-impl Dependency {
-    fn name(self) -> &'static str {
-        match self {
-            Dependency::Redis => "redis",
-            Dependency::Postgres => "postgres",
-        }
-    }
-}
-
-/// A step that failed because a dependency did not answer: worth retrying. Refusals of the data
-/// itself never become a `StepError`; they are handed back to the caller.
-#[derive(Debug)]
-struct StepError {
-    dependency: Dependency,
-    error: String,
-}
-
-impl StepError {
-    fn of(dependency: Dependency, error: impl std::fmt::Display) -> Self {
-        StepError {
-            dependency,
-            error: error.to_string(),
-        }
-    }
-}
-
-impl From<RedisError> for StepError {
-    fn from(e: RedisError) -> Self {
-        StepError::of(Dependency::Redis, e)
-    }
-}
-
-impl From<PgError> for StepError {
-    fn from(e: PgError) -> Self {
-        StepError::of(Dependency::Postgres, e)
-    }
-}
-
-impl From<SinkError> for StepError {
-    fn from(e: SinkError) -> Self {
-        StepError::of(Dependency::Postgres, e)
-    }
-}
-
-impl From<DeadLetterError> for StepError {
-    fn from(e: DeadLetterError) -> Self {
-        match e {
-            DeadLetterError::Redis(e) => e.into(),
-            other => StepError::of(Dependency::Postgres, other),
-        }
-    }
-}
-
-/// The worker is ready only while both Redis and PostgreSQL answer, and Redis keeps what it is
-/// given (`maxmemory-policy noeviction`).
-impl crate::ops::Probe for Worker {
-    async fn failing(&self) -> Vec<crate::ops::Failing> {
-        let mut failing = Vec::new();
-        let keyspace = Keyspace::new(self.streams.partitions());
-        let redis = match self.redis.ping().await {
-            Ok(()) => match redis_memory::Memory::read(&self.redis, keyspace).await {
-                Ok(memory) => memory.check_policy(self.allow_eviction).err(),
-                Err(e) => Some(e.to_string()),
-            },
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(error) = redis {
-            failing.push(crate::ops::Failing {
-                dependency: "redis",
-                error,
-            });
-        }
-        let pg = async {
-            let client = self.pg().get().await.map_err(|e| e.to_string())?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| e.to_string())
-        };
-        let error = match tokio::time::timeout(Duration::from_secs(2), pg).await {
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e),
-            Err(_) => Some("no answer within 2s".to_owned()),
-        };
-        if let Some(error) = error {
-            failing.push(crate::ops::Failing {
-                dependency: "postgres",
-                error,
-            });
-        }
-        failing
-    }
-
-    fn metrics(&self) -> String {
-        self.metrics.render()
-    }
 }
 
 fn is_nogroup(e: &RedisError) -> bool {
     matches!(e, RedisError::Command(err) if err.code() == Some("NOGROUP"))
-}
-
-/// Capped exponential backoff with jitter, so restarting workers do not retry in lockstep.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn new() -> Self {
-        Backoff { next: Self::FIRST }
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-
-    /// Sleeps for the next interval, or until shutdown.
-    async fn wait(&mut self, shutdown: &Shutdown) {
-        let jitter = rand::random_range(0.5..1.5);
-        let pause = self.next.mul_f64(jitter);
-        self.next = (self.next * 2).min(Self::MAX);
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.requested() => {}
-        }
-    }
 }

@@ -830,3 +830,53 @@ async fn a_poisoned_event_is_dead_lettered_alone_and_a_redelivered_entry_stores_
     assert_exactly_once(&env, &good).await;
     assert_rolled_up_once(&client).await;
 }
+
+/// The consumer group's view of a stream, from Redis's typed replies: a stream not created yet
+/// reads as empty (not as an error), a live one as Redis counts it.
+#[actix_web::test]
+async fn the_group_reads_missing_and_live_streams_as_redis_reports_them() {
+    use sluice::stream::group::GroupStats;
+    let env = TestEnv::start().await;
+    let settings = env.settings();
+    let redis = sluice::redis_pool::Redis::new(&settings.redis).unwrap();
+    let keyspace = Keyspace::new(settings.redis.partitions);
+    let group = sluice::stream::Consumer::new(redis, keyspace, "probe".into());
+    assert_eq!(group.stats(0).await.unwrap(), GroupStats::default());
+    assert_eq!(group.trim(0).await.unwrap(), 0);
+
+    group.ensure_groups().await.unwrap();
+    let mut conn = env.redis.conn();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id: String = redis::cmd("XADD")
+            .arg(Keyspace::stream(0))
+            .arg("*")
+            .arg("n")
+            .arg(n)
+            .query(&mut conn)
+            .unwrap();
+        ids.push(id);
+    }
+    let read = group.read(2, 0, false).await.unwrap();
+    assert_eq!(read.len(), 2);
+    let stats = group.stats(0).await.unwrap();
+    let first_ms: u64 = ids[0].split('-').next().unwrap().parse().unwrap();
+    assert_eq!(
+        stats,
+        GroupStats {
+            pending: 2,
+            lag: 1,
+            oldest_pending_ms: Some(first_ms),
+        }
+    );
+    let stale = group.stale(0, 0, 10).await.unwrap();
+    let stale: Vec<(String, u64)> = stale
+        .into_iter()
+        .map(|s| (s.entry_id, s.deliveries))
+        .collect();
+    assert_eq!(stale, vec![(ids[0].clone(), 1), (ids[1].clone(), 1)]);
+    group.ack(&read[..1]).await.unwrap();
+    // Below the first pending entry everything is stored: trimmed.
+    assert_eq!(group.trim(0).await.unwrap(), 1);
+    assert_eq!(group.stats(0).await.unwrap().pending, 1);
+}
