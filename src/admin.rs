@@ -15,7 +15,7 @@ use crate::pg::{self, PgError};
 use crate::redis_memory::{Memory, NodeMemory};
 use crate::redis_pool::Redis;
 use crate::registry::admin_tokens::AdminTokens;
-use crate::registry::{self, Registry, RegistryError};
+use crate::registry::{Registry, RegistryError};
 use crate::stream::dead_letters::{self, DeadLetterError};
 
 /// Why a command failed; printed on stderr as it reads.
@@ -207,92 +207,28 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
     let redis = Redis::new(&settings.redis).map_err(AdminError::Config)?;
     let keyspace = Keyspace::new(settings.redis.partitions);
     let registry = Registry::new(pg.clone(), redis.clone(), keyspace);
-    let limit_of = |signal: &registry::Signal| {
-        signal
-            .limit
-            .unwrap_or_else(|| settings.limits.for_type(signal.signal_type))
-    };
-
+    let allow_eviction = settings.redis.allow_eviction;
     Ok(match cli.command {
         Command::Migrate => {
             let applied = pg::migrate(&pg).await?;
             json!({"applied": applied, "version": pg::migrate::latest()})
         }
-        Command::Tenant {
-            command: TenantCommand::Create { name },
-        } => {
-            let tenant = registry.create_tenant(&name).await?;
-            json!({"id": tenant.id, "name": tenant.name})
-        }
-        Command::Tenant {
-            command: TenantCommand::Show { id },
-        } => {
-            let tenant = registry.tenant(&id).await?;
-            let partition = keyspace.partition_of(&tenant.id);
-            json!({"id": tenant.id, "name": tenant.name, "partition": partition,
-                   "stream": Keyspace::stream(partition)})
-        }
-        Command::Key {
-            command: KeyCommand::Create { tenant, name },
-        } => {
-            let (id, key) = registry.create_key(&tenant, name.as_ref()).await?;
-            json!({"id": id.as_str(), "key": key.expose()})
-        }
-        Command::Key {
-            command: KeyCommand::Revoke { id },
-        } => {
-            registry.revoke_key(&id).await?;
-            json!({"id": id.as_str(), "revoked": true})
-        }
-        Command::Signal {
-            command:
-                SignalCommand::Create {
-                    tenant,
-                    slug,
-                    signal_type,
-                    name,
-                    limit,
-                },
-        } => {
-            let s = registry
-                .create_signal(&tenant, &slug, signal_type, name.as_ref(), limit)
-                .await?;
-            json!({"id": s.id, "slug": s.slug, "type": s.signal_type.as_str(), "active": s.active, "limit": limit_of(&s)})
-        }
-        Command::Signal {
-            command: SignalCommand::Deactivate { tenant, slug },
-        } => {
-            let s = registry.set_active(&tenant, &slug, false).await?;
-            json!({"id": s.id, "active": s.active})
-        }
-        Command::Signal {
-            command: SignalCommand::Activate { tenant, slug },
-        } => {
-            let s = registry.set_active(&tenant, &slug, true).await?;
-            json!({"id": s.id, "active": s.active})
-        }
+        Command::Tenant { command } => tenant(&registry, keyspace, command).await?,
+        Command::Key { command } => key(&registry, command).await?,
+        Command::Signal { command } => signal(&registry, settings, command).await?,
         Command::Schema {
             command: SchemaCommand::Add { tenant, slug, file },
         } => {
-            let path = || file.display().to_string();
-            let text = std::fs::read_to_string(&file).map_err(|e| AdminError::ReadFile {
-                path: path(),
-                error: e.to_string(),
-            })?;
-            let schema: Value = serde_json::from_str(&text).map_err(|e| AdminError::NotJson {
-                path: path(),
-                error: e.to_string(),
-            })?;
+            let schema = read_json(&file)?;
             let (signal, added) = registry.add_schema(&tenant, &slug, &schema).await?;
             json!({"signal_id": signal.id, "version": added.version})
         }
         Command::Sync => {
-            fit_for_the_backlog(&redis, keyspace, settings.redis.allow_eviction).await?;
+            fit_for_the_backlog(&redis, keyspace, allow_eviction).await?;
             serde_json::to_value(registry.sync().await?).expect("counts serialize")
         }
         Command::Doctor => {
-            let nodes =
-                fit_for_the_backlog(&redis, keyspace, settings.redis.allow_eviction).await?;
+            let nodes = fit_for_the_backlog(&redis, keyspace, allow_eviction).await?;
             json!({"redis": nodes, "ok": true})
         }
         Command::DeadLetters {
@@ -319,6 +255,82 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
             let token = AdminTokens::new(pg).revoke(&id).await?;
             json!({"id": token.id, "revoked": true})
         }
+    })
+}
+
+async fn tenant(
+    registry: &Registry,
+    keyspace: Keyspace,
+    command: TenantCommand,
+) -> Result<Value, AdminError> {
+    Ok(match command {
+        TenantCommand::Create { name } => {
+            let tenant = registry.create_tenant(&name).await?;
+            json!({"id": tenant.id, "name": tenant.name})
+        }
+        TenantCommand::Show { id } => {
+            let tenant = registry.tenant(&id).await?;
+            let partition = keyspace.partition_of(&tenant.id);
+            json!({"id": tenant.id, "name": tenant.name, "partition": partition,
+                   "stream": Keyspace::stream(partition)})
+        }
+    })
+}
+
+async fn key(registry: &Registry, command: KeyCommand) -> Result<Value, AdminError> {
+    Ok(match command {
+        KeyCommand::Create { tenant, name } => {
+            let (id, key) = registry.create_key(&tenant, name.as_ref()).await?;
+            json!({"id": id.as_str(), "key": key.expose()})
+        }
+        KeyCommand::Revoke { id } => {
+            registry.revoke_key(&id).await?;
+            json!({"id": id.as_str(), "revoked": true})
+        }
+    })
+}
+
+async fn signal(
+    registry: &Registry,
+    settings: &Settings,
+    command: SignalCommand,
+) -> Result<Value, AdminError> {
+    let (tenant, slug, active) = match command {
+        SignalCommand::Create {
+            tenant,
+            slug,
+            signal_type,
+            name,
+            limit,
+        } => {
+            let s = registry
+                .create_signal(&tenant, &slug, signal_type, name.as_ref(), limit)
+                .await?;
+            let limit = s
+                .limit
+                .unwrap_or_else(|| settings.limits.for_type(s.signal_type));
+            return Ok(
+                json!({"id": s.id, "slug": s.slug, "type": s.signal_type.as_str(),
+                             "active": s.active, "limit": limit}),
+            );
+        }
+        SignalCommand::Deactivate { tenant, slug } => (tenant, slug, false),
+        SignalCommand::Activate { tenant, slug } => (tenant, slug, true),
+    };
+    let s = registry.set_active(&tenant, &slug, active).await?;
+    Ok(json!({"id": s.id, "active": s.active}))
+}
+
+/// The JSON document in `file`.
+fn read_json(file: &std::path::Path) -> Result<Value, AdminError> {
+    let path = || file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|e| AdminError::ReadFile {
+        path: path(),
+        error: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| AdminError::NotJson {
+        path: path(),
+        error: e.to_string(),
     })
 }
 

@@ -14,7 +14,7 @@ use super::error::{ApiError, Body as ErrorBody};
 use super::idempotency;
 use super::rate_headers::RateHeaders;
 use crate::domain::{self, BodyError, Event};
-use crate::ingest::{Admitted, Idempotency, Outcome, Verdict};
+use crate::ingest::{Admitted, BadVersion, Idempotency, Outcome, Verdict};
 
 /// One accepted event in a response.
 #[derive(Serialize, ToSchema)]
@@ -269,28 +269,7 @@ async fn admit(
         }
         Verdict::BadVersions(bad) => {
             reject("schema_version");
-            let errors = bad
-                .iter()
-                .map(|b| {
-                    let field = if batch {
-                        format!("events[{}].version", b.index)
-                    } else {
-                        "version".to_owned()
-                    };
-                    let has = match b.available {
-                        0 => "it has no schema".to_owned(),
-                        n => format!("latest is {n}"),
-                    };
-                    domain::FieldError {
-                        index: b.index,
-                        message: format!(
-                            "{field}: signal {} has no schema version {} ({has})",
-                            b.slug, b.requested
-                        ),
-                        field,
-                    }
-                })
-                .collect();
+            let errors = bad.iter().map(|b| version_error(b, batch)).collect();
             Err(ApiError::Validation(errors))
         }
         Verdict::KeyReused => Err(ApiError::IdempotencyKeyReused),
@@ -300,32 +279,58 @@ async fn admit(
             Ok(admitted)
         }
         Verdict::Admitted(admitted) => {
-            // Tallied per signal first: one labelled-counter lookup per signal, not per event.
-            let mut tally = vec![(0u64, 0u64); admitted.signals.len()];
-            for outcome in &admitted.events {
-                match outcome {
-                    Outcome::Accepted { signal, .. } => tally[*signal].0 += 1,
-                    Outcome::RateLimited { signal } => tally[*signal].1 += 1,
-                }
-            }
-            for (window, (accepted, limited)) in admitted.signals.iter().zip(tally) {
-                let label = [window.signal_type.as_str()];
-                if accepted > 0 {
-                    state
-                        .metrics
-                        .events_accepted
-                        .with_label_values(&label)
-                        .inc_by(accepted);
-                }
-                if limited > 0 {
-                    state
-                        .metrics
-                        .events_rate_limited
-                        .with_label_values(&label)
-                        .inc_by(limited);
-                }
-            }
+            count_admitted(state, &admitted);
             Ok(admitted)
+        }
+    }
+}
+
+/// An event that asked for a schema version its signal does not have.
+fn version_error(bad: &BadVersion, batch: bool) -> domain::FieldError {
+    let at = domain::EventPath {
+        index: bad.index,
+        batch,
+    };
+    let field = at.field("version");
+    let has = match bad.available {
+        0 => "it has no schema".to_owned(),
+        n => format!("latest is {n}"),
+    };
+    domain::FieldError {
+        index: bad.index,
+        message: format!(
+            "{field}: signal {} has no schema version {} ({has})",
+            bad.slug, bad.requested
+        ),
+        field,
+    }
+}
+
+/// Counts a request's accepted and rate-limited events per signal type: tallied per signal
+/// first, so one labelled-counter lookup per signal, not per event.
+fn count_admitted(state: &AppState, admitted: &Admitted) {
+    let mut tally = vec![(0u64, 0u64); admitted.signals.len()];
+    for outcome in &admitted.events {
+        match outcome {
+            Outcome::Accepted { signal, .. } => tally[*signal].0 += 1,
+            Outcome::RateLimited { signal } => tally[*signal].1 += 1,
+        }
+    }
+    for (window, (accepted, limited)) in admitted.signals.iter().zip(tally) {
+        let label = [window.signal_type.as_str()];
+        if accepted > 0 {
+            state
+                .metrics
+                .events_accepted
+                .with_label_values(&label)
+                .inc_by(accepted);
+        }
+        if limited > 0 {
+            state
+                .metrics
+                .events_rate_limited
+                .with_label_values(&label)
+                .inc_by(limited);
         }
     }
 }

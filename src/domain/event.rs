@@ -101,7 +101,7 @@ pub fn parse_batch(body: &str) -> Result<Vec<Event<'_>>, BodyError> {
         .iter()
         .enumerate()
         .filter_map(|(index, raw)| {
-            let path = Path { index, batch: true };
+            let path = EventPath { index, batch: true };
             parse_event(raw, path, &mut errors)
         })
         .collect();
@@ -125,7 +125,7 @@ pub fn parse_single(body: &str) -> Result<Event<'_>, BodyError> {
     let mut errors = Vec::new();
     match parse_event(
         raw,
-        Path {
+        EventPath {
             index: 0,
             batch: false,
         },
@@ -187,15 +187,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for BoundedList<'a> {
     }
 }
 
-/// Where an event sits, for naming its fields in errors.
+/// Where an event sits, for naming its fields in errors: `events[2].version` in a batch,
+/// `version` alone for a single event.
 #[derive(Clone, Copy)]
-struct Path {
-    index: usize,
-    batch: bool,
+pub struct EventPath {
+    pub index: usize,
+    pub batch: bool,
 }
 
-impl Path {
-    fn field(self, name: &str) -> String {
+impl EventPath {
+    pub fn field(self, name: &str) -> String {
         match (self.batch, name.is_empty()) {
             (true, true) => format!("events[{}]", self.index),
             (true, false) => format!("events[{}].{name}", self.index),
@@ -238,7 +239,11 @@ struct RawIdentity<'a> {
     id: Option<&'a RawValue>,
 }
 
-fn parse_event<'a>(raw: &'a RawValue, at: Path, errors: &mut Vec<FieldError>) -> Option<Event<'a>> {
+fn parse_event<'a>(
+    raw: &'a RawValue,
+    at: EventPath,
+    errors: &mut Vec<FieldError>,
+) -> Option<Event<'a>> {
     if !raw.get().starts_with('{') {
         errors.push(at.error("", "must be an object"));
         return None;
@@ -388,7 +393,7 @@ fn string_of(raw: &RawValue) -> Result<Cow<'_, str>, &'static str> {
 
 fn required_string<'a>(
     raw: Option<&'a RawValue>,
-    at: Path,
+    at: EventPath,
     name: &str,
     errors: &mut Vec<FieldError>,
 ) -> Option<Cow<'a, str>> {
@@ -413,7 +418,7 @@ fn required_string<'a>(
 fn bounded_text<'a>(
     s: Cow<'a, str>,
     max: usize,
-    at: Path,
+    at: EventPath,
     name: &str,
     errors: &mut Vec<FieldError>,
 ) -> Option<Cow<'a, str>> {

@@ -7,7 +7,7 @@ pub mod json_guard;
 pub mod text;
 
 pub use event::{
-    BodyError, Event, FieldError, MAX_BATCH, SchemaVersion, parse_batch, parse_single,
+    BodyError, Event, EventPath, FieldError, MAX_BATCH, SchemaVersion, parse_batch, parse_single,
 };
 pub use ids::{AdminTokenId, ApiKey, KeyId, Secret, SignalId, TenantId, hex, random_base62};
 pub use text::{IdentityId, IdentityType, Label, PerMinute, Rule, Slug, TenantName};

@@ -173,19 +173,7 @@ impl Admission {
         received_at: DateTime<Utc>,
         idempotency: Option<&Idempotency<'_>>,
     ) -> Result<Verdict, RedisError> {
-        // Distinct slugs in first-seen order; each event refers to its slug by number.
-        let mut slug_numbers: HashMap<&str, usize> = HashMap::with_capacity(events.len());
-        let mut slugs: Vec<&str> = Vec::new();
-        let event_slugs: Vec<usize> = events
-            .iter()
-            .map(|e| {
-                *slug_numbers.entry(e.signal.as_ref()).or_insert_with(|| {
-                    slugs.push(e.signal.as_ref());
-                    slugs.len() - 1
-                })
-            })
-            .collect();
-
+        let request = Request::of(events);
         // Whole microseconds: the receipt time in the entries and the one ids derive from agree.
         let received_us = received_at.timestamp_micros();
         let received_at = Utc
@@ -194,25 +182,41 @@ impl Admission {
             .unwrap_or(received_at);
         let key = idempotency.map(|i| i.key);
         let ids = event_ids(tenant, key, received_us, events.len());
-        let requested: Vec<u32> = events
-            .iter()
-            .map(|e| match e.version {
-                SchemaVersion::Latest => 0,
-                SchemaVersion::Exact(v) => v,
-            })
-            .collect();
-        // Per slug: how many events name it, and the highest version they ask for.
-        let mut per_slug = vec![(0u32, 0u32); slugs.len()];
-        for (&slug, &version) in event_slugs.iter().zip(&requested) {
-            per_slug[slug].0 += 1;
-            per_slug[slug].1 = per_slug[slug].1.max(version);
-        }
-
         let mut call = self.script.prepare_invoke();
-        call.key(self.keyspace.registry(tenant));
+        let stream = self.arguments(&mut call, tenant, &request, idempotency, received_us);
+        call.arg(entry::events_field(
+            events,
+            &request.event_slugs,
+            &request.requested,
+            &ids,
+            received_at,
+        ));
+        let reply: Value = redis.invoke(&call, &stream, self.min_replicas_ack).await?;
+        let replay_ids =
+            |first_received_us| event_ids(tenant, key, first_received_us, events.len());
+        decode(reply, &request, ids, replay_ids).map_err(|why| {
+            RedisError::Command(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected reply from admit.lua",
+                why,
+            )))
+        })
+    }
+
+    /// Every key and argument of the script but the events (see `lua/admit.lua`); the stream
+    /// key, which routes the call.
+    fn arguments(
+        &self,
+        call: &mut redis::ScriptInvocation<'_>,
+        tenant: &str,
+        request: &Request<'_>,
+        idempotency: Option<&Idempotency<'_>>,
+        received_us: i64,
+    ) -> String {
         let stream = Keyspace::stream(self.keyspace.partition_of(tenant));
-        call.key(&stream);
-        call.key(self.keyspace.rate_limits(tenant));
+        call.key(self.keyspace.registry(tenant))
+            .key(&stream)
+            .key(self.keyspace.rate_limits(tenant));
         call.arg(tenant)
             .arg(self.limits.event)
             .arg(self.limits.metric)
@@ -228,38 +232,67 @@ impl Admission {
                 call.arg(0).arg("").arg("");
             }
         }
-        call.arg(slugs.len());
-        for (slug, (count, asked)) in slugs.iter().zip(&per_slug) {
+        call.arg(request.slugs.len());
+        for (slug, (count, asked)) in request.slugs.iter().zip(&request.per_slug) {
             call.arg(slug).arg(count).arg(asked);
         }
-        call.arg(entry::events_field(
-            events,
-            &event_slugs,
-            &requested,
-            &ids,
-            received_at,
-        ));
-
-        let reply: Value = redis.invoke(&call, &stream, self.min_replicas_ack).await?;
-        let replay_ids =
-            |first_received_us| event_ids(tenant, key, first_received_us, events.len());
-        decode(reply, &slugs, &event_slugs, &requested, ids, replay_ids).map_err(|why| {
-            RedisError::Command(redis::RedisError::from((
-                redis::ErrorKind::Parse,
-                "unexpected reply from admit.lua",
-                why,
-            )))
-        })
+        stream
     }
 }
 
-/// Decodes the script's reply. `requested` holds each event's requested version (0: latest);
-/// `replay_ids` gives the ids of a replayed answer from its first receipt time.
+/// A request as the script sees it: its distinct slugs, and for each event its slug's number
+/// and the version it asks for.
+#[derive(Debug, PartialEq, Eq)]
+struct Request<'a> {
+    /// Distinct slugs in first-seen order.
+    slugs: Vec<&'a str>,
+    /// Per event: its slug, by position in `slugs`.
+    event_slugs: Vec<usize>,
+    /// Per event: the schema version asked for (0: the latest).
+    requested: Vec<u32>,
+    /// Per slug: how many events name it, and the highest version they ask for.
+    per_slug: Vec<(u32, u32)>,
+}
+
+impl<'a> Request<'a> {
+    fn of(events: &'a [Event<'_>]) -> Self {
+        let mut numbers: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+        let mut slugs: Vec<&str> = Vec::new();
+        let event_slugs: Vec<usize> = events
+            .iter()
+            .map(|e| {
+                *numbers.entry(e.signal.as_ref()).or_insert_with(|| {
+                    slugs.push(e.signal.as_ref());
+                    slugs.len() - 1
+                })
+            })
+            .collect();
+        let requested: Vec<u32> = events
+            .iter()
+            .map(|e| match e.version {
+                SchemaVersion::Latest => 0,
+                SchemaVersion::Exact(v) => v,
+            })
+            .collect();
+        let mut per_slug = vec![(0u32, 0u32); slugs.len()];
+        for (&slug, &version) in event_slugs.iter().zip(&requested) {
+            per_slug[slug].0 += 1;
+            per_slug[slug].1 = per_slug[slug].1.max(version);
+        }
+        Request {
+            slugs,
+            event_slugs,
+            requested,
+            per_slug,
+        }
+    }
+}
+
+/// Decodes the script's reply; `replay_ids` gives the ids of a replayed answer from its first
+/// receipt time. A reply of any other shape is an error, never a panic.
 fn decode(
     reply: Value,
-    slugs: &[&str],
-    event_slugs: &[usize],
-    requested: &[u32],
+    request: &Request<'_>,
     ids: Vec<Uuid>,
     replay_ids: impl FnOnce(i64) -> Vec<Uuid>,
 ) -> Result<Verdict, String> {
@@ -268,106 +301,121 @@ fn decode(
     };
     let mut items = items.into_iter();
     let tag = text(items.next())?;
-    let ints: Vec<Value> = items.collect();
+    let rest: Vec<Value> = items.collect();
     match tag.as_str() {
-        "notfound" => ints
+        "notfound" => rest
             .into_iter()
-            .map(|v| slug_at(slugs, int(Some(v))? as usize).map(str::to_owned))
+            .map(|v| slug_at(&request.slugs, int(Some(v))? as usize).map(str::to_owned))
             .collect::<Result<_, _>>()
             .map(Verdict::NotFound),
-        "badversion" => {
-            // Per refused slug its latest version; the events above it are the bad ones.
-            let mut latest: Vec<Option<u32>> = vec![None; slugs.len()];
-            for pair in ints.chunks(2) {
-                let slug = int(pair.first().cloned())? as usize;
-                slug_at(slugs, slug)?;
-                latest[slug - 1] = Some(int(pair.get(1).cloned())? as u32);
-            }
-            Ok(Verdict::BadVersions(
-                event_slugs
-                    .iter()
-                    .zip(requested)
-                    .enumerate()
-                    .filter_map(|(index, (&slug, &asked))| {
-                        let available = latest[slug]?;
-                        (asked > available).then(|| BadVersion {
-                            index,
-                            slug: slugs[slug].to_owned(),
-                            requested: asked,
-                            available,
-                        })
-                    })
-                    .collect(),
-            ))
-        }
+        "badversion" => bad_versions(&rest, request).map(Verdict::BadVersions),
         "conflict" => Ok(Verdict::KeyReused),
-        "ok" | "replay" => {
-            let replayed = tag == "replay";
-            let mut it = ints.into_iter();
-            let now_s = int(it.next())?;
-            let now_us = int(it.next())?;
-            let reset_s = int(it.next())?;
-            let ids = if replayed {
-                let first: i64 = text(it.next())?
-                    .parse()
-                    .map_err(|e| format!("recorded receipt time: {e}"))?;
-                replay_ids(first)
-            } else {
-                ids
-            };
-            let mut signals = Vec::with_capacity(slugs.len());
-            let mut latest = Vec::with_capacity(slugs.len());
-            let mut admitted = Vec::with_capacity(slugs.len());
-            for _ in slugs {
-                signals.push(SignalWindow {
-                    id: text(it.next())?,
-                    signal_type: text(it.next())?.parse()?,
-                    limit: int(it.next())? as u32,
-                    remaining: int(it.next())? as u32,
-                });
-                latest.push(int(it.next())? as u32);
-                admitted.push(int(it.next())? as u32);
-            }
-            // The first `admitted` events of each signal, in request order, got in.
-            let mut seen = vec![0u32; slugs.len()];
-            let events = event_slugs
-                .iter()
-                .zip(requested)
-                .zip(ids)
-                .map(|((&signal, &version), id)| {
-                    seen[signal] += 1;
-                    if seen[signal] <= admitted[signal] {
-                        Outcome::Accepted {
-                            id,
-                            signal,
-                            // The version asked for, or the latest for "latest" (0: no schema).
-                            schema_version: Some(if version > 0 {
-                                version
-                            } else {
-                                latest[signal]
-                            })
-                            .filter(|&v| v > 0),
-                        }
-                    } else {
-                        Outcome::RateLimited { signal }
-                    }
-                })
-                .collect::<Vec<_>>();
-            let now = Utc
-                .timestamp_opt(now_s, (now_us as u32).saturating_mul(1000))
-                .single()
-                .ok_or("bad TIME")?;
-            let reset = Utc.timestamp_opt(reset_s, 0).single().ok_or("bad reset")?;
-            Ok(Verdict::Admitted(Admitted {
-                events,
-                signals,
-                now,
-                reset,
-                replayed,
-            }))
+        "ok" => admitted(rest, request, ids, false).map(Verdict::Admitted),
+        "replay" => {
+            let first: i64 = text(rest.get(3).cloned())?
+                .parse()
+                .map_err(|e| format!("recorded receipt time: {e}"))?;
+            let mut rest = rest;
+            rest.remove(3);
+            admitted(rest, request, replay_ids(first), true).map(Verdict::Admitted)
         }
         other => Err(format!("unknown reply tag {other:?}")),
     }
+}
+
+/// The events that asked for more than their signal has, from the refused slugs' latest
+/// versions (pairs of slug number and version).
+fn bad_versions(pairs: &[Value], request: &Request<'_>) -> Result<Vec<BadVersion>, String> {
+    let mut latest: Vec<Option<u32>> = vec![None; request.slugs.len()];
+    for pair in pairs.chunks(2) {
+        let slug = int(pair.first().cloned())? as usize;
+        slug_at(&request.slugs, slug)?;
+        latest[slug - 1] = Some(int(pair.get(1).cloned())? as u32);
+    }
+    Ok(request
+        .event_slugs
+        .iter()
+        .zip(&request.requested)
+        .enumerate()
+        .filter_map(|(index, (&slug, &asked))| {
+            let available = latest[slug]?;
+            (asked > available).then(|| BadVersion {
+                index,
+                slug: request.slugs[slug].to_owned(),
+                requested: asked,
+                available,
+            })
+        })
+        .collect())
+}
+
+/// An admitted (or replayed) request: Redis's time, the window's end, then per slug its id,
+/// type, limit, remaining, latest version and how many of its events got in.
+fn admitted(
+    values: Vec<Value>,
+    request: &Request<'_>,
+    ids: Vec<Uuid>,
+    replayed: bool,
+) -> Result<Admitted, String> {
+    let mut it = values.into_iter();
+    let now_s = int(it.next())?;
+    let now_us = int(it.next())?;
+    let reset_s = int(it.next())?;
+    let slugs = request.slugs.len();
+    let mut signals = Vec::with_capacity(slugs);
+    let mut latest = Vec::with_capacity(slugs);
+    let mut admitted = Vec::with_capacity(slugs);
+    for _ in 0..slugs {
+        signals.push(SignalWindow {
+            id: text(it.next())?,
+            signal_type: text(it.next())?.parse()?,
+            limit: int(it.next())? as u32,
+            remaining: int(it.next())? as u32,
+        });
+        latest.push(int(it.next())? as u32);
+        admitted.push(int(it.next())? as u32);
+    }
+    let now = Utc
+        .timestamp_opt(now_s, (now_us as u32).saturating_mul(1000))
+        .single()
+        .ok_or("bad TIME")?;
+    let reset = Utc.timestamp_opt(reset_s, 0).single().ok_or("bad reset")?;
+    Ok(Admitted {
+        events: outcomes(request, &admitted, &latest, ids),
+        signals,
+        now,
+        reset,
+        replayed,
+    })
+}
+
+/// Each event's outcome: the first `admitted` events of each signal, in request order, got
+/// in, with the version asked for or the signal's latest for "latest" (0: no schema).
+fn outcomes(
+    request: &Request<'_>,
+    admitted: &[u32],
+    latest: &[u32],
+    ids: Vec<Uuid>,
+) -> Vec<Outcome> {
+    let mut seen = vec![0u32; request.slugs.len()];
+    request
+        .event_slugs
+        .iter()
+        .zip(&request.requested)
+        .zip(ids)
+        .map(|((&signal, &version), id)| {
+            seen[signal] += 1;
+            if seen[signal] > admitted[signal] {
+                return Outcome::RateLimited { signal };
+            }
+            let version = if version > 0 { version } else { latest[signal] };
+            Outcome::Accepted {
+                id,
+                signal,
+                schema_version: Some(version).filter(|&v| v > 0),
+            }
+        })
+        .collect()
 }
 
 fn slug_at<'a>(slugs: &[&'a str], number: usize) -> Result<&'a str, String> {
@@ -389,5 +437,177 @@ fn text(v: Option<Value>) -> Result<String, String> {
         Some(Value::BulkString(b)) => String::from_utf8(b).map_err(|e| e.to_string()),
         Some(Value::SimpleString(s)) => Ok(s),
         other => Err(format!("expected a string, got {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    /// Events of slugs `a`, `b`, `a`, `a`, the second `a` asking for version 2.
+    fn events() -> Vec<Event<'static>> {
+        const BODY: &str = r#"{"events":[
+            {"signal":"a","identity":{"type":"deal","id":"1"}},
+            {"signal":"b","identity":{"type":"deal","id":"2"}},
+            {"signal":"a","version":2,"identity":{"type":"deal","id":"3"}},
+            {"signal":"a","identity":{"type":"deal","id":"4"}}]}"#;
+        crate::domain::parse_batch(BODY).unwrap()
+    }
+
+    fn ids(n: usize) -> Vec<Uuid> {
+        (0..n).map(|_| Uuid::now_v7()).collect()
+    }
+
+    #[test]
+    fn a_request_names_each_slug_once_in_first_seen_order() {
+        let events = events();
+        let request = Request::of(&events);
+        assert_eq!(request.slugs, ["a", "b"]);
+        assert_eq!(request.event_slugs, [0, 1, 0, 0]);
+        assert_eq!(request.requested, [0, 0, 2, 0]);
+        assert_eq!(request.per_slug, [(3, 2), (1, 0)]);
+    }
+
+    #[test]
+    fn refusals_name_slugs_and_the_events_above_their_latest_version() {
+        let events = events();
+        let request = Request::of(&events);
+        let no_replay = |_| unreachable!();
+        let reply = Value::Array(vec![bulk("notfound"), Value::Int(2)]);
+        match decode(reply, &request, ids(4), no_replay).unwrap() {
+            Verdict::NotFound(slugs) => assert_eq!(slugs, ["b"]),
+            other => panic!("{other:?}"),
+        }
+        let reply = Value::Array(vec![bulk("badversion"), Value::Int(1), Value::Int(1)]);
+        match decode(reply, &request, ids(4), no_replay).unwrap() {
+            Verdict::BadVersions(bad) => assert_eq!(
+                bad,
+                [BadVersion {
+                    index: 2,
+                    slug: "a".into(),
+                    requested: 2,
+                    available: 1
+                }]
+            ),
+            other => panic!("{other:?}"),
+        }
+        let reply = Value::Array(vec![bulk("conflict")]);
+        assert!(matches!(
+            decode(reply, &request, ids(4), no_replay),
+            Ok(Verdict::KeyReused)
+        ));
+    }
+
+    /// `ok`: Redis's time, the reset, then per slug id, type, limit, remaining, latest, admitted.
+    fn ok_reply(tag: &str, received: Option<&str>) -> Value {
+        let mut items = vec![
+            bulk(tag),
+            Value::Int(1_764_000_000),
+            Value::Int(250_000),
+            Value::Int(1_764_000_060),
+        ];
+        items.extend(received.map(bulk));
+        for v in [bulk("sig_a"), bulk("metric"), Value::Int(2), Value::Int(0)] {
+            items.push(v);
+        }
+        items.extend([Value::Int(3), Value::Int(2)]);
+        items.extend([
+            bulk("sig_b"),
+            bulk("event"),
+            Value::Int(100),
+            Value::Int(99),
+        ]);
+        items.extend([Value::Int(0), Value::Int(1)]);
+        Value::Array(items)
+    }
+
+    #[test]
+    fn the_first_admitted_events_of_each_signal_get_in_with_their_versions() {
+        let events = events();
+        let request = Request::of(&events);
+        let sent = ids(4);
+        let verdict = decode(
+            ok_reply("ok", None),
+            &request,
+            sent.clone(),
+            |_| unreachable!(),
+        );
+        let Ok(Verdict::Admitted(a)) = verdict else {
+            panic!("{verdict:?}");
+        };
+        assert!(!a.replayed);
+        assert_eq!(a.now.timestamp_micros(), 1_764_000_000_250_000);
+        assert_eq!(a.reset.timestamp(), 1_764_000_060);
+        assert_eq!((a.signals[0].limit, a.signals[0].remaining), (2, 0));
+        let accepted = |id, signal, schema_version| Outcome::Accepted {
+            id,
+            signal,
+            schema_version,
+        };
+        assert_eq!(
+            a.events,
+            [
+                accepted(sent[0], 0, Some(3)),
+                accepted(sent[1], 1, None),
+                accepted(sent[2], 0, Some(2)),
+                Outcome::RateLimited { signal: 0 },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_replay_answers_the_ids_of_its_first_receipt() {
+        let events = events();
+        let request = Request::of(&events);
+        let first = ids(4);
+        let verdict = decode(
+            ok_reply("replay", Some("1763999999000001")),
+            &request,
+            ids(4),
+            |received| {
+                assert_eq!(received, 1_763_999_999_000_001);
+                first.clone()
+            },
+        );
+        let Ok(Verdict::Admitted(a)) = verdict else {
+            panic!("{verdict:?}");
+        };
+        assert!(a.replayed);
+        assert!(matches!(a.events[0], Outcome::Accepted { id, .. } if id == first[0]));
+    }
+
+    #[test]
+    fn replies_of_another_shape_are_errors_not_panics() {
+        let events = events();
+        let request = Request::of(&events);
+        let short = match ok_reply("ok", None) {
+            Value::Array(mut items) => {
+                items.truncate(9);
+                Value::Array(items)
+            }
+            _ => unreachable!(),
+        };
+        for reply in [
+            Value::Nil,
+            Value::Array(vec![]),
+            Value::Array(vec![bulk("maybe")]),
+            Value::Array(vec![bulk("notfound"), Value::Int(0)]),
+            Value::Array(vec![bulk("notfound"), Value::Int(3)]),
+            Value::Array(vec![bulk("badversion"), Value::Int(9), Value::Int(1)]),
+            Value::Array(vec![bulk("badversion"), Value::Int(1)]),
+            Value::Array(vec![bulk("ok"), bulk("soon")]),
+            short,
+            ok_reply("replay", Some("yesterday")),
+        ] {
+            let shown = format!("{reply:?}");
+            assert!(
+                decode(reply, &request, ids(4), |_| ids(4)).is_err(),
+                "{shown}"
+            );
+        }
     }
 }
