@@ -441,181 +441,204 @@ impl Settings {
     }
 
     fn validate(raw: Raw) -> Result<Self, ConfigError> {
-        let get = |key: &'static str, value: &String| Field {
-            key,
-            value: value.clone(),
-        };
-        let (r, p, a, w, l, g) = (
-            &raw.redis,
-            &raw.postgres,
-            &raw.api,
-            &raw.worker,
-            &raw.limits,
-            &raw.log,
-        );
         Ok(Settings {
-            redis: RedisSettings {
-                url: Secret(get("redis.url", &r.url).parse_with(parse_redis_urls)?),
-                mode: get("redis.mode", &r.mode).parse_with(|v| match v {
-                    "standalone" => Ok(RedisMode::Standalone),
-                    "cluster" => Ok(RedisMode::Cluster),
-                    _ => Err("must be standalone or cluster".to_owned()),
-                })?,
-                tls: redis_tls(r, &get)?,
-                min_replicas_ack: get("redis.min_replicas_ack", &r.min_replicas_ack)
-                    .parsed("a whole number of replicas")?,
-                partitions: get("redis.partitions", &r.partitions).parse_with(|v| {
-                    let n: u16 = v.parse().map_err(|_| "must be a whole number".to_owned())?;
-                    if (1..=1024).contains(&n) {
-                        Ok(n)
-                    } else {
-                        Err("must be between 1 and 1024".to_owned())
-                    }
-                })?,
-                timeout: Duration::from_millis(get("redis.timeout_ms", &r.timeout_ms).positive()?),
-                pool_size: get("redis.pool_size", &r.pool_size).positive()?,
-                allow_eviction: get("redis.allow_eviction", &r.allow_eviction)
-                    .parsed("true or false")?,
-            },
-            postgres: {
-                let tls = crate::tls::TlsFiles {
-                    ca: get("postgres.tls_ca_file", &p.tls_ca_file).parse_with(readable_file)?,
-                    cert: get("postgres.tls_cert_file", &p.tls_cert_file)
-                        .parse_with(readable_file)?,
-                    key: get("postgres.tls_key_file", &p.tls_key_file).parse_with(readable_file)?,
-                };
-                PostgresSettings {
-                    url: Secret(get("postgres.url", &p.url).parse_with(|v| {
-                        crate::pg::tls::Target::parse(v, &tls).map(|_| v.to_owned())
-                    })?),
-                    pool_size: get("postgres.pool_size", &p.pool_size).positive()?,
-                    read_url: get("postgres.read_url", &p.read_url).parse_with(|v| {
-                        if v.is_empty() {
-                            return Ok(None);
-                        }
-                        crate::pg::tls::Target::parse(v, &tls)?;
-                        Ok(Some(Secret(v.to_owned())))
-                    })?,
-                    read_pool_size: get("postgres.read_pool_size", &p.read_pool_size)
-                        .positive()?,
-                    read_timeout: Duration::from_millis(
-                        get("postgres.read_timeout_ms", &p.read_timeout_ms).positive()?,
-                    ),
-                    tls,
-                }
-            },
-            api: ApiSettings {
-                bind: get("api.bind", &a.bind).parsed("a socket address such as 0.0.0.0:8080")?,
-                body_limit_bytes: get("api.body_limit_bytes", &a.body_limit_bytes).positive()?,
-                key_cache_ttl: Duration::from_millis(
-                    get("api.key_cache_ttl_ms", &a.key_cache_ttl_ms).parse_with(|v| {
-                        let ms: u64 = v.parse().map_err(|_| "must be a whole number".to_owned())?;
-                        if ms <= MAX_KEY_CACHE_TTL_MS {
-                            Ok(ms)
-                        } else {
-                            Err(format!(
-                                "must be at most {MAX_KEY_CACHE_TTL_MS} so that revoked keys stop within 5 s"
-                            ))
-                        }
-                    })?,
-                ),
-                workers: get("api.workers", &a.workers).parsed("a whole number")?,
-                shutdown_grace: Duration::from_secs(
-                    get("api.shutdown_grace_secs", &a.shutdown_grace_secs)
-                        .parsed("a whole number of seconds")?,
-                ),
-                client_timeout: Duration::from_millis(
-                    get("api.client_timeout_ms", &a.client_timeout_ms).positive()?,
-                ),
-                body_timeout: Duration::from_millis(
-                    get("api.body_timeout_ms", &a.body_timeout_ms).positive()?,
-                ),
-                max_connections: get("api.max_connections", &a.max_connections).positive()?,
-                keep_alive: Duration::from_secs(
-                    get("api.keep_alive_secs", &a.keep_alive_secs)
-                        .parsed("a whole number of seconds")?,
-                ),
-                idempotency_ttl: Duration::from_secs(
-                    get("api.idempotency_ttl_secs", &a.idempotency_ttl_secs).parse_with(|v| {
-                        match v.parse::<u64>() {
-                            Ok(secs) if (1..=MAX_IDEMPOTENCY_TTL_SECS).contains(&secs) => Ok(secs),
-                            _ => Err(format!(
-                                "must be a whole number of seconds from 1 to {MAX_IDEMPOTENCY_TTL_SECS} (7 days)"
-                            )),
-                        }
-                    })?,
-                ),
-                max_memory_fraction: get("api.max_memory_fraction", &a.max_memory_fraction)
-                    .parse_with(|v| match v.parse::<f64>() {
-                        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
-                        _ => Err("must be a number above 0 and at most 1 (a share of Redis maxmemory)"
-                            .to_owned()),
-                    })?,
-            },
-            admin: AdminSettings {
-                bind: get("admin.bind", &raw.admin.bind).parse_with(|v| {
-                    if v.is_empty() {
-                        return Ok(None);
-                    }
-                    let addr: SocketAddr = v
-                        .parse()
-                        .map_err(|_| "must be a socket address such as 127.0.0.1:8081".to_owned())?;
-                    let api = a.bind.trim().parse::<SocketAddr>().ok();
-                    if api.is_some_and(|api| same_listener(api, addr)) {
-                        return Err(
-                            "must not be the ingest listener's address (SLUICE__API__BIND): the admin API has a port of its own"
-                                .to_owned(),
-                        );
-                    }
-                    Ok(Some(addr))
-                })?,
-            },
-            worker: WorkerSettings {
-                metrics_bind: get("worker.metrics_bind", &w.metrics_bind)
-                    .parsed("a socket address such as 0.0.0.0:9091")?,
-                consumer: get("worker.consumer", &w.consumer).parse_with(|v| {
-                    if v.len() > 200 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                        Err("must be at most 200 characters with no spaces".to_owned())
-                    } else if v.is_empty() {
-                        Ok(default_consumer_name())
-                    } else {
-                        Ok(v.to_owned())
-                    }
-                })?,
-                batch_size: get("worker.batch_size", &w.batch_size).positive()?,
-                block: Duration::from_millis(get("worker.block_ms", &w.block_ms).positive()?),
-                claim_idle: Duration::from_millis(
-                    get("worker.claim_idle_ms", &w.claim_idle_ms).positive()?,
-                ),
-                max_deliveries: get("worker.max_deliveries", &w.max_deliveries).positive()?,
-                retention_days: get("worker.retention_days", &w.retention_days)
-                    .parsed("a whole number of days")?,
-                reconcile_interval: Duration::from_millis(
-                    get("worker.reconcile_interval_ms", &w.reconcile_interval_ms).positive()?,
-                ),
-                trim_interval: Duration::from_millis(
-                    get("worker.trim_interval_ms", &w.trim_interval_ms).positive()?,
-                ),
-            },
-            limits: Limits {
-                event: get("limits.event", &l.event).positive()?,
-                metric: get("limits.metric", &l.metric).positive()?,
-                state: get("limits.state", &l.state).positive()?,
-            },
-            log: LogSettings {
-                level: get("log.level", &g.level).parse_with(|v| {
-                    tracing_subscriber::EnvFilter::try_new(v)
-                        .map(|_| v.to_owned())
-                        .map_err(|e| format!("is not a log filter ({e})"))
-                })?,
-                format: get("log.format", &g.format).parse_with(|v| match v {
-                    "text" => Ok(LogFormat::Text),
-                    "json" => Ok(LogFormat::Json),
-                    _ => Err("must be text or json".to_owned()),
-                })?,
-            },
+            redis: redis(&raw)?,
+            postgres: postgres(&raw)?,
+            api: api(&raw)?,
+            admin: admin(&raw)?,
+            worker: worker(&raw)?,
+            limits: limits(&raw)?,
+            log: log(&raw)?,
         })
     }
+}
+
+/// The setting `section.key` of `raw`, named by that path (so its variable is
+/// `SLUICE__SECTION__KEY`), for [`Field`]'s parsing and errors.
+macro_rules! field {
+    ($raw:ident, $section:ident . $key:ident) => {
+        Field {
+            key: concat!(stringify!($section), ".", stringify!($key)),
+            value: $raw.$section.$key.clone(),
+        }
+    };
+}
+
+/// The `redis` section.
+fn redis(raw: &Raw) -> Result<RedisSettings, ConfigError> {
+    Ok(RedisSettings {
+        url: Secret(field!(raw, redis.url).parse_with(parse_redis_urls)?),
+        mode: field!(raw, redis.mode).parse_with(|v| match v {
+            "standalone" => Ok(RedisMode::Standalone),
+            "cluster" => Ok(RedisMode::Cluster),
+            _ => Err("must be standalone or cluster".to_owned()),
+        })?,
+        tls: redis_tls(raw)?,
+        min_replicas_ack: field!(raw, redis.min_replicas_ack)
+            .parsed("a whole number of replicas")?,
+        partitions: field!(raw, redis.partitions).parse_with(|v| {
+            let n: u16 = v.parse().map_err(|_| "must be a whole number".to_owned())?;
+            if (1..=1024).contains(&n) {
+                Ok(n)
+            } else {
+                Err("must be between 1 and 1024".to_owned())
+            }
+        })?,
+        timeout: Duration::from_millis(field!(raw, redis.timeout_ms).positive()?),
+        pool_size: field!(raw, redis.pool_size).positive()?,
+        allow_eviction: field!(raw, redis.allow_eviction).parsed("true or false")?,
+    })
+}
+
+/// The `postgres` section.
+fn postgres(raw: &Raw) -> Result<PostgresSettings, ConfigError> {
+    let tls = crate::tls::TlsFiles {
+        ca: field!(raw, postgres.tls_ca_file).parse_with(readable_file)?,
+        cert: field!(raw, postgres.tls_cert_file).parse_with(readable_file)?,
+        key: field!(raw, postgres.tls_key_file).parse_with(readable_file)?,
+    };
+    Ok(PostgresSettings {
+        url: Secret(
+            field!(raw, postgres.url)
+                .parse_with(|v| crate::pg::tls::Target::parse(v, &tls).map(|_| v.to_owned()))?,
+        ),
+        pool_size: field!(raw, postgres.pool_size).positive()?,
+        read_url: field!(raw, postgres.read_url).parse_with(|v| {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            crate::pg::tls::Target::parse(v, &tls)?;
+            Ok(Some(Secret(v.to_owned())))
+        })?,
+        read_pool_size: field!(raw, postgres.read_pool_size).positive()?,
+        read_timeout: Duration::from_millis(field!(raw, postgres.read_timeout_ms).positive()?),
+        tls,
+    })
+}
+
+/// The `api` section.
+fn api(raw: &Raw) -> Result<ApiSettings, ConfigError> {
+    Ok(ApiSettings {
+        bind: field!(raw, api.bind).parsed("a socket address such as 0.0.0.0:8080")?,
+        body_limit_bytes: field!(raw, api.body_limit_bytes).positive()?,
+        key_cache_ttl: Duration::from_millis(
+            field!(raw, api.key_cache_ttl_ms).parse_with(|v| {
+                let ms: u64 = v.parse().map_err(|_| "must be a whole number".to_owned())?;
+                if ms <= MAX_KEY_CACHE_TTL_MS {
+                    Ok(ms)
+                } else {
+                    Err(format!(
+                        "must be at most {MAX_KEY_CACHE_TTL_MS} so that revoked keys stop within 5 s"
+                    ))
+                }
+            })?,
+        ),
+        workers: field!(raw, api.workers).parsed("a whole number")?,
+        shutdown_grace: Duration::from_secs(
+            field!(raw, api.shutdown_grace_secs)
+                .parsed("a whole number of seconds")?,
+        ),
+        client_timeout: Duration::from_millis(
+            field!(raw, api.client_timeout_ms).positive()?,
+        ),
+        body_timeout: Duration::from_millis(
+            field!(raw, api.body_timeout_ms).positive()?,
+        ),
+        max_connections: field!(raw, api.max_connections).positive()?,
+        keep_alive: Duration::from_secs(
+            field!(raw, api.keep_alive_secs)
+                .parsed("a whole number of seconds")?,
+        ),
+        idempotency_ttl: Duration::from_secs(
+            field!(raw, api.idempotency_ttl_secs).parse_with(|v| {
+                match v.parse::<u64>() {
+                    Ok(secs) if (1..=MAX_IDEMPOTENCY_TTL_SECS).contains(&secs) => Ok(secs),
+                    _ => Err(format!(
+                        "must be a whole number of seconds from 1 to {MAX_IDEMPOTENCY_TTL_SECS} (7 days)"
+                    )),
+                }
+            })?,
+        ),
+        max_memory_fraction: field!(raw, api.max_memory_fraction)
+            .parse_with(|v| match v.parse::<f64>() {
+                Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+                _ => Err("must be a number above 0 and at most 1 (a share of Redis maxmemory)"
+                    .to_owned()),
+            })?,
+    })
+}
+
+/// The `admin` section.
+fn admin(raw: &Raw) -> Result<AdminSettings, ConfigError> {
+    Ok(AdminSettings {
+        bind: field!(raw, admin.bind).parse_with(|v| {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            let addr: SocketAddr = v
+                .parse()
+                .map_err(|_| "must be a socket address such as 127.0.0.1:8081".to_owned())?;
+            let api = raw.api.bind.trim().parse::<SocketAddr>().ok();
+            if api.is_some_and(|api| same_listener(api, addr)) {
+                return Err(
+                    "must not be the ingest listener's address (SLUICE__API__BIND): the admin API has a port of its own"
+                        .to_owned(),
+                );
+            }
+            Ok(Some(addr))
+        })?,
+    })
+}
+
+/// The `worker` section.
+fn worker(raw: &Raw) -> Result<WorkerSettings, ConfigError> {
+    Ok(WorkerSettings {
+        metrics_bind: field!(raw, worker.metrics_bind)
+            .parsed("a socket address such as 0.0.0.0:9091")?,
+        consumer: field!(raw, worker.consumer).parse_with(|v| {
+            if v.len() > 200 || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                Err("must be at most 200 characters with no spaces".to_owned())
+            } else if v.is_empty() {
+                Ok(default_consumer_name())
+            } else {
+                Ok(v.to_owned())
+            }
+        })?,
+        batch_size: field!(raw, worker.batch_size).positive()?,
+        block: Duration::from_millis(field!(raw, worker.block_ms).positive()?),
+        claim_idle: Duration::from_millis(field!(raw, worker.claim_idle_ms).positive()?),
+        max_deliveries: field!(raw, worker.max_deliveries).positive()?,
+        retention_days: field!(raw, worker.retention_days).parsed("a whole number of days")?,
+        reconcile_interval: Duration::from_millis(
+            field!(raw, worker.reconcile_interval_ms).positive()?,
+        ),
+        trim_interval: Duration::from_millis(field!(raw, worker.trim_interval_ms).positive()?),
+    })
+}
+
+/// The `limits` section.
+fn limits(raw: &Raw) -> Result<Limits, ConfigError> {
+    Ok(Limits {
+        event: field!(raw, limits.event).positive()?,
+        metric: field!(raw, limits.metric).positive()?,
+        state: field!(raw, limits.state).positive()?,
+    })
+}
+
+/// The `log` section.
+fn log(raw: &Raw) -> Result<LogSettings, ConfigError> {
+    Ok(LogSettings {
+        level: field!(raw, log.level).parse_with(|v| {
+            tracing_subscriber::EnvFilter::try_new(v)
+                .map(|_| v.to_owned())
+                .map_err(|e| format!("is not a log filter ({e})"))
+        })?,
+        format: field!(raw, log.format).parse_with(|v| match v {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("must be text or json".to_owned()),
+        })?,
+    })
 }
 
 /// Whether two listeners would take the same port on some address.
@@ -748,14 +771,11 @@ fn parse_redis_urls(v: &str) -> Result<String, String> {
 
 /// The Redis TLS files: only with `rediss://` URLs (files that would go unused are a mistake
 /// worth stopping for), a client certificate only with its key.
-fn redis_tls(
-    r: &RawRedis,
-    get: &impl Fn(&'static str, &String) -> Field,
-) -> Result<crate::tls::TlsFiles, ConfigError> {
+fn redis_tls(raw: &Raw) -> Result<crate::tls::TlsFiles, ConfigError> {
     let files = crate::tls::TlsFiles {
-        ca: get("redis.tls_ca_file", &r.tls_ca_file).parse_with(readable_file)?,
-        cert: get("redis.tls_cert_file", &r.tls_cert_file).parse_with(readable_file)?,
-        key: get("redis.tls_key_file", &r.tls_key_file).parse_with(readable_file)?,
+        ca: field!(raw, redis.tls_ca_file).parse_with(readable_file)?,
+        cert: field!(raw, redis.tls_cert_file).parse_with(readable_file)?,
+        key: field!(raw, redis.tls_key_file).parse_with(readable_file)?,
     };
     let refuse = |message: &str| Err(ConfigError(message.to_owned()));
     if files.cert.is_some() != files.key.is_some() {
@@ -764,7 +784,7 @@ fn redis_tls(
              give both or neither",
         );
     }
-    if !files.is_empty() && !r.url.trim_start().starts_with("rediss://") {
+    if !files.is_empty() && !raw.redis.url.trim_start().starts_with("rediss://") {
         return refuse(
             "SLUICE__REDIS__TLS_* files are set but SLUICE__REDIS__URL is not rediss://; \
              use rediss:// to connect over TLS",
@@ -776,6 +796,49 @@ fn redis_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README's settings table lists every setting once, with the default the code has:
+    /// the table is where operators look, so it must not drift from `Raw`'s defaults.
+    #[test]
+    fn the_readme_table_is_every_setting_with_its_default() {
+        let readme = include_str!("../README.md");
+        let mut documented: HashMap<String, String> = HashMap::new();
+        for row in readme.lines().filter(|l| l.starts_with("| `SLUICE__")) {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let default = cells.last().unwrap().trim_end_matches(" |").trim();
+            for name in cells[0].trim_start_matches("| ").split(", ") {
+                let name = name.trim_matches('`').to_owned();
+                assert!(
+                    documented
+                        .insert(name.clone(), default.to_owned())
+                        .is_none(),
+                    "{name} is in the table twice"
+                );
+            }
+        }
+        let defaults = serde_json::to_value(Raw::default()).unwrap();
+        for key in known_keys() {
+            let name = env_name(&key);
+            let Some(shown) = documented.remove(&name) else {
+                panic!("{name} is missing from the README's settings table");
+            };
+            let (section, field) = key.split_once('.').unwrap();
+            let default = defaults[section][field].as_str().unwrap();
+            let expected = match (key.as_str(), default) {
+                // Derived at start, not a fixed value.
+                ("worker.consumer", "") => "`<host>-<pid>-<random>`".to_owned(),
+                ("postgres.read_url", "") => "`SLUICE__POSTGRES__URL`".to_owned(),
+                ("admin.bind", "") => "empty".to_owned(),
+                (_, "") => "none".to_owned(),
+                (_, value) => format!("`{value}`"),
+            };
+            assert_eq!(shown, expected, "{name}'s default in the README");
+        }
+        assert!(
+            documented.is_empty(),
+            "documented but not read: {documented:?}"
+        );
+    }
     use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
