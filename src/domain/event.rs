@@ -258,19 +258,7 @@ fn parse_event<'a>(
     };
     let before = errors.len();
 
-    let signal = required_string(ev.signal, at, "signal", errors).and_then(|s| {
-        let len = s.chars().count();
-        if len > MAX_SIGNAL_LEN {
-            errors.push(at.error(
-                "signal",
-                &format!("must be at most {MAX_SIGNAL_LEN} characters"),
-            ));
-            None
-        } else {
-            Some(s)
-        }
-    });
-
+    let signal = parse_signal(ev.signal, at, errors);
     let version = match ev.version {
         None => Some(SchemaVersion::Latest),
         Some(v) => parse_version(v.get()).or_else(|| {
@@ -278,80 +266,9 @@ fn parse_event<'a>(
             None
         }),
     };
-
-    let (identity_type, identity_id) = match ev.identity {
-        None => {
-            errors.push(at.error("identity", "is required"));
-            (None, None)
-        }
-        Some(raw) if !raw.get().starts_with('{') => {
-            errors.push(at.error("identity", "must be an object with type and id"));
-            (None, None)
-        }
-        Some(raw) => match serde_json::from_str::<RawIdentity>(raw.get()) {
-            Err(e) => {
-                errors.push(at.error("identity", &format!("is not valid: {}", strip_position(&e))));
-                (None, None)
-            }
-            Ok(identity) => {
-                let kind = required_string(identity.kind, at, "identity.type", errors).and_then(|t| {
-                    if IdentityType::is_valid(&t) {
-                        Some(t)
-                    } else {
-                        errors.push(at.error(
-                            "identity.type",
-                            "must be account, contact, deal, lead, or a custom type of 1-64 characters of a-z, 0-9, '_' and '-'",
-                        ));
-                        None
-                    }
-                });
-                let id = required_string(identity.id, at, "identity.id", errors).and_then(|id| {
-                    bounded_text(id, IdentityId::MAX_CHARS, at, "identity.id", errors)
-                });
-                (kind, id)
-            }
-        },
-    };
-
-    let data = match ev.data {
-        None => Some(empty_object()),
-        Some(raw) if !raw.get().starts_with('{') => {
-            errors.push(at.error("data", "must be a JSON object"));
-            None
-        }
-        Some(raw) => match json_guard::unstorable(raw.get()) {
-            Some(why) => {
-                errors.push(at.error("data", &format!("cannot be stored: {why}")));
-                None
-            }
-            None => Some(raw),
-        },
-    };
-
-    let timestamp = match ev.timestamp {
-        None => Some(None),
-        Some(raw) => match string_of(raw) {
-            Ok(s) => match DateTime::parse_from_rfc3339(&s) {
-                Ok(t) if t.with_timezone(&chrono::Utc).year() >= 1 => Some(Some(t)),
-                Ok(_) => {
-                    errors.push(at.error("timestamp", "must be in year 1 or later"));
-                    None
-                }
-                Err(_) => {
-                    errors.push(at.error(
-                        "timestamp",
-                        "must be an RFC 3339 timestamp with an offset, e.g. 2026-11-26T10:15:00Z",
-                    ));
-                    None
-                }
-            },
-            Err(problem) => {
-                errors.push(at.error("timestamp", problem));
-                None
-            }
-        },
-    };
-
+    let (identity_type, identity_id) = parse_identity(ev.identity, at, errors);
+    let data = parse_data(ev.data, at, errors);
+    let timestamp = parse_timestamp(ev.timestamp, at, errors);
     let reference = match ev.reference {
         None => Some(None),
         Some(raw) => match string_of(raw) {
@@ -375,6 +292,102 @@ fn parse_event<'a>(
         timestamp: timestamp?,
         reference: reference?,
     })
+}
+
+/// `signal`: a required string of at most [`MAX_SIGNAL_LEN`] characters.
+fn parse_signal<'a>(
+    raw: Option<&'a RawValue>,
+    at: EventPath,
+    errors: &mut Vec<FieldError>,
+) -> Option<Cow<'a, str>> {
+    let s = required_string(raw, at, "signal", errors)?;
+    if s.chars().count() > MAX_SIGNAL_LEN {
+        let problem = format!("must be at most {MAX_SIGNAL_LEN} characters");
+        errors.push(at.error("signal", &problem));
+        return None;
+    }
+    Some(s)
+}
+
+/// `identity`: a required object of a valid `type` and `id`.
+fn parse_identity<'a>(
+    raw: Option<&'a RawValue>,
+    at: EventPath,
+    errors: &mut Vec<FieldError>,
+) -> (Option<Cow<'a, str>>, Option<Cow<'a, str>>) {
+    let identity = match raw {
+        None => {
+            errors.push(at.error("identity", "is required"));
+            return (None, None);
+        }
+        Some(raw) if !raw.get().starts_with('{') => {
+            errors.push(at.error("identity", "must be an object with type and id"));
+            return (None, None);
+        }
+        Some(raw) => match serde_json::from_str::<RawIdentity>(raw.get()) {
+            Ok(identity) => identity,
+            Err(e) => {
+                let problem = format!("is not valid: {}", strip_position(&e));
+                errors.push(at.error("identity", &problem));
+                return (None, None);
+            }
+        },
+    };
+    let kind = required_string(identity.kind, at, "identity.type", errors).and_then(|t| {
+        if IdentityType::is_valid(&t) {
+            return Some(t);
+        }
+        errors.push(at.error(
+            "identity.type",
+            "must be account, contact, deal, lead, or a custom type of 1-64 characters of a-z, 0-9, '_' and '-'",
+        ));
+        None
+    });
+    let id = required_string(identity.id, at, "identity.id", errors)
+        .and_then(|id| bounded_text(id, IdentityId::MAX_CHARS, at, "identity.id", errors));
+    (kind, id)
+}
+
+/// `data`: a JSON object PostgreSQL can store; `{}` when absent.
+fn parse_data<'a>(
+    raw: Option<&'a RawValue>,
+    at: EventPath,
+    errors: &mut Vec<FieldError>,
+) -> Option<&'a RawValue> {
+    let Some(raw) = raw else {
+        return Some(empty_object());
+    };
+    if !raw.get().starts_with('{') {
+        errors.push(at.error("data", "must be a JSON object"));
+        return None;
+    }
+    if let Some(why) = json_guard::unstorable(raw.get()) {
+        errors.push(at.error("data", &format!("cannot be stored: {why}")));
+        return None;
+    }
+    Some(raw)
+}
+
+/// `timestamp`: RFC 3339 with an offset, in year 1 or later once in UTC; `Some(None)` when
+/// absent.
+fn parse_timestamp(
+    raw: Option<&RawValue>,
+    at: EventPath,
+    errors: &mut Vec<FieldError>,
+) -> Option<Option<DateTime<FixedOffset>>> {
+    let Some(raw) = raw else {
+        return Some(None);
+    };
+    let problem = match string_of(raw) {
+        Err(problem) => problem,
+        Ok(s) => match DateTime::parse_from_rfc3339(&s) {
+            Ok(t) if t.with_timezone(&chrono::Utc).year() >= 1 => return Some(Some(t)),
+            Ok(_) => "must be in year 1 or later",
+            Err(_) => "must be an RFC 3339 timestamp with an offset, e.g. 2026-11-26T10:15:00Z",
+        },
+    };
+    errors.push(at.error("timestamp", problem));
+    None
 }
 
 /// A JSON string's text, or what is wrong with it.
