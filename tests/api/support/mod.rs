@@ -193,12 +193,7 @@ impl TestEnv {
     /// Runs `sluice-admin` against this environment as an operator would; the command must
     /// succeed, and its JSON is returned.
     pub fn admin(&self, args: &[&str]) -> Value {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-admin"))
-            .args(args)
-            .envs(self.env_vars())
-            .env_remove("SLUICE_CONFIG")
-            .output()
-            .unwrap();
+        let out = self.run_admin(args);
         assert!(
             out.status.success(),
             "sluice-admin {args:?}: {}",
@@ -210,14 +205,18 @@ impl TestEnv {
     /// Runs `sluice-admin` as [`TestEnv::admin`] does; the command must fail, and its stderr
     /// is returned.
     pub fn admin_refused(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-admin"))
+        let out = self.run_admin(args);
+        assert!(!out.status.success(), "sluice-admin {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn run_admin(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice-admin"))
             .args(args)
             .envs(self.env_vars())
             .env_remove("SLUICE_CONFIG")
             .output()
-            .unwrap();
-        assert!(!out.status.success(), "sluice-admin {args:?} succeeded");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+            .unwrap()
     }
 
     /// A direct connection to the test database (over its Unix socket, which every test server
