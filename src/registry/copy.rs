@@ -22,8 +22,6 @@ static REGISTRY_LUA: &str = include_str!("../../lua/registry.lua");
 /// Entries per script call: enough to rebuild quickly, few enough that no call holds Redis up.
 const CHUNK: usize = 500;
 
-/// The prefix of a field holding the version of the entry named by the rest.
-
 /// What one write did to the copy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {

@@ -48,39 +48,43 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: TempDir,
-    /// Append-only file with fsync on every write: a kill -9 loses nothing acknowledged.
-    durable: bool,
+    /// With an append-only file, its `appendfsync` policy (`always`: a kill -9 loses nothing
+    /// acknowledged); none without.
+    fsync: Option<&'static str>,
     /// TLS only, with these certificates.
     pub tls: Option<RedisTls>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(None, None)
     }
 
     /// A Redis that keeps its data across a kill -9 and restart.
     pub fn start_durable() -> Self {
-        Self::start_with(true)
+        Self::start_with(Some("always"), None)
     }
 
     /// A Redis that speaks TLS only, with the certificates of `tls`.
     pub fn start_tls(tls: RedisTls) -> Self {
-        Self::start_with_tls(false, Some(tls))
+        Self::start_with(None, Some(tls))
     }
 
-    fn start_with(durable: bool) -> Self {
-        Self::start_with_tls(durable, None)
+    /// A Redis as deployed (the benchmark's): append-only file, fsync every second; TLS only
+    /// with `tls`.
+    #[allow(dead_code)] // the benchmark's (bench/main.rs)
+    pub fn start_as_deployed(tls: Option<RedisTls>) -> Self {
+        Self::start_with(Some("everysec"), tls)
     }
 
-    fn start_with_tls(durable: bool, tls: Option<RedisTls>) -> Self {
+    fn start_with(fsync: Option<&'static str>, tls: Option<RedisTls>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut server = RedisServer {
             port,
             child: None,
             dir,
-            durable,
+            fsync,
             tls,
         };
         server.spawn();
@@ -124,9 +128,9 @@ impl RedisServer {
                 "--save",
                 "",
                 "--appendonly",
-                if self.durable { "yes" } else { "no" },
+                if self.fsync.is_some() { "yes" } else { "no" },
                 "--appendfsync",
-                "always",
+                self.fsync.unwrap_or("always"),
             ])
             .args([
                 "--dir",
@@ -200,12 +204,23 @@ pub struct Postgres {
     data: PathBuf,
     /// Serving TLS only: TCP connections without it are refused.
     tls: bool,
+    /// Durability traded for speed, as tests can afford (`fsync=off`, ...); off: the server's
+    /// own defaults, as deployed.
+    for_tests: bool,
     _dir: TempDir,
 }
 
 impl Postgres {
     pub fn start() -> Self {
         Self::start_with_tls(None)
+    }
+
+    /// A server with PostgreSQL's own settings (the benchmark's): commits flushed to disk.
+    #[allow(dead_code)] // the benchmark's (bench/main.rs)
+    pub fn start_as_deployed() -> Self {
+        let mut pg = Self::prepare(None, false);
+        pg.spawn();
+        pg
     }
 
     /// A server that accepts TCP connections over TLS only, with this certificate and key
@@ -215,6 +230,13 @@ impl Postgres {
     }
 
     fn start_with_tls(tls: Option<(&str, &str)>) -> Self {
+        let mut pg = Self::prepare(tls, true);
+        pg.spawn();
+        pg
+    }
+
+    /// A data directory copied from the template (with TLS files when given), not started.
+    fn prepare(tls: Option<(&str, &str)>, for_tests: bool) -> Self {
         let bin = pg_bin_dir();
         let template = template(&bin);
         let dir = tempfile::tempdir().unwrap();
@@ -258,16 +280,15 @@ impl Postgres {
                 assert!(status.success());
             }
         }
-        let mut pg = Postgres {
+        Postgres {
             port: free_port(),
             child: None,
             bin,
             data,
             tls: tls.is_some(),
+            for_tests,
             _dir: dir,
-        };
-        pg.spawn();
-        pg
+        }
     }
 
     fn spawn(&mut self) {
@@ -276,22 +297,23 @@ impl Postgres {
             .arg(&self.data)
             .args(["-p", &self.port.to_string(), "-k"])
             .arg(&self.data)
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                // Safe against process crashes (the OS keeps the writes). Commits stay
-                // synchronous: a crashed server must never forget a commit the worker acked.
-                "-c",
-                "fsync=off",
-            ])
-            .args([
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "shared_buffers=32MB",
-                "-c",
-                "max_connections=200",
-            ])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(if self.for_tests {
+                &[
+                    // Safe against process crashes (the OS keeps the writes). Commits stay
+                    // synchronous: a crashed server must never forget a commit the worker acked.
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "shared_buffers=32MB",
+                    "-c",
+                    "max_connections=200",
+                ][..]
+            } else {
+                &[][..]
+            })
             .args(if self.tls {
                 &["-c", "ssl=on"][..]
             } else {

@@ -1,0 +1,464 @@
+//! The benchmark's instruments: the stack under test (Redis and PostgreSQL from the tests'
+//! launchers, the release binaries), the load generator, and what `/proc` and Redis report.
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice::keyspace::Keyspace;
+use sluice::stream::entry;
+use tempfile::TempDir;
+
+use crate::servers::{Postgres, RedisServer, free_port, wait_until};
+
+/// The longest a backlog may take to drain before the run is given up.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Redis and PostgreSQL as deployed, migrated, with one tenant, its key and its signals.
+pub struct Stack {
+    pub redis: RedisServer,
+    pub pg: Postgres,
+    /// The `SLUICE__*` settings every binary gets.
+    pub vars: Vec<(String, String)>,
+    pub tenant: String,
+    pub key: String,
+    pub stream: String,
+    /// The signals' `--signal` arguments for the load generator.
+    signals: Vec<String>,
+    /// Logs and scratch files.
+    pub work: TempDir,
+}
+
+impl Stack {
+    pub fn start(signals: usize) -> Self {
+        let redis = RedisServer::start_as_deployed(None);
+        let pg = Postgres::start_as_deployed();
+        let mut vars = redis.settings();
+        vars.push(("SLUICE__POSTGRES__URL".into(), pg.url("sluice")));
+        vars.push(("SLUICE__LOG__LEVEL".into(), "warn".into()));
+        admin(&vars, &["migrate"]);
+        let tenant = admin(&vars, &["tenant", "create", "--name", "bench"])["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let key = admin(&vars, &["key", "create", "--tenant", &tenant])["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut args = Vec::new();
+        for i in 0..signals {
+            let slug = format!("bench{i}");
+            admin(
+                &vars,
+                &[
+                    "signal",
+                    "create",
+                    "--tenant",
+                    &tenant,
+                    "--slug",
+                    &slug,
+                    "--type",
+                    "event",
+                    "--limit",
+                    "2000000000",
+                ],
+            );
+            args.extend(["--signal".to_owned(), slug]);
+        }
+        let stream = crate::stream_of(&tenant, &vars);
+        Stack {
+            redis,
+            pg,
+            vars,
+            tenant,
+            key,
+            stream,
+            signals: args,
+            work: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// An empty stream and fresh command statistics, for a measurement of its own.
+    pub fn fresh_stream_and_stats(&self) {
+        let mut conn = self.redis.conn();
+        let _: () = redis::cmd("DEL")
+            .arg(&self.stream)
+            .query(&mut conn)
+            .unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut conn)
+            .unwrap();
+    }
+
+    /// The admission script's Redis-side cost per call since the statistics were reset.
+    pub fn script_usec_per_call(&self) -> f64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.redis.conn())
+            .unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("usec_per_call=")?;
+                rest.split(',').next()?.parse::<f64>().ok()
+            })
+            .fold(0.0, f64::max)
+    }
+
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut self.redis.conn())
+            .unwrap()
+    }
+
+    pub fn memory_usage(&self, key: &str) -> u64 {
+        redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .query(&mut self.redis.conn())
+            .unwrap()
+    }
+
+    /// The first event of the stream's first entry, as the api wrote it.
+    pub fn first_event_json(&self) -> String {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut self.redis.conn())
+            .unwrap();
+        let entry = reply.ids.first().expect("an entry on the stream");
+        let events: String = entry.get(entry::EVENTS).expect("an entry with events");
+        let events: Vec<Value> = serde_json::from_str(&events).unwrap();
+        events[0].to_string()
+    }
+
+    /// `redis-benchmark`'s pipelined `XADD` rate of entries with these two fields.
+    pub fn redis_benchmark_xadd(&self, meta: &str, event: &str) -> f64 {
+        let out = Command::new("redis-benchmark")
+            .args(["-p", &self.redis.port.to_string()])
+            .args(["-c", "32", "-P", "16", "-n", "2000000", "-q"])
+            .args(["xadd", "rawbench", "*"])
+            .args([entry::META, meta, entry::EVENT, event])
+            .output()
+            .expect("redis-benchmark is installed with redis-server");
+        let _: () = redis::cmd("DEL")
+            .arg("rawbench")
+            .query(&mut self.redis.conn())
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+        text.split_whitespace()
+            .zip(text.split_whitespace().skip(1))
+            .filter(|(_, unit)| *unit == "requests")
+            .filter_map(|(n, _)| n.parse::<f64>().ok())
+            .last()
+            .unwrap_or_else(|| panic!("no rate in redis-benchmark's output: {text}"))
+    }
+
+    /// `requests` requests of 100 events on the stream, as fast as one api takes them.
+    pub fn fill(&self, requests: u64) {
+        let apis = Apis::start(self, &self.vars, 1);
+        apis.load(&[
+            "--batch",
+            "100",
+            "--connections",
+            "16",
+            "--requests",
+            &requests.to_string(),
+            "--warmup",
+            "0",
+            "--duration",
+            "600",
+        ]);
+    }
+
+    /// Reads every entry of the stream as consumer `name` of the workers' group and never
+    /// acknowledges it: what a worker killed with them in hand leaves. The events it holds.
+    pub fn read_without_acknowledging(&self, name: &str) -> u64 {
+        let vars: std::collections::HashMap<String, String> = self.vars.iter().cloned().collect();
+        let settings =
+            sluice::config::Settings::load_from(None, &vars).expect("the bench's settings");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let redis = sluice::redis_pool::Redis::new(&settings.redis).unwrap();
+            let keyspace = Keyspace::new(settings.redis.partitions);
+            let consumer = sluice::stream::Consumer::new(redis, keyspace, name.to_owned());
+            consumer.ensure_groups().await.unwrap();
+            let mut held = 0;
+            loop {
+                let entries = consumer.read(1000, 0, false).await.unwrap();
+                if entries.is_empty() {
+                    return held;
+                }
+                held += entries.len() as u64;
+            }
+        })
+    }
+
+    /// A worker with the bench's settings and `extra` ones, stopped when dropped.
+    pub fn start_worker(&self, extra: &[(&str, &str)]) -> Process {
+        let bind = format!("127.0.0.1:{}", free_port());
+        let mut vars = self.vars.clone();
+        vars.push(("SLUICE__WORKER__METRICS_BIND".into(), bind));
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Process::spawn(
+            env!("CARGO_BIN_EXE_sluice-worker"),
+            &vars,
+            &self.log("worker"),
+        )
+    }
+
+    /// Waits until `events` holds `rows` rows.
+    pub fn wait_for_rows(&self, rows: u64) {
+        let started = Instant::now();
+        while self
+            .psql("select count(*) from events")
+            .parse::<u64>()
+            .unwrap()
+            < rows
+        {
+            assert!(
+                started.elapsed() < DRAIN_PATIENCE,
+                "the backlog was not stored"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Seconds a raw `\copy` of every stored event into a table like `events` takes.
+    pub fn copy_events(&self) -> f64 {
+        let csv = self.work.path().join("events.csv");
+        // The server runs as another user: the client reads and writes the file.
+        self.psql(&format!(
+            "\\copy (select * from events) to '{}' csv",
+            csv.display()
+        ));
+        self.psql("create table events_copy (like events including defaults including indexes)");
+        let started = Instant::now();
+        self.psql(&format!("\\copy events_copy from '{}' csv", csv.display()));
+        let seconds = started.elapsed().as_secs_f64();
+        self.psql("drop table events_copy");
+        seconds
+    }
+
+    /// `sql`'s output from `psql -At`, trimmed.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .arg(self.pg.url("sluice"))
+            .args(["-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql is installed (deploy/dev/install-deps.sh)");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    fn log(&self, name: &str) -> std::path::PathBuf {
+        self.work.path().join(format!("{name}.log"))
+    }
+}
+
+/// A child process with the given settings, its stderr in a log file; killed when dropped.
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    fn spawn(bin: &str, vars: &[(String, String)], log: &Path) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(bin)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(vars.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        Process { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Api replicas, each on a port of its own, ready; stopped when dropped.
+pub struct Apis<'a> {
+    stack: &'a Stack,
+    replicas: Vec<(Process, String)>,
+}
+
+impl<'a> Apis<'a> {
+    pub fn start(stack: &'a Stack, vars: &[(String, String)], replicas: usize) -> Self {
+        let replicas = (0..replicas)
+            .map(|_| {
+                let port = free_port();
+                let mut vars = vars.to_vec();
+                vars.push(("SLUICE__API__BIND".into(), format!("127.0.0.1:{port}")));
+                let api =
+                    Process::spawn(env!("CARGO_BIN_EXE_sluice-api"), &vars, &stack.log("api"));
+                wait_until("the api to be ready", || ready(port));
+                (api, format!("http://127.0.0.1:{port}"))
+            })
+            .collect();
+        Apis { stack, replicas }
+    }
+
+    pub fn pid(&self, replica: usize) -> u32 {
+        self.replicas[replica].0.pid()
+    }
+
+    /// `sluice-loadgen` over every replica with the bench's key and signals and `args`.
+    pub fn load(&self, args: &[&str]) -> Load {
+        let mut all: Vec<String> = self.signals_and_key();
+        all.extend(["--event-bytes".into(), "300".into()]);
+        all.extend(args.iter().map(|a| a.to_string()));
+        self.loadgen(&all)
+    }
+
+    /// `sluice-loadgen --get-paths`: GETs of the paths in `file`, one connection.
+    pub fn load_paths(&self, file: &Path, seconds: f64) -> Load {
+        let mut all = vec!["--key".to_owned(), self.stack.key.clone()];
+        all.extend(["--get-paths".into(), file.display().to_string()]);
+        all.extend(["--connections".into(), "1".into()]);
+        all.extend(["--duration".into(), seconds.to_string()]);
+        self.loadgen(&all)
+    }
+
+    fn signals_and_key(&self) -> Vec<String> {
+        let mut args = vec!["--key".to_owned(), self.stack.key.clone()];
+        args.extend(self.stack.signals.iter().cloned());
+        args
+    }
+
+    fn loadgen(&self, args: &[String]) -> Load {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-loadgen"));
+        for (_, url) in &self.replicas {
+            cmd.args(["--url", url]);
+        }
+        let out = cmd.args(args).arg("--json").output().unwrap();
+        assert!(
+            out.status.success(),
+            "sluice-loadgen {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("sluice-loadgen's JSON")
+    }
+}
+
+/// Whether the api on `port` answers `/readyz` with 200.
+fn ready(port: u16) -> bool {
+    let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let request = "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let mut answer = String::new();
+    conn.write_all(request.as_bytes()).is_ok()
+        && conn.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.1 200")
+}
+
+/// What `sluice-loadgen --json` reports.
+#[derive(serde::Deserialize, Debug, Clone)]
+pub struct Load {
+    pub requests_per_sec: f64,
+    pub events_per_sec: f64,
+    pub events_accepted: u64,
+    #[serde(rename = "latency_ms")]
+    latency: Latency,
+    pub statuses: BTreeMap<String, u64>,
+}
+
+#[derive(serde::Deserialize, Debug, Clone, Copy)]
+struct Latency {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Load {
+    pub fn p50(&self) -> f64 {
+        self.latency.p50
+    }
+    pub fn p95(&self) -> f64 {
+        self.latency.p95
+    }
+    pub fn p99(&self) -> f64 {
+        self.latency.p99
+    }
+    pub fn max(&self) -> f64 {
+        self.latency.max
+    }
+}
+
+/// Runs `sluice-admin` with `vars`; its JSON.
+pub fn admin(vars: &[(String, String)], args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-admin"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(vars.iter().cloned())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sluice-admin {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// CPU seconds (user and system) process `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces), counted from 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Process `pid`'s peak resident memory, MiB.
+pub fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kib / 1024
+}
