@@ -4,7 +4,8 @@
 # virtualenv under .sluice/tools, kubernetes-validate (deployment files), openapi-spec-validator
 # and schemathesis (the OpenAPI documents, tests/api/openapi.rs), pytest (the Python SDK) and
 # openapi-python-client, and from npm into .sluice/tools/node the TypeScript generator and
-# compiler (tests/api/generators.rs). Safe to run again; installs only
+# compiler, and from crates.io into .sluice/tools/cargo the Rust generator openapi-to-rust
+# (tests/api/generators.rs). Safe to run again; installs only
 # what is missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -61,4 +62,14 @@ if [ ! -x "$NODE_DIR/node_modules/.bin/tsc" ] || ! cmp -s "$LOCK" "$NODE_DIR/pac
   mkdir -p "$NODE_DIR"
   cp "$ROOT/tests/generators/package.json" "$LOCK" "$NODE_DIR/"
   (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
+# openapi-to-rust from crates.io, the Rust client generator (tests/api/generators.rs), in
+# .sluice/tools/cargo; built once per machine (a few minutes), kept in target/tools after.
+O2R_VERSION=0.22.0
+O2R="$ROOT/.sluice/tools/cargo/bin/openapi-to-rust"
+if [ ! -x "$O2R" ] || [ "$("$O2R" --version 2>/dev/null)" != "openapi-to-rust $O2R_VERSION" ]; then
+  echo "install-tools: building openapi-to-rust $O2R_VERSION into $ROOT/.sluice/tools/cargo" >&2
+  cargo install --locked --quiet "openapi-to-rust@$O2R_VERSION" \
+    --root "$ROOT/.sluice/tools/cargo" --target-dir "$ROOT/target/tools"
 fi

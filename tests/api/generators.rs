@@ -1,9 +1,9 @@
 //! Clients generated from the OpenAPI documents, as most customers will get theirs:
-//! openapi-python-client and openapi-typescript (with openapi-fetch) generate from both listeners'
-//! `/openapi.json` without a warning; the generated Python clients send a batch whose events
-//! carry nested `data`, read `GET /v1/signals`, and create a tenant, key, signal and schema on a
-//! real api; a TypeScript file sending such a batch type-checks under `tsc --strict`
-//! (tests/generators/). The tools come from deploy/dev/install-tools.sh.
+//! openapi-python-client, openapi-typescript (with openapi-fetch) and openapi-to-rust generate
+//! from both listeners' `/openapi.json` without a warning; the generated Python and Rust clients
+//! send a batch whose events carry nested `data`, read `GET /v1/signals`, and create a tenant,
+//! key, signal and schema on a real api; a TypeScript file sending such a batch type-checks
+//! under `tsc --strict` (tests/generators/). The tools come from deploy/dev/install-tools.sh.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -43,7 +43,7 @@ fn run(what: &str, command: &mut Command) -> String {
 }
 
 #[actix_web::test]
-async fn generated_python_and_typescript_clients_send_events_with_nested_data() {
+async fn generated_python_typescript_and_rust_clients_send_events_with_nested_data() {
     let env = TestEnv::start().await;
     let (tenant, key) = env.tenant().await;
     env.signal(&tenant, "page_view", "event", None).await;
@@ -156,5 +156,79 @@ async fn generated_python_and_typescript_clients_send_events_with_nested_data() 
         Command::new(tool("node/node_modules/.bin/tsc"))
             .arg("-p")
             .arg(ts.path().join("tsconfig.json")),
+    );
+
+    // Rust: openapi-to-rust's typed clients, compiled into tests/generators/rust and run.
+    let rust = dir.path().join("rust-client");
+    std::fs::create_dir_all(rust.join("src")).unwrap();
+    for file in ["Cargo.toml", "Cargo.lock", "src/main.rs"] {
+        std::fs::copy(
+            root().join("tests/generators/rust").join(file),
+            rust.join(file),
+        )
+        .unwrap();
+    }
+    for (name, document) in &documents {
+        let out = run(
+            &format!("openapi-to-rust ({name})"),
+            Command::new(tool("cargo/bin/openapi-to-rust"))
+                .arg("generate")
+                .arg(document)
+                .arg("--output-dir")
+                .arg(rust.join("src").join(name))
+                .args(["--module-name", name]),
+        );
+        let noise: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.starts_with("Generated ") && !l.starts_with("Dependency fragment: "))
+            .collect();
+        assert!(noise.is_empty(), "openapi-to-rust ({name}) warned:\n{out}");
+    }
+    let used = run(
+        "the generated Rust clients",
+        Command::new("cargo")
+            .args(["run", "--quiet", "--locked", "--manifest-path"])
+            .arg(rust.join("Cargo.toml"))
+            .env(
+                "CARGO_TARGET_DIR",
+                root().join("target/generated-rust-client"),
+            )
+            .env("SLUICE_URL", format!("http://{base}"))
+            .env("SLUICE_KEY", &key)
+            .env("SLUICE_ADMIN_URL", format!("http://{admin_addr}"))
+            .env("SLUICE_ADMIN_TOKEN", &token),
+    );
+    let seen: Value = serde_json::from_str(used.lines().last().unwrap()).unwrap();
+    assert_eq!(seen["batch"]["data"].as_array().unwrap().len(), 1, "{seen}");
+    let slugs: Vec<&Value> = seen["signals"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["slug"])
+        .collect();
+    assert!(slugs.contains(&&Value::from("page_view")), "{seen}");
+    assert_eq!(seen["tenant"]["data"]["name"], "Generated in Rust");
+    assert!(
+        seen["key"]["data"]["key"]
+            .as_str()
+            .unwrap()
+            .starts_with("sk_")
+    );
+    assert_eq!(seen["signal"]["data"]["type"], "metric");
+    assert_eq!(seen["schema"]["data"]["version"], 1);
+    assert_eq!(
+        env.wait_for_events(3, crate::support::PATIENCE.as_secs())
+            .await,
+        3
+    );
+    let stored: Value = pg
+        .query_one("SELECT data FROM events WHERE reference = 'rust-1'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stored["visit"]["tags"][1]["deep"],
+        serde_json::json!([1, 2.5, null, true]),
+        "nested data arrives as sent"
     );
 }
