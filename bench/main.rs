@@ -12,6 +12,7 @@
 #[path = "../tests/api/support/certs.rs"]
 mod certs;
 mod measure;
+mod peer;
 mod report;
 #[allow(dead_code)]
 #[path = "../tests/api/support/servers.rs"]
@@ -21,7 +22,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use measure::{Apis, Load, Stack, cpu_seconds, peak_rss_mib};
-use report::{Ingest, Read, Recovery, Results};
+use report::{Ingest, PeerRow, Read, Recovery, Results};
 
 use sluice::keyspace::Keyspace;
 
@@ -34,6 +35,7 @@ fn main() {
     let stack = Stack::start(SIGNALS);
     let mut results = Results::new(seconds);
     ingest(&stack, seconds, &mut results);
+    against_capture(&stack, seconds, &mut results);
     idempotency(&stack, seconds, &mut results);
     tls(&stack, seconds, &mut results);
     raw_xadd(&stack, &mut results);
@@ -104,6 +106,52 @@ fn ingest(stack: &Stack, seconds: f64, results: &mut Results) {
             results.api_rss_mib = peak_rss_mib(apis.pid(0));
         }
     }
+}
+
+/// Sluice beside PostHog's capture server (`peer`), one replica each, the same client and
+/// event sizes, at 1, 10 and 100 events per request.
+fn against_capture(stack: &Stack, seconds: f64, results: &mut Results) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = match peer::capture_server(root) {
+        Ok(bin) => bin,
+        Err(why) => {
+            eprintln!("bench: the capture server is not measured: {why}");
+            results.peer = Err(why);
+            return;
+        }
+    };
+    let apis = Apis::start(stack, &stack.vars, 1);
+    let (_capture, capture_url) = peer::start_capture(&bin, stack);
+    let auth = format!("Bearer {}", stack.key);
+    let work = stack.work.path();
+    let mut rows = Vec::new();
+    for batch in [1, 10, 100] {
+        stack.fresh_stream_and_stats();
+        let sluice = peer::wrk(
+            work,
+            &format!("{}/v1/events/batch", apis.url(0)),
+            &peer::sluice_body(batch, SIGNALS),
+            &[("Authorization", &auth)],
+            seconds,
+        );
+        let capture = peer::wrk(
+            work,
+            &format!("{capture_url}/i/v0/e"),
+            &peer::capture_body(batch),
+            &[],
+            seconds,
+        );
+        eprintln!(
+            "bench: {batch} events per request: Sluice {:.0} requests/s, capture {:.0}",
+            sluice.requests_per_sec, capture.requests_per_sec
+        );
+        rows.push(PeerRow {
+            batch,
+            sluice,
+            capture,
+        });
+    }
+    results.peer = Ok(rows);
 }
 
 /// The same ingest with a fresh `Idempotency-Key` on every request beside the same requests

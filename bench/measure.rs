@@ -275,7 +275,7 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(bin: &str, vars: &[(String, String)], log: &Path) -> Self {
+    pub fn spawn(bin: &str, vars: &[(String, String)], log: &Path) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -330,6 +330,10 @@ impl<'a> Apis<'a> {
 
     pub fn pid(&self, replica: usize) -> u32 {
         self.replicas[replica].0.pid()
+    }
+
+    pub fn url(&self, replica: usize) -> &str {
+        &self.replicas[replica].1
     }
 
     /// `sluice-loadgen` over every replica with the bench's key and signals and `args`.

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 
 use crate::measure::Load;
+use crate::peer::{COMMIT, Wrk};
 
 /// What each measure must reach; a figure is marked met or not met against it.
 mod targets {
@@ -20,6 +21,8 @@ mod targets {
     pub const API_RSS_MIB: u64 = 128;
     /// Worker drain ÷ raw `COPY`, at least.
     pub const DRAIN_VS_COPY: f64 = 0.8;
+    /// Sluice ÷ the capture server, requests per second, at 1 and 100 events per request.
+    pub const VS_CAPTURE: f64 = 1.0;
     /// Read p99, ms, at most: by id; a first page by identity or signal.
     pub const READ_BY_ID_P99_MS: f64 = 10.0;
     pub const READ_PAGE_P99_MS: f64 = 30.0;
@@ -30,6 +33,13 @@ pub struct Ingest {
     pub script_us: f64,
     /// One replica only.
     pub cpu_us_per_event: Option<f64>,
+}
+
+/// Sluice and the capture server at one request size.
+pub struct PeerRow {
+    pub batch: usize,
+    pub sluice: Wrk,
+    pub capture: Wrk,
 }
 
 pub struct Read {
@@ -64,6 +74,8 @@ pub struct Results {
     pub read_events: u64,
     pub reads: Vec<Read>,
     pub recovery: Option<Recovery>,
+    /// Beside the capture server, or why it was not measured.
+    pub peer: Result<Vec<PeerRow>, String>,
 }
 
 impl Results {
@@ -85,6 +97,7 @@ impl Results {
             read_events: 0,
             reads: Vec::new(),
             recovery: None,
+            peer: Err("not run".to_owned()),
         }
     }
 
@@ -134,6 +147,7 @@ pub fn render(r: &Results) -> String {
     let mut out = header(r);
     ingest_section(r, &mut out);
     limits_section(r, &mut out);
+    peer_section(r, &mut out);
     reads_section(r, &mut out);
     idempotency_section(r, &mut out);
     tls_section(r, &mut out);
@@ -265,6 +279,54 @@ fn limits_section(r: &Results, out: &mut String) {
     );
 }
 
+fn peer_section(r: &Results, out: &mut String) {
+    let _ = write!(
+        out,
+        "## Against PostHog's capture server\n\nPostHog's Rust capture server (`PostHog/capture` \
+         {COMMIT}) with `PRINT_SINK=true`: it authenticates,\nparses and drops the events — no \
+         enqueue, no rate limits. One replica of each, on the same machine in the\nsame run, \
+         driven by the same client (`wrk -t2 -c64 -d{}s`, one request body repeated) with the \
+         same\nevents of about 260 bytes (bench/peer.rs).\n\n",
+        r.seconds.ceil()
+    );
+    let rows = match &r.peer {
+        Ok(rows) => rows,
+        Err(why) => {
+            let _ = write!(out, "Not measured in this run: {why}.\n\n");
+            return;
+        }
+    };
+    out.push_str(
+        "| events per request | Sluice requests/s | capture requests/s | Sluice ÷ capture | \
+         target | | Sluice events/s | capture events/s | Sluice p99 ms | capture p99 ms | \
+         non-2xx (Sluice / capture) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for row in rows {
+        let (s, c) = (&row.sluice, &row.capture);
+        let ratio = s.requests_per_sec / c.requests_per_sec;
+        let (target, met) = if row.batch == 10 {
+            (String::new(), "")
+        } else {
+            let t = targets::VS_CAPTURE;
+            (format!("≥ {t:.1}"), verdict(ratio >= t))
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | **{ratio:.2}** | {target} | {met} | {} | {} | {:.2} | {:.2} | {} / {} |",
+            row.batch,
+            n(s.requests_per_sec),
+            n(c.requests_per_sec),
+            n(s.requests_per_sec * row.batch as f64),
+            n(c.requests_per_sec * row.batch as f64),
+            s.p99_ms,
+            c.p99_ms,
+            s.failed,
+            c.failed
+        );
+    }
+    out.push('\n');
+}
+
 fn reads_section(r: &Results, out: &mut String) {
     let _ = write!(
         out,
@@ -365,14 +427,4 @@ fn recovery_section(r: &Results, out: &mut String) {
         n(r.drain_rate()),
         rate / r.drain_rate(),
     );
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn thousands() {
-        assert_eq!(super::n(1234567.4), "1,234,567");
-        assert_eq!(super::n(999.0), "999");
-        assert_eq!(super::n(0.2), "0");
-    }
 }
