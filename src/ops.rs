@@ -16,6 +16,8 @@ use actix_web::http::header::ALLOW;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 use serde_json::json;
 
+use crate::config::Settings;
+
 /// A dependency that does not answer: its name (`redis`, `postgres`) and what went wrong.
 pub struct Failing {
     pub dependency: &'static str,
@@ -213,16 +215,30 @@ pub fn healthcheck(bind: SocketAddr) -> Result<(), String> {
     ))
 }
 
-/// Runs [`healthcheck`] for binary `name` and turns the answer into its exit code, the reason
-/// on stderr when not ready.
-pub fn healthcheck_exit(name: &str, bind: SocketAddr) -> std::process::ExitCode {
-    match healthcheck(bind) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{name}: not ready: {e}");
-            std::process::ExitCode::FAILURE
-        }
+/// How a service binary starts: its settings, then either the `healthcheck` subcommand's answer
+/// (the service listening on `bind` on this host: exit 0 when ready, 1 with the reason) or
+/// logging set up for the service to run. `Err` is the exit code to stop with: 2 after one line
+/// naming a bad setting.
+pub fn start_service(
+    name: &str,
+    healthcheck_only: bool,
+    bind: impl FnOnce(&Settings) -> SocketAddr,
+) -> Result<Settings, std::process::ExitCode> {
+    let settings = Settings::load().map_err(|e| {
+        eprintln!("{name}: {e}");
+        std::process::ExitCode::from(2)
+    })?;
+    if healthcheck_only {
+        return Err(match healthcheck(bind(&settings)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name}: not ready: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        });
     }
+    crate::telemetry::init(&settings.log);
+    Ok(settings)
 }
 
 /// Echoes at most 200 characters of a client-chosen path.

@@ -45,17 +45,11 @@ async fn main() -> ExitCode {
         println!("{}", doc.to_pretty_json().expect("the document serializes"));
         return ExitCode::SUCCESS;
     }
-    let settings = match Settings::load() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("sluice-api: {e}");
-            return ExitCode::from(2);
-        }
+    let healthcheck = matches!(cli.command, Some(Command::Healthcheck));
+    let settings = match sluice::ops::start_service("sluice-api", healthcheck, |s| s.api.bind) {
+        Ok(settings) => settings,
+        Err(exit) => return exit,
     };
-    if let Some(Command::Healthcheck) = cli.command {
-        return sluice::ops::healthcheck_exit("sluice-api", settings.api.bind);
-    }
-    sluice::telemetry::init(&settings.log);
     if let Err(line) = refuse_evicting_redis(&settings).await {
         eprintln!("sluice-api: {line}");
         return ExitCode::from(2);

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use sluice::config::Settings;
 use sluice::metrics::WorkerMetrics;
 use sluice::shutdown::Shutdown;
 use sluice::worker::Worker;
@@ -33,17 +32,13 @@ enum Command {
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("sluice-worker: {e}");
-            return ExitCode::from(2);
-        }
+    let healthcheck = matches!(cli.command, Some(Command::Healthcheck));
+    let started =
+        sluice::ops::start_service("sluice-worker", healthcheck, |s| s.worker.metrics_bind);
+    let settings = match started {
+        Ok(settings) => settings,
+        Err(exit) => return exit,
     };
-    if let Some(Command::Healthcheck) = cli.command {
-        return sluice::ops::healthcheck_exit("sluice-worker", settings.worker.metrics_bind);
-    }
-    sluice::telemetry::init(&settings.log);
 
     // SIGTERM or SIGINT: stop reading, finish the batch in hand, commit, acknowledge, exit 0.
     let shutdown = Shutdown::on_signals().expect("installing signal handlers");
