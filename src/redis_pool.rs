@@ -8,8 +8,13 @@
 //! Connections are multiplexed: one TCP connection (per node, on a cluster) carries any number
 //! of concurrent commands. So instead of checking a connection out of a pool per call (which
 //! costs a health-check round trip, `UNWATCH` + `PING`, every time), each process keeps
-//! `pool_size` long-lived connections, opened on first use and used round-robin. Measured
-//! effect: BENCHMARKS.md, "History".
+//! `pool_size` long-lived connections, opened on first use. The api keeps each of its HTTP
+//! worker threads on one connection opened on that thread ([`Redis::for_requests`]): each actix
+//! worker runs its own single-threaded runtime, and a command on a connection whose reader runs
+//! on another thread costs two cross-thread wake-ups (a third less CPU per 1-event request
+//! without them). The worker and `sluice-admin` use theirs round-robin: a blocking stream read
+//! must not hold up the acknowledgements queued behind it on the same connection. Measured
+//! effect: bench/history.md.
 //!
 //! Requirement: a Redis restart between two requests costs no request. A connection's reader
 //! (the redis crate's driver task, which this module spawns itself) marks the connection closed
@@ -96,6 +101,8 @@ struct Shared {
     /// Long-lived multiplexed connections; `None` until first used or after a failure.
     slots: Vec<Mutex<Option<Pooled>>>,
     next: AtomicUsize,
+    /// Each thread keeps to one slot ([`Redis::for_requests`]); else round-robin.
+    per_thread: bool,
 }
 
 /// A connection in a slot.
@@ -197,7 +204,19 @@ impl Redis {
     /// Prepares the connections. They are opened on first use, so a binary can start (and
     /// report itself unready) while Redis is still down; a bad URL or certificate file stops it
     /// here.
+    /// Connections used round-robin, for callers that may block one (the worker's reads).
     pub fn new(settings: &RedisSettings) -> Result<Self, String> {
+        Self::with_slots(settings, false)
+    }
+
+    /// Connections for serving requests: each thread keeps to its own, opened on it, so a reply
+    /// wakes the request on the thread that serves it. Blocking commands would hold up the
+    /// thread's other requests: the api sends none.
+    pub fn for_requests(settings: &RedisSettings) -> Result<Self, String> {
+        Self::with_slots(settings, true)
+    }
+
+    fn with_slots(settings: &RedisSettings, per_thread: bool) -> Result<Self, String> {
         let client = match settings.mode {
             RedisMode::Standalone => Server::new(settings).map(|s| Client::Standalone(Arc::new(s))),
             RedisMode::Cluster => {
@@ -218,6 +237,7 @@ impl Redis {
             shared: Arc::new(Shared {
                 slots,
                 next: AtomicUsize::new(0),
+                per_thread,
             }),
         })
     }
@@ -302,7 +322,7 @@ impl Redis {
         writes: bool,
         op: impl AsyncFn(&mut Conn) -> Result<T, RedisError>,
     ) -> Result<T, RedisError> {
-        let slot = self.shared.next.fetch_add(1, Ordering::Relaxed) % self.shared.slots.len();
+        let slot = self.slot();
         let sent = AtomicBool::new(false);
         let attempt = async {
             let mut tries = 0;
@@ -345,6 +365,21 @@ impl Redis {
                 }
             }
         }
+    }
+
+    /// The slot of the next command: the calling thread's own (threads numbered in the order
+    /// they first ask), or the next in turn.
+    fn slot(&self) -> usize {
+        static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static THREAD: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+        }
+        let n = if self.shared.per_thread {
+            THREAD.with(|t| *t)
+        } else {
+            self.shared.next.fetch_add(1, Ordering::Relaxed)
+        };
+        n % self.shared.slots.len()
     }
 
     /// The slot's connection, opened anew when there is none or its reader has seen it close.

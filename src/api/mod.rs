@@ -72,7 +72,7 @@ impl AppState {
                 metrics.memory.clone(),
             ),
             reads: Reads::new(&settings.postgres).map_err(|e| e.to_string())?,
-            redis: Redis::new(&settings.redis)?,
+            redis: Redis::for_requests(&settings.redis)?,
             admission: Admission::new(
                 Keyspace::new(settings.redis.partitions),
                 settings.limits,

@@ -112,6 +112,11 @@ impl Consumer {
     /// The group starts at `0`, so entries added before any worker ran are delivered too.
     pub async fn ensure_groups(&self) -> Result<(), RedisError> {
         for p in 0..self.keyspace.partitions() {
+            // Asked first: on a full Redis, `XGROUP CREATE` is refused (OOM) even where the
+            // group exists, and a worker must still start there to drain it.
+            if self.group_info(&Keyspace::stream(p)).await?.is_some() {
+                continue;
+            }
             let created: Result<(), RedisError> = self
                 .redis
                 .query(
