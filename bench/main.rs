@@ -66,16 +66,7 @@ fn ingest(stack: &Stack, seconds: f64, results: &mut Results) {
         for batch in [1, 10, 100] {
             stack.fresh_stream_and_stats();
             let cpu = cpu_seconds(apis.pid(0));
-            let load = apis.load(&[
-                "--batch",
-                &batch.to_string(),
-                "--connections",
-                "32",
-                "--duration",
-                &seconds.to_string(),
-                "--warmup",
-                "0",
-            ]);
+            let load = apis.saturate(batch, seconds);
             let cpu = cpu_seconds(apis.pid(0)) - cpu;
             eprintln!(
                 "bench: ingest replicas={replicas} batch={batch}: {:.0} events/s",
@@ -191,14 +182,7 @@ fn tls(stack: &Stack, seconds: f64, results: &mut Results) {
     measure::admin(&vars, &["sync"]);
     let apis = Apis::start(stack, &vars, 1);
     for batch in [1, 100] {
-        let load = apis.load(&[
-            "--batch",
-            &batch.to_string(),
-            "--connections",
-            "32",
-            "--duration",
-            &seconds.to_string(),
-        ]);
+        let load = apis.saturate(batch, seconds);
         eprintln!(
             "bench: ingest over TLS batch={batch}: {:.0} events/s",
             load.events_per_sec

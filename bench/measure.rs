@@ -344,6 +344,21 @@ impl<'a> Apis<'a> {
         self.loadgen(&all)
     }
 
+    /// As many requests of `batch` events as 32 connections can send for `seconds`.
+    pub fn saturate(&self, batch: usize, seconds: f64) -> Load {
+        let (batch, seconds) = (batch.to_string(), seconds.to_string());
+        self.load(&[
+            "--batch",
+            &batch,
+            "--connections",
+            "32",
+            "--duration",
+            &seconds,
+            "--warmup",
+            "0",
+        ])
+    }
+
     /// `sluice-loadgen --get-paths`: GETs of the paths in `file`, one connection.
     pub fn load_paths(&self, file: &Path, seconds: f64) -> Load {
         let mut all = vec!["--key".to_owned(), self.stack.key.clone()];
