@@ -24,8 +24,6 @@ use std::time::{Duration, Instant};
 use measure::{Apis, Load, Stack, cpu_seconds, peak_rss_mib};
 use report::{Ingest, PeerRow, Read, Recovery, Results};
 
-use sluice::keyspace::Keyspace;
-
 /// Signals of the reference case: each request's events spread over all of them.
 const SIGNALS: usize = 10;
 
@@ -279,15 +277,6 @@ fn recovery(stack: &Stack, backlog: u64, results: &mut Results) {
         seconds: started.elapsed().as_secs_f64(),
     });
     drop(worker);
-}
-
-/// The stream of the bench tenant's partition.
-fn stream_of(tenant: &str, vars: &[(String, String)]) -> String {
-    let partitions = vars
-        .iter()
-        .find(|(k, _)| k == "SLUICE__REDIS__PARTITIONS")
-        .map_or(16, |(_, v)| v.parse().unwrap());
-    Keyspace::stream(Keyspace::new(partitions).partition_of(tenant))
 }
 
 impl Load {

@@ -2,8 +2,6 @@
 //! launchers, the release binaries), the load generator, and what `/proc` and Redis report.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,8 +20,9 @@ const DRAIN_PATIENCE: Duration = Duration::from_secs(600);
 pub struct Stack {
     pub redis: RedisServer,
     pub pg: Postgres,
-    /// The `SLUICE__*` settings every binary gets.
+    /// The `SLUICE__*` settings every binary gets, and what they say.
     pub vars: Vec<(String, String)>,
+    settings: sluice::config::Settings,
     pub tenant: String,
     pub key: String,
     pub stream: String,
@@ -69,11 +68,16 @@ impl Stack {
             );
             args.extend(["--signal".to_owned(), slug]);
         }
-        let stream = crate::stream_of(&tenant, &vars);
+        let map: std::collections::HashMap<String, String> = vars.iter().cloned().collect();
+        let settings =
+            sluice::config::Settings::load_from(None, &map).expect("the bench's settings");
+        let keyspace = Keyspace::new(settings.redis.partitions);
+        let stream = Keyspace::stream(keyspace.partition_of(&tenant));
         Stack {
             redis,
             pg,
             vars,
+            settings,
             tenant,
             key,
             stream,
@@ -183,9 +187,7 @@ impl Stack {
     /// Reads every entry of the stream as consumer `name` of the workers' group and never
     /// acknowledges it: what a worker killed with them in hand leaves. The events it holds.
     pub fn read_without_acknowledging(&self, name: &str) -> u64 {
-        let vars: std::collections::HashMap<String, String> = self.vars.iter().cloned().collect();
-        let settings =
-            sluice::config::Settings::load_from(None, &vars).expect("the bench's settings");
+        let settings = &self.settings;
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let redis = sluice::redis_pool::Redis::new(&settings.redis).unwrap();
@@ -321,7 +323,10 @@ impl<'a> Apis<'a> {
                 vars.push(("SLUICE__API__BIND".into(), format!("127.0.0.1:{port}")));
                 let api =
                     Process::spawn(env!("CARGO_BIN_EXE_sluice-api"), &vars, &stack.log("api"));
-                wait_until("the api to be ready", || ready(port));
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                wait_until("the api to be ready", || {
+                    sluice::ops::healthcheck(addr).is_ok()
+                });
                 (api, format!("http://127.0.0.1:{port}"))
             })
             .collect();
@@ -387,18 +392,6 @@ impl<'a> Apis<'a> {
         );
         serde_json::from_slice(&out.stdout).expect("sluice-loadgen's JSON")
     }
-}
-
-/// Whether the api on `port` answers `/readyz` with 200.
-fn ready(port: u16) -> bool {
-    let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let request = "GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    let mut answer = String::new();
-    conn.write_all(request.as_bytes()).is_ok()
-        && conn.read_to_string(&mut answer).is_ok()
-        && answer.starts_with("HTTP/1.1 200")
 }
 
 /// What `sluice-loadgen --json` reports.
