@@ -312,11 +312,12 @@ fn decode(
         "conflict" => Ok(Verdict::KeyReused),
         "ok" => admitted(rest, request, ids, false).map(Verdict::Admitted),
         "replay" => {
-            let first: i64 = text(rest.get(3).cloned())?
+            // After the time and the reset: the first request's receipt time.
+            let mut rest = rest;
+            let first = (rest.len() > 3).then(|| rest.remove(3));
+            let first: i64 = text(first)?
                 .parse()
                 .map_err(|e| format!("recorded receipt time: {e}"))?;
-            let mut rest = rest;
-            rest.remove(3);
             admitted(rest, request, replay_ids(first), true).map(Verdict::Admitted)
         }
         other => Err(format!("unknown reply tag {other:?}")),
