@@ -37,7 +37,7 @@
 //! - [`pg`]: the PostgreSQL pool (TLS as the URL's `sslmode` says), database creation and the
 //!   embedded migrations.
 //! - [`ops`]: `/livez`, `/readyz`, `/metrics` and the JSON 404/405 answers, for both services.
-//! - [`tls`]: the certificate files both TLS connections read.
+//! - [`tls`]: the certificate files both TLS connections read, and TLS to PostgreSQL (`sslmode`).
 //! - [`shutdown`]: SIGTERM/SIGINT as one broadcast that every part of a binary listens to.
 //! - [`admin`]: the `sluice-admin` commands.
 //! - [`metrics`]: every Prometheus metric, in one place.

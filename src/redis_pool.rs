@@ -221,7 +221,7 @@ impl Redis {
             RedisMode::Standalone => Server::new(settings).map(|s| Client::Standalone(Arc::new(s))),
             RedisMode::Cluster => {
                 let mut builder = ClusterClientBuilder::new(settings.urls());
-                if let Some(certs) = certificates(&settings.tls)? {
+                if let Some(certs) = certificates(&settings.tls())? {
                     builder = builder.certs(certs);
                 }
                 builder
@@ -439,7 +439,7 @@ impl Server {
             .into_connection_info()
             .map_err(|e| format!("SLUICE__REDIS__URL: cannot use it: {e}"))?;
         let tls = match info.addr() {
-            ConnectionAddr::TcpTls { .. } => Some(tls_connector(&settings.tls)?),
+            ConnectionAddr::TcpTls { .. } => Some(tls_connector(&settings.tls())?),
             _ => None,
         };
         Ok(Server { info, tls })

@@ -5,12 +5,12 @@
 
 pub mod migrate;
 pub mod reads;
-pub mod tls;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::error::SqlState;
 
 use crate::config::PostgresSettings;
+use crate::tls::postgres as tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -84,7 +84,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 
 /// The configured server and how to reach it (TLS as its `sslmode` says: [`tls`]).
 fn target(settings: &PostgresSettings) -> Result<(tls::Target, tls::Connector), PgError> {
-    let target = tls::Target::parse(settings.url.expose(), &settings.tls)
+    let target = tls::Target::parse(settings.url.expose(), &settings.tls())
         .map_err(|e| PgError::Config(format!("SLUICE__POSTGRES__URL {e}")))?;
     let connector = target
         .connector()

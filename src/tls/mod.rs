@@ -1,6 +1,8 @@
-//! Certificate files for the TLS connections to PostgreSQL ([`crate::pg::tls`]) and Redis
+//! Certificate files for the TLS connections to PostgreSQL ([`postgres`]) and Redis
 //! ([`crate::redis_pool`]): named once in the settings, read and checked here, so that a missing,
 //! unreadable or non-PEM file stops a binary at start with the file's name.
+
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 

@@ -26,7 +26,7 @@ use rustls::{
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-pub use crate::tls::TlsFiles;
+pub use super::TlsFiles;
 
 /// What connections are made with: rustls, configured for the target's mode. (With `disable`
 /// the driver never starts TLS, whatever the connector.)
@@ -161,13 +161,13 @@ impl Target {
         let builder = builder
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        let config = crate::tls::client_auth(builder, &self.files)?;
+        let config = super::client_auth(builder, &self.files)?;
         Ok(MakeRustlsConnect::new(config))
     }
 
     /// The CA file's certificates, or the system's trusted roots (of which there must be some).
     fn roots(&self) -> Result<RootCertStore, String> {
-        let roots = crate::tls::roots(self.files.ca.as_deref())?;
+        let roots = super::roots(self.files.ca.as_deref())?;
         if roots.is_empty() {
             return Err(format!(
                 "sslmode={} needs CA certificates: give SLUICE__POSTGRES__TLS_CA_FILE \
