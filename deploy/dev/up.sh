@@ -8,12 +8,11 @@ source "$(dirname "$0")/common.sh"
 cd "$ROOT"
 
 "$ROOT/deploy/dev/install-deps.sh"
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 mkdir -p "$STATE"
 "$ROOT/deploy/dev/down.sh" >/dev/null
 
 echo "sluice: building (release)..." >&2
-cargo build --release --locked --bins -q
+cargo build --release --locked --bins --example dev-postgres -q
 BIN="$ROOT/target/release"
 
 # Redis, with an append-only file so acknowledged events survive a restart, and a memory
@@ -31,15 +30,8 @@ for _ in $(seq 600); do
 done
 [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = "PONG" ] || { echo "redis did not become ready; see $STATE/redis.log" >&2; exit 1; }
 
-# PostgreSQL.
-PG_DATA=$(pg_data_dir)
-if [ ! -f "$PG_DATA/PG_VERSION" ]; then
-  mkdir -p "$PG_DATA"
-  [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$PG_DATA"
-  as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C >/dev/null
-fi
-as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w \
-  -o "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1" start >/dev/null
+# PostgreSQL, started as the tests and the benchmark start theirs (deploy/dev/postgres.rs).
+"$BIN/examples/dev-postgres" "$(pg_data_dir)" "$PG_PORT"
 
 "$BIN/sluice-admin" migrate >/dev/null
 

@@ -207,7 +207,8 @@ pub struct Postgres {
     /// Durability traded for speed, as tests can afford (`fsync=off`, ...); off: the server's
     /// own defaults, as deployed.
     for_tests: bool,
-    _dir: TempDir,
+    /// The temporary directory holding `data`; `None` for a kept server's own directory.
+    _dir: Option<TempDir>,
 }
 
 impl Postgres {
@@ -287,12 +288,54 @@ impl Postgres {
             data,
             tls: tls.is_some(),
             for_tests,
-            _dir: dir,
+            _dir: Some(dir),
         }
     }
 
+    /// The local development server (`deploy/dev/up.sh`, through `deploy/dev/postgres.rs`):
+    /// PostgreSQL's own settings on `data`, a directory that outlives this process (initialised
+    /// on first use), logging to `server.log` in it, out of the terminal's signals. It is left
+    /// running: `deploy/dev/down.sh` stops it.
+    #[allow(dead_code)] // deploy/dev/postgres.rs's
+    pub fn start_kept(data: &Path, port: u16) {
+        let bin = pg_bin_dir();
+        if !data.join("PG_VERSION").exists() {
+            initdb(&bin, data, true);
+        }
+        let mut pg = Postgres {
+            port,
+            child: None,
+            bin,
+            data: data.to_owned(),
+            tls: false,
+            for_tests: false,
+            _dir: None,
+        };
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(data.join("server.log"))
+            .expect("opening server.log");
+        let mut command = pg.command();
+        command
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0);
+        pg.spawn_and_wait(command);
+        // Not stopped when dropped.
+        pg.child.take();
+    }
+
     fn spawn(&mut self) {
-        let child = as_server_user(Command::new(self.bin.join("postgres")))
+        let mut command = self.command();
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        self.spawn_and_wait(command);
+    }
+
+    /// The server's command line, as the server user.
+    fn command(&self) -> Command {
+        let mut command = as_server_user(Command::new(self.bin.join("postgres")));
+        command
             .arg("-D")
             .arg(&self.data)
             .args(["-p", &self.port.to_string(), "-k"])
@@ -318,12 +361,13 @@ impl Postgres {
                 &["-c", "ssl=on"][..]
             } else {
                 &[][..]
-            })
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting postgres");
-        self.child = Some(child);
+            });
+        command
+    }
+
+    /// Starts `command` and waits until the server accepts connections.
+    fn spawn_and_wait(&mut self, mut command: Command) {
+        self.child = Some(command.spawn().expect("starting postgres"));
         // Over the Unix socket, which every server here trusts with or without TLS.
         let url = self.socket_url("postgres");
         wait_until("postgres to accept connections", || {
@@ -417,7 +461,11 @@ fn pg_bin_dir() -> PathBuf {
 
 /// An initialised data directory to copy, made once per machine.
 fn template(bin: &Path) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    // Cargo names a scratch directory for tests and benchmarks, not for examples.
+    let root = PathBuf::from(option_env!("CARGO_TARGET_TMPDIR").unwrap_or(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/tmp"
+    )));
     fs::create_dir_all(&root).unwrap();
     let version = bin
         .parent()
@@ -433,14 +481,7 @@ fn template(bin: &Path) -> PathBuf {
     lock.lock().unwrap();
     if !ready.exists() {
         let _ = fs::remove_dir_all(&template);
-        fs::create_dir_all(&template).unwrap();
-        if let Some((uid, gid)) = server_user() {
-            let status = Command::new("chown")
-                .arg(format!("{uid}:{gid}"))
-                .arg(&template)
-                .status()
-                .unwrap();
-            assert!(status.success());
+        if server_user().is_some() {
             // Every directory above the template must be traversable by the server user.
             let mut dir = template.parent();
             while let Some(d) = dir {
@@ -453,30 +494,37 @@ fn template(bin: &Path) -> PathBuf {
                 dir = d.parent();
             }
         }
-        let out = as_server_user(Command::new(bin.join("initdb")))
-            .arg("-D")
-            .arg(&template)
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        initdb(bin, &template, false);
         File::create(&ready).unwrap();
     }
     lock.unlock().unwrap();
     template
+}
+
+/// Initialises a data directory at `data` for the server user (trusting local connections);
+/// `sync`: flushed to disk, as a directory meant to last should be.
+fn initdb(bin: &Path, data: &Path, sync: bool) {
+    fs::create_dir_all(data).unwrap();
+    if let Some((uid, gid)) = server_user() {
+        let status = Command::new("chown")
+            .arg(format!("{uid}:{gid}"))
+            .arg(data)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let out = as_server_user(Command::new(bin.join("initdb")))
+        .arg("-D")
+        .arg(data)
+        .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C"])
+        .args(if sync { &[][..] } else { &["--no-sync"][..] })
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The `postgres` user's uid and gid when we run as root, else `None`.
