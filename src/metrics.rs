@@ -25,6 +25,11 @@ pub struct ApiMetrics {
     pub memory: MemoryMetrics,
 }
 
+/// Buckets for the worker's batches: 1 ms to 10 s.
+const BATCH_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// Buckets for request and script latency: 250 µs to 5 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -34,15 +39,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// standard `process_*` metrics (CPU, memory, file descriptors, start time) of the process.
 fn base_registry() -> Registry {
     let registry = Registry::new();
-    let build = register(
+    let build = gauge_vec(
         &registry,
-        IntGaugeVec::new(
-            Opts::new(
-                "sluice_build_info",
-                "Always 1; the labels say which build is running.",
-            ),
-            &["version"],
-        ),
+        "sluice_build_info",
+        "Always 1; the labels say which build is running.",
+        &["version"],
     );
     build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     registry
@@ -56,98 +57,58 @@ fn base_registry() -> Registry {
 impl ApiMetrics {
     pub fn new() -> Self {
         let registry = base_registry();
-        let http_requests = IntCounterVec::new(
-            Opts::new(
+        let r = &registry;
+        ApiMetrics {
+            http_requests: counter_vec(
+                r,
                 "sluice_http_requests_total",
                 "HTTP requests answered, by route and status code.",
+                &["route", "status"],
             ),
-            &["route", "status"],
-        )
-        .expect("valid metric");
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
+            http_duration: histogram_vec(
+                r,
                 "sluice_http_request_duration_seconds",
                 "Time from request start to response, by route.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["route"],
-        )
-        .expect("valid metric");
-        let events_accepted = IntCounterVec::new(
-            Opts::new(
+                LATENCY_BUCKETS,
+                &["route"],
+            ),
+            events_accepted: counter_vec(
+                r,
                 "sluice_events_accepted_total",
                 "Events admitted and enqueued, by signal type.",
+                &["signal_type"],
             ),
-            &["signal_type"],
-        )
-        .expect("valid metric");
-        let events_rate_limited = IntCounterVec::new(
-            Opts::new(
+            events_rate_limited: counter_vec(
+                r,
                 "sluice_events_rate_limited_total",
                 "Events refused by their signal's rate limit, by signal type.",
+                &["signal_type"],
             ),
-            &["signal_type"],
-        )
-        .expect("valid metric");
-        let events_rejected = IntCounterVec::new(
-            Opts::new(
+            events_rejected: counter_vec(
+                r,
                 "sluice_events_rejected_total",
                 "Events in ingest requests refused whole (nothing admitted), by reason.",
+                &["reason"],
             ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let script_duration = HistogramVec::new(
-            HistogramOpts::new(
+            script_duration: histogram_vec(
+                r,
                 "sluice_redis_script_duration_seconds",
                 "Round trip of the admission script call, including waiting for a connection.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &[],
-        )
-        .expect("valid metric");
-        for m in [
-            &http_requests,
-            &events_accepted,
-            &events_rate_limited,
-            &events_rejected,
-        ] {
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
-        }
-        for m in [&http_duration, &script_duration] {
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
-        }
-        let idempotent_replays = IntCounter::new(
-            "sluice_idempotent_replays_total",
-            "Ingest requests answered with the recorded answer of an earlier request with the same Idempotency-Key (nothing admitted again).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(idempotent_replays.clone()))
-            .expect("unique metric");
-        let backlog_full = register(
-            &registry,
-            IntCounter::new(
+                LATENCY_BUCKETS,
+                &[],
+            ),
+            idempotent_replays: counter(
+                r,
+                "sluice_idempotent_replays_total",
+                "Ingest requests answered with the recorded answer of an earlier request with the same Idempotency-Key (nothing admitted again).",
+            ),
+            backlog_full: counter(
+                r,
                 "sluice_backlog_full_refusals_total",
                 "Ingest requests refused with 503 because Redis memory (the backlog of events not yet stored) is full or above SLUICE__API__MAX_MEMORY_FRACTION; nothing of them was admitted.",
             ),
-        );
-        let memory = MemoryMetrics::new(&registry);
-        ApiMetrics {
-            backlog_full,
-            memory,
+            memory: MemoryMetrics::new(r),
             registry,
-            http_requests,
-            http_duration,
-            events_accepted,
-            events_rate_limited,
-            events_rejected,
-            script_duration,
-            idempotent_replays,
         }
     }
 
@@ -172,37 +133,25 @@ pub struct MemoryMetrics {
 }
 
 impl MemoryMetrics {
-    fn new(registry: &Registry) -> Self {
+    fn new(r: &Registry) -> Self {
         MemoryMetrics {
-            used: register(
-                registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "sluice_redis_used_memory_bytes",
-                        "Redis used_memory of each primary: mostly the backlog of acknowledged events not yet stored.",
-                    ),
-                    &["node"],
-                ),
+            used: gauge_vec(
+                r,
+                "sluice_redis_used_memory_bytes",
+                "Redis used_memory of each primary: mostly the backlog of acknowledged events not yet stored.",
+                &["node"],
             ),
-            max: register(
-                registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "sluice_redis_maxmemory_bytes",
-                        "Redis maxmemory of each primary (0: no limit). Writes are refused past it.",
-                    ),
-                    &["node"],
-                ),
+            max: gauge_vec(
+                r,
+                "sluice_redis_maxmemory_bytes",
+                "Redis maxmemory of each primary (0: no limit). Writes are refused past it.",
+                &["node"],
             ),
-            policy: register(
-                registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "sluice_redis_maxmemory_policy_info",
-                        "Always 1; the labels give each primary's maxmemory-policy (only noeviction keeps acknowledged events).",
-                    ),
-                    &["node", "policy"],
-                ),
+            policy: gauge_vec(
+                r,
+                "sluice_redis_maxmemory_policy_info",
+                "Always 1; the labels give each primary's maxmemory-policy (only noeviction keeps acknowledged events).",
+                &["node", "policy"],
             ),
         }
     }
@@ -246,22 +195,16 @@ impl WorkerMetrics {
         let registry = base_registry();
         let r = &registry;
         WorkerMetrics {
-            events_stored: register(
+            events_stored: counter_vec(
                 r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "sluice_worker_events_stored_total",
-                        "Events written to PostgreSQL, by status (processed or invalid).",
-                    ),
-                    &["status"],
-                ),
+                "sluice_worker_events_stored_total",
+                "Events written to PostgreSQL, by status (processed or invalid).",
+                &["status"],
             ),
-            events_duplicate: register(
+            events_duplicate: counter(
                 r,
-                IntCounter::new(
-                    "sluice_worker_duplicates_total",
-                    "Redelivered events that were already stored, and so were skipped.",
-                ),
+                "sluice_worker_duplicates_total",
+                "Redelivered events that were already stored, and so were skipped.",
             ),
             batch_duration: register(
                 r,
@@ -270,31 +213,20 @@ impl WorkerMetrics {
                         "sluice_worker_batch_duration_seconds",
                         "Time to validate, store and acknowledge one batch.",
                     )
-                    .buckets(vec![
-                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                        10.0,
-                    ]),
+                    .buckets(BATCH_BUCKETS.to_vec()),
                 ),
             ),
-            stream_pending: register(
+            stream_pending: gauge_vec(
                 r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "sluice_worker_stream_pending",
-                        "Entries delivered to a worker but not yet acknowledged, by partition.",
-                    ),
-                    &["partition"],
-                ),
+                "sluice_worker_stream_pending",
+                "Entries delivered to a worker but not yet acknowledged, by partition.",
+                &["partition"],
             ),
-            stream_lag: register(
+            stream_lag: gauge_vec(
                 r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "sluice_worker_stream_lag",
-                        "Entries in a partition stream not yet delivered to any worker (-1: unknown).",
-                    ),
-                    &["partition"],
-                ),
+                "sluice_worker_stream_lag",
+                "Entries in a partition stream not yet delivered to any worker (-1: unknown).",
+                &["partition"],
             ),
             oldest_pending: register(
                 r,
@@ -308,44 +240,32 @@ impl WorkerMetrics {
                     &["partition"],
                 ),
             ),
-            registry_repaired: register(
+            registry_repaired: counter_vec(
                 r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "sluice_worker_registry_repaired_total",
-                        "Registry copy entries a rebuild found missing, stale or left over in \
-                         Redis and corrected, by kind (signal or key). Nonzero means drift.",
-                    ),
-                    &["kind"],
-                ),
+                "sluice_worker_registry_repaired_total",
+                "Registry copy entries a rebuild found missing, stale or left over in \
+                 Redis and corrected, by kind (signal or key). Nonzero means drift.",
+                &["kind"],
             ),
-            claims: register(
+            claims: counter(
                 r,
-                IntCounter::new(
-                    "sluice_worker_claimed_total",
-                    "Entries taken over from consumers that left them pending too long.",
-                ),
+                "sluice_worker_claimed_total",
+                "Entries taken over from consumers that left them pending too long.",
             ),
-            dead_letters: register(
+            dead_letters: counter(
                 r,
-                IntCounter::new(
-                    "sluice_worker_dead_letters_total",
-                    "Entries moved to the dead letters because they could not be stored.",
-                ),
+                "sluice_worker_dead_letters_total",
+                "Entries moved to the dead letters because they could not be stored.",
             ),
-            redis_up: register(
+            redis_up: gauge(
                 r,
-                IntGauge::new(
-                    "sluice_worker_redis_up",
-                    "1 while the last Redis read succeeded.",
-                ),
+                "sluice_worker_redis_up",
+                "1 while the last Redis read succeeded.",
             ),
-            postgres_up: register(
+            postgres_up: gauge(
                 r,
-                IntGauge::new(
-                    "sluice_worker_postgres_up",
-                    "1 while the last PostgreSQL write succeeded.",
-                ),
+                "sluice_worker_postgres_up",
+                "1 while the last PostgreSQL write succeeded.",
             ),
             memory: MemoryMetrics::new(r),
             registry,
@@ -372,6 +292,33 @@ fn register<M: Collector + Clone + 'static>(
         .register(Box::new(metric.clone()))
         .expect("metric names are unique");
     metric
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    register(r, IntCounter::new(name, help))
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(r, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    register(r, IntGauge::new(name, help))
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(r, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(r, HistogramVec::new(opts, labels))
 }
 
 fn render(registry: &Registry) -> String {
