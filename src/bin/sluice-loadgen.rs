@@ -112,26 +112,86 @@ fn get_paths(args: &Args) -> Option<Vec<String>> {
     )
 }
 
+/// What one connection sends: to which replica, with which key, which bodies or paths.
+struct Target {
+    base: String,
+    key: String,
+    /// `--get-paths`: the read API's paths, taken in turn; else ingest with `bodies`.
+    gets: Option<Vec<String>>,
+    bodies: Vec<String>,
+    /// Unique to this run, so a second run against the same Redis replays no Idempotency-Key.
+    run: u128,
+    client: awc::Client,
+}
+
+impl Target {
+    fn new(args: &Args, conn: usize) -> Self {
+        let gets = get_paths(args).filter(|paths| !paths.is_empty());
+        Target {
+            base: args.urls[conn % args.urls.len()]
+                .trim_end_matches('/')
+                .to_owned(),
+            key: format!("Bearer {}", args.keys[conn % args.keys.len()]),
+            bodies: if gets.is_some() {
+                Vec::new()
+            } else {
+                bodies(args, conn)
+            },
+            gets,
+            run: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .connector(awc::Connector::new().limit(1))
+                .finish(),
+        }
+    }
+
+    /// Request `n` of connection `conn`: its status (none without an answer) and the events
+    /// it had accepted.
+    async fn send(&self, args: &Args, conn: usize, n: usize) -> (Option<u16>, u64) {
+        let authorization = ("Authorization", self.key.as_str());
+        let result = match &self.gets {
+            Some(paths) => {
+                let path = &paths[(conn + n * args.connections) % paths.len()];
+                let url = format!("{}{path}", self.base);
+                self.client
+                    .get(url)
+                    .insert_header(authorization)
+                    .send()
+                    .await
+            }
+            None => {
+                let url = format!("{}/v1/events/batch", self.base);
+                let mut request = self
+                    .client
+                    .post(url)
+                    .insert_header(authorization)
+                    .insert_header(("Content-Type", "application/json"));
+                if args.idempotency_keys {
+                    let key = format!("{}-{conn}-{n}", self.run);
+                    request = request.insert_header(("Idempotency-Key", key));
+                }
+                let body = self.bodies[n % self.bodies.len()].clone();
+                request.send_body(body).await
+            }
+        };
+        match result {
+            Ok(mut res) => {
+                let status = res.status().as_u16();
+                let body = res.body().limit(4 << 20).await.unwrap_or_default();
+                // Count accepted events without parsing the whole body.
+                let accepted = if status == 200 { count_ids(&body) } else { 0 };
+                (Some(status), accepted)
+            }
+            Err(_) => (None, 0),
+        }
+    }
+}
+
 async fn connection(args: Args, conn: usize, start_measuring: Instant, stop_at: Instant) -> Tally {
-    let base = args.urls[conn % args.urls.len()]
-        .trim_end_matches('/')
-        .to_owned();
-    let url = format!("{base}/v1/events/batch");
-    let key = format!("Bearer {}", args.keys[conn % args.keys.len()]);
-    let gets = get_paths(&args).filter(|paths| !paths.is_empty());
-    let bodies = if gets.is_some() {
-        Vec::new()
-    } else {
-        bodies(&args, conn)
-    };
-    // Keys unique to this run, so a second run against the same Redis replays nothing.
-    let run = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .connector(awc::Connector::new().limit(1))
-        .finish();
+    let target = Target::new(&args, conn);
     let interval = args
         .rate
         .map(|r| Duration::from_secs_f64(args.connections as f64 / r));
@@ -157,37 +217,7 @@ async fn connection(args: Args, conn: usize, start_measuring: Instant, stop_at: 
         }
         n += 1;
         let sent = scheduled.unwrap_or_else(Instant::now);
-        let result = match &gets {
-            Some(paths) => {
-                let path = &paths[(conn + n * args.connections) % paths.len()];
-                client
-                    .get(format!("{base}{path}"))
-                    .insert_header(("Authorization", key.as_str()))
-                    .send()
-                    .await
-            }
-            None => {
-                let mut request = client
-                    .post(&url)
-                    .insert_header(("Authorization", key.as_str()))
-                    .insert_header(("Content-Type", "application/json"));
-                if args.idempotency_keys {
-                    request =
-                        request.insert_header(("Idempotency-Key", format!("{run}-{conn}-{n}")));
-                }
-                request.send_body(bodies[n % bodies.len()].clone()).await
-            }
-        };
-        let (status, accepted) = match result {
-            Ok(mut res) => {
-                let status = res.status().as_u16();
-                let body = res.body().limit(4 << 20).await.unwrap_or_default();
-                // Count accepted events without parsing the whole body.
-                let accepted = if status == 200 { count_ids(&body) } else { 0 };
-                (Some(status), accepted)
-            }
-            Err(_) => (None, 0),
-        };
+        let (status, accepted) = target.send(&args, conn, n).await;
         if sent < start_measuring {
             continue;
         }
@@ -227,11 +257,21 @@ fn main() {
         eprintln!("sluice-loadgen: --batch and --connections must be positive");
         std::process::exit(2);
     }
+    let (tallies, measured) = run(&args);
+    let summary = Summary::of(&tallies, measured);
+    if args.json {
+        println!("{}", summary.json(&args));
+    } else {
+        summary.print(&args);
+    }
+}
+
+/// Runs the load: one OS thread per core, each with its own runtime, connections spread over
+/// them. Returns every connection's tally and the seconds measured.
+fn run(args: &Args) -> (Vec<Tally>, f64) {
     let started = Instant::now();
     let start_measuring = started + Duration::from_secs_f64(args.warmup);
     let stop_at = start_measuring + Duration::from_secs_f64(args.duration);
-
-    // One OS thread per core, each with its own runtime, connections spread over them.
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(args.connections);
@@ -249,7 +289,7 @@ fn main() {
             })
         })
         .collect();
-    let tallies: Vec<Tally> = handles
+    let tallies = handles
         .into_iter()
         .flat_map(|h| h.join().expect("load thread"))
         .collect();
@@ -257,76 +297,104 @@ fn main() {
         .saturating_duration_since(start_measuring)
         .as_secs_f64()
         .max(1e-9);
+    (tallies, measured)
+}
 
-    let mut latencies: Vec<u32> = tallies
-        .iter()
-        .flat_map(|t| t.latencies_us.iter().copied())
-        .collect();
-    latencies.sort_unstable();
-    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
-    for t in &tallies {
-        for (s, n) in &t.statuses {
-            *statuses.entry(*s).or_default() += n;
+/// Every connection's tally, added up.
+struct Summary {
+    /// Sorted.
+    latencies_us: Vec<u32>,
+    statuses: BTreeMap<u16, u64>,
+    events: u64,
+    transport_errors: u64,
+    seconds: f64,
+}
+
+impl Summary {
+    fn of(tallies: &[Tally], seconds: f64) -> Self {
+        let mut latencies_us: Vec<u32> = tallies
+            .iter()
+            .flat_map(|t| t.latencies_us.iter().copied())
+            .collect();
+        latencies_us.sort_unstable();
+        let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+        for t in tallies {
+            for (s, n) in &t.statuses {
+                *statuses.entry(*s).or_default() += n;
+            }
+        }
+        Summary {
+            latencies_us,
+            statuses,
+            events: tallies.iter().map(|t| t.events_accepted).sum(),
+            transport_errors: tallies.iter().map(|t| t.transport_errors).sum(),
+            seconds,
         }
     }
-    let requests = latencies.len() as u64;
-    let events: u64 = tallies.iter().map(|t| t.events_accepted).sum();
-    let transport_errors: u64 = tallies.iter().map(|t| t.transport_errors).sum();
-    let report = json!({
-        "connections": args.connections,
-        "batch": args.batch,
-        "event_bytes": args.event_bytes,
-        "seconds": measured,
-        "requests": requests,
-        "events_accepted": events,
-        "requests_per_sec": requests as f64 / measured,
-        "events_per_sec": events as f64 / measured,
-        "latency_ms": {
-            "p50": percentile(&latencies, 50.0),
-            "p95": percentile(&latencies, 95.0),
-            "p99": percentile(&latencies, 99.0),
-            "max": latencies.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
-        },
-        "statuses": statuses.iter().map(|(s, n)| (s.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        "transport_errors": transport_errors,
-    });
-    if args.json {
-        println!("{report}");
-        return;
+
+    fn requests(&self) -> u64 {
+        self.latencies_us.len() as u64
     }
-    println!(
-        "connections {}  batch {}  event ~{} B  measured {:.1} s",
-        args.connections, args.batch, args.event_bytes, measured
-    );
-    println!(
-        "requests    {requests}  ({:.0}/s)",
-        requests as f64 / measured
-    );
-    println!(
-        "events      {events}  ({:.0}/s accepted)",
-        events as f64 / measured
-    );
-    println!(
-        "latency ms  p50 {:.2}  p95 {:.2}  p99 {:.2}  max {:.2}",
-        percentile(&latencies, 50.0),
-        percentile(&latencies, 95.0),
-        percentile(&latencies, 99.0),
-        latencies.last().map_or(0.0, |m| f64::from(*m) / 1000.0)
-    );
-    let non_200: Vec<String> = statuses
-        .iter()
-        .filter(|(s, _)| **s != 200)
-        .map(|(s, n)| format!("{s}: {n}"))
-        .collect();
-    println!(
-        "non-200     {}",
-        if non_200.is_empty() {
+
+    /// p50, p95, p99 and the maximum, in milliseconds.
+    fn latency_ms(&self) -> [f64; 4] {
+        let sorted = &self.latencies_us;
+        [
+            percentile(sorted, 50.0),
+            percentile(sorted, 95.0),
+            percentile(sorted, 99.0),
+            sorted.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
+        ]
+    }
+
+    fn json(&self, args: &Args) -> serde_json::Value {
+        let [p50, p95, p99, max] = self.latency_ms();
+        let statuses: serde_json::Map<_, _> = (self.statuses.iter())
+            .map(|(s, n)| (s.to_string(), json!(n)))
+            .collect();
+        json!({
+            "connections": args.connections,
+            "batch": args.batch,
+            "event_bytes": args.event_bytes,
+            "seconds": self.seconds,
+            "requests": self.requests(),
+            "events_accepted": self.events,
+            "requests_per_sec": self.requests() as f64 / self.seconds,
+            "events_per_sec": self.events as f64 / self.seconds,
+            "latency_ms": {"p50": p50, "p95": p95, "p99": p99, "max": max},
+            "statuses": statuses,
+            "transport_errors": self.transport_errors,
+        })
+    }
+
+    fn print(&self, args: &Args) {
+        let (requests, events, seconds) = (self.requests(), self.events, self.seconds);
+        let [p50, p95, p99, max] = self.latency_ms();
+        println!(
+            "connections {}  batch {}  event ~{} B  measured {seconds:.1} s",
+            args.connections, args.batch, args.event_bytes
+        );
+        println!(
+            "requests    {requests}  ({:.0}/s)",
+            requests as f64 / seconds
+        );
+        println!(
+            "events      {events}  ({:.0}/s accepted)",
+            events as f64 / seconds
+        );
+        println!("latency ms  p50 {p50:.2}  p95 {p95:.2}  p99 {p99:.2}  max {max:.2}");
+        let non_200: Vec<String> = (self.statuses.iter())
+            .filter(|(s, _)| **s != 200)
+            .map(|(s, n)| format!("{s}: {n}"))
+            .collect();
+        let non_200 = if non_200.is_empty() {
             "none".to_owned()
         } else {
             non_200.join(", ")
+        };
+        println!("non-200     {non_200}");
+        if self.transport_errors > 0 {
+            println!("no answer   {}", self.transport_errors);
         }
-    );
-    if transport_errors > 0 {
-        println!("no answer   {transport_errors}");
     }
 }
