@@ -29,6 +29,17 @@ pub struct Record {
     pub value: Option<f64>,
 }
 
+impl Record {
+    /// The `status` it is stored with.
+    fn status(&self) -> &'static str {
+        if self.invalid.is_some() {
+            "invalid"
+        } else {
+            "processed"
+        }
+    }
+}
+
 /// How a storage attempt failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -205,67 +216,18 @@ async fn store_in(tx: &Transaction<'_>, records: &[Record]) -> Result<Stored, Si
     let mut seen = HashSet::with_capacity(records.len());
     let records: Vec<&Record> = records.iter().filter(|r| seen.insert(r.entry.id)).collect();
 
-    let n = records.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut tenants = Vec::with_capacity(n);
-    let mut signals = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut itypes = Vec::with_capacity(n);
-    let mut iids = Vec::with_capacity(n);
-    let mut datas = Vec::with_capacity(n);
-    let mut occurred = Vec::with_capacity(n);
-    let mut received = Vec::with_capacity(n);
-    let mut refs = Vec::with_capacity(n);
-    let mut statuses = Vec::with_capacity(n);
-    let mut errors = Vec::with_capacity(n);
-    for r in &records {
-        let e = &r.entry;
-        ids.push(e.id);
-        tenants.push(e.tenant.as_str());
-        signals.push(e.signal.as_str());
-        versions.push(e.schema_version.map(|v| v as i32));
-        itypes.push(e.identity_type.as_str());
-        iids.push(e.identity_id.as_str());
-        datas.push(e.data.get());
-        occurred.push(e.occurred_at);
-        received.push(e.received_at);
-        refs.push(e.reference.as_deref());
-        statuses.push(if r.invalid.is_some() {
-            "invalid"
-        } else {
-            "processed"
-        });
-        errors.push(r.invalid.as_deref());
-    }
     // The fast path: binary COPY, the quickest way into PostgreSQL. A redelivered event makes
     // it fail on the primary key; then the batch goes in again with ON CONFLICT DO NOTHING,
     // which tells which rows are new (rare: after a crash, a claim, a replayed dead letter).
     tx.batch_execute("SAVEPOINT fast").await?;
-    let inserted: HashSet<Uuid> = match copy_events(tx, &records, &statuses, &errors).await {
+    let inserted: HashSet<Uuid> = match copy_events(tx, &records).await {
         Ok(()) => {
             tx.batch_execute("RELEASE SAVEPOINT fast").await?;
-            ids.iter().copied().collect()
+            records.iter().map(|r| r.entry.id).collect()
         }
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             tx.batch_execute("ROLLBACK TO SAVEPOINT fast").await?;
-            tx.query(
-                "INSERT INTO events (id, tenant_id, signal_id, schema_version, identity_type, identity_id,
-                                     data, occurred_at, received_at, reference, status, error)
-                 SELECT id, t, s, v, it, iid, d::jsonb, o, r, ref, st, err
-                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
-                             $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::text[])
-                      AS u(id, t, s, v, it, iid, d, o, r, ref, st, err)
-                 ON CONFLICT DO NOTHING
-                 RETURNING id",
-                &[
-                    &ids, &tenants, &signals, &versions, &itypes, &iids, &datas, &occurred, &received, &refs,
-                    &statuses, &errors,
-                ],
-            )
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect()
+            insert_new(tx, &records).await?
         }
         Err(e) => return Err(e.into()),
     };
@@ -286,12 +248,51 @@ async fn store_in(tx: &Transaction<'_>, records: &[Record]) -> Result<Stored, Si
     })
 }
 
+/// Inserts those of `records` not stored yet, and says which they were.
+async fn insert_new(
+    tx: &Transaction<'_>,
+    records: &[&Record],
+) -> Result<HashSet<Uuid>, tokio_postgres::Error> {
+    let column = |f: &dyn Fn(&StreamEntry) -> Option<&str>| -> Vec<Option<&str>> {
+        records.iter().map(|r| f(&r.entry)).collect()
+    };
+    let ids: Vec<Uuid> = records.iter().map(|r| r.entry.id).collect();
+    let tenants = column(&|e| Some(e.tenant.as_str()));
+    let signals = column(&|e| Some(e.signal.as_str()));
+    let versions: Vec<Option<i32>> = (records.iter())
+        .map(|r| r.entry.schema_version.map(|v| v as i32))
+        .collect();
+    let itypes = column(&|e| Some(e.identity_type.as_str()));
+    let iids = column(&|e| Some(e.identity_id.as_str()));
+    let datas = column(&|e| Some(e.data.get()));
+    let occurred: Vec<DateTime<Utc>> = records.iter().map(|r| r.entry.occurred_at).collect();
+    let received: Vec<DateTime<Utc>> = records.iter().map(|r| r.entry.received_at).collect();
+    let refs = column(&|e| e.reference.as_deref());
+    let statuses: Vec<&str> = records.iter().map(|r| r.status()).collect();
+    let errors: Vec<Option<&str>> = records.iter().map(|r| r.invalid.as_deref()).collect();
+    let rows = tx
+        .query(
+            "INSERT INTO events (id, tenant_id, signal_id, schema_version, identity_type, identity_id,
+                                 data, occurred_at, received_at, reference, status, error)
+             SELECT id, t, s, v, it, iid, d::jsonb, o, r, ref, st, err
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+                         $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::text[])
+                  AS u(id, t, s, v, it, iid, d, o, r, ref, st, err)
+             ON CONFLICT DO NOTHING
+             RETURNING id",
+            &[
+                &ids, &tenants, &signals, &versions, &itypes, &iids, &datas, &occurred, &received,
+                &refs, &statuses, &errors,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 /// `COPY events … FROM STDIN BINARY` of `records`.
 async fn copy_events(
     tx: &Transaction<'_>,
     records: &[&Record],
-    statuses: &[&str],
-    errors: &[Option<&str>],
 ) -> Result<(), tokio_postgres::Error> {
     let sink = tx
         .copy_in::<_, bytes::Bytes>(
@@ -318,9 +319,10 @@ async fn copy_events(
         ],
     );
     let mut writer = std::pin::pin!(writer);
-    for ((r, status), error) in records.iter().zip(statuses).zip(errors) {
+    for r in records {
         let e = &r.entry;
         let version = e.schema_version.map(|v| v as i32);
+        let (status, error) = (r.status(), r.invalid.as_deref());
         writer
             .as_mut()
             .write(&[
@@ -334,8 +336,8 @@ async fn copy_events(
                 &e.occurred_at,
                 &e.received_at,
                 &e.reference,
-                status,
-                error,
+                &status,
+                &error,
             ])
             .await?;
     }
