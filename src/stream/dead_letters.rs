@@ -60,58 +60,22 @@ pub async fn record(
     reason: &str,
     deliveries: u64,
 ) -> Result<(), DeadLetterError> {
-    let stream = Keyspace::stream(entry.partition);
-    let (entry_id, event_id, tenant, fields): (String, _, _, Vec<(String, Vec<u8>)>) = match &event
-    {
-        Some(one) => {
-            let [(_, m), (_, e)] = one.fields;
-            (
-                format!("{}/{}", entry.entry_id, one.position),
-                super::event_id_of(e),
-                m.split('|').next().map(str::to_owned),
-                one.fields
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                    .collect(),
-            )
-        }
-        None => (
-            entry.entry_id.clone(),
-            entry.event_id(),
-            entry.tenant(),
-            entry
-                .fields
-                .iter()
-                .map(|(k, v)| match v {
-                    RedisValue::BulkString(b) => (k.clone(), b.clone()),
-                    other => (k.clone(), format!("{other:?}").into_bytes()),
-                })
-                .collect(),
-        ),
-    };
-    let raw: serde_json::Map<String, Value> = fields
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                Value::String(String::from_utf8_lossy(v).into_owned()),
-            )
-        })
-        .collect();
-    let client = pg.get().await?;
-    client
+    let letter = Letter::of(entry, event.as_ref());
+    let deliveries = deliveries.min(i32::MAX as u64) as i32;
+    pg.get()
+        .await?
         .execute(
             "INSERT INTO dead_letters (stream, entry_id, event_id, tenant_id, raw, error, deliveries)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (stream, entry_id) DO UPDATE SET error = excluded.error, deliveries = excluded.deliveries",
             &[
-                &stream,
-                &entry_id,
-                &event_id,
-                &tenant,
-                &Value::Object(raw).to_string(),
+                &Keyspace::stream(entry.partition),
+                &letter.entry_id,
+                &letter.event_id,
+                &letter.tenant,
+                &letter.raw_json(),
                 &reason,
-                &(deliveries.min(i32::MAX as u64) as i32),
+                &deliveries,
             ],
         )
         .await?;
@@ -121,11 +85,11 @@ pub async fn record(
         .arg("~")
         .arg(DEAD_STREAM_LEN)
         .arg("*");
-    for (k, v) in &fields {
+    for (k, v) in &letter.fields {
         cmd.arg(k).arg(v.as_slice());
     }
     cmd.arg("dead_entry_id")
-        .arg(&entry_id)
+        .arg(&letter.entry_id)
         .arg("dead_error")
         .arg(reason);
     consumer.redis().query::<String>(&cmd).await?;
@@ -133,6 +97,58 @@ pub async fn record(
         consumer.ack(std::slice::from_ref(entry)).await?;
     }
     Ok(())
+}
+
+/// What is recorded of a dead entry, or of one event of it.
+struct Letter {
+    /// The stream entry's id; `<entry id>/<position>` for one event of it.
+    entry_id: String,
+    event_id: Option<String>,
+    tenant: Option<String>,
+    /// The stream fields as they were (one event's as a one-event entry).
+    fields: Vec<(String, Vec<u8>)>,
+}
+
+impl Letter {
+    fn of(entry: &RawEntry, event: Option<&OneEvent<'_>>) -> Self {
+        match event {
+            Some(one) => {
+                let [(_, m), (_, e)] = one.fields;
+                Letter {
+                    entry_id: format!("{}/{}", entry.entry_id, one.position),
+                    event_id: super::event_id_of(e),
+                    tenant: super::Meta::parse(m).map(|meta| meta.tenant.to_owned()),
+                    fields: (one.fields.iter())
+                        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                        .collect(),
+                }
+            }
+            None => Letter {
+                entry_id: entry.entry_id.clone(),
+                event_id: entry.event_id(),
+                tenant: entry.tenant(),
+                fields: (entry.fields.iter())
+                    .map(|(k, v)| match v {
+                        RedisValue::BulkString(b) => (k.clone(), b.clone()),
+                        other => (k.clone(), format!("{other:?}").into_bytes()),
+                    })
+                    .collect(),
+            },
+        }
+    }
+
+    /// The fields as a JSON object of strings, for the `raw` column.
+    fn raw_json(&self) -> String {
+        let raw: serde_json::Map<String, Value> = (self.fields.iter())
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    Value::String(String::from_utf8_lossy(v).into_owned()),
+                )
+            })
+            .collect();
+        Value::Object(raw).to_string()
+    }
 }
 
 /// A dead letter as operators see it.
