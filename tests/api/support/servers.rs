@@ -462,10 +462,10 @@ fn pg_bin_dir() -> PathBuf {
 /// An initialised data directory to copy, made once per machine.
 fn template(bin: &Path) -> PathBuf {
     // Cargo names a scratch directory for tests and benchmarks, not for examples.
-    let root = PathBuf::from(option_env!("CARGO_TARGET_TMPDIR").unwrap_or(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/target/tmp"
-    )));
+    let root = PathBuf::from(
+        option_env!("CARGO_TARGET_TMPDIR")
+            .unwrap_or(concat!(env!("CARGO_MANIFEST_DIR"), "/target/tmp")),
+    );
     fs::create_dir_all(&root).unwrap();
     let version = bin
         .parent()
