@@ -217,13 +217,13 @@ pub fn healthcheck(bind: SocketAddr) -> Result<(), String> {
 
 /// How a service binary starts: its settings, then either the `healthcheck` subcommand's answer
 /// (the service listening on `bind` on this host: exit 0 when ready, 1 with the reason) or
-/// logging set up for the service to run. `Err` is the exit code to stop with: 2 after one line
-/// naming a bad setting.
+/// logging set up for the service to run (hold the [`Logs`](crate::telemetry::Logs) until it
+/// exits). `Err` is the exit code to stop with: 2 after one line naming a bad setting.
 pub fn start_service(
     name: &str,
     healthcheck_only: bool,
     bind: impl FnOnce(&Settings) -> SocketAddr,
-) -> Result<Settings, std::process::ExitCode> {
+) -> Result<(Settings, crate::telemetry::Logs), std::process::ExitCode> {
     let settings = Settings::load().map_err(|e| {
         eprintln!("{name}: {e}");
         std::process::ExitCode::from(2)
@@ -237,8 +237,8 @@ pub fn start_service(
             }
         });
     }
-    crate::telemetry::init(&settings.log);
-    Ok(settings)
+    let logs = crate::telemetry::init(&settings.log);
+    Ok((settings, logs))
 }
 
 /// Echoes at most 200 characters of a client-chosen path.

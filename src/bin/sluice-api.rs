@@ -46,10 +46,11 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let healthcheck = matches!(cli.command, Some(Command::Healthcheck));
-    let settings = match sluice::ops::start_service("sluice-api", healthcheck, |s| s.api.bind) {
-        Ok(settings) => settings,
-        Err(exit) => return exit,
-    };
+    let (settings, _logs) =
+        match sluice::ops::start_service("sluice-api", healthcheck, |s| s.api.bind) {
+            Ok(started) => started,
+            Err(exit) => return exit,
+        };
     if let Err(line) = refuse_evicting_redis(&settings).await {
         eprintln!("sluice-api: {line}");
         return ExitCode::from(2);

@@ -35,8 +35,8 @@ async fn main() -> ExitCode {
     let healthcheck = matches!(cli.command, Some(Command::Healthcheck));
     let started =
         sluice::ops::start_service("sluice-worker", healthcheck, |s| s.worker.metrics_bind);
-    let settings = match started {
-        Ok(settings) => settings,
+    let (settings, _logs) = match started {
+        Ok(started) => started,
         Err(exit) => return exit,
     };
 

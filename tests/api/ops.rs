@@ -265,6 +265,43 @@ async fn json_logs_have_one_line_per_request_and_never_the_key_or_event_data() {
     assert_eq!(line["span"]["request_id"], "req-under-test");
 }
 
+/// Text logs going to a file or a pipe are plain text (no terminal colour codes), and the lines
+/// still waiting in the log writer when the binary stops are written before it exits.
+#[actix_web::test]
+async fn text_logs_to_a_pipe_are_plain_and_complete_at_exit() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", None).await;
+    let (mut child, base) = crate::support::spawn_api_process(
+        &env,
+        None,
+        &[
+            ("SLUICE__LOG__FORMAT", "text"),
+            ("SLUICE__LOG__LEVEL", "info"),
+        ],
+    );
+    let body = json!({"events": [event("page_view", "acc-1")]}).to_string();
+    for _ in 0..20 {
+        let mut stream = start_post(&base, &key, body.as_bytes(), body.len());
+        assert_eq!(status_of(&mut stream), 200);
+    }
+    sigterm(&child);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!stderr.contains('\u{1b}'), "terminal codes in: {stderr}");
+    let requests = stderr
+        .lines()
+        .filter(|l| l.contains(" request ") && l.contains("route=/v1/events/batch"))
+        .count();
+    assert_eq!(requests, 20, "{stderr}");
+}
+
 #[actix_web::test]
 async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     let env = TestEnv::start().await;
