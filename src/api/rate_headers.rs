@@ -44,7 +44,8 @@ impl RateHeaders {
             .insert_header(("X-RateLimit-Remaining", self.remaining.to_string()))
             .insert_header((
                 "X-RateLimit-Reset",
-                self.reset.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                self.reset
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             ));
         if with_retry_after {
             response.insert_header(("Retry-After", self.retry_after.to_string()));
