@@ -9,7 +9,7 @@ use std::fmt;
 
 use chrono::{DateTime, Datelike, FixedOffset};
 use serde::Deserialize;
-use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::{IdentityId, IdentityType, json_guard};
@@ -74,8 +74,9 @@ fn empty_object() -> &'static RawValue {
 pub fn parse_batch(body: &str) -> Result<Vec<Event<'_>>, BodyError> {
     #[derive(Deserialize)]
     struct Body<'a> {
+        // Read in the same pass as the body, element by element.
         #[serde(borrow)]
-        events: Option<&'a RawValue>,
+        events: Option<BoundedList<'a>>,
     }
     if !body.trim_start().starts_with('{') {
         // Report a syntax error where there is one, else the wrong kind of value.
@@ -86,9 +87,7 @@ pub fn parse_batch(body: &str) -> Result<Vec<Event<'_>>, BodyError> {
         )));
     }
     let body: Body = serde_json::from_str(body).map_err(invalid_json)?;
-    let raw_events = body.events.ok_or(BodyError::NoEvents)?;
-    let events =
-        serde_json::from_str::<BoundedList>(raw_events.get()).map_err(|_| BodyError::NoEvents)?;
+    let events = body.events.ok_or(BodyError::NoEvents)?;
     if events.total == 0 {
         return Err(BodyError::NoEvents);
     }
@@ -151,7 +150,8 @@ fn kind_of(raw: &RawValue) -> &'static str {
 }
 
 /// The first [`MAX_BATCH`] elements of a JSON array, and how many it had in all. Elements
-/// past the limit are skipped without being stored, so a huge array costs no memory.
+/// past the limit are skipped without being stored, so a huge array costs no memory. Any other
+/// JSON value reads as a list of none (`events` must be a non-empty array).
 struct BoundedList<'a> {
     items: Vec<&'a RawValue>,
     total: usize,
@@ -160,6 +160,14 @@ struct BoundedList<'a> {
 impl<'de: 'a, 'a> Deserialize<'de> for BoundedList<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct ListVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'a> ListVisitor<'a> {
+            fn none<E>(self) -> Result<BoundedList<'a>, E> {
+                Ok(BoundedList {
+                    items: Vec::new(),
+                    total: 0,
+                })
+            }
+        }
         impl<'de: 'a, 'a> Visitor<'de> for ListVisitor<'a> {
             type Value = BoundedList<'a>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -182,8 +190,30 @@ impl<'de: 'a, 'a> Deserialize<'de> for BoundedList<'a> {
                 }
                 Ok(BoundedList { items, total })
             }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                self.none()
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                self.none()
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                self.none()
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                self.none()
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                self.none()
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                self.none()
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                self.none()
+            }
         }
-        d.deserialize_seq(ListVisitor(std::marker::PhantomData))
+        d.deserialize_any(ListVisitor(std::marker::PhantomData))
     }
 }
 
