@@ -97,11 +97,11 @@ pub fn parse_batch(body: &str) -> Result<Vec<Event<'_>>, BodyError> {
     let mut errors = Vec::new();
     let parsed: Vec<Event> = events
         .items
-        .iter()
+        .into_iter()
         .enumerate()
-        .filter_map(|(index, raw)| {
+        .filter_map(|(index, item)| {
             let path = EventPath { index, batch: true };
-            parse_event(raw, path, &mut errors)
+            check_event(item, path, &mut errors)
         })
         .collect();
     if errors.is_empty() {
@@ -121,9 +121,10 @@ pub fn parse_single(body: &str) -> Result<Event<'_>, BodyError> {
             kind_of(raw)
         )));
     }
+    let item: Item = serde_json::from_str(raw.get()).map_err(invalid_json)?;
     let mut errors = Vec::new();
-    match parse_event(
-        raw,
+    match check_event(
+        item,
         EventPath {
             index: 0,
             batch: false,
@@ -153,7 +154,7 @@ fn kind_of(raw: &RawValue) -> &'static str {
 /// past the limit are skipped without being stored, so a huge array costs no memory. Any other
 /// JSON value reads as a list of none (`events` must be a non-empty array).
 struct BoundedList<'a> {
-    items: Vec<&'a RawValue>,
+    items: Vec<Item<'a>>,
     total: usize,
 }
 
@@ -176,7 +177,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for BoundedList<'a> {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_BATCH));
                 while items.len() < MAX_BATCH {
-                    match seq.next_element::<&'de RawValue>()? {
+                    match seq.next_element::<Item<'de>>()? {
                         Some(item) => items.push(item),
                         None => {
                             let total = items.len();
@@ -245,20 +246,99 @@ impl EventPath {
     }
 }
 
-#[derive(Deserialize)]
+/// One event's fields as the client wrote them.
+#[derive(Default)]
 struct RawEvent<'a> {
-    #[serde(borrow)]
     signal: Option<&'a RawValue>,
-    #[serde(borrow)]
     version: Option<&'a RawValue>,
-    #[serde(borrow)]
     identity: Option<&'a RawValue>,
-    #[serde(borrow)]
     data: Option<&'a RawValue>,
-    #[serde(borrow)]
     timestamp: Option<&'a RawValue>,
-    #[serde(borrow)]
     reference: Option<&'a RawValue>,
+}
+
+/// One element of the events array (or the single event), read in the same pass as the body:
+/// a problem with one event is that event's error, never the whole body's.
+enum Item<'a> {
+    Event(RawEvent<'a>),
+    NotObject,
+    /// An object naming a field twice: that field.
+    Duplicate(&'static str),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Field {
+            Signal,
+            Version,
+            Identity,
+            Data,
+            Timestamp,
+            Reference,
+            #[serde(other)]
+            Other,
+        }
+        struct ItemVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ItemVisitor<'a> {
+            type Value = Item<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an event")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut event = RawEvent::default();
+                let mut seen = [false; 6];
+                let mut duplicate = None;
+                while let Some(field) = map.next_key::<Field>()? {
+                    let (slot, n, name) = match field {
+                        Field::Signal => (&mut event.signal, 0, "signal"),
+                        Field::Version => (&mut event.version, 1, "version"),
+                        Field::Identity => (&mut event.identity, 2, "identity"),
+                        Field::Data => (&mut event.data, 3, "data"),
+                        Field::Timestamp => (&mut event.timestamp, 4, "timestamp"),
+                        Field::Reference => (&mut event.reference, 5, "reference"),
+                        Field::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    // `null` reads as absent.
+                    *slot = map.next_value::<Option<&'de RawValue>>()?;
+                    if std::mem::replace(&mut seen[n], true) {
+                        duplicate.get_or_insert(name);
+                    }
+                }
+                Ok(match duplicate {
+                    Some(name) => Item::Duplicate(name),
+                    None => Item::Event(event),
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Item::NotObject)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Item::NotObject)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Item::NotObject)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Item::NotObject)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Item::NotObject)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Item::NotObject)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Item::NotObject)
+            }
+        }
+        d.deserialize_any(ItemVisitor(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -269,20 +349,20 @@ struct RawIdentity<'a> {
     id: Option<&'a RawValue>,
 }
 
-fn parse_event<'a>(
-    raw: &'a RawValue,
+fn check_event<'a>(
+    item: Item<'a>,
     at: EventPath,
     errors: &mut Vec<FieldError>,
 ) -> Option<Event<'a>> {
-    if !raw.get().starts_with('{') {
-        errors.push(at.error("", "must be an object"));
-        return None;
-    }
-    let ev: RawEvent<'a> = match serde_json::from_str(raw.get()) {
-        Ok(ev) => ev,
-        Err(e) => {
-            // The only way a JSON object fails here is a field given twice.
-            errors.push(at.error("", &format!("is not a valid event: {}", strip_position(&e))));
+    let ev = match item {
+        Item::Event(ev) => ev,
+        Item::NotObject => {
+            errors.push(at.error("", "must be an object"));
+            return None;
+        }
+        Item::Duplicate(name) => {
+            let problem = format!("is not a valid event: duplicate field `{name}`");
+            errors.push(at.error("", &problem));
             return None;
         }
     };
@@ -668,6 +748,39 @@ mod tests {
         let e = &parse_batch(&body).unwrap()[0];
         assert_eq!(e.version, SchemaVersion::Latest);
         assert_eq!(e.data.get(), "{}");
+    }
+
+    /// Events are read in the array's own pass: each one's problems stay its own, keys are read
+    /// unescaped, and a field named twice is refused even when its first value was null.
+    #[test]
+    fn each_event_is_judged_alone_in_the_same_pass() {
+        let body = r#"{"events":[
+            {"sign\u0061l":"a","identity":{"type":"deal","id":"1"},"extra":{"deep":[1e400]}},
+            [1, 2],
+            {"signal":null,"signal":"a","identity":{"type":"deal","id":"2"}},
+            "text",
+            {"signal":"a","identity":{"type":"deal","id":"3"},"version":0}
+        ]}"#;
+        let errors = errors_of(body);
+        let said: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.field.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("events[1]", "events[1] must be an object"),
+                (
+                    "events[2]",
+                    "events[2] is not a valid event: duplicate field `signal`"
+                ),
+                ("events[3]", "events[3] must be an object"),
+                (
+                    "events[4].version",
+                    "events[4].version must be a positive integer or \"latest\""
+                ),
+            ]
+        );
     }
 
     #[test]
