@@ -209,8 +209,10 @@ fn status_of(stream: &mut TcpStream) -> u16 {
         .unwrap_or(0)
 }
 
-#[actix_web::test]
-async fn json_logs_have_one_line_per_request_and_never_the_key_or_event_data() {
+/// Runs an api process logging in `format`, sends it `body` `times` times (each answered 200),
+/// stops it with SIGTERM and returns its tenant, key and everything it wrote to stderr; the
+/// process must have exited 0.
+async fn logs_of(format: &str, body: impl Fn() -> Value, times: usize) -> (String, String, String) {
     let env = TestEnv::start().await;
     let (tenant, key) = env.tenant().await;
     env.signal(&tenant, "page_view", "event", None).await;
@@ -218,15 +220,15 @@ async fn json_logs_have_one_line_per_request_and_never_the_key_or_event_data() {
         &env,
         None,
         &[
-            ("SLUICE__LOG__FORMAT", "json"),
+            ("SLUICE__LOG__FORMAT", format),
             ("SLUICE__LOG__LEVEL", "info"),
         ],
     );
-    let mut e = event("page_view", "identity-secret-id");
-    e["data"] = json!({"marker": "event-data-must-not-be-logged"});
-    let body = json!({"events": [e]}).to_string();
-    let mut stream = start_post(&base, &key, body.as_bytes(), body.len());
-    assert_eq!(status_of(&mut stream), 200);
+    let body = json!({"events": [body()]}).to_string();
+    for _ in 0..times {
+        let mut stream = start_post(&base, &key, body.as_bytes(), body.len());
+        assert_eq!(status_of(&mut stream), 200);
+    }
     sigterm(&child);
     let mut stderr = String::new();
     child
@@ -235,7 +237,18 @@ async fn json_logs_have_one_line_per_request_and_never_the_key_or_event_data() {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    child.wait().unwrap();
+    assert!(child.wait().unwrap().success(), "{stderr}");
+    (tenant, key, stderr)
+}
+
+#[actix_web::test]
+async fn json_logs_have_one_line_per_request_and_never_the_key_or_event_data() {
+    let secret_event = || {
+        let mut e = event("page_view", "identity-secret-id");
+        e["data"] = json!({"marker": "event-data-must-not-be-logged"});
+        e
+    };
+    let (tenant, key, stderr) = logs_of("json", secret_event, 1).await;
 
     assert!(!stderr.contains(&key), "the API key was logged");
     assert!(
@@ -269,31 +282,7 @@ async fn json_logs_have_one_line_per_request_and_never_the_key_or_event_data() {
 /// still waiting in the log writer when the binary stops are written before it exits.
 #[actix_web::test]
 async fn text_logs_to_a_pipe_are_plain_and_complete_at_exit() {
-    let env = TestEnv::start().await;
-    let (tenant, key) = env.tenant().await;
-    env.signal(&tenant, "page_view", "event", None).await;
-    let (mut child, base) = crate::support::spawn_api_process(
-        &env,
-        None,
-        &[
-            ("SLUICE__LOG__FORMAT", "text"),
-            ("SLUICE__LOG__LEVEL", "info"),
-        ],
-    );
-    let body = json!({"events": [event("page_view", "acc-1")]}).to_string();
-    for _ in 0..20 {
-        let mut stream = start_post(&base, &key, body.as_bytes(), body.len());
-        assert_eq!(status_of(&mut stream), 200);
-    }
-    sigterm(&child);
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let (_, _, stderr) = logs_of("text", || event("page_view", "acc-1"), 20).await;
     assert!(!stderr.contains('\u{1b}'), "terminal codes in: {stderr}");
     let requests = stderr
         .lines()
