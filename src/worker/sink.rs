@@ -253,23 +253,18 @@ async fn insert_new(
     tx: &Transaction<'_>,
     records: &[&Record],
 ) -> Result<HashSet<Uuid>, tokio_postgres::Error> {
-    let column = |f: &dyn Fn(&StreamEntry) -> Option<&str>| -> Vec<Option<&str>> {
-        records.iter().map(|r| f(&r.entry)).collect()
-    };
-    let ids: Vec<Uuid> = records.iter().map(|r| r.entry.id).collect();
-    let tenants = column(&|e| Some(e.tenant.as_str()));
-    let signals = column(&|e| Some(e.signal.as_str()));
-    let versions: Vec<Option<i32>> = (records.iter())
-        .map(|r| r.entry.schema_version.map(|v| v as i32))
-        .collect();
-    let itypes = column(&|e| Some(e.identity_type.as_str()));
-    let iids = column(&|e| Some(e.identity_id.as_str()));
-    let datas = column(&|e| Some(e.data.get()));
-    let occurred: Vec<DateTime<Utc>> = records.iter().map(|r| r.entry.occurred_at).collect();
-    let received: Vec<DateTime<Utc>> = records.iter().map(|r| r.entry.received_at).collect();
-    let refs = column(&|e| e.reference.as_deref());
-    let statuses: Vec<&str> = records.iter().map(|r| r.status()).collect();
-    let errors: Vec<Option<&str>> = records.iter().map(|r| r.invalid.as_deref()).collect();
+    let ids = column(records, |r| r.entry.id);
+    let tenants = column(records, |r| r.entry.tenant.as_str());
+    let signals = column(records, |r| r.entry.signal.as_str());
+    let versions = column(records, |r| r.entry.schema_version.map(|v| v as i32));
+    let itypes = column(records, |r| r.entry.identity_type.as_str());
+    let iids = column(records, |r| r.entry.identity_id.as_str());
+    let datas = column(records, |r| r.entry.data.get());
+    let occurred = column(records, |r| r.entry.occurred_at);
+    let received = column(records, |r| r.entry.received_at);
+    let refs = column(records, |r| r.entry.reference.as_deref());
+    let statuses = column(records, |r| r.status());
+    let errors = column(records, |r| r.invalid.as_deref());
     let rows = tx
         .query(
             "INSERT INTO events (id, tenant_id, signal_id, schema_version, identity_type, identity_id,
@@ -287,6 +282,11 @@ async fn insert_new(
         )
         .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// One column of `records`, for an `unnest` array parameter.
+fn column<'r, T>(records: &[&'r Record], value: impl Fn(&'r Record) -> T) -> Vec<T> {
+    records.iter().map(|&r| value(r)).collect()
 }
 
 /// `COPY events … FROM STDIN BINARY` of `records`.
