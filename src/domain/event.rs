@@ -150,9 +150,34 @@ fn kind_of(raw: &RawValue) -> &'static str {
     }
 }
 
+/// A visitor's answer to every JSON value that is neither an array nor an object: `$value`.
+macro_rules! scalars_give {
+    ($value:expr) => {
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
 /// The first [`MAX_BATCH`] elements of a JSON array, and how many it had in all. Elements
 /// past the limit are skipped without being stored, so a huge array costs no memory. Any other
 /// JSON value reads as a list of none (`events` must be a non-empty array).
+#[derive(Default)]
 struct BoundedList<'a> {
     items: Vec<Item<'a>>,
     total: usize,
@@ -161,14 +186,6 @@ struct BoundedList<'a> {
 impl<'de: 'a, 'a> Deserialize<'de> for BoundedList<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct ListVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'a> ListVisitor<'a> {
-            fn none<E>(self) -> Result<BoundedList<'a>, E> {
-                Ok(BoundedList {
-                    items: Vec::new(),
-                    total: 0,
-                })
-            }
-        }
         impl<'de: 'a, 'a> Visitor<'de> for ListVisitor<'a> {
             type Value = BoundedList<'a>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -193,26 +210,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for BoundedList<'a> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                self.none()
+                Ok(BoundedList::default())
             }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                self.none()
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                self.none()
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                self.none()
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                self.none()
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                self.none()
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                self.none()
-            }
+            scalars_give!(BoundedList::default());
         }
         d.deserialize_any(ListVisitor(std::marker::PhantomData))
     }
@@ -318,24 +318,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(Item::NotObject)
             }
-            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(Item::NotObject)
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(Item::NotObject)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Item::NotObject)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Item::NotObject)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Item::NotObject)
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Item::NotObject)
-            }
+            scalars_give!(Item::NotObject);
         }
         d.deserialize_any(ItemVisitor(std::marker::PhantomData))
     }
