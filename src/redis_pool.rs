@@ -201,9 +201,6 @@ impl Conn {
 }
 
 impl Redis {
-    /// Prepares the connections. They are opened on first use, so a binary can start (and
-    /// report itself unready) while Redis is still down; a bad URL or certificate file stops it
-    /// here.
     /// Connections used round-robin, for callers that may block one (the worker's reads).
     pub fn new(settings: &RedisSettings) -> Result<Self, String> {
         Self::with_slots(settings, false)
@@ -216,6 +213,9 @@ impl Redis {
         Self::with_slots(settings, true)
     }
 
+    /// Prepares the connections. They are opened on first use, so a binary can start (and
+    /// report itself unready) while Redis is still down; a bad URL or certificate file stops it
+    /// here.
     fn with_slots(settings: &RedisSettings, per_thread: bool) -> Result<Self, String> {
         let client = match settings.mode {
             RedisMode::Standalone => Server::new(settings).map(|s| Client::Standalone(Arc::new(s))),
