@@ -70,14 +70,16 @@ fn ingest(stack: &Stack, seconds: f64, results: &mut Results) {
                 "bench: ingest replicas={replicas} batch={batch}: {:.0} events/s",
                 load.events_per_sec
             );
-            let script_us = stack.script_usec_per_call();
+            let (script_usec, calls) = stack.script_usec_and_calls();
+            let requests = load.requests().max(1) as f64;
             results.ingest.insert(
                 (replicas, batch),
                 Ingest {
                     cpu_us_per_event: (replicas == 1)
                         .then(|| cpu / load.events_accepted.max(1) as f64 * 1e6),
+                    script_us: script_usec / requests,
+                    requests_per_call: requests / calls.max(1) as f64,
                     load,
-                    script_us,
                 },
             );
         }

@@ -99,19 +99,24 @@ impl Stack {
             .unwrap();
     }
 
-    /// The admission script's Redis-side cost per call since the statistics were reset.
-    pub fn script_usec_per_call(&self) -> f64 {
+    /// The admission script's Redis-side time (µs) and calls since the statistics were reset.
+    /// A call may carry several requests (src/ingest/lanes.rs).
+    pub fn script_usec_and_calls(&self) -> (f64, u64) {
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
             .query(&mut self.redis.conn())
             .unwrap();
+        let field = |line: &str, name: &str| -> Option<f64> {
+            let (_, rest) = line.split_once(&format!("{name}="))?;
+            rest.split(',').next()?.parse().ok()
+        };
         info.lines()
             .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
             .filter_map(|l| {
-                let (_, rest) = l.split_once("usec_per_call=")?;
-                rest.split(',').next()?.parse::<f64>().ok()
+                let rest = l.split_once(':')?.1;
+                Some((field(rest, "usec")?, field(rest, "calls")? as u64))
             })
-            .fold(0.0, f64::max)
+            .fold((0.0, 0), |(u, c), (du, dc)| (u + du, c + dc))
     }
 
     pub fn keys(&self, pattern: &str) -> Vec<String> {
@@ -414,6 +419,10 @@ struct Latency {
 }
 
 impl Load {
+    /// Requests answered, whatever their status.
+    pub fn requests(&self) -> u64 {
+        self.statuses.values().sum()
+    }
     pub fn p50(&self) -> f64 {
         self.latency.p50
     }

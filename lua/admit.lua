@@ -1,32 +1,41 @@
 #!lua
--- admit.lua: resolve, rate-limit and enqueue one request's events in one atomic step; with an
--- Idempotency-Key, record the answer in the same step, or replay the recorded one.
+-- admit.lua: resolve, rate-limit and enqueue the events of one or more requests of one
+-- partition in one atomic step, each request in turn as if it had been called alone; with an
+-- Idempotency-Key, record a request's answer in the same step, or replay the recorded one.
 --
 -- The shebang line makes Redis (>= 7) refuse the whole script up front when it is out of
 -- memory, instead of failing half-way through its writes.
 --
--- The script works per request, never per event: the api sends, for each distinct signal of the
+-- The script works per request, never per event: the api sends, for each distinct signal of a
 -- request, how many events name it and the highest schema version they ask for, plus all the
 -- events as one JSON array it has already built. Whatever the batch size and the number of
--- signals, it makes the same few calls: one read of the registry, one of the windows, TIME, one
--- XADD, one write of the windows (and a GET and a SET of the record with a key).
+-- signals, a request costs the same few calls; the requests of one call share TIME, and each
+-- tenant's reads of the registry and the windows, and its write of the windows.
 --
--- KEYS[1]        registry hash of the tenant         sluice:{pNN}:reg:<tenant>
--- KEYS[2]        the tenant's partition stream       sluice:{pNN}:events
--- KEYS[3]        the tenant's rate-limit windows     sluice:{pNN}:rl:<tenant>
+-- The api groups requests (src/ingest/lanes.rs): while a call of a partition is in flight on
+-- an api thread, the requests that arrive there wait and go together in the next call.
+--
+-- KEYS[1]        the partition's stream              sluice:{pNN}:events
+-- then per request r = 0, 1, ...:
+-- KEYS[2+3r]     registry hash of the tenant         sluice:{pNN}:reg:<tenant>
+-- KEYS[3+3r]     the tenant's rate-limit windows     sluice:{pNN}:rl:<tenant>
 --                  one field per slug: its window count (keyspace::WindowCount)
--- KEYS[4]        with a key: the idempotency record  sluice:{pNN}:idem:<tenant>:<key>
+-- KEYS[4+3r]     with a key: the idempotency record  sluice:{pNN}:idem:<tenant>:<key>
+--                (without one, the windows again: unused)
 --
--- ARGV[1]        tenant id
--- ARGV[2..4]     default per-minute limits for types event, metric, state
--- ARGV[5]        how long to keep the idempotency record, ms (0: the request has no key)
--- ARGV[6]        with a key: the request's fingerprint (method, path and body, hashed)
--- ARGV[7]        with a key: when the api received the request, microseconds since the epoch
--- ARGV[8]        S, the number of distinct slugs (in first-seen order)
--- then 3 values per slug s:  the slug, how many events name it, the highest version asked (0 = latest only)
--- ARGV[9+3S]     the events: the entry's b field (src/stream/entry.rs)
+-- ARGV[1..3]     default per-minute limits for types event, metric, state
+-- ARGV[4]        N, the number of requests
+-- then per request, in order:
+--   tenant id
+--   how long to keep the idempotency record, ms (0: the request has no key)
+--   with a key: the request's fingerprint (method, path and body, hashed); else ''
+--   with a key: when the api received the request, microseconds since the epoch; else ''
+--   S, the number of distinct slugs (in first-seen order)
+--   then 3 values per slug: the slug, how many events name it, the highest version asked
+--     (0 = latest only)
+--   the events: the entry's b field (src/stream/entry.rs)
 --
--- Reply, one of:
+-- Reply: one answer per request, in order, each one of:
 --   {"notfound", s, ...}             slugs (by number) unknown or inactive for the tenant
 --   {"badversion", s, latest, ...}   slugs some of whose events ask for a version above latest
 --   {"conflict"}                     the key was used with a different request; nothing written
@@ -38,7 +47,7 @@
 --       from which the api derives the same event ids) with the current windows; nothing
 --       written, nothing counted
 --
--- When anything is admitted, the request becomes one stream entry (src/stream/entry.rs):
+-- When anything is admitted, a request becomes one stream entry (src/stream/entry.rs):
 --   ENTRY_TENANT    the tenant
 --   ENTRY_SIGNALS   per slug its entry_signal(id, type, latest, admitted), in slug order
 --   ENTRY_EVENTS    the events, as the api sent them (rate-limited ones included; the worker
@@ -47,166 +56,230 @@
 -- The idempotency record (keyspace::IdempotencyRecord) holds the fingerprint, the receipt time
 -- and the entry's signals field: under 200 bytes for a request of one signal, whatever its size.
 -- It is written only when at least one event is admitted, so a refused request (404, 400, 429)
--- leaves the key free for a later attempt.
+-- leaves the key free for a later attempt. A later request of the same call with the same key
+-- sees the record an earlier one is writing.
 --
 -- Field names, separators and layouts come from the prelude src/scripts.rs puts before this
 -- line (unpack_signal, read_window, entry_signal, ...), built from the Rust types that own them.
 --
--- Atomicity: everything is read and checked before the first write, so a refused request
--- writes nothing; then the entry is XADDed, each slug's counter is raised by exactly the number
--- admitted, and the record is set. Nothing is counted that is not enqueued, nor enqueued that is
--- not counted, nor enqueued without its record.
+-- Atomicity: every request is read and decided before the first write, so a refused request
+-- writes nothing; then each admitted request's entry is XADDed in request order, each slug's
+-- counter is raised by exactly the number admitted, and the records are set. Nothing is counted
+-- that is not enqueued, nor enqueued that is not counted, nor enqueued without its record.
 --
 -- Windows are fixed 60-second windows aligned to the UTC minute of Redis's own clock (TIME), so
 -- every api replica agrees. The counter hash keeps its window start; a stale window reads as 0.
 
-local tenant = ARGV[1]
-local defaults = { event = tonumber(ARGV[2]), metric = tonumber(ARGV[3]), state = tonumber(ARGV[4]) }
-local record_ttl = tonumber(ARGV[5])
-local fingerprint = ARGV[6]
-local received = ARGV[7]
-local nslugs = tonumber(ARGV[8])
-local events = ARGV[9 + 3 * nslugs]
-local record_key = KEYS[4]
+local defaults = { event = tonumber(ARGV[1]), metric = tonumber(ARGV[2]), state = tonumber(ARGV[3]) }
+local requests = tonumber(ARGV[4])
 
-local function count(s) return tonumber(ARGV[7 + 3 * s]) end
-local function asked(s) return tonumber(ARGV[8 + 3 * s]) end
-local slugs = {}
-for s = 1, nslugs do slugs[s] = ARGV[6 + 3 * s] end
+-- Redis's clock, read once per call, and the window it falls in.
+local now, window
+local function clock()
+  if not now then
+    now = redis.call('TIME')
+    local now_s = tonumber(now[1])
+    window = now_s - (now_s % 60)
+  end
+end
 
--- The current window of Redis's clock, and what each slug has used of it.
-local function windows()
-  local now = redis.call('TIME')
-  local now_s = tonumber(now[1])
-  local window = now_s - (now_s % 60)
-  local used = {}
-  local states = redis.call('HMGET', KEYS[3], unpack(slugs))
+-- Fields of a hash read once per call: cache[key][field], `convert`ed from what HMGET gave
+-- (false for a missing field).
+local function cached(cache, key, fields, convert)
+  local known = cache[key]
+  if not known then
+    known = {}
+    cache[key] = known
+  end
+  local missing = {}
+  for _, f in ipairs(fields) do
+    if known[f] == nil then missing[#missing + 1] = f end
+  end
+  if #missing > 0 then
+    local got = redis.call('HMGET', key, unpack(missing))
+    for i, f in ipairs(missing) do known[f] = convert(got[i]) end
+  end
+  return known
+end
+
+-- A registry entry as a signal; false when the slug has none, or its entry is not one.
+local function signal_of(packed)
+  if not packed then return false end
+  local id, typ, active, limit, versions = unpack_signal(packed)
+  if not id then return false end
+  return {
+    id = id,
+    type = typ,
+    active = active == '1',
+    own_limit = tonumber(limit),
+    limit = tonumber(limit) or defaults[typ] or 0,
+    latest = tonumber(versions) or 0,
+  }
+end
+-- A slug's count in the current window: 0 when its window is stale or it has none.
+local function in_window(value)
+  local w, n = read_window(value)
+  if tonumber(w) == window then return tonumber(n) end
+  return 0
+end
+
+local registries = {}  -- registries[key][slug]: the signal (signal_of), or false
+local counts = {}      -- counts[key][slug]: what the slug has used of the window, this call included
+local raised = {}      -- the windows keys written, in order, and per key the slugs raised
+local records = {}     -- records[key]: a record this call writes
+local entries = {}     -- the entries to add, in request order
+local writes = {}      -- the records to set, in request order
+
+local function used_by(key, slugs)
+  clock()
+  return cached(counts, key, slugs, in_window)
+end
+
+-- One request: its arguments from ARGV[at], its keys from KEYS[first]. Returns its answer and
+-- where the next request's arguments start.
+local function admit(at, first)
+  local registry_key, windows_key, record_key = KEYS[first], KEYS[first + 1], KEYS[first + 2]
+  local tenant = ARGV[at]
+  local record_ttl = tonumber(ARGV[at + 1])
+  local fingerprint = ARGV[at + 2]
+  local received = ARGV[at + 3]
+  local nslugs = tonumber(ARGV[at + 4])
+  local slugs, count, asked = {}, {}, {}
   for s = 1, nslugs do
-    used[s] = 0
-    local w, n = read_window(states[s])
-    if tonumber(w) == window then
-      used[s] = tonumber(n)
-    end
+    local base = at + 2 + 3 * s
+    slugs[s] = ARGV[base]
+    count[s] = tonumber(ARGV[base + 1])
+    asked[s] = tonumber(ARGV[base + 2])
   end
-  return now, window, used
-end
+  local events = ARGV[at + 5 + 3 * nslugs]
+  local next_at = at + 6 + 3 * nslugs
 
--- 0. A key seen before: replay its answer, or refuse a different request under it.
-if record_ttl > 0 then
-  local record = redis.call('GET', record_key)
-  if record then
-    local fp, rec_received, rec_signals = read_record(record)
-    if fp ~= fingerprint then
-      return { 'conflict' }
-    end
-    local now, window, used = windows()
-    local reply = { 'replay', tonumber(now[1]), tonumber(now[2]), window + 60, rec_received }
-    local registry = redis.call('HMGET', KEYS[1], unpack(slugs))
-    local s = 0
-    for id, typ, latest, admitted in entry_signals(rec_signals) do
-      s = s + 1
-      -- The limit in force now (the signal may have changed since), for the headers.
-      local limit = defaults[typ] or 0
-      local packed = registry[s]
-      if packed then
-        local _, _, _, own = unpack_signal(packed)
-        limit = tonumber(own) or limit
-      end
-      reply[#reply + 1] = id
-      reply[#reply + 1] = typ
-      reply[#reply + 1] = limit
-      reply[#reply + 1] = math.max(limit - (used[s] or 0), 0)
-      reply[#reply + 1] = tonumber(latest)
-      reply[#reply + 1] = tonumber(admitted)
-    end
-    return reply
-  end
-end
-
--- 1. Resolve every distinct slug.
-local signals = {}
-local missing = {}
-local registry = redis.call('HMGET', KEYS[1], unpack(slugs))
-for s = 1, nslugs do
-  local packed = registry[s]
-  local sig = nil
-  if packed then
-    local id, typ, active, limit, versions = unpack_signal(packed)
-    if id and active == '1' then
-      sig = {
-        id = id,
-        type = typ,
-        limit = tonumber(limit) or defaults[typ] or 0,
-        latest = tonumber(versions) or 0,
-      }
-    end
-  end
-  if sig then
-    signals[s] = sig
-  else
-    missing[#missing + 1] = s
-  end
-end
-if #missing > 0 then
-  local reply = { 'notfound' }
-  for _, s in ipairs(missing) do reply[#reply + 1] = s end
-  return reply
-end
-
--- 2. Check requested schema versions (the api names the events).
-local bad = { 'badversion' }
-for s = 1, nslugs do
-  if asked(s) > signals[s].latest then
-    bad[#bad + 1] = s
-    bad[#bad + 1] = signals[s].latest
-  end
-end
-if #bad > 1 then
-  return bad
-end
-
--- 3. Admit, per slug, the first events its window still has room for.
-local now, window, used = windows()
-local reset = window + 60
-local admitted = {}
-local any = false
-for s = 1, nslugs do
-  admitted[s] = math.min(count(s), math.max(signals[s].limit - used[s], 0))
-  any = any or admitted[s] > 0
-end
-
--- 4. Enqueue, count exactly what was enqueued, and with a key record the answer.
-local parts = {}
-for s = 1, nslugs do
-  local sig = signals[s]
-  parts[s] = entry_signal(sig.id, sig.type, sig.latest, admitted[s])
-end
-local described = table.concat(parts, ENTRY_SIGNAL_LIST)
-if any then
-  redis.call('XADD', KEYS[2], '*', ENTRY_TENANT, tenant, ENTRY_SIGNALS, described, ENTRY_EVENTS, events)
-  local counts = {}
-  for s = 1, nslugs do
-    if admitted[s] > 0 then
-      counts[#counts + 1] = slugs[s]
-      counts[#counts + 1] = window_value(window, used[s] + admitted[s])
-    end
-  end
-  redis.call('HSET', KEYS[3], unpack(counts))
-  -- Every slug's window ends with the minute: the hash outlives the newest by a minute.
-  redis.call('EXPIREAT', KEYS[3], reset + 60)
+  -- 0. A key seen before: replay its answer, or refuse a different request under it.
   if record_ttl > 0 then
-    redis.call('SET', record_key, record_value(fingerprint, received, described), 'PX', record_ttl)
+    local record = records[record_key] or redis.call('GET', record_key)
+    if record then
+      local fp, rec_received, rec_signals = read_record(record)
+      if fp ~= fingerprint then
+        return { 'conflict' }, next_at
+      end
+      local used = used_by(windows_key, slugs)
+      local registry = cached(registries, registry_key, slugs, signal_of)
+      local reply = { 'replay', tonumber(now[1]), tonumber(now[2]), window + 60, rec_received }
+      local s = 0
+      for id, typ, latest, admitted in entry_signals(rec_signals) do
+        s = s + 1
+        -- The limit in force now (the signal may have changed since), for the headers.
+        local limit = defaults[typ] or 0
+        local now_sig = slugs[s] and registry[slugs[s]]
+        if now_sig then
+          limit = now_sig.own_limit or limit
+        end
+        reply[#reply + 1] = id
+        reply[#reply + 1] = typ
+        reply[#reply + 1] = limit
+        reply[#reply + 1] = math.max(limit - ((slugs[s] and used[slugs[s]]) or 0), 0)
+        reply[#reply + 1] = tonumber(latest)
+        reply[#reply + 1] = tonumber(admitted)
+      end
+      return reply, next_at
+    end
   end
+
+  -- 1. Resolve every distinct slug.
+  local signals = {}
+  local missing = { 'notfound' }
+  local registry = cached(registries, registry_key, slugs, signal_of)
+  for s = 1, nslugs do
+    local sig = registry[slugs[s]]
+    if sig and sig.active then
+      signals[s] = sig
+    else
+      missing[#missing + 1] = s
+    end
+  end
+  if #missing > 1 then
+    return missing, next_at
+  end
+
+  -- 2. Check requested schema versions (the api names the events).
+  local bad = { 'badversion' }
+  for s = 1, nslugs do
+    if asked[s] > signals[s].latest then
+      bad[#bad + 1] = s
+      bad[#bad + 1] = signals[s].latest
+    end
+  end
+  if #bad > 1 then
+    return bad, next_at
+  end
+
+  -- 3. Admit, per slug, the first events its window still has room for.
+  local used = used_by(windows_key, slugs)
+  local reply = { 'ok', tonumber(now[1]), tonumber(now[2]), window + 60 }
+  local parts = {}
+  local any = false
+  local raising = raised[windows_key]
+  for s = 1, nslugs do
+    local sig, slug = signals[s], slugs[s]
+    local before = used[slug]
+    local admitted = math.min(count[s], math.max(sig.limit - before, 0))
+    parts[s] = entry_signal(sig.id, sig.type, sig.latest, admitted)
+    if admitted > 0 then
+      any = true
+      used[slug] = before + admitted
+      if not raising then
+        raising = {}
+        raised[windows_key] = raising
+        raised[#raised + 1] = windows_key
+      end
+      raising[#raising + 1] = slug
+    end
+    reply[#reply + 1] = sig.id
+    reply[#reply + 1] = sig.type
+    reply[#reply + 1] = sig.limit
+    reply[#reply + 1] = math.max(sig.limit - used[slug], 0)
+    reply[#reply + 1] = sig.latest
+    reply[#reply + 1] = admitted
+  end
+
+  -- 4. What to write once every request is decided: the entry, and with a key the record.
+  if any then
+    local described = table.concat(parts, ENTRY_SIGNAL_LIST)
+    entries[#entries + 1] = { tenant, described, events }
+    if record_ttl > 0 then
+      local record = record_value(fingerprint, received, described)
+      records[record_key] = record
+      writes[#writes + 1] = { record_key, record, record_ttl }
+    end
+  end
+  return reply, next_at
 end
 
-local reply = { 'ok', tonumber(now[1]), tonumber(now[2]), reset }
-for s = 1, nslugs do
-  local sig = signals[s]
-  reply[#reply + 1] = sig.id
-  reply[#reply + 1] = sig.type
-  reply[#reply + 1] = sig.limit
-  reply[#reply + 1] = math.max(sig.limit - used[s] - admitted[s], 0)
-  reply[#reply + 1] = sig.latest
-  reply[#reply + 1] = admitted[s]
+local answers = {}
+local at = 5
+for r = 0, requests - 1 do
+  answers[r + 1], at = admit(at, 2 + 3 * r)
 end
-return reply
+
+-- Enqueue, count exactly what was enqueued, and record the answers.
+for _, entry in ipairs(entries) do
+  redis.call('XADD', KEYS[1], '*', ENTRY_TENANT, entry[1], ENTRY_SIGNALS, entry[2], ENTRY_EVENTS, entry[3])
+end
+for _, key in ipairs(raised) do
+  local fields = {}
+  local seen = {}
+  for _, slug in ipairs(raised[key]) do
+    if not seen[slug] then
+      seen[slug] = true
+      fields[#fields + 1] = slug
+      fields[#fields + 1] = window_value(window, counts[key][slug])
+    end
+  end
+  redis.call('HSET', key, unpack(fields))
+  -- Every slug's window ends with the minute: the hash outlives the newest by a minute.
+  redis.call('EXPIREAT', key, window + 120)
+end
+for _, w in ipairs(writes) do
+  redis.call('SET', w[1], w[2], 'PX', w[3])
+end
+return answers

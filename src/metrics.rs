@@ -93,7 +93,7 @@ impl ApiMetrics {
             script_duration: histogram_vec(
                 r,
                 "sluice_redis_script_duration_seconds",
-                "Round trip of the admission script call, including waiting for a connection.",
+                "A request's admission: waiting for its lane's call in flight, then the script call's round trip, including waiting for a connection.",
                 LATENCY_BUCKETS,
                 &[],
             ),

@@ -56,7 +56,7 @@ use crate::config::{RedisMode, RedisSettings};
 use crate::keyspace::cluster_slot;
 use crate::tls::TlsFiles;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum RedisError {
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),

@@ -1,4 +1,4 @@
-//! Admission: one call of `lua/admit.lua` per request resolves the slugs, checks versions,
+//! Admission: `lua/admit.lua` resolves the slugs, checks versions,
 //! applies the per-signal windows and enqueues every admitted event, atomically.
 //!
 //! This module builds the script's `KEYS`/`ARGV` from validated events and decodes its reply
@@ -7,13 +7,14 @@
 //! With an `Idempotency-Key` the same script call records the answer (or replays the recorded
 //! one): see `lua/admit.lua` and [`Idempotency`].
 
+mod lanes;
 pub mod windows;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use redis::{Script, Value};
+use redis::{ToRedisArgs, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -22,6 +23,7 @@ use crate::domain::{Event, SchemaVersion, SignalType};
 use crate::keyspace::Keyspace;
 use crate::redis_pool::{Redis, RedisError};
 use crate::stream::entry;
+use lanes::{Lanes, Part};
 
 static ADMIT_LUA: &str = include_str!("../../lua/admit.lua");
 
@@ -146,25 +148,21 @@ pub struct SignalWindow {
 
 /// The admission script and what it needs to build its arguments.
 pub struct Admission {
-    script: Script,
+    lanes: Lanes,
     keyspace: Keyspace,
-    limits: Limits,
-    /// Replicas that must confirm a request's writes before it is acknowledged (0: none).
-    min_replicas_ack: u32,
 }
 
 impl Admission {
     pub fn new(keyspace: Keyspace, limits: Limits, min_replicas_ack: u32) -> Self {
         Admission {
-            script: crate::scripts::script(ADMIT_LUA),
+            lanes: Lanes::new(crate::scripts::script(ADMIT_LUA), limits, min_replicas_ack),
             keyspace,
-            limits,
-            min_replicas_ack,
         }
     }
 
     /// Runs the script for `events` of `tenant`, received at `received_at`, with the request's
-    /// Idempotency-Key if it has one.
+    /// Idempotency-Key if it has one (in a call of its own, or with the partition's other
+    /// requests waiting on this thread: [`lanes`]).
     pub async fn admit(
         &self,
         redis: &Redis,
@@ -182,16 +180,16 @@ impl Admission {
             .unwrap_or(received_at);
         let key = idempotency.map(|i| i.key);
         let ids = event_ids(tenant, key, received_us, events.len());
-        let mut call = self.script.prepare_invoke();
-        let stream = self.arguments(&mut call, tenant, &request, idempotency, received_us);
-        call.arg(entry::events_field(
+        let mut part = self.part(tenant, &request, idempotency, received_us);
+        part.args.push(entry::events_field(
             events,
             &request.event_slugs,
             &request.requested,
             &ids,
             received_at,
         ));
-        let reply: Value = redis.invoke(&call, &stream, self.min_replicas_ack).await?;
+        let partition = self.keyspace.partition_of(tenant);
+        let reply = self.lanes.call(redis, partition, part).await?;
         let replay_ids =
             |first_received_us| event_ids(tenant, key, first_received_us, events.len());
         decode(reply, &request, ids, replay_ids).map_err(|why| {
@@ -203,40 +201,46 @@ impl Admission {
         })
     }
 
-    /// Every key and argument of the script but the events (see `lua/admit.lua`); the stream
-    /// key, which routes the call.
-    fn arguments(
+    /// The request's keys and every argument but the events (see `lua/admit.lua`).
+    fn part(
         &self,
-        call: &mut redis::ScriptInvocation<'_>,
         tenant: &str,
         request: &Request<'_>,
         idempotency: Option<&Idempotency<'_>>,
         received_us: i64,
-    ) -> String {
-        let stream = Keyspace::stream(self.keyspace.partition_of(tenant));
-        call.key(self.keyspace.registry(tenant))
-            .key(&stream)
-            .key(self.keyspace.rate_limits(tenant));
-        call.arg(tenant)
-            .arg(self.limits.event)
-            .arg(self.limits.metric)
-            .arg(self.limits.state);
+    ) -> Part {
+        let windows = self.keyspace.rate_limits(tenant);
+        let record = match idempotency {
+            Some(i) => self.keyspace.idempotency(tenant, i.key),
+            None => windows.clone(),
+        };
+        let mut args = Vec::with_capacity(6 + 3 * request.slugs.len());
+        fn arg(args: &mut Vec<Vec<u8>>, value: impl ToRedisArgs) {
+            value.write_redis_args(args);
+        }
+        arg(&mut args, tenant);
         match idempotency {
             Some(i) => {
-                call.key(self.keyspace.idempotency(tenant, i.key));
-                call.arg(i.ttl.as_millis().max(1) as u64)
-                    .arg(i.fingerprint)
-                    .arg(received_us);
+                arg(&mut args, i.ttl.as_millis().max(1) as u64);
+                arg(&mut args, i.fingerprint);
+                arg(&mut args, received_us);
             }
             None => {
-                call.arg(0).arg("").arg("");
+                arg(&mut args, 0);
+                arg(&mut args, "");
+                arg(&mut args, "");
             }
         }
-        call.arg(request.slugs.len());
+        arg(&mut args, request.slugs.len());
         for (slug, (count, asked)) in request.slugs.iter().zip(&request.per_slug) {
-            call.arg(slug).arg(count).arg(asked);
+            arg(&mut args, slug);
+            arg(&mut args, count);
+            arg(&mut args, asked);
         }
-        stream
+        Part {
+            keys: [self.keyspace.registry(tenant), windows, record],
+            args,
+        }
     }
 }
 

@@ -1,10 +1,13 @@
 //! Per-signal fixed windows: order of admission, partial limiting, headers, and exactness across
 //! replicas under concurrency.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
+
+use sluice::keyspace::{Keyspace, WindowCount};
 
 use crate::support::{TestEnv, event};
 
@@ -226,4 +229,147 @@ async fn rate_limit_never_overadmits_across_replicas() {
         stored, accepted,
         "every acknowledged event, and only those, is in the stream"
     );
+}
+
+/// How many times Redis has run a script since its statistics were last reset.
+fn script_calls(env: &TestEnv) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut env.redis.conn())
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[actix_web::test]
+async fn requests_sharing_a_script_call_are_each_answered_as_if_alone() {
+    // One api thread and one partition: every request below goes through one lane, so the
+    // requests that arrive while a call is in flight share the next one, whatever their tenant.
+    let env = TestEnv::start_with(&[
+        ("SLUICE__API__WORKERS", "1"),
+        ("SLUICE__REDIS__PARTITIONS", "1"),
+    ])
+    .await;
+    let (a, key_a) = env.tenant().await;
+    let (b, key_b) = env.tenant().await;
+    for tenant in [&a, &b] {
+        env.signal(tenant, "plan", "state", None).await;
+        env.signal(tenant, "page_view", "event", None).await;
+    }
+    let api = env.spawn_api().await;
+    fresh_window(&env).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut env.redis.conn())
+        .unwrap();
+
+    // 200 requests at once, of four kinds in turn: one state event of tenant a, one of tenant b
+    // (each tenant's "plan" admits 30 a minute), a page view of tenant a under one of five
+    // Idempotency-Keys (each key sent ten times with the same body), and an unknown signal of
+    // tenant b.
+    const REQUESTS: usize = 200;
+    let requests = (0..REQUESTS).map(|i| {
+        let (api, key_a, key_b) = (&api, &key_a, &key_b);
+        async move {
+            let reply = match i % 4 {
+                0 => {
+                    api.batch(key_a, json!([event("plan", &format!("a{i}"))]))
+                        .await
+                }
+                1 => {
+                    api.batch(key_b, json!([event("plan", &format!("b{i}"))]))
+                        .await
+                }
+                2 => {
+                    let n = i / 4 % 5;
+                    let body = json!({"events": [event("page_view", &format!("k{n}"))]});
+                    let req = api
+                        .request(awc::http::Method::POST, "/v1/events/batch")
+                        .insert_header(("Authorization", format!("Bearer {key_a}")))
+                        .insert_header(("Content-Type", "application/json"))
+                        .insert_header(("Idempotency-Key", format!("key-{n}")));
+                    api.send(req, body.to_string().into_bytes()).await
+                }
+                _ => {
+                    api.batch(key_b, json!([event("nope", &format!("n{i}"))]))
+                        .await
+                }
+            };
+            (i, reply)
+        }
+    });
+    let replies = join_all(requests).await;
+
+    let mut admitted = HashMap::<&str, Vec<String>>::new();
+    let mut keyed = HashMap::<usize, Vec<String>>::new();
+    for (i, reply) in &replies {
+        let id = || reply.body["data"][0]["id"].as_str().unwrap().to_owned();
+        match (i % 4, reply.status) {
+            (0, 200) => admitted.entry("a").or_default().push(id()),
+            (1, 200) => admitted.entry("b").or_default().push(id()),
+            (0 | 1, 429) => {
+                assert_eq!(reply.error(), "Rate limit exceeded for all events in batch")
+            }
+            (2, 200) => keyed.entry(i / 4 % 5).or_default().push(id()),
+            (3, 404) => assert!(reply.error().contains("nope"), "{}", reply.text),
+            (kind, status) => panic!("request {i} (kind {kind}): {status} {}", reply.text),
+        }
+    }
+    assert_eq!(
+        admitted["a"].len(),
+        30,
+        "tenant a's window admits exactly its limit"
+    );
+    assert_eq!(
+        admitted["b"].len(),
+        30,
+        "tenant b's window admits exactly its limit"
+    );
+    assert_eq!(keyed.len(), 5);
+    for (n, ids) in &keyed {
+        assert_eq!(ids.len(), 10, "every request under key-{n} is answered 200");
+        assert!(
+            ids.iter().all(|id| *id == ids[0]),
+            "every request under key-{n} gets the first one's id: {ids:?}"
+        );
+    }
+    let calls = script_calls(&env);
+    assert!(
+        calls < REQUESTS as u64,
+        "requests waiting on a call in flight share the next: {calls} calls for {REQUESTS}"
+    );
+
+    let mut expected: Vec<String> = admitted.into_values().flatten().collect();
+    expected.extend(keyed.into_values().map(|ids| ids[0].clone()));
+    expected.sort();
+    let mut stored: Vec<String> = env
+        .stream_entries()
+        .into_iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored, expected,
+        "every acknowledged event is in the stream once, and nothing else"
+    );
+    for (tenant, expect) in [(&a, 30), (&b, 30)] {
+        let window: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(Keyspace::new(1).rate_limits(tenant))
+            .query(&mut env.redis.conn())
+            .unwrap();
+        let count: WindowCount = window["plan"].parse().unwrap();
+        assert_eq!(
+            count.admitted, expect,
+            "the window counts exactly what was enqueued: {window:?}"
+        );
+    }
 }

@@ -1,0 +1,214 @@
+//! Admission calls grouped per api thread and partition.
+//!
+//! Each api thread sends a partition's requests through its lane: a request that finds the
+//! lane idle goes out at once, alone; the requests that arrive while a call is in flight wait,
+//! and go together, in arrival order, in the lane's next call. `lua/admit.lua` takes each
+//! request of a call in turn exactly as it would alone, so limits, idempotency and the stream's
+//! order are what one call per request would give; but a call's fixed costs (the script's
+//! dispatch, `TIME`, a tenant's reads and write of the registry and its windows, the round trip
+//! and its wake-ups) are paid once for the group. Under light load no request waits; under
+//! load the group grows with the time a call takes.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redis::{Script, Value};
+use tokio::sync::oneshot;
+
+use crate::config::Limits;
+use crate::keyspace::Keyspace;
+use crate::redis_pool::{Redis, RedisError};
+
+/// The most requests one call takes.
+const MAX_REQUESTS: usize = 32;
+/// The most bytes of arguments one call takes, unless its first request alone is larger: a
+/// call holds Redis for about 1.3 ns per byte of its arguments before its first line runs.
+const MAX_BYTES: usize = 512 * 1024;
+
+/// One request's part of a call: its keys and its arguments (see `lua/admit.lua`).
+pub(super) struct Part {
+    /// The tenant's registry, its windows, and its idempotency record (the windows again
+    /// when the request has no key).
+    pub keys: [String; 3],
+    pub args: Vec<Vec<u8>>,
+}
+
+impl Part {
+    fn bytes(&self) -> usize {
+        let keys: usize = self.keys.iter().map(String::len).sum();
+        keys + self.args.iter().map(Vec::len).sum::<usize>()
+    }
+}
+
+/// What every call of one [`Lanes`] shares.
+struct Common {
+    script: Script,
+    limits: Limits,
+    /// Replicas that must confirm a call's writes before its requests are answered (0: none).
+    min_replicas_ack: u32,
+}
+
+/// The lanes of one admission: one per thread and partition, made on first use.
+pub(super) struct Lanes {
+    /// Tells this admission's lanes from another's in the thread's table.
+    id: u64,
+    common: Arc<Common>,
+}
+
+type Answer = Result<Value, RedisError>;
+
+struct Waiting {
+    part: Part,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// A thread's lane of one partition.
+#[derive(Default)]
+struct Lane {
+    /// A call of this lane is in flight, or its driver is about to send one.
+    busy: bool,
+    queue: VecDeque<Waiting>,
+}
+
+thread_local! {
+    static LANES: RefCell<HashMap<(u64, u16), Rc<RefCell<Lane>>>> = RefCell::new(HashMap::new());
+}
+
+impl Lanes {
+    pub fn new(script: Script, limits: Limits, min_replicas_ack: u32) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Lanes {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            common: Arc::new(Common {
+                script,
+                limits,
+                min_replicas_ack,
+            }),
+        }
+    }
+
+    /// Sends `part` in the next call of `partition`'s lane on this thread; its answer.
+    pub async fn call(&self, redis: &Redis, partition: u16, part: Part) -> Answer {
+        let lane = LANES.with(|lanes| {
+            lanes
+                .borrow_mut()
+                .entry((self.id, partition))
+                .or_default()
+                .clone()
+        });
+        let (answer, answered) = oneshot::channel();
+        let start = {
+            let mut lane = lane.borrow_mut();
+            lane.queue.push_back(Waiting { part, answer });
+            !std::mem::replace(&mut lane.busy, true)
+        };
+        if start {
+            let driver = Driver {
+                lane,
+                common: self.common.clone(),
+                redis: redis.clone(),
+                stream: Keyspace::stream(partition),
+            };
+            // On this thread, beside the requests it answers (the api's threads each run a
+            // `LocalSet`, as every actix worker does).
+            tokio::task::spawn_local(driver.run());
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(RedisError::Unconfirmed(
+                "the admission call ended without an answer".into(),
+            ))
+        })
+    }
+}
+
+/// Sends a lane's calls until its queue is empty.
+struct Driver {
+    lane: Rc<RefCell<Lane>>,
+    common: Arc<Common>,
+    redis: Redis,
+    stream: String,
+}
+
+impl Driver {
+    async fn run(self) {
+        // Should the task end early (it panicked, or its runtime stopped), the lane is freed
+        // and its waiting requests are answered with an error, never left waiting.
+        let mut guard = Release(Some(&self.lane));
+        while let Some(group) = self.next_group(&mut guard) {
+            let answers = self.send(&group).await;
+            for (waiting, answer) in group.into_iter().zip(answers) {
+                // The request may have gone (its client left): nothing to tell it.
+                let _ = waiting.answer.send(answer);
+            }
+        }
+    }
+
+    /// The next requests to send, oldest first; `None` (and the lane idle) when none waits.
+    fn next_group(&self, guard: &mut Release<'_>) -> Option<Vec<Waiting>> {
+        let mut state = self.lane.borrow_mut();
+        if state.queue.is_empty() {
+            state.busy = false;
+            guard.0 = None;
+            return None;
+        }
+        let mut group = Vec::new();
+        let mut bytes = 0;
+        while let Some(next) = state.queue.front() {
+            let size = next.part.bytes();
+            if group.len() == MAX_REQUESTS || (!group.is_empty() && bytes + size > MAX_BYTES) {
+                break;
+            }
+            bytes += size;
+            group.extend(state.queue.pop_front());
+        }
+        Some(group)
+    }
+
+    /// One call for `group`: an answer per request, in order.
+    async fn send(&self, group: &[Waiting]) -> Vec<Answer> {
+        let common = &self.common;
+        let mut call = common.script.prepare_invoke();
+        call.key(&self.stream)
+            .arg(common.limits.event)
+            .arg(common.limits.metric)
+            .arg(common.limits.state)
+            .arg(group.len());
+        for waiting in group {
+            call.key(&waiting.part.keys[..]).arg(&waiting.part.args);
+        }
+        let reply = self
+            .redis
+            .invoke::<Value>(&call, &self.stream, common.min_replicas_ack)
+            .await;
+        match reply {
+            Ok(Value::Array(answers)) if answers.len() == group.len() => {
+                answers.into_iter().map(Ok).collect()
+            }
+            Ok(other) => {
+                let e = RedisError::Command(redis::RedisError::from((
+                    redis::ErrorKind::Parse,
+                    "unexpected reply from admit.lua",
+                    format!("expected {} answers, got {other:?}", group.len()),
+                )));
+                vec![Err(e); group.len()]
+            }
+            Err(e) => vec![Err(e); group.len()],
+        }
+    }
+}
+
+/// Frees a lane whose driver ends without having emptied it.
+struct Release<'a>(Option<&'a RefCell<Lane>>);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if let Some(lane) = self.0 {
+            let mut lane = lane.borrow_mut();
+            lane.busy = false;
+            lane.queue.clear();
+        }
+    }
+}
