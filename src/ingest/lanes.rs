@@ -73,8 +73,11 @@ struct Lane {
     queue: VecDeque<Waiting>,
 }
 
+/// A thread's lanes, by admission and partition.
+type ThreadLanes = HashMap<(u64, u16), Rc<RefCell<Lane>>>;
+
 thread_local! {
-    static LANES: RefCell<HashMap<(u64, u16), Rc<RefCell<Lane>>>> = RefCell::new(HashMap::new());
+    static LANES: RefCell<ThreadLanes> = RefCell::new(HashMap::new());
 }
 
 impl Lanes {
