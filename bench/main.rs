@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use measure::{Apis, Load, Stack, cpu_seconds, peak_rss_mib};
-use report::{Ingest, PeerRow, Read, Recovery, Results};
+use report::{Ingest, PeerRow, Read, Recovery, Results, Side};
 
 /// Signals of the reference case: each request's events spread over all of them.
 const SIGNALS: usize = 10;
@@ -99,8 +99,14 @@ fn ingest(stack: &Stack, seconds: f64, results: &mut Results) {
     }
 }
 
+/// Rounds of the comparison with the capture server: its throughput varies between runs on
+/// one machine by more than most changes do, so each figure is given as the range over rounds,
+/// and each round measures both servers back to back (in turn first).
+const PEER_ROUNDS: usize = 3;
+
 /// Sluice beside PostHog's capture server (`peer`), one replica each, the same client and
-/// event sizes, at 1, 10 and 100 events per request.
+/// event sizes, at 1, 10 and 100 events per request, [`PEER_ROUNDS`] times; with the CPU each
+/// spends per request (Sluice: the api and Redis; capture: its one process).
 fn against_capture(stack: &Stack, seconds: f64, results: &mut Results) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let bin = match peer::capture_server(root) {
@@ -112,35 +118,63 @@ fn against_capture(stack: &Stack, seconds: f64, results: &mut Results) {
         }
     };
     let apis = Apis::start(stack, &stack.vars, 1);
-    let (_capture, capture_url) = peer::start_capture(&bin, stack);
+    let (capture, capture_url) = peer::start_capture(&bin, stack);
     let auth = format!("Bearer {}", stack.key);
     let work = stack.work.path();
-    let mut rows = Vec::new();
-    for batch in [1, 10, 100] {
-        stack.fresh_stream_and_stats();
-        let sluice = peer::wrk(
-            work,
-            &format!("{}/v1/events/batch", apis.url(0)),
-            &peer::sluice_body(batch, SIGNALS),
-            &[("Authorization", &auth)],
-            seconds,
-        );
-        let capture = peer::wrk(
-            work,
-            &format!("{capture_url}/i/v0/e"),
-            &peer::capture_body(batch),
-            &[],
-            seconds,
-        );
-        eprintln!(
-            "bench: {batch} events per request: Sluice {:.0} requests/s, capture {:.0}",
-            sluice.requests_per_sec, capture.requests_per_sec
-        );
-        rows.push(PeerRow {
+    let sluice_pids = [apis.pid(0), stack.redis_pid()];
+    let measure = |pids: &[u32], url: &str, body: &str, headers: &[(&str, &str)]| {
+        let cpu = || pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>();
+        let before = cpu();
+        let wrk = peer::wrk(work, url, body, headers, seconds);
+        let spent = cpu() - before;
+        let requests = (wrk.requests_per_sec * seconds.ceil()).max(1.0);
+        Side {
+            cpu_us_per_request: spent / requests * 1e6,
+            wrk,
+        }
+    };
+    let mut rows: Vec<PeerRow> = [1, 10, 100]
+        .into_iter()
+        .map(|batch| PeerRow {
             batch,
-            sluice,
-            capture,
-        });
+            rounds: Vec::new(),
+        })
+        .collect();
+    for round in 0..PEER_ROUNDS {
+        for row in &mut rows {
+            let batch = row.batch;
+            stack.fresh_stream_and_stats();
+            let sluice_url = format!("{}/v1/events/batch", apis.url(0));
+            let capture_url = format!("{capture_url}/i/v0/e");
+            let (sluice_body, capture_body) =
+                (peer::sluice_body(batch, SIGNALS), peer::capture_body(batch));
+            let sluice = || {
+                measure(
+                    &sluice_pids,
+                    &sluice_url,
+                    &sluice_body,
+                    &[("Authorization", &auth)],
+                )
+            };
+            let peer = || measure(&[capture.pid()], &capture_url, &capture_body, &[]);
+            let (sluice, capture) = if round % 2 == 0 {
+                let s = sluice();
+                (s, peer())
+            } else {
+                let c = peer();
+                (sluice(), c)
+            };
+            eprintln!(
+                "bench: round {} of {PEER_ROUNDS}, {batch} events per request: Sluice {:.0} \
+                 requests/s ({:.1} µs CPU each), capture {:.0} ({:.1} µs)",
+                round + 1,
+                sluice.wrk.requests_per_sec,
+                sluice.cpu_us_per_request,
+                capture.wrk.requests_per_sec,
+                capture.cpu_us_per_request
+            );
+            row.rounds.push((sluice, capture));
+        }
     }
     results.peer = Ok(rows);
 }

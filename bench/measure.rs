@@ -99,6 +99,18 @@ impl Stack {
             .unwrap();
     }
 
+    /// The Redis server's process id.
+    pub fn redis_pid(&self) -> u32 {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query(&mut self.redis.conn())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok())
+            .expect("INFO server names the process")
+    }
+
     /// The admission script's Redis-side time (µs) and calls since the statistics were reset.
     /// A call may carry several requests (src/ingest/lanes.rs).
     pub fn script_usec_and_calls(&self) -> (f64, u64) {

@@ -3,7 +3,7 @@
 # and PostgreSQL as deployed through the test suite's launchers, then the release binaries,
 # measures them beside the raw limits of their dependencies and beside PostHog's capture server
 # (bench/peer.rs), and rewrites BENCHMARKS.md (which links to bench/history.md).
-#   bench/run.sh                                       full run, about six minutes
+#   bench/run.sh                                       full run, about ten minutes with the capture server
 #   BENCH_SECONDS=3 BENCH_BACKLOG=50000 bench/run.sh   shorter measurements, a smaller backlog
 #   BENCH_CAPTURE_SRC=/path/to/capture bench/run.sh    build the capture server from a clone of
 #                                                      PostHog/capture (once) and measure it too

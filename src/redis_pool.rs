@@ -242,6 +242,11 @@ impl Redis {
         })
     }
 
+    /// The deadline of any call (`SLUICE__REDIS__TIMEOUT_MS`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// True on a Redis Cluster, where one command may only touch keys of one slot.
     pub fn is_cluster(&self) -> bool {
         matches!(self.client, Client::Cluster(_))

@@ -9,7 +9,7 @@
 //! and its wake-ups) are paid once for the group. Under light load no request waits; under
 //! load the group grows with the time a call takes.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -63,6 +63,8 @@ type Answer = Result<Value, RedisError>;
 struct Waiting {
     part: Part,
     answer: oneshot::Sender<Answer>,
+    /// Raised when the driver takes the request into a call.
+    sent: Rc<Cell<bool>>,
 }
 
 /// A thread's lane of one partition.
@@ -93,7 +95,9 @@ impl Lanes {
         }
     }
 
-    /// Sends `part` in the next call of `partition`'s lane on this thread; its answer.
+    /// Sends `part` in the next call of `partition`'s lane on this thread; its answer. Within
+    /// Redis's deadline from now, waiting included: past it, [`RedisError::Timeout`] if the
+    /// request was never sent (it never will be), else [`RedisError::Unconfirmed`].
     pub async fn call(&self, redis: &Redis, partition: u16, part: Part) -> Answer {
         let lane = LANES.with(|lanes| {
             lanes
@@ -103,9 +107,14 @@ impl Lanes {
                 .clone()
         });
         let (answer, answered) = oneshot::channel();
+        let sent = Rc::new(Cell::new(false));
         let start = {
             let mut lane = lane.borrow_mut();
-            lane.queue.push_back(Waiting { part, answer });
+            lane.queue.push_back(Waiting {
+                part,
+                answer,
+                sent: sent.clone(),
+            });
             !std::mem::replace(&mut lane.busy, true)
         };
         if start {
@@ -119,11 +128,23 @@ impl Lanes {
             // `LocalSet`, as every actix worker does).
             tokio::task::spawn_local(driver.run());
         }
-        answered.await.unwrap_or_else(|_| {
-            Err(RedisError::Unconfirmed(
+        let deadline = redis.timeout();
+        match tokio::time::timeout(deadline, answered).await {
+            Ok(Ok(answer)) => answer,
+            // The lane's driver ended early (see `Driver::run`).
+            Ok(Err(_)) if sent.get() => Err(RedisError::Unconfirmed(
                 "the admission call ended without an answer".into(),
-            ))
-        })
+            )),
+            Ok(Err(_)) => Err(RedisError::Command(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the admission call stopped before sending the request",
+            )))),
+            Err(_) if sent.get() => Err(RedisError::Unconfirmed(format!(
+                "did not answer within {deadline:?}"
+            ))),
+            // Dropping `answered` closes the channel: the driver leaves the request out.
+            Err(_) => Err(RedisError::Timeout(deadline)),
+        }
     }
 }
 
@@ -149,23 +170,31 @@ impl Driver {
         }
     }
 
-    /// The next requests to send, oldest first; `None` (and the lane idle) when none waits.
+    /// The next requests to send, oldest first, leaving out those no longer waiting (past their
+    /// deadline, or their client gone); `None` (and the lane idle) when none waits.
     fn next_group(&self, guard: &mut Release<'_>) -> Option<Vec<Waiting>> {
         let mut state = self.lane.borrow_mut();
-        if state.queue.is_empty() {
-            state.busy = false;
-            guard.0 = None;
-            return None;
-        }
         let mut group = Vec::new();
         let mut bytes = 0;
         while let Some(next) = state.queue.front() {
+            if next.answer.is_closed() {
+                state.queue.pop_front();
+                continue;
+            }
             let size = next.part.bytes();
             if group.len() == MAX_REQUESTS || (!group.is_empty() && bytes + size > MAX_BYTES) {
                 break;
             }
             bytes += size;
-            group.extend(state.queue.pop_front());
+            if let Some(waiting) = state.queue.pop_front() {
+                waiting.sent.set(true);
+                group.push(waiting);
+            }
+        }
+        if group.is_empty() {
+            state.busy = false;
+            guard.0 = None;
+            return None;
         }
         Some(group)
     }

@@ -380,3 +380,47 @@ async fn unknown_routes_and_wrong_methods_answer_in_the_contract_shape() {
     assert_eq!(delete.status, 405);
     assert_eq!(delete.body["success"], false);
 }
+
+#[actix_web::test]
+async fn a_burst_against_a_hung_redis_is_503_within_the_timeout_waiting_included() {
+    // One api thread: the burst's requests queue behind one another's script calls.
+    let env = TestEnv::start_with(&[("SLUICE__API__WORKERS", "1")]).await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", None).await;
+    let api = env.spawn_api().await;
+    assert_eq!(
+        api.batch(&key, json!([event("page_view", "a")]))
+            .await
+            .status,
+        200
+    );
+    env.redis.freeze();
+    // 96 requests of about 60 KB at once: a call takes at most 512 KiB of them, so without a
+    // deadline that counts the wait for the calls ahead, the last would be answered only after
+    // a dozen timeouts (of 1 s).
+    let pad = "x".repeat(500);
+    let started = Instant::now();
+    let replies = futures_util::future::join_all((0..96).map(|i| {
+        let (api, key, pad) = (&api, &key, &pad);
+        async move {
+            let events: Vec<Value> = (0..100)
+                .map(|j| {
+                    let mut e = event("page_view", &format!("b{i}-{j}"));
+                    e["data"] = json!({ "pad": pad });
+                    e
+                })
+                .collect();
+            let reply = api.batch(key, Value::Array(events)).await;
+            (reply, started.elapsed())
+        }
+    }))
+    .await;
+    env.redis.thaw();
+    for (reply, took) in &replies {
+        assert_eq!(reply.status, 503, "{}", reply.text);
+        assert!(
+            *took < Duration::from_millis(2500),
+            "a hung Redis held a request of the burst for {took:?}"
+        );
+    }
+}
