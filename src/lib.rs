@@ -14,9 +14,10 @@
 //!   (JSON, optional gzip, size limit), and maps every failure to the contract's JSON errors.
 //! - [`domain`]: parsed, validated types. The body becomes [`domain::Event`]s here, once; every
 //!   problem is collected with its field path.
-//! - [`ingest`]: one call of `lua/admit.lua` per request which, atomically in Redis, resolves
-//!   slugs, checks schema versions, applies the per-signal windows, enqueues the request's
-//!   admitted events as one stream entry, and records the answer under an `Idempotency-Key`.
+//! - [`ingest`]: `lua/admit.lua`, which for each request, atomically in Redis, resolves slugs,
+//!   checks schema versions, applies the per-signal windows, enqueues the request's admitted
+//!   events as one stream entry, and records the answer under an `Idempotency-Key`; requests
+//!   waiting on an api thread for its call in flight share the next call.
 //! - [`stream`]: the partition streams, the one contract between api and worker: the entry
 //!   format, the consumer group (read, claim, acknowledge, trim) and dead letters.
 //! - [`worker`]: `sluice-worker`. Reads the streams as one consumer group, validates each event
