@@ -125,10 +125,9 @@ end
 
 local registries = {}  -- registries[key][slug]: the signal (signal_of), or false
 local counts = {}      -- counts[key][slug]: what the slug has used of the window, this call included
-local raised = {}      -- the windows keys written, in order, and per key the slugs raised
-local records = {}     -- records[key]: a record this call writes
+local raised = {}      -- raised[key][slug]: true when the call admitted events of the slug
+local records = {}     -- records[key]: { value, ttl } of a record this call writes
 local entries = {}     -- the entries to add, in request order
-local writes = {}      -- the records to set, in request order
 
 local function used_by(key, slugs)
   clock()
@@ -156,7 +155,7 @@ local function admit(at, first)
 
   -- 0. A key seen before: replay its answer, or refuse a different request under it.
   if record_ttl > 0 then
-    local record = records[record_key] or redis.call('GET', record_key)
+    local record = (records[record_key] or {})[1] or redis.call('GET', record_key)
     if record then
       local fp, rec_received, rec_signals = read_record(record)
       if fp ~= fingerprint then
@@ -218,7 +217,6 @@ local function admit(at, first)
   local reply = { 'ok', tonumber(now[1]), tonumber(now[2]), window + 60 }
   local parts = {}
   local any = false
-  local raising = raised[windows_key]
   for s = 1, nslugs do
     local sig, slug = signals[s], slugs[s]
     local before = used[slug]
@@ -227,12 +225,8 @@ local function admit(at, first)
     if admitted > 0 then
       any = true
       used[slug] = before + admitted
-      if not raising then
-        raising = {}
-        raised[windows_key] = raising
-        raised[#raised + 1] = windows_key
-      end
-      raising[#raising + 1] = slug
+      raised[windows_key] = raised[windows_key] or {}
+      raised[windows_key][slug] = true
     end
     reply[#reply + 1] = sig.id
     reply[#reply + 1] = sig.type
@@ -247,9 +241,7 @@ local function admit(at, first)
     local described = table.concat(parts, ENTRY_SIGNAL_LIST)
     entries[#entries + 1] = { tenant, described, events }
     if record_ttl > 0 then
-      local record = record_value(fingerprint, received, described)
-      records[record_key] = record
-      writes[#writes + 1] = { record_key, record, record_ttl }
+      records[record_key] = { record_value(fingerprint, received, described), record_ttl }
     end
   end
   return reply, next_at
@@ -265,21 +257,17 @@ end
 for _, entry in ipairs(entries) do
   redis.call('XADD', KEYS[1], '*', ENTRY_TENANT, entry[1], ENTRY_SIGNALS, entry[2], ENTRY_EVENTS, entry[3])
 end
-for _, key in ipairs(raised) do
+for key, slugs in pairs(raised) do
   local fields = {}
-  local seen = {}
-  for _, slug in ipairs(raised[key]) do
-    if not seen[slug] then
-      seen[slug] = true
-      fields[#fields + 1] = slug
-      fields[#fields + 1] = window_value(window, counts[key][slug])
-    end
+  for slug in pairs(slugs) do
+    fields[#fields + 1] = slug
+    fields[#fields + 1] = window_value(window, counts[key][slug])
   end
   redis.call('HSET', key, unpack(fields))
   -- Every slug's window ends with the minute: the hash outlives the newest by a minute.
   redis.call('EXPIREAT', key, window + 120)
 end
-for _, w in ipairs(writes) do
-  redis.call('SET', w[1], w[2], 'PX', w[3])
+for key, record in pairs(records) do
+  redis.call('SET', key, record[1], 'PX', record[2])
 end
 return answers

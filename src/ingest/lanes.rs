@@ -9,7 +9,7 @@
 //! and its wake-ups) are paid once for the group. Under light load no request waits; under
 //! load the group grows with the time a call takes.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -63,8 +63,8 @@ type Answer = Result<Value, RedisError>;
 struct Waiting {
     part: Part,
     answer: oneshot::Sender<Answer>,
-    /// Raised when the driver takes the request into a call.
-    sent: Rc<Cell<bool>>,
+    /// Its place in the lane's order of arrival.
+    ticket: u64,
 }
 
 /// A thread's lane of one partition.
@@ -73,6 +73,11 @@ struct Lane {
     /// A call of this lane is in flight, or its driver is about to send one.
     busy: bool,
     queue: VecDeque<Waiting>,
+    /// The next arrival's ticket.
+    next_ticket: u64,
+    /// Requests are taken into calls in arrival order: every ticket below this one was sent
+    /// or given up.
+    taken: u64,
 }
 
 /// A thread's lanes, by admission and partition.
@@ -107,19 +112,21 @@ impl Lanes {
                 .clone()
         });
         let (answer, answered) = oneshot::channel();
-        let sent = Rc::new(Cell::new(false));
-        let start = {
+        let (ticket, start) = {
             let mut lane = lane.borrow_mut();
+            let ticket = lane.next_ticket;
+            lane.next_ticket += 1;
             lane.queue.push_back(Waiting {
                 part,
                 answer,
-                sent: sent.clone(),
+                ticket,
             });
-            !std::mem::replace(&mut lane.busy, true)
+            (ticket, !std::mem::replace(&mut lane.busy, true))
         };
+        let sent = || ticket < lane.borrow().taken;
         if start {
             let driver = Driver {
-                lane,
+                lane: lane.clone(),
                 common: self.common.clone(),
                 redis: redis.clone(),
                 stream: Keyspace::stream(partition),
@@ -132,14 +139,14 @@ impl Lanes {
         match tokio::time::timeout(deadline, answered).await {
             Ok(Ok(answer)) => answer,
             // The lane's driver ended early (see `Driver::run`).
-            Ok(Err(_)) if sent.get() => Err(RedisError::Unconfirmed(
+            Ok(Err(_)) if sent() => Err(RedisError::Unconfirmed(
                 "the admission call ended without an answer".into(),
             )),
             Ok(Err(_)) => Err(RedisError::Command(redis::RedisError::from((
                 redis::ErrorKind::Io,
                 "the admission call stopped before sending the request",
             )))),
-            Err(_) if sent.get() => Err(RedisError::Unconfirmed(format!(
+            Err(_) if sent() => Err(RedisError::Unconfirmed(format!(
                 "did not answer within {deadline:?}"
             ))),
             // Dropping `answered` closes the channel: the driver leaves the request out.
@@ -187,7 +194,7 @@ impl Driver {
             }
             bytes += size;
             if let Some(waiting) = state.queue.pop_front() {
-                waiting.sent.set(true);
+                state.taken = waiting.ticket + 1;
                 group.push(waiting);
             }
         }
