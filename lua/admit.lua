@@ -69,16 +69,29 @@
 --
 -- Windows are fixed 60-second windows aligned to the UTC minute of Redis's own clock (TIME), so
 -- every api replica agrees. The counter hash keeps its window start; a stale window reads as 0.
+--
+-- Cost: the script runs once per call for up to 32 requests, so what it does per request is
+-- kept to the few table reads each decision needs: it allocates no table it may not use,
+-- converts each distinct number text once per call (`numbers`: glibc's strtod costs more than
+-- most of a request's Lua), formats a signal's version once per call, and calls no library
+-- function per request where an operator does (bench/history.md, run 12).
+
+-- Each distinct number text of the arguments as a number, converted once per call.
+local numbers = setmetatable({}, { __index = function(t, s)
+  local v = tonumber(s)
+  t[s] = v
+  return v
+end })
 
 local defaults = { event = tonumber(ARGV[1]), metric = tonumber(ARGV[2]), state = tonumber(ARGV[3]) }
 local requests = tonumber(ARGV[4])
 
 -- Redis's clock, read once per call, and the window it falls in.
-local now, window
+local now_s, now_us, window
 local function clock()
-  if not now then
-    now = redis.call('TIME')
-    local now_s = tonumber(now[1])
+  if not now_s then
+    local now = redis.call('TIME')
+    now_s, now_us = tonumber(now[1]), tonumber(now[2])
     window = now_s - (now_s % 60)
   end
 end
@@ -91,11 +104,15 @@ local function cached(cache, key, fields, convert)
     known = {}
     cache[key] = known
   end
-  local missing = {}
-  for _, f in ipairs(fields) do
-    if known[f] == nil then missing[#missing + 1] = f end
+  local missing
+  for i = 1, #fields do
+    local f = fields[i]
+    if known[f] == nil then
+      missing = missing or {}
+      missing[#missing + 1] = f
+    end
   end
-  if #missing > 0 then
+  if missing then
     local got = redis.call('HMGET', key, unpack(missing))
     for i, f in ipairs(missing) do known[f] = convert(got[i]) end
   end
@@ -114,6 +131,7 @@ local function signal_of(packed)
     own_limit = tonumber(limit),
     limit = tonumber(limit) or defaults[typ] or 0,
     latest = tonumber(versions) or 0,
+    latest_text = tostring(tonumber(versions) or 0),
   }
 end
 -- A slug's count in the current window: 0 when its window is stale or it has none.
@@ -134,21 +152,23 @@ local function used_by(key, slugs)
   return cached(counts, key, slugs, in_window)
 end
 
+-- A request's numbers of slug s, read from its arguments at ARGV[at]: how many events name it,
+-- and the highest version they ask for.
+local function count_of(at, s) return numbers[ARGV[at + 3 + 3 * s]] end
+local function asked_of(at, s) return numbers[ARGV[at + 4 + 3 * s]] end
+
 -- One request: its arguments from ARGV[at], its keys from KEYS[first]. Returns its answer and
 -- where the next request's arguments start.
 local function admit(at, first)
   local registry_key, windows_key, record_key = KEYS[first], KEYS[first + 1], KEYS[first + 2]
   local tenant = ARGV[at]
-  local record_ttl = tonumber(ARGV[at + 1])
+  local record_ttl = numbers[ARGV[at + 1]]
   local fingerprint = ARGV[at + 2]
   local received = ARGV[at + 3]
-  local nslugs = tonumber(ARGV[at + 4])
-  local slugs, count, asked = {}, {}, {}
+  local nslugs = numbers[ARGV[at + 4]]
+  local slugs = {}
   for s = 1, nslugs do
-    local base = at + 2 + 3 * s
-    slugs[s] = ARGV[base]
-    count[s] = tonumber(ARGV[base + 1])
-    asked[s] = tonumber(ARGV[base + 2])
+    slugs[s] = ARGV[at + 2 + 3 * s]
   end
   local events = ARGV[at + 5 + 3 * nslugs]
   local next_at = at + 6 + 3 * nslugs
@@ -163,7 +183,7 @@ local function admit(at, first)
       end
       local used = used_by(windows_key, slugs)
       local registry = cached(registries, registry_key, slugs, signal_of)
-      local reply = { 'replay', tonumber(now[1]), tonumber(now[2]), window + 60, rec_received }
+      local reply = { 'replay', now_s, now_us, window + 60, rec_received }
       local s = 0
       for id, typ, latest, admitted in entry_signals(rec_signals) do
         s = s + 1
@@ -186,59 +206,61 @@ local function admit(at, first)
 
   -- 1. Resolve every distinct slug.
   local signals = {}
-  local missing = { 'notfound' }
+  local missing
   local registry = cached(registries, registry_key, slugs, signal_of)
   for s = 1, nslugs do
     local sig = registry[slugs[s]]
     if sig and sig.active then
       signals[s] = sig
     else
+      missing = missing or { 'notfound' }
       missing[#missing + 1] = s
     end
   end
-  if #missing > 1 then
+  if missing then
     return missing, next_at
   end
 
   -- 2. Check requested schema versions (the api names the events).
-  local bad = { 'badversion' }
+  local bad
   for s = 1, nslugs do
-    if asked[s] > signals[s].latest then
+    if asked_of(at, s) > signals[s].latest then
+      bad = bad or { 'badversion' }
       bad[#bad + 1] = s
       bad[#bad + 1] = signals[s].latest
     end
   end
-  if #bad > 1 then
+  if bad then
     return bad, next_at
   end
 
   -- 3. Admit, per slug, the first events its window still has room for.
   local used = used_by(windows_key, slugs)
-  local reply = { 'ok', tonumber(now[1]), tonumber(now[2]), window + 60 }
+  local reply = { 'ok', now_s, now_us, window + 60 }
   local parts = {}
   local any = false
   for s = 1, nslugs do
     local sig, slug = signals[s], slugs[s]
     local before = used[slug]
-    local admitted = math.min(count[s], math.max(sig.limit - before, 0))
-    parts[s] = entry_signal(sig.id, sig.type, sig.latest, admitted)
+    local room = sig.limit - before
+    local admitted = count_of(at, s)
+    if room < admitted then admitted = room > 0 and room or 0 end
+    parts[s] = entry_signal(sig.id, sig.type, sig.latest_text, admitted)
     if admitted > 0 then
       any = true
       used[slug] = before + admitted
       raised[windows_key] = raised[windows_key] or {}
       raised[windows_key][slug] = true
     end
-    reply[#reply + 1] = sig.id
-    reply[#reply + 1] = sig.type
-    reply[#reply + 1] = sig.limit
-    reply[#reply + 1] = math.max(sig.limit - used[slug], 0)
-    reply[#reply + 1] = sig.latest
-    reply[#reply + 1] = admitted
+    local left = sig.limit - used[slug]
+    local i = 6 * s - 1
+    reply[i], reply[i + 1], reply[i + 2] = sig.id, sig.type, sig.limit
+    reply[i + 3], reply[i + 4], reply[i + 5] = left > 0 and left or 0, sig.latest, admitted
   end
 
   -- 4. What to write once every request is decided: the entry, and with a key the record.
   if any then
-    local described = table.concat(parts, ENTRY_SIGNAL_LIST)
+    local described = nslugs == 1 and parts[1] or table.concat(parts, ENTRY_SIGNAL_LIST)
     entries[#entries + 1] = { tenant, described, events }
     if record_ttl > 0 then
       records[record_key] = { record_value(fingerprint, received, described), record_ttl }
