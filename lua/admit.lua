@@ -243,9 +243,12 @@ local function admit(at, first)
     local sig, slug = signals[s], slugs[s]
     local before = used[slug]
     local room = sig.limit - before
-    local admitted = count_of(at, s)
-    if room < admitted then admitted = room > 0 and room or 0 end
-    parts[s] = entry_signal(sig.id, sig.type, sig.latest_text, admitted)
+    local count = count_of(at, s)
+    local admitted = count
+    if room < count then admitted = room > 0 and room or 0 end
+    -- All of the slug's events in (the usual case): the count as the api wrote it.
+    local admitted_text = admitted == count and ARGV[at + 3 + 3 * s] or admitted
+    parts[s] = entry_signal(sig.id, sig.type, sig.latest_text, admitted_text)
     if admitted > 0 then
       any = true
       used[slug] = before + admitted
