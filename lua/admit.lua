@@ -97,7 +97,7 @@ local function clock()
 end
 
 -- Fields of a hash read once per call: cache[key][field], `convert`ed from what HMGET gave
--- (false for a missing field).
+-- (false for a missing field) and the key.
 local function cached(cache, key, fields, convert)
   local known = cache[key]
   if not known then
@@ -114,7 +114,7 @@ local function cached(cache, key, fields, convert)
   end
   if missing then
     local got = redis.call('HMGET', key, unpack(missing))
-    for i, f in ipairs(missing) do known[f] = convert(got[i]) end
+    for i, f in ipairs(missing) do known[f] = convert(got[i], key) end
   end
   return known
 end
@@ -134,18 +134,23 @@ local function signal_of(packed)
     latest_text = tostring(tonumber(versions) or 0),
   }
 end
--- A slug's count in the current window: 0 when its window is stale or it has none.
-local function in_window(value)
-  local w, n = read_window(value)
-  if tonumber(w) == window then return tonumber(n) end
-  return 0
-end
-
 local registries = {}  -- registries[key][slug]: the signal (signal_of), or false
 local counts = {}      -- counts[key][slug]: what the slug has used of the window, this call included
+local current = {}     -- current[key]: true when a slug of the windows hash was written this window
 local raised = {}      -- raised[key][slug]: true when the call admitted events of the slug
 local records = {}     -- records[key]: { value, ttl } of a record this call writes
 local entries = {}     -- the entries to add, in request order
+
+-- A slug's count in the current window (of the windows hash `key`): 0 when its window is stale
+-- or it has none.
+local function in_window(value, key)
+  local w, n = read_window(value)
+  if tonumber(w) == window then
+    current[key] = true
+    return tonumber(n)
+  end
+  return 0
+end
 
 local function used_by(key, slugs)
   clock()
@@ -289,8 +294,11 @@ for key, slugs in pairs(raised) do
     fields[#fields + 1] = window_value(window, counts[key][slug])
   end
   redis.call('HSET', key, unpack(fields))
-  -- Every slug's window ends with the minute: the hash outlives the newest by a minute.
-  redis.call('EXPIREAT', key, window + 120)
+  -- Every slug's window ends with the minute: the hash outlives the newest by a minute. A hash
+  -- written earlier in this window has that expiry already (this script set it).
+  if not current[key] then
+    redis.call('EXPIREAT', key, window + 120)
+  end
 end
 for key, record in pairs(records) do
   redis.call('SET', key, record[1], 'PX', record[2])

@@ -152,6 +152,62 @@ async fn a_counter_from_an_older_window_counts_as_zero() {
     assert_eq!(n, 1);
 }
 
+/// A tenant's windows hash always expires a minute after the window it was last written in:
+/// set by the first write of a window (a new hash, or one last written in an older window) and
+/// kept by the later writes of that window.
+#[actix_web::test]
+async fn the_windows_hash_expires_a_minute_after_its_newest_window() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "visits", "metric", None).await;
+    env.signal(&tenant, "plan", "state", None).await;
+    let api = env.spawn_api().await;
+    fresh_window(&env).await;
+    let rl = Keyspace::new(env.settings().redis.partitions).rate_limits(&tenant);
+    let mut conn = env.redis.conn();
+    let mut expiry = |conn: &mut redis::Connection| -> (i64, i64) {
+        let visits: String = redis::cmd("HGET").arg(&rl).arg("visits").query(conn).unwrap();
+        let window = visits.parse::<WindowCount>().unwrap().start;
+        let at: i64 = redis::cmd("EXPIRETIME").arg(&rl).query(conn).unwrap();
+        (window, at)
+    };
+    let send = |name: &'static str| {
+        let api = &api;
+        let key = &key;
+        async move { api.batch(key, json!([event(name, "acc-1")])).await.status }
+    };
+
+    assert_eq!(send("visits").await, 200);
+    let (window, at) = expiry(&mut conn);
+    assert_eq!(at, window + 120, "a new hash");
+    assert_eq!(send("visits").await, 200);
+    assert_eq!(send("plan").await, 200);
+    assert_eq!(expiry(&mut conn), (window, window + 120), "later writes keep it");
+
+    // As the hash would be had both slugs last been written a minute earlier.
+    for slug in ["visits", "plan"] {
+        let _: () = redis::cmd("HSET")
+            .arg(&rl)
+            .arg(slug)
+            .arg(
+                WindowCount {
+                    start: window - 60,
+                    admitted: 1,
+                }
+                .to_string(),
+            )
+            .query(&mut conn)
+            .unwrap();
+    }
+    let _: () = redis::cmd("EXPIREAT")
+        .arg(&rl)
+        .arg(window + 60)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(send("visits").await, 200);
+    assert_eq!(expiry(&mut conn), (window, window + 120), "the first write of a window");
+}
+
 #[actix_web::test]
 async fn a_signal_limit_of_its_own_overrides_the_type_default() {
     let env = TestEnv::start_with(&[("SLUICE__LIMITS__EVENT", "2")]).await;
