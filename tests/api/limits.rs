@@ -165,8 +165,12 @@ async fn the_windows_hash_expires_a_minute_after_its_newest_window() {
     fresh_window(&env).await;
     let rl = Keyspace::new(env.settings().redis.partitions).rate_limits(&tenant);
     let mut conn = env.redis.conn();
-    let mut expiry = |conn: &mut redis::Connection| -> (i64, i64) {
-        let visits: String = redis::cmd("HGET").arg(&rl).arg("visits").query(conn).unwrap();
+    let expiry = |conn: &mut redis::Connection| -> (i64, i64) {
+        let visits: String = redis::cmd("HGET")
+            .arg(&rl)
+            .arg("visits")
+            .query(conn)
+            .unwrap();
         let window = visits.parse::<WindowCount>().unwrap().start;
         let at: i64 = redis::cmd("EXPIRETIME").arg(&rl).query(conn).unwrap();
         (window, at)
@@ -182,7 +186,11 @@ async fn the_windows_hash_expires_a_minute_after_its_newest_window() {
     assert_eq!(at, window + 120, "a new hash");
     assert_eq!(send("visits").await, 200);
     assert_eq!(send("plan").await, 200);
-    assert_eq!(expiry(&mut conn), (window, window + 120), "later writes keep it");
+    assert_eq!(
+        expiry(&mut conn),
+        (window, window + 120),
+        "later writes keep it"
+    );
 
     // As the hash would be had both slugs last been written a minute earlier.
     for slug in ["visits", "plan"] {
@@ -205,7 +213,11 @@ async fn the_windows_hash_expires_a_minute_after_its_newest_window() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(send("visits").await, 200);
-    assert_eq!(expiry(&mut conn), (window, window + 120), "the first write of a window");
+    assert_eq!(
+        expiry(&mut conn),
+        (window, window + 120),
+        "the first write of a window"
+    );
 }
 
 #[actix_web::test]
