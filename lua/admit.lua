@@ -124,14 +124,15 @@ local function signal_of(packed)
   if not packed then return false end
   local id, typ, active, limit, versions = unpack_signal(packed)
   if not id then return false end
+  local own_limit, latest = tonumber(limit), tonumber(versions) or 0
   return {
     id = id,
     type = typ,
     active = active == '1',
-    own_limit = tonumber(limit),
-    limit = tonumber(limit) or defaults[typ] or 0,
-    latest = tonumber(versions) or 0,
-    latest_text = tostring(tonumber(versions) or 0),
+    own_limit = own_limit,
+    limit = own_limit or defaults[typ] or 0,
+    latest = latest,
+    latest_text = tostring(latest),
   }
 end
 local registries = {}  -- registries[key][slug]: the signal (signal_of), or false
@@ -157,10 +158,9 @@ local function used_by(key, slugs)
   return cached(counts, key, slugs, in_window)
 end
 
--- A request's numbers of slug s, read from its arguments at ARGV[at]: how many events name it,
--- and the highest version they ask for.
-local function count_of(at, s) return numbers[ARGV[at + 3 + 3 * s]] end
-local function asked_of(at, s) return numbers[ARGV[at + 4 + 3 * s]] end
+-- The arguments of a request's slug s, the request's arguments starting at ARGV[at].
+local SLUG, COUNT, ASKED = 0, 1, 2
+local function slug_arg(at, s, which) return ARGV[at + 2 + 3 * s + which] end
 
 -- One request: its arguments from ARGV[at], its keys from KEYS[first]. Returns its answer and
 -- where the next request's arguments start.
@@ -173,7 +173,7 @@ local function admit(at, first)
   local nslugs = numbers[ARGV[at + 4]]
   local slugs = {}
   for s = 1, nslugs do
-    slugs[s] = ARGV[at + 2 + 3 * s]
+    slugs[s] = slug_arg(at, s, SLUG)
   end
   local events = ARGV[at + 5 + 3 * nslugs]
   local next_at = at + 6 + 3 * nslugs
@@ -229,7 +229,7 @@ local function admit(at, first)
   -- 2. Check requested schema versions (the api names the events).
   local bad
   for s = 1, nslugs do
-    if asked_of(at, s) > signals[s].latest then
+    if numbers[slug_arg(at, s, ASKED)] > signals[s].latest then
       bad = bad or { 'badversion' }
       bad[#bad + 1] = s
       bad[#bad + 1] = signals[s].latest
@@ -248,11 +248,12 @@ local function admit(at, first)
     local sig, slug = signals[s], slugs[s]
     local before = used[slug]
     local room = sig.limit - before
-    local count = count_of(at, s)
+    local count_text = slug_arg(at, s, COUNT)
+    local count = numbers[count_text]
     local admitted = count
     if room < count then admitted = room > 0 and room or 0 end
     -- All of the slug's events in (the usual case): the count as the api wrote it.
-    local admitted_text = admitted == count and ARGV[at + 3 + 3 * s] or admitted
+    local admitted_text = admitted == count and count_text or admitted
     parts[s] = entry_signal(sig.id, sig.type, sig.latest_text, admitted_text)
     if admitted > 0 then
       any = true
