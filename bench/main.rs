@@ -127,9 +127,8 @@ fn against_capture(stack: &Stack, seconds: f64, results: &mut Results) {
         let before = cpu();
         let wrk = peer::wrk(work, url, body, headers, seconds);
         let spent = cpu() - before;
-        let requests = (wrk.requests_per_sec * seconds.ceil()).max(1.0);
         Side {
-            cpu_us_per_request: spent / requests * 1e6,
+            cpu_us_per_request: spent / wrk.requests.max(1) as f64 * 1e6,
             wrk,
         }
     };

@@ -19,6 +19,8 @@ pub const COMMIT: &str = "56dfe44";
 /// What `wrk` measured.
 #[derive(Clone, Debug)]
 pub struct Wrk {
+    /// Answers received in the run.
+    pub requests: u64,
     pub requests_per_sec: f64,
     pub p99_ms: f64,
     /// Answers that were not 2xx.
@@ -169,7 +171,14 @@ fn parse_wrk(text: &str) -> Wrk {
         .lines()
         .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
         .map_or(0, |n| n.trim().parse().unwrap());
+    // "123456 requests in 8.00s, 50.12MB read"
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in wrk's output:\n{text}"));
     Wrk {
+        requests,
         requests_per_sec: after("Requests/sec:").parse().unwrap(),
         p99_ms: latency("99%"),
         failed,

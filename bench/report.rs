@@ -357,15 +357,14 @@ fn peer_section(r: &Results, out: &mut String) {
         let failed: (u64, u64) = row.rounds.iter().fold((0, 0), |(a, b), (s, c)| {
             (a + s.wrk.failed, b + c.wrk.failed)
         });
-        let count = |v: f64| n(v);
         let fixed1 = |v: f64| format!("{v:.1}");
         let fixed2 = |v: f64| format!("{v:.2}");
         let _ = writeln!(
             out,
             "| {} | {} | {} | **{}** | {target} | {met} | {} | {} | {} | {} | {} / {} |",
             row.batch,
-            range(&|(s, _)| s.wrk.requests_per_sec, &count),
-            range(&|(_, c)| c.wrk.requests_per_sec, &count),
+            range(&|(s, _)| s.wrk.requests_per_sec, &n),
+            range(&|(_, c)| c.wrk.requests_per_sec, &n),
             range(
                 &|(s, c)| s.wrk.requests_per_sec / c.wrk.requests_per_sec,
                 &fixed2
