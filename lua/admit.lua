@@ -17,11 +17,13 @@
 --
 -- KEYS[1]        the partition's stream              sluice:{pNN}:events
 -- then per request r = 0, 1, ...:
--- KEYS[2+3r]     registry hash of the tenant         sluice:{pNN}:reg:<tenant>
--- KEYS[3+3r]     the tenant's rate-limit windows     sluice:{pNN}:rl:<tenant>
+-- KEYS[2+4r]     registry hash of the tenant         sluice:{pNN}:reg:<tenant>
+-- KEYS[3+4r]     the tenant's rate-limit windows     sluice:{pNN}:rl:<tenant>
 --                  one field per slug: its window count (keyspace::WindowCount)
--- KEYS[4+3r]     with a key: the idempotency record  sluice:{pNN}:idem:<tenant>:<key>
+-- KEYS[4+4r]     with a key: the idempotency record  sluice:{pNN}:idem:<tenant>:<key>
 --                (without one, the windows again: unused)
+-- KEYS[5+4r]     a large request's staged events     sluice:{pNN}:staged:<id>
+--                (for any other, the windows again: unused)
 --
 -- ARGV[1..3]     default per-minute limits for types event, metric, state
 -- ARGV[4]        N, the number of requests
@@ -33,12 +35,21 @@
 --   S, the number of distinct slugs (in first-seen order)
 --   then 3 values per slug: the slug, how many events name it, the highest version asked
 --     (0 = latest only)
---   the events: the entry's b field (src/stream/entry.rs)
+--   the events: the entry's b field (src/stream/entry.rs); '' when they are staged
+--
+-- A large request's events are not an argument: each byte of a script's arguments costs Redis
+-- about 1.3 ns before the script's first line runs (bench/history.md, run 10). The api sets them
+-- under the request's staged key, with a short expiry, in the same pipeline just before this
+-- call. The script then writes the entry with the key in place of the events, and keeps the key
+-- for good (PERSIST); a request that enqueues nothing has its key deleted. The script never reads
+-- the events: it only checks that the key exists before it counts anything.
 --
 -- Reply: one answer per request, in order, each one of:
 --   {"notfound", s, ...}             slugs (by number) unknown or inactive for the tenant
 --   {"badversion", s, latest, ...}   slugs some of whose events ask for a version above latest
 --   {"conflict"}                     the key was used with a different request; nothing written
+--   {"unstaged"}                     the request's staged events are gone (expired before the
+--                                    call ran); nothing written
 --   {"ok", now_s, now_us, reset_s, then per slug: id, type, limit, remaining, latest, admitted}
 --       admitted: how many of the slug's events (the first ones, in request order) got in
 --       remaining: what the slug's window has left after this request
@@ -51,7 +62,7 @@
 --   ENTRY_TENANT    the tenant
 --   ENTRY_SIGNALS   per slug its entry_signal(id, type, latest, admitted), in slug order
 --   ENTRY_EVENTS    the events, as the api sent them (rate-limited ones included; the worker
---                   skips them)
+--                   skips them); or, for staged events, ENTRY_STAGED: the key holding them
 --
 -- The idempotency record (keyspace::IdempotencyRecord) holds the fingerprint, the receipt time
 -- and the entry's signals field: under 200 bytes for a request of one signal, whatever its size.
@@ -141,6 +152,7 @@ local current = {}     -- current[key]: true when a slug of the windows hash was
 local raised = {}      -- raised[key][slug]: true when the call admitted events of the slug
 local records = {}     -- records[key]: { value, ttl } of a record this call writes
 local entries = {}     -- the entries to add, in request order
+local kept = {}        -- kept[key]: true for a staged key an entry names
 
 -- A slug's count in the current window (of the windows hash `key`): 0 when its window is stale
 -- or it has none.
@@ -166,6 +178,8 @@ local function slug_arg(at, s, which) return ARGV[at + 2 + 3 * s + which] end
 -- where the next request's arguments start.
 local function admit(at, first)
   local registry_key, windows_key, record_key = KEYS[first], KEYS[first + 1], KEYS[first + 2]
+  -- False unless the request's events are staged.
+  local staged_key = KEYS[first + 3] ~= windows_key and KEYS[first + 3]
   local tenant = ARGV[at]
   local record_ttl = numbers[ARGV[at + 1]]
   local fingerprint = ARGV[at + 2]
@@ -239,7 +253,11 @@ local function admit(at, first)
     return bad, next_at
   end
 
-  -- 3. Admit, per slug, the first events its window still has room for.
+  -- 3. Admit, per slug, the first events its window still has room for; staged events must
+  -- still be there.
+  if staged_key and redis.call('EXISTS', staged_key) == 0 then
+    return { 'unstaged' }, next_at
+  end
   local used = used_by(windows_key, slugs)
   local reply = { 'ok', now_s, now_us, window + 60 }
   local parts = {}
@@ -270,7 +288,12 @@ local function admit(at, first)
   -- 4. What to write once every request is decided: the entry, and with a key the record.
   if any then
     local described = nslugs == 1 and parts[1] or table.concat(parts, ENTRY_SIGNAL_LIST)
-    entries[#entries + 1] = { tenant, described, events }
+    if staged_key then
+      entries[#entries + 1] = { tenant, described, ENTRY_STAGED, staged_key }
+      kept[staged_key] = true
+    else
+      entries[#entries + 1] = { tenant, described, ENTRY_EVENTS, events }
+    end
     if record_ttl > 0 then
       records[record_key] = { record_value(fingerprint, received, described), record_ttl }
     end
@@ -279,14 +302,29 @@ local function admit(at, first)
 end
 
 local answers = {}
+local staged = {}  -- the staged keys of the call's requests
 local at = 5
 for r = 0, requests - 1 do
-  answers[r + 1], at = admit(at, 2 + 3 * r)
+  local first = 2 + 4 * r
+  if KEYS[first + 3] ~= KEYS[first + 1] then staged[#staged + 1] = KEYS[first + 3] end
+  answers[r + 1], at = admit(at, first)
 end
 
 -- Enqueue, count exactly what was enqueued, and record the answers.
 for _, entry in ipairs(entries) do
-  redis.call('XADD', KEYS[1], '*', ENTRY_TENANT, entry[1], ENTRY_SIGNALS, entry[2], ENTRY_EVENTS, entry[3])
+  redis.call('XADD', KEYS[1], '*', ENTRY_TENANT, entry[1], ENTRY_SIGNALS, entry[2], entry[3], entry[4])
+end
+-- Staged events an entry names are kept until the worker has them; the others are dropped.
+local dropped = {}
+for _, key in ipairs(staged) do
+  if kept[key] then
+    redis.call('PERSIST', key)
+  else
+    dropped[#dropped + 1] = key
+  end
+end
+if #dropped > 0 then
+  redis.call('DEL', unpack(dropped))
 end
 for key, slugs in pairs(raised) do
   local fields = {}

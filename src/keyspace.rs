@@ -24,6 +24,13 @@
 //! The values' formats are the types named in the table, each with its `Display` and `FromStr`;
 //! the Lua scripts read and write them through the prelude `scripts` builds from those types.
 //! `tests/api/formats.rs` checks this table against every key a working system leaves in Redis.
+//!
+//! One more key lives only between a large request's admission and its storage:
+//! `sluice:{pNN}:staged:<id>`, a string holding the events of one request whose entry names it
+//! (its `r` field, `stream::entry`) instead of carrying them. The api sets it with a short
+//! expiry just before the admission script runs; the script keeps it for good when it enqueues
+//! the entry, and deletes it otherwise; the worker deletes it once the entry is acknowledged.
+//! So a working system that is idle has none.
 
 use crate::domain::SignalType;
 
@@ -92,6 +99,12 @@ impl Keyspace {
 
     pub fn stream(partition: u16) -> String {
         format!("sluice:{}:events", Self::tag(partition))
+    }
+
+    /// Where a large request's events wait for the worker (see the module's documentation):
+    /// `id` is the request's own, random.
+    pub fn staged(partition: u16, id: &uuid::Uuid) -> String {
+        format!("sluice:{}:staged:{}", Self::tag(partition), id.simple())
     }
 
     pub fn dead_stream(partition: u16) -> String {

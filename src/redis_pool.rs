@@ -46,7 +46,7 @@ use redis::cluster_routing::{
 };
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo,
-    Pipeline, RedisFuture, ScriptInvocation, Value,
+    Pipeline, RedisFuture, Script, ScriptInvocation, Value,
 };
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -267,21 +267,65 @@ impl Redis {
         key: &str,
         replicas: u32,
     ) -> Result<T, RedisError> {
-        let wait_for = self.timeout / 2;
         self.with_connection(true, async |conn| {
             let reply: T = script.invoke_async(conn).await?;
-            if replicas > 0 {
-                let got = conn.wait_for_replicas(key, replicas, wait_for).await?;
-                if got < i64::from(replicas) {
-                    return Err(RedisError::NotReplicated {
-                        wanted: replicas,
-                        got,
-                    });
-                }
-            }
+            self.confirm(conn, key, replicas).await?;
             Ok(reply)
         })
         .await
+    }
+
+    /// As [`Redis::invoke`], for a pipeline (with `ignore_errors`) whose last command is
+    /// `EVALSHA` of `script`, its others writes the script may rely on (such as staged
+    /// events): the error of each of those (`None` where it succeeded) with the script's reply.
+    /// Where Redis does not have the script yet, it is loaded and the whole pipeline sent again.
+    pub async fn invoke_pipeline<T: FromRedisValue>(
+        &self,
+        pipeline: &Pipeline,
+        script: &Script,
+        key: &str,
+        replicas: u32,
+    ) -> Result<(Vec<Option<redis::RedisError>>, T), RedisError> {
+        type Replies = (Vec<Option<redis::RedisError>>, redis::RedisResult<Value>);
+        async fn run(pipeline: &Pipeline, conn: &mut Conn) -> redis::RedisResult<Replies> {
+            let mut replies: Vec<Value> = pipeline.query_async(conn).await?;
+            let last = replies.pop().unwrap_or(Value::Nil);
+            let before = replies
+                .into_iter()
+                .map(|reply| reply.extract_error().err())
+                .collect();
+            Ok((before, last.extract_error()))
+        }
+        self.with_connection(true, async |conn| {
+            let (before, reply) = match run(pipeline, conn).await? {
+                (_, Err(e)) if e.code() == Some("NOSCRIPT") => {
+                    script.load_async(conn).await?;
+                    run(pipeline, conn).await?
+                }
+                replies => replies,
+            };
+            let reply = redis::from_redis_value(reply?).map_err(redis::RedisError::from)?;
+            self.confirm(conn, key, replicas).await?;
+            Ok((before, reply))
+        })
+        .await
+    }
+
+    /// With `replicas > 0`, waits until that many replicas of the node holding `key` confirm
+    /// this connection's writes so far.
+    async fn confirm(&self, conn: &mut Conn, key: &str, replicas: u32) -> Result<(), RedisError> {
+        if replicas > 0 {
+            let got = conn
+                .wait_for_replicas(key, replicas, self.timeout / 2)
+                .await?;
+            if got < i64::from(replicas) {
+                return Err(RedisError::NotReplicated {
+                    wanted: replicas,
+                    got,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Runs `cmd` on every primary: each one's `host:port` with its reply (standalone: the one

@@ -6,7 +6,7 @@
 use redis::Script;
 
 use crate::keyspace::{IdempotencyRecord, PackedSignal, VERSION_PREFIX, WindowCount};
-use crate::stream::entry::{EVENTS, EntrySignal, SIGNALS, TENANT};
+use crate::stream::entry::{EVENTS, EntrySignal, SIGNALS, STAGED, TENANT};
 
 /// `source` (whose first line is its `#!lua` shebang, which must stay first) with the prelude
 /// after that line.
@@ -56,6 +56,7 @@ pub fn prelude() -> String {
         r#"-- Formats shared with the Rust code, from the types that own them (src/scripts.rs).
 -- Stream entry fields (stream::entry).
 local ENTRY_TENANT, ENTRY_SIGNALS, ENTRY_EVENTS = '{TENANT}', '{SIGNALS}', '{EVENTS}'
+local ENTRY_STAGED = '{STAGED}'
 -- Registry hashes keep each entry's version under this prefix (keyspace::VERSION_PREFIX).
 local VERSION_PREFIX = '{VERSION_PREFIX}'
 -- A packed signal (keyspace::PackedSignal): id, type, active, limit, schema versions.

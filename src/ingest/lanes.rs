@@ -28,18 +28,26 @@ const MAX_REQUESTS: usize = 32;
 /// call holds Redis for about 1.3 ns per byte of its arguments before its first line runs.
 const MAX_BYTES: usize = 512 * 1024;
 
+/// How long staged events wait for their call before Redis drops them. They are set in the
+/// same pipeline as the call, just before it, so they wait only when the call never runs (its
+/// connection died between the two).
+const STAGED_TTL_MS: u64 = 60_000;
+
 /// One request's part of a call: its keys and its arguments (see `lua/admit.lua`).
 pub(super) struct Part {
-    /// The tenant's registry, its windows, and its idempotency record (the windows again
-    /// when the request has no key).
-    pub keys: [String; 3],
+    /// The tenant's registry, its windows, its idempotency record (the windows again when the
+    /// request has no key), and its staged events (the windows again when not staged).
+    pub keys: [String; 4],
     pub args: Vec<Vec<u8>>,
+    /// A large request's events, set under `keys[3]` ahead of the call.
+    pub staged: Option<Vec<u8>>,
 }
 
 impl Part {
     fn bytes(&self) -> usize {
         let keys: usize = self.keys.iter().map(String::len).sum();
-        keys + self.args.iter().map(Vec::len).sum::<usize>()
+        let staged = self.staged.as_ref().map_or(0, Vec::len);
+        keys + staged + self.args.iter().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -206,27 +214,67 @@ impl Driver {
         Some(group)
     }
 
-    /// One call for `group`: an answer per request, in order.
+    /// One call for `group`: an answer per request, in order. Staged events are set in the
+    /// same pipeline, ahead of the call.
     async fn send(&self, group: &[Waiting]) -> Vec<Answer> {
         let common = &self.common;
-        let mut call = common.script.prepare_invoke();
-        call.key(&self.stream)
-            .arg(common.limits.event)
+        let mut pipeline = redis::pipe();
+        pipeline.ignore_errors();
+        for part in group.iter().map(|w| &w.part) {
+            if let Some(events) = &part.staged {
+                pipeline
+                    .cmd("SET")
+                    .arg(&part.keys[3])
+                    .arg(events)
+                    .arg("PX")
+                    .arg(STAGED_TTL_MS);
+            }
+        }
+        let mut call = redis::cmd("EVALSHA");
+        call.arg(common.script.get_hash())
+            .arg(1 + 4 * group.len())
+            .arg(&self.stream);
+        for waiting in group {
+            call.arg(&waiting.part.keys[..]);
+        }
+        call.arg(common.limits.event)
             .arg(common.limits.metric)
             .arg(common.limits.state)
             .arg(group.len());
         for waiting in group {
-            call.key(&waiting.part.keys[..]).arg(&waiting.part.args);
+            call.arg(&waiting.part.args);
         }
+        pipeline.add_command(call);
         let reply = self
             .redis
-            .invoke::<Value>(&call, &self.stream, common.min_replicas_ack)
+            .invoke_pipeline::<Value>(
+                &pipeline,
+                &common.script,
+                &self.stream,
+                common.min_replicas_ack,
+            )
             .await;
         match reply {
-            Ok(Value::Array(answers)) if answers.len() == group.len() => {
-                answers.into_iter().map(Ok).collect()
+            Ok((not_staged, Value::Array(answers))) if answers.len() == group.len() => {
+                // A request whose events could not be staged (Redis out of memory) had nothing
+                // written: its answer is why, not that its events were gone.
+                let mut not_staged = not_staged.into_iter();
+                group
+                    .iter()
+                    .zip(answers)
+                    .map(|(waiting, answer)| {
+                        let failed = match waiting.part.staged {
+                            Some(_) => not_staged.next().flatten(),
+                            None => None,
+                        };
+                        match failed {
+                            Some(e) if is_unstaged(&answer) => Err(RedisError::Command(e)),
+                            _ => Ok(answer),
+                        }
+                    })
+                    .collect()
             }
-            Ok(other) => {
+            Ok((_, other)) => {
                 let e = RedisError::Command(redis::RedisError::from((
                     redis::ErrorKind::Parse,
                     "unexpected reply from admit.lua",
@@ -237,6 +285,13 @@ impl Driver {
             Err(e) => vec![Err(e); group.len()],
         }
     }
+}
+
+/// True for the script's answer to a request whose staged events were not there: nothing of it
+/// was written.
+pub(super) fn is_unstaged(answer: &Value) -> bool {
+    matches!(answer, Value::Array(items)
+        if matches!(items.first(), Some(Value::BulkString(tag)) if tag == b"unstaged"))
 }
 
 /// Frees a lane whose driver ends without having emptied it.

@@ -21,6 +21,11 @@
 //! An event is admitted when it is among the first `admitted` events of its signal in the
 //! array (the limit admits in request order); the others were rate limited and are skipped.
 //!
+//! A large request's entry has `r` in place of `b`: the key its `b` text is staged under
+//! (`keyspace::Keyspace::staged`), so the events never pass through the admission script, which
+//! costs Redis about 1.3 ns per byte of its arguments (docs/design.md, "Large requests are
+//! staged"). The worker reads the text back with the entry ([`STAGED`]).
+//!
 //! One event alone has a layout of its own, two fields: a dead letter of one event of an entry
 //! is kept and replayed in it, and entries written before requests became entries are read in
 //! it too:
@@ -43,6 +48,8 @@ pub const TENANT: &str = "t";
 pub const SIGNALS: &str = "s";
 /// The events field of an entry.
 pub const EVENTS: &str = "b";
+/// The field naming the key that holds a large request's events field.
+pub const STAGED: &str = "r";
 /// The meta field of a one-event entry.
 pub const META: &str = "m";
 /// The event field of a one-event entry.
@@ -251,7 +258,10 @@ impl StreamEntry {
         };
         let signals = field(SIGNALS).ok_or("entry has no s field")?;
         let signals = EntrySignal::parse_list(&signals)?;
-        let events = field(EVENTS).ok_or("entry has no b field")?;
+        let events = field(EVENTS).ok_or_else(|| match field(STAGED) {
+            Some(key) => format!("the events staged for it under {key} are gone"),
+            None => "entry has no b field".to_owned(),
+        })?;
         let events: Vec<&RawValue> =
             serde_json::from_str(&events).map_err(|e| format!("bad b field: {e}"))?;
         let mut seen = vec![0u32; signals.len()];

@@ -9,6 +9,7 @@ use redis::streams::{
     StreamPendingReply, StreamReadReply,
 };
 
+use super::entry::{EVENTS, STAGED};
 use crate::keyspace::Keyspace;
 use crate::redis_pool::{Redis, RedisError};
 
@@ -22,6 +23,9 @@ pub struct RawEntry {
     /// The stream entry id, e.g. `1764151200000-0`.
     pub entry_id: String,
     pub fields: HashMap<String, Value>,
+    /// The key the entry's events were staged under, read back into its `b` field
+    /// ([`Consumer::read`]); deleted once the entry is acknowledged.
+    pub staged: Option<String>,
 }
 
 impl RawEntry {
@@ -55,6 +59,7 @@ impl RawEntry {
             partition,
             entry_id: id.id,
             fields: id.map,
+            staged: None,
         }
     }
 }
@@ -138,7 +143,8 @@ impl Consumer {
 
     /// Reads up to `count` entries per stream: `pending_only` re-reads this consumer's own
     /// unacknowledged entries (after a restart with the same name), otherwise new entries,
-    /// waiting up to `block_ms` for some to arrive (0: not at all).
+    /// waiting up to `block_ms` for some to arrive (0: not at all). Staged events come back in
+    /// their entries ([`Consumer::with_staged`]), as with [`Consumer::claim`].
     pub async fn read(
         &self,
         count: usize,
@@ -208,14 +214,77 @@ impl Consumer {
         let mut entries = Vec::new();
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             let partition = self.partition_of(&key.key);
-            entries.extend(
-                key.ids
-                    .into_iter()
-                    // A pending entry that was trimmed or deleted comes back without fields.
-                    .filter(|id| !id.map.is_empty())
-                    .map(|id| RawEntry::from_stream_id(partition, id)),
-            );
+            let read = key
+                .ids
+                .into_iter()
+                // A pending entry that was trimmed or deleted comes back without fields.
+                .filter(|id| !id.map.is_empty())
+                .map(|id| RawEntry::from_stream_id(partition, id))
+                .collect();
+            entries.extend(self.with_staged(partition, read).await?);
         }
+        Ok(entries)
+    }
+
+    /// `entries` of `partition` with the events staged for them (the key in their `r` field) in
+    /// their `b` field, as if they had carried them. Staged events are deleted only after their
+    /// entry is acknowledged, so where they are gone and the entry is no longer pending, another
+    /// consumer stored it meanwhile: it is left out. An entry still pending whose staged events
+    /// are gone keeps only its `r` field, and cannot be read.
+    async fn with_staged(
+        &self,
+        partition: u16,
+        mut entries: Vec<RawEntry>,
+    ) -> Result<Vec<RawEntry>, RedisError> {
+        let staged: Vec<(usize, String)> = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.field(STAGED).map(|key| (i, key)))
+            .collect();
+        if staged.is_empty() {
+            return Ok(entries);
+        }
+        let keys: Vec<&str> = staged.iter().map(|(_, key)| key.as_str()).collect();
+        let values: Vec<Option<Vec<u8>>> = self.redis.query(redis::cmd("MGET").arg(keys)).await?;
+        let mut gone = Vec::new();
+        for ((i, key), value) in staged.into_iter().zip(values) {
+            let entry = &mut entries[i];
+            match value {
+                Some(events) => {
+                    entry.fields.remove(STAGED);
+                    entry
+                        .fields
+                        .insert(EVENTS.to_owned(), Value::BulkString(events));
+                    entry.staged = Some(key);
+                }
+                None => gone.push(i),
+            }
+        }
+        let mut handled = Vec::new();
+        for i in gone {
+            let id = &entries[i].entry_id;
+            let pending: StreamPendingCountReply = self
+                .redis
+                .query(
+                    redis::cmd("XPENDING")
+                        .arg(Keyspace::stream(partition))
+                        .arg(GROUP)
+                        .arg(id)
+                        .arg(id)
+                        .arg(1),
+                )
+                .await?;
+            if pending.ids.is_empty() {
+                handled.push(i);
+            } else {
+                tracing::error!(entry = %id, partition, "the entry's staged events are gone");
+            }
+        }
+        let mut i = 0;
+        entries.retain(|_| {
+            i += 1;
+            !handled.contains(&(i - 1))
+        });
         Ok(entries)
     }
 
@@ -265,12 +334,13 @@ impl Consumer {
             .await?;
         let claimed: redis::streams::StreamClaimReply = redis::from_redis_value(strip_nils(reply))
             .map_err(|e| RedisError::Command(e.into()))?;
-        Ok(claimed
+        let entries = claimed
             .ids
             .into_iter()
             .filter(|id| !id.map.is_empty())
             .map(|id| RawEntry::from_stream_id(partition, id))
-            .collect())
+            .collect();
+        self.with_staged(partition, entries).await
     }
 
     /// Re-asserts this consumer's ownership of entries it is still working on (a batch held up
@@ -302,7 +372,8 @@ impl Consumer {
         cmd
     }
 
-    /// Acknowledges entries, one `XACK` per partition (a cluster keeps partitions apart).
+    /// Acknowledges entries, one `XACK` per partition (a cluster keeps partitions apart), then
+    /// deletes their staged events: once an entry is acknowledged no consumer reads it again.
     pub async fn ack(&self, entries: &[RawEntry]) -> Result<(), RedisError> {
         let acks = by_partition(entries)
             .into_iter()
@@ -314,7 +385,18 @@ impl Consumer {
                             .arg(GROUP)
                             .arg(ids),
                     )
-                    .await
+                    .await?;
+                let staged: Vec<&str> = entries
+                    .iter()
+                    .filter(|e| e.partition == partition)
+                    .filter_map(|e| e.staged.as_deref())
+                    .collect();
+                if !staged.is_empty() {
+                    self.redis
+                        .query::<i64>(redis::cmd("DEL").arg(staged))
+                        .await?;
+                }
+                Ok::<_, RedisError>(())
             });
         for ack in futures_util::future::join_all(acks).await {
             ack?;

@@ -21,6 +21,7 @@ mod recovery;
 mod registry;
 mod sdk;
 mod selfservice;
+mod staged;
 mod support;
 mod tls;
 mod worker;

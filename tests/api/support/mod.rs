@@ -233,7 +233,8 @@ impl TestEnv {
     /// Every event in every partition stream, as field maps: `entry_id`, the event as a
     /// one-event entry has it (`m`, `e`), and for readable assertions what they hold (`id`,
     /// `tenant`, `signal`, `type`, `version`, `event`). Read the way the worker reads them:
-    /// through the stream contract's decoder, rate-limited events left out.
+    /// staged events read back into their entry, through the stream contract's decoder,
+    /// rate-limited events left out.
     pub fn stream_entries(&self) -> Vec<HashMap<String, String>> {
         let mut conn = self.redis.conn();
         let keyspace = Keyspace::new(self.settings().redis.partitions);
@@ -246,11 +247,19 @@ impl TestEnv {
                 .query(&mut conn)
                 .unwrap();
             for id in reply.ids {
-                let fields: HashMap<String, String> = id
+                let mut fields: HashMap<String, String> = id
                     .map
                     .into_iter()
                     .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap()))
                     .collect();
+                if let Some(staged) = fields.get(sluice::stream::entry::STAGED) {
+                    let events: Option<String> =
+                        redis::cmd("GET").arg(staged).query(&mut conn).unwrap();
+                    if let Some(events) = events {
+                        fields.remove(sluice::stream::entry::STAGED);
+                        fields.insert(sluice::stream::entry::EVENTS.to_owned(), events);
+                    }
+                }
                 let Ok(events) =
                     sluice::stream::StreamEntry::decode_all(|f| fields.get(f).cloned())
                 else {
