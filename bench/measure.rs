@@ -93,6 +93,14 @@ impl Stack {
             .arg(&self.stream)
             .query(&mut conn)
             .unwrap();
+        // And the staged events of its entries, as a worker deletes them once stored.
+        let staged: Vec<String> = redis::cmd("KEYS")
+            .arg("sluice:*:staged:*")
+            .query(&mut conn)
+            .unwrap();
+        for keys in staged.chunks(10_000) {
+            let _: () = redis::cmd("UNLINK").arg(keys).query(&mut conn).unwrap();
+        }
         let _: () = redis::cmd("CONFIG")
             .arg("RESETSTAT")
             .query(&mut conn)
@@ -157,7 +165,14 @@ impl Stack {
             .query(&mut self.redis.conn())
             .unwrap();
         let entry = reply.ids.first().expect("an entry on the stream");
-        let events: String = entry.get(entry::EVENTS).expect("an entry with events");
+        let events: String = match entry.get::<String>(entry::STAGED) {
+            // A large request's events, staged under their own key.
+            Some(staged) => redis::cmd("GET")
+                .arg(staged)
+                .query(&mut self.redis.conn())
+                .expect("the staged events of an entry"),
+            None => entry.get(entry::EVENTS).expect("an entry with events"),
+        };
         let events: Vec<Value> = serde_json::from_str(&events).unwrap();
         events[0].to_string()
     }
