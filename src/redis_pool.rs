@@ -258,6 +258,16 @@ impl Redis {
             .await
     }
 
+    /// Runs a pipeline of commands that are safe to send twice (as [`Redis::query`]); on a
+    /// cluster, of keys of one slot.
+    pub async fn query_pipeline<T: FromRedisValue>(
+        &self,
+        pipeline: &Pipeline,
+    ) -> Result<T, RedisError> {
+        self.with_connection(false, async |conn| Ok(pipeline.query_async(conn).await?))
+            .await
+    }
+
     /// Runs a Lua script by its SHA, loading it first where Redis does not have it yet. With
     /// `replicas > 0`, then waits until that many replicas of the node holding `key` confirm the
     /// script's writes.
@@ -288,6 +298,11 @@ impl Redis {
     ) -> Result<(Vec<Option<redis::RedisError>>, T), RedisError> {
         type Replies = (Vec<Option<redis::RedisError>>, redis::RedisResult<Value>);
         async fn run(pipeline: &Pipeline, conn: &mut Conn) -> redis::RedisResult<Replies> {
+            let mut commands = pipeline.cmd_iter();
+            if let (Some(only), None) = (commands.next(), commands.next()) {
+                // The script alone: as a command (a pipeline's replies cost more to collect).
+                return Ok((Vec::new(), only.query_async(conn).await));
+            }
             let mut replies: Vec<Value> = pipeline.query_async(conn).await?;
             let last = replies.pop().unwrap_or(Value::Nil);
             let before = replies

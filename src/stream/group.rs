@@ -214,16 +214,16 @@ impl Consumer {
         let mut entries = Vec::new();
         for key in reply.map(|r| r.keys).unwrap_or_default() {
             let partition = self.partition_of(&key.key);
-            let read = key
-                .ids
-                .into_iter()
-                // A pending entry that was trimmed or deleted comes back without fields.
-                .filter(|id| !id.map.is_empty())
-                .map(|id| RawEntry::from_stream_id(partition, id))
-                .collect();
-            entries.extend(self.with_staged(partition, read).await?);
+            entries.extend(
+                key.ids
+                    .into_iter()
+                    // A pending entry that was trimmed or deleted comes back without fields.
+                    .filter(|id| !id.map.is_empty())
+                    .map(|id| RawEntry::from_stream_id(partition, id)),
+            );
         }
-        Ok(entries)
+        // One `MGET` for all (on a cluster, `streams` is one partition's).
+        self.with_staged(entries).await
     }
 
     /// `entries` of `partition` with the events staged for them (the key in their `r` field) in
@@ -231,11 +231,7 @@ impl Consumer {
     /// entry is acknowledged, so where they are gone and the entry is no longer pending, another
     /// consumer stored it meanwhile: it is left out. An entry still pending whose staged events
     /// are gone keeps only its `r` field, and cannot be read.
-    async fn with_staged(
-        &self,
-        partition: u16,
-        mut entries: Vec<RawEntry>,
-    ) -> Result<Vec<RawEntry>, RedisError> {
+    async fn with_staged(&self, mut entries: Vec<RawEntry>) -> Result<Vec<RawEntry>, RedisError> {
         let staged: Vec<(usize, String)> = entries
             .iter()
             .enumerate()
@@ -262,7 +258,7 @@ impl Consumer {
         }
         let mut handled = Vec::new();
         for i in gone {
-            let id = &entries[i].entry_id;
+            let (id, partition) = (&entries[i].entry_id, entries[i].partition);
             let pending: StreamPendingCountReply = self
                 .redis
                 .query(
@@ -340,7 +336,7 @@ impl Consumer {
             .filter(|id| !id.map.is_empty())
             .map(|id| RawEntry::from_stream_id(partition, id))
             .collect();
-        self.with_staged(partition, entries).await
+        self.with_staged(entries).await
     }
 
     /// Re-asserts this consumer's ownership of entries it is still working on (a batch held up
@@ -378,25 +374,23 @@ impl Consumer {
         let acks = by_partition(entries)
             .into_iter()
             .map(|(partition, ids)| async move {
-                self.redis
-                    .query::<i64>(
-                        redis::cmd("XACK")
-                            .arg(Keyspace::stream(partition))
-                            .arg(GROUP)
-                            .arg(ids),
-                    )
-                    .await?;
                 let staged: Vec<&str> = entries
                     .iter()
                     .filter(|e| e.partition == partition)
                     .filter_map(|e| e.staged.as_deref())
                     .collect();
+                // In this order, in one round trip.
+                let mut pipeline = redis::pipe();
+                pipeline
+                    .cmd("XACK")
+                    .arg(Keyspace::stream(partition))
+                    .arg(GROUP)
+                    .arg(ids)
+                    .ignore();
                 if !staged.is_empty() {
-                    self.redis
-                        .query::<i64>(redis::cmd("DEL").arg(staged))
-                        .await?;
+                    pipeline.cmd("DEL").arg(staged).ignore();
                 }
-                Ok::<_, RedisError>(())
+                self.redis.query_pipeline::<()>(&pipeline).await
             });
         for ack in futures_util::future::join_all(acks).await {
             ack?;
