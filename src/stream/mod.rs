@@ -2,8 +2,9 @@
 //! the worker, which drains them into PostgreSQL. Everything about them lives here.
 //!
 //! - [`entry`]: the entry format, one entry per admitted request. The api builds the events
-//!   field ([`entry::events_field`]); `lua/admit.lua` adds the tenant and what it admitted; the
-//!   worker, `sluice-admin` and the tests read entries back with
+//!   field ([`entry::events_field`]), staging a large one under a key of its own;
+//!   `lua/admit.lua` adds the tenant and what it admitted; the worker and the tests read entries
+//!   back (staged events first put back in their entry, [`group`]) with
 //!   [`entry::StreamEntry::decode_all`] and nothing else (which also reads the one-event layout
 //!   of earlier versions and of dead letters).
 //! - [`group`]: the consumer group `sluice` over every partition stream: reading, claiming from
