@@ -256,8 +256,8 @@ impl Driver {
             .await;
         match reply {
             Ok((not_staged, Value::Array(answers))) if answers.len() == group.len() => {
-                // A request whose events could not be staged (Redis out of memory) had nothing
-                // written: its answer is why, not that its events were gone.
+                // A request whose staged events were not there had nothing written: its answer
+                // is why, its `SET`'s own error where it had one (Redis out of memory).
                 let mut not_staged = not_staged.into_iter();
                 group
                     .iter()
@@ -267,10 +267,15 @@ impl Driver {
                             Some(_) => not_staged.next().flatten(),
                             None => None,
                         };
-                        match failed {
-                            Some(e) if is_unstaged(&answer) => Err(RedisError::Command(e)),
-                            _ => Ok(answer),
+                        if !is_unstaged(&answer) {
+                            return Ok(answer);
                         }
+                        Err(RedisError::Command(failed.unwrap_or_else(|| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::Io,
+                                "the request's staged events expired before its admission call ran",
+                            ))
+                        })))
                     })
                     .collect()
             }
@@ -289,7 +294,7 @@ impl Driver {
 
 /// True for the script's answer to a request whose staged events were not there: nothing of it
 /// was written.
-pub(super) fn is_unstaged(answer: &Value) -> bool {
+fn is_unstaged(answer: &Value) -> bool {
     matches!(answer, Value::Array(items)
         if matches!(items.first(), Some(Value::BulkString(tag)) if tag == b"unstaged"))
 }

@@ -23,7 +23,7 @@ use crate::domain::{Event, SchemaVersion, SignalType};
 use crate::keyspace::Keyspace;
 use crate::redis_pool::{Redis, RedisError};
 use crate::stream::entry;
-use lanes::{Lanes, Part, is_unstaged};
+use lanes::{Lanes, Part};
 
 static ADMIT_LUA: &str = include_str!("../../lua/admit.lua");
 
@@ -203,12 +203,6 @@ impl Admission {
             part.args.push(events_field);
         }
         let reply = self.lanes.call(redis, partition, part).await?;
-        if is_unstaged(&reply) {
-            return Err(RedisError::Command(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "the request's staged events expired before its admission call ran",
-            ))));
-        }
         let replay_ids =
             |first_received_us| event_ids(tenant, key, first_received_us, events.len());
         decode(reply, &request, ids, replay_ids).map_err(|why| {
