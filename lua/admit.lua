@@ -152,6 +152,7 @@ local current = {}     -- current[key]: true when a slug of the windows hash was
 local raised = {}      -- raised[key][slug]: true when the call admitted events of the slug
 local records = {}     -- records[key]: { value, ttl } of a record this call writes
 local entries = {}     -- the entries to add, in request order
+local staged = {}      -- the staged keys of the call's requests
 local kept = {}        -- kept[key]: true for a staged key an entry names
 
 -- A slug's count in the current window (of the windows hash `key`): 0 when its window is stale
@@ -180,6 +181,7 @@ local function admit(at, first)
   local registry_key, windows_key, record_key = KEYS[first], KEYS[first + 1], KEYS[first + 2]
   -- False unless the request's events are staged.
   local staged_key = KEYS[first + 3] ~= windows_key and KEYS[first + 3]
+  if staged_key then staged[#staged + 1] = staged_key end
   local tenant = ARGV[at]
   local record_ttl = numbers[ARGV[at + 1]]
   local fingerprint = ARGV[at + 2]
@@ -302,12 +304,9 @@ local function admit(at, first)
 end
 
 local answers = {}
-local staged = {}  -- the staged keys of the call's requests
 local at = 5
 for r = 0, requests - 1 do
-  local first = 2 + 4 * r
-  if KEYS[first + 3] ~= KEYS[first + 1] then staged[#staged + 1] = KEYS[first + 3] end
-  answers[r + 1], at = admit(at, first)
+  answers[r + 1], at = admit(at, 2 + 4 * r)
 end
 
 -- Enqueue, count exactly what was enqueued, and record the answers.
