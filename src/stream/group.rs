@@ -1,7 +1,7 @@
 //! The consumer group over the partition streams: reading, claiming from dead consumers,
 //! acknowledging, and trimming only what the group no longer needs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use redis::Value;
 use redis::streams::{
@@ -226,8 +226,7 @@ impl Consumer {
         self.with_staged(entries).await
     }
 
-    /// `entries` of `partition` with the events staged for them (the key in their `r` field) in
-    /// their `b` field, as if they had carried them. Staged events are deleted only after their
+    /// `entries` with the events staged for them (the key in their `r` field) in their `b` field, as if they had carried them. Staged events are deleted only after their
     /// entry is acknowledged, so where they are gone and the entry is no longer pending, another
     /// consumer stored it meanwhile: it is left out. An entry still pending whose staged events
     /// are gone keeps only its `r` field, and cannot be read.
@@ -256,31 +255,16 @@ impl Consumer {
                 None => gone.push(i),
             }
         }
-        let mut handled = Vec::new();
+        let mut handled = HashSet::new();
         for i in gone {
             let (id, partition) = (&entries[i].entry_id, entries[i].partition);
-            let pending: StreamPendingCountReply = self
-                .redis
-                .query(
-                    redis::cmd("XPENDING")
-                        .arg(Keyspace::stream(partition))
-                        .arg(GROUP)
-                        .arg(id)
-                        .arg(id)
-                        .arg(1),
-                )
-                .await?;
-            if pending.ids.is_empty() {
-                handled.push(i);
+            if self.pending(partition, 0, id, id, 1).await?.is_empty() {
+                handled.insert(id.clone());
             } else {
                 tracing::error!(entry = %id, partition, "the entry's staged events are gone");
             }
         }
-        let mut i = 0;
-        entries.retain(|_| {
-            i += 1;
-            !handled.contains(&(i - 1))
-        });
+        entries.retain(|e| !handled.contains(&e.entry_id));
         Ok(entries)
     }
 
@@ -291,6 +275,27 @@ impl Consumer {
         idle_ms: u64,
         count: usize,
     ) -> Result<Vec<Stale>, RedisError> {
+        Ok(self
+            .pending(partition, idle_ms, "-", "+", count)
+            .await?
+            .into_iter()
+            .map(|p| Stale {
+                entry_id: p.id,
+                deliveries: p.times_delivered as u64,
+            })
+            .collect())
+    }
+
+    /// `XPENDING` of `partition`: entries from `start` to `end` pending at least `idle_ms`
+    /// with any consumer, at most `count`.
+    async fn pending(
+        &self,
+        partition: u16,
+        idle_ms: u64,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<Vec<redis::streams::StreamPendingId>, RedisError> {
         let reply: StreamPendingCountReply = self
             .redis
             .query(
@@ -299,19 +304,12 @@ impl Consumer {
                     .arg(GROUP)
                     .arg("IDLE")
                     .arg(idle_ms)
-                    .arg("-")
-                    .arg("+")
+                    .arg(start)
+                    .arg(end)
                     .arg(count),
             )
             .await?;
-        Ok(reply
-            .ids
-            .into_iter()
-            .map(|p| Stale {
-                entry_id: p.id,
-                deliveries: p.times_delivered as u64,
-            })
-            .collect())
+        Ok(reply.ids)
     }
 
     /// Takes over entries idle longer than `idle_ms`; each claim counts as a delivery.
