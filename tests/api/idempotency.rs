@@ -14,7 +14,7 @@ use crate::support::proxy::DelayProxy;
 use crate::support::{ApiProcess, Reply, TestApi, TestEnv, event, spawn_api_process};
 
 /// POSTs `body` to `path` with `key` and, if given, an `Idempotency-Key`.
-async fn send(api: &TestApi, path: &str, key: &str, idem: Option<&str>, body: &Value) -> Reply {
+pub async fn send(api: &TestApi, path: &str, key: &str, idem: Option<&str>, body: &Value) -> Reply {
     let mut req = api
         .request(awc::http::Method::POST, path)
         .insert_header(("Authorization", format!("Bearer {key}")))

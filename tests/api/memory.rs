@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 
 use crate::support::servers::free_port;
 use crate::support::{
-    PATIENCE, Reply, TestApi, TestEnv, eventually, metric_value, run_binary, spawn_api_process,
+    PATIENCE, Reply, TestApi, TestEnv, eventually, ids_of, metric_value, run_binary,
+    spawn_api_process,
 };
 use crate::worker::assert_exactly_once;
 
@@ -72,17 +73,6 @@ fn big_batch(prefix: &str, n: usize) -> Value {
             })
             .collect(),
     )
-}
-
-fn ids_of(reply: &Reply) -> Vec<String> {
-    reply.body["data"]
-        .as_array()
-        .map(|d| {
-            d.iter()
-                .map(|e| e["id"].as_str().unwrap().to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A refusal for a full backlog, as the contract shapes it.

@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use sluice::keyspace::{Keyspace, WindowCount};
 use sluice::stream::entry::{EVENTS, STAGED};
 
-use crate::support::{Reply, TestApi, TestEnv, event, eventually};
+use crate::idempotency::send;
+use crate::support::{Reply, TestApi, TestEnv, event, eventually, ids_of};
 use crate::worker::assert_exactly_once;
 
 /// `n` events of `signal`, each about 250 bytes in its entry: 100 of them are staged.
@@ -18,17 +19,6 @@ fn events(signal: &str, tag: &str, n: usize) -> Value {
             .map(|i| event(signal, &format!("{tag}-{i}")))
             .collect::<Vec<_>>()
     )
-}
-
-fn ids_of(reply: &Reply) -> Vec<String> {
-    reply.body["data"]
-        .as_array()
-        .map(|data| {
-            data.iter()
-                .filter_map(|d| d["id"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn staged_keys(conn: &mut redis::Connection) -> Vec<String> {
@@ -47,30 +37,58 @@ fn entries(conn: &mut redis::Connection, stream: &str) -> Vec<(String, HashMap<S
         .unwrap()
 }
 
-async fn keyed(api: &TestApi, key: &str, idem: &str, body: &Value) -> Reply {
-    let req = api
-        .request(awc::http::Method::POST, "/v1/events/batch")
-        .insert_header(("Authorization", format!("Bearer {key}")))
-        .insert_header(("Content-Type", "application/json"))
-        .insert_header(("Idempotency-Key", idem));
-    api.send(req, json!({ "events": body }).to_string().into_bytes())
-        .await
+async fn keyed(api: &TestApi, key: &str, idem: &str, events: &Value) -> Reply {
+    let body = json!({ "events": events });
+    send(api, "/v1/events/batch", key, Some(idem), &body).await
+}
+
+/// A tenant with signal `page_view` (its own limit, if given), an api, the tenant's stream and
+/// a connection to Redis.
+struct Setup {
+    env: TestEnv,
+    api: TestApi,
+    tenant: String,
+    key: String,
+    keyspace: Keyspace,
+    stream: String,
+    conn: redis::Connection,
+}
+
+async fn setup(limit: Option<u32>) -> Setup {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", limit).await;
+    let api = env.spawn_api().await;
+    let keyspace = Keyspace::new(env.settings().redis.partitions);
+    let stream = Keyspace::stream(keyspace.partition_of(&tenant));
+    let conn = env.redis.conn();
+    Setup {
+        env,
+        api,
+        tenant,
+        key,
+        keyspace,
+        stream,
+        conn,
+    }
 }
 
 #[actix_web::test]
 async fn a_large_requests_events_wait_under_their_own_key_until_the_worker_has_stored_them() {
-    let env = TestEnv::start().await;
-    let (tenant, key) = env.tenant().await;
-    env.signal(&tenant, "page_view", "event", Some(1000)).await;
-    let api = env.spawn_api().await;
+    let Setup {
+        env,
+        api,
+        tenant,
+        key,
+        keyspace,
+        stream,
+        mut conn,
+    } = setup(Some(1000)).await;
     let large = api.batch(&key, events("page_view", "large", 100)).await;
     assert_eq!(large.status, 200, "{}", large.text);
     let small = api.batch(&key, events("page_view", "small", 1)).await;
     assert_eq!(small.status, 200, "{}", small.text);
 
-    let keyspace = Keyspace::new(env.settings().redis.partitions);
-    let stream = Keyspace::stream(keyspace.partition_of(&tenant));
-    let mut conn = env.redis.conn();
     let written = entries(&mut conn, &stream);
     assert_eq!(written.len(), 2);
     // The large request's entry names its events' key; the small one carries its events.
@@ -105,14 +123,16 @@ async fn a_large_requests_events_wait_under_their_own_key_until_the_worker_has_s
 
 #[actix_web::test]
 async fn a_large_request_that_enqueues_nothing_leaves_no_staged_events() {
-    let env = TestEnv::start().await;
-    let (tenant, key) = env.tenant().await;
-    env.signal(&tenant, "page_view", "event", Some(100)).await;
-    let api = env.spawn_api().await;
-    let keyspace = Keyspace::new(env.settings().redis.partitions);
-    let stream = Keyspace::stream(keyspace.partition_of(&tenant));
-    let mut conn = env.redis.conn();
-    let mut check = |conn: &mut redis::Connection, reply: &Reply, status: u16, kept: usize| {
+    // `_env` keeps Redis and PostgreSQL running to the end (`..` would drop them here).
+    let Setup {
+        env: _env,
+        api,
+        key,
+        stream,
+        mut conn,
+        ..
+    } = setup(Some(100)).await;
+    let check = |conn: &mut redis::Connection, reply: &Reply, status: u16, kept: usize| {
         assert_eq!(reply.status, status, "{}", reply.text);
         assert_eq!(staged_keys(conn).len(), kept, "after a {status}");
         assert_eq!(entries(conn, &stream).len(), kept, "after a {status}");
@@ -136,19 +156,21 @@ async fn a_large_request_that_enqueues_nothing_leaves_no_staged_events() {
 
 #[actix_web::test]
 async fn staged_events_gone_before_the_call_runs_count_and_enqueue_nothing() {
-    let env = TestEnv::start().await;
-    let (tenant, key) = env.tenant().await;
-    env.signal(&tenant, "page_view", "event", None).await;
-    let api = env.spawn_api().await;
+    let Setup {
+        env: _env,
+        api,
+        tenant,
+        key,
+        keyspace,
+        stream,
+        mut conn,
+    } = setup(None).await;
     let reply = api.batch(&key, events("page_view", "a", 1)).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
 
-    let keyspace = Keyspace::new(env.settings().redis.partitions);
     let partition = keyspace.partition_of(&tenant);
-    let stream = Keyspace::stream(partition);
     let windows = keyspace.rate_limits(&tenant);
     let script = redis::Script::new(&sluice::scripts::build(include_str!("../../lua/admit.lua")));
-    let mut conn = env.redis.conn();
     // One request of 100 events, staged under a key that is not there (as when its `SET`
     // expired, or failed, before the call ran).
     let missing = Keyspace::staged(partition, &uuid::Uuid::now_v7());
@@ -186,17 +208,18 @@ async fn staged_events_gone_before_the_call_runs_count_and_enqueue_nothing() {
 
 #[actix_web::test]
 async fn an_entry_whose_staged_events_are_gone_is_dead_lettered_and_its_neighbours_stored() {
-    let env = TestEnv::start().await;
-    let (tenant, key) = env.tenant().await;
-    env.signal(&tenant, "page_view", "event", Some(1000)).await;
-    let api = env.spawn_api().await;
+    let Setup {
+        env,
+        api,
+        key,
+        stream,
+        mut conn,
+        ..
+    } = setup(Some(1000)).await;
     let lost = api.batch(&key, events("page_view", "lost", 100)).await;
     assert_eq!(lost.status, 200, "{}", lost.text);
     let kept = api.batch(&key, events("page_view", "kept", 100)).await;
     assert_eq!(kept.status, 200, "{}", kept.text);
-    let keyspace = Keyspace::new(env.settings().redis.partitions);
-    let stream = Keyspace::stream(keyspace.partition_of(&tenant));
-    let mut conn = env.redis.conn();
     let written = entries(&mut conn, &stream);
     // What an evicting Redis, or an operator's mistake, would do.
     let _: i64 = redis::cmd("DEL")

@@ -678,9 +678,8 @@ async fn partitions_are_made_ahead_and_expired_ones_dropped() {
     );
 }
 
-/// The raw fields of every entry of `stream`, oldest first.
-/// The stream's entries as field maps, staged events read back into their entry's `b` field
-/// (as the worker reads them).
+/// The raw fields of every entry of `stream`, oldest first, staged events read back into
+/// their entry's `b` field (as the worker reads them).
 fn raw_entries(
     conn: &mut redis::Connection,
     stream: &str,
@@ -692,10 +691,7 @@ fn raw_entries(
         .query(conn)
         .unwrap();
     for (_, fields) in &mut entries {
-        if let Some(staged) = fields.remove(sluice::stream::entry::STAGED) {
-            let events: String = redis::cmd("GET").arg(&staged).query(conn).unwrap();
-            fields.insert(sluice::stream::entry::EVENTS.to_owned(), events);
-        }
+        crate::support::unstage(conn, fields);
     }
     entries
 }

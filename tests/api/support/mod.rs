@@ -252,14 +252,7 @@ impl TestEnv {
                     .into_iter()
                     .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap()))
                     .collect();
-                if let Some(staged) = fields.get(sluice::stream::entry::STAGED) {
-                    let events: Option<String> =
-                        redis::cmd("GET").arg(staged).query(&mut conn).unwrap();
-                    if let Some(events) = events {
-                        fields.remove(sluice::stream::entry::STAGED);
-                        fields.insert(sluice::stream::entry::EVENTS.to_owned(), events);
-                    }
-                }
+                unstage(&mut conn, &mut fields);
                 let Ok(events) =
                     sluice::stream::StreamEntry::decode_all(|f| fields.get(f).cloned())
                 else {
@@ -299,6 +292,32 @@ impl TestEnv {
 
 fn settings_from(vars: &HashMap<String, String>) -> Settings {
     Settings::load_from(None, vars).unwrap()
+}
+
+/// Puts an entry's staged events (the key in its `r` field) back into its `b` field, as the
+/// worker reads them; an entry whose staged events are gone is left as it is.
+pub fn unstage(conn: &mut redis::Connection, fields: &mut HashMap<String, String>) {
+    use sluice::stream::entry::{EVENTS, STAGED};
+    let Some(staged) = fields.get(STAGED) else {
+        return;
+    };
+    let events: Option<String> = redis::cmd("GET").arg(staged).query(conn).unwrap();
+    if let Some(events) = events {
+        fields.remove(STAGED);
+        fields.insert(EVENTS.to_owned(), events);
+    }
+}
+
+/// The ids an ingest answer gives its events, in order.
+pub fn ids_of(reply: &Reply) -> Vec<String> {
+    reply.body["data"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `s` as the rule type `T`, which it must follow.
