@@ -23,7 +23,7 @@
 //!   `/metrics` (api and worker), with an alert at 80 % (deploy/prometheus/alerts.yml).
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::Value;
@@ -240,6 +240,36 @@ pub struct Brake {
     /// Per partition: its primary is over `fraction`.
     full: Vec<AtomicBool>,
     metrics: MemoryMetrics,
+    readings: Readings,
+}
+
+/// Readings of memory taken concurrently (the periodic one, readiness checks) can finish out of
+/// order, on a Redis Cluster especially (one `INFO` per primary, on different threads): only a
+/// reading started after the one in force may replace it, so an older reading never undoes a
+/// newer one.
+#[derive(Default)]
+struct Readings {
+    started: AtomicU64,
+    /// The newest reading applied.
+    applied: Mutex<u64>,
+}
+
+impl Readings {
+    /// A new reading's number.
+    fn start(&self) -> u64 {
+        self.started.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Runs `apply` unless a reading started after `reading` has been applied.
+    fn apply(&self, reading: u64, apply: impl FnOnce()) -> bool {
+        let mut applied = self.applied.lock().expect("readings lock");
+        if *applied > reading {
+            return false;
+        }
+        *applied = reading;
+        apply();
+        true
+    }
 }
 
 impl Brake {
@@ -259,6 +289,7 @@ impl Brake {
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             metrics,
+            readings: Readings::default(),
         }
     }
 
@@ -279,24 +310,24 @@ impl Brake {
     /// Reads memory and updates the brake and the gauges; the refusal line while a primary
     /// evicts and that is not allowed.
     pub async fn refresh(&self, redis: &Redis) -> Result<Option<String>, RedisError> {
+        let reading = self.readings.start();
         let memory = Memory::read(redis, self.keyspace).await?;
-        memory.publish(&self.metrics);
-        let refusal = match memory.check_policy(self.allow_eviction) {
-            Ok(()) => None,
-            Err(line) => {
+        let refusal = memory.check_policy(self.allow_eviction).err();
+        self.readings.apply(reading, || {
+            memory.publish(&self.metrics);
+            if let Some(line) = &refusal {
                 if !self.evicting.load(Ordering::Relaxed) {
                     tracing::error!("{line}; admitting nothing until it is fixed");
                 }
-                *self.why.lock().expect("refusal lock") = line.clone();
-                Some(line)
+                line.clone_into(&mut self.why.lock().expect("refusal lock"));
             }
-        };
-        self.evicting.store(refusal.is_some(), Ordering::Relaxed);
-        for (partition, full) in self.full.iter().enumerate() {
-            let over = memory.partition_node[partition]
-                .is_some_and(|n| memory.nodes[n].is_over(self.fraction));
-            full.store(over, Ordering::Relaxed);
-        }
+            self.evicting.store(refusal.is_some(), Ordering::Relaxed);
+            for (partition, full) in self.full.iter().enumerate() {
+                let over = memory.partition_node[partition]
+                    .is_some_and(|n| memory.nodes[n].is_over(self.fraction));
+                full.store(over, Ordering::Relaxed);
+            }
+        });
         Ok(refusal)
     }
 }
@@ -307,6 +338,18 @@ mod tests {
 
     const INFO: &str = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n\
                         maxmemory:2097152\r\nmaxmemory_human:2.00M\r\nmaxmemory_policy:allkeys-lru\r\n";
+
+    #[test]
+    fn a_reading_never_replaces_one_started_after_it() {
+        let readings = Readings::default();
+        let (older, newer) = (readings.start(), readings.start());
+        let mut applied = Vec::new();
+        assert!(readings.apply(newer, || applied.push(newer)));
+        assert!(!readings.apply(older, || applied.push(older)));
+        let newest = readings.start();
+        assert!(readings.apply(newest, || applied.push(newest)));
+        assert_eq!(applied, [newer, newest]);
+    }
 
     #[test]
     fn info_memory_gives_usage_limit_and_policy() {
