@@ -44,16 +44,19 @@
 -- for good (PERSIST); a request that enqueues nothing has its key deleted. The script never reads
 -- the events: it only checks that the key exists before it counts anything.
 --
--- Reply: one answer per request, in order, each one of:
---   {"notfound", s, ...}             slugs (by number) unknown or inactive for the tenant
---   {"badversion", s, latest, ...}   slugs some of whose events ask for a version above latest
---   {"conflict"}                     the key was used with a different request; nothing written
---   {"unstaged"}                     the request's staged events are gone (expired before the
+-- Reply: one answer per request, in order, each one text of parts joined by ANSWER_SEP
+-- (ingest::ANSWER_SEP): one bulk string is cheaper for Redis to send and for the api to read
+-- than an array of values (bench/history.md, run 14). Each one of:
+--   notfound s ...                   slugs (by number) unknown or inactive for the tenant
+--   badversion s latest ...          slugs some of whose events ask for a version above latest
+--   conflict                         the key was used with a different request; nothing written
+--   unstaged                         the request's staged events are gone (expired before the
 --                                    call ran); nothing written
---   {"ok", now_s, now_us, reset_s, then per slug: id, type, limit, remaining, latest, admitted}
+--   ok now_s now_us reset_s signals limit remaining ...
+--       signals: the entry's s field (entry_signal per slug: id, type, latest, admitted), then
+--       per slug its limit and what its window has left after this request
 --       admitted: how many of the slug's events (the first ones, in request order) got in
---       remaining: what the slug's window has left after this request
---   {"replay", now_s, now_us, reset_s, received_us, then per slug as for "ok"}
+--   replay now_s now_us reset_s received_us signals limit remaining ...
 --       the recorded answer (signals and admitted counts, and the first request's receipt time,
 --       from which the api derives the same event ids) with the current windows; nothing
 --       written, nothing counted
@@ -95,15 +98,18 @@ local numbers = setmetatable({}, { __index = function(t, s)
 end })
 
 local defaults = { event = tonumber(ARGV[1]), metric = tonumber(ARGV[2]), state = tonumber(ARGV[3]) }
+local default_texts = { event = ARGV[1], metric = ARGV[2], state = ARGV[3] }
 local requests = tonumber(ARGV[4])
 
--- Redis's clock, read once per call, and the window it falls in.
-local now_s, now_us, window
+-- Redis's clock, read once per call, and the window it falls in; `now_parts`: an answer's
+-- now_s, now_us and reset_s.
+local now_s, window, now_parts
 local function clock()
   if not now_s then
     local now = redis.call('TIME')
-    now_s, now_us = tonumber(now[1]), tonumber(now[2])
+    now_s = tonumber(now[1])
     window = now_s - (now_s % 60)
+    now_parts = now[1] .. ANSWER_SEP .. now[2] .. ANSWER_SEP .. (window + 60)
   end
 end
 
@@ -142,6 +148,7 @@ local function signal_of(packed)
     active = active == '1',
     own_limit = own_limit,
     limit = own_limit or defaults[typ] or 0,
+    limit_text = own_limit and limit or default_texts[typ] or '0',
     latest = latest,
     latest_text = tostring(latest),
   }
@@ -200,28 +207,24 @@ local function admit(at, first)
     if record then
       local fp, rec_received, rec_signals = read_record(record)
       if fp ~= fingerprint then
-        return { 'conflict' }, next_at
+        return 'conflict', next_at
       end
       local used = used_by(windows_key, slugs)
       local registry = cached(registries, registry_key, slugs, signal_of)
-      local reply = { 'replay', now_s, now_us, window + 60, rec_received }
+      local reply = { 'replay', now_parts, rec_received, rec_signals }
       local s = 0
-      for id, typ, latest, admitted in entry_signals(rec_signals) do
+      for _, typ in entry_signals(rec_signals) do
         s = s + 1
         -- The limit in force now (the signal may have changed since), for the headers.
-        local limit = defaults[typ] or 0
+        local limit, limit_text = defaults[typ] or 0, default_texts[typ] or '0'
         local now_sig = slugs[s] and registry[slugs[s]]
-        if now_sig then
-          limit = now_sig.own_limit or limit
+        if now_sig and now_sig.own_limit then
+          limit, limit_text = now_sig.own_limit, now_sig.limit_text
         end
-        reply[#reply + 1] = id
-        reply[#reply + 1] = typ
-        reply[#reply + 1] = limit
-        reply[#reply + 1] = math.max(limit - ((slugs[s] and used[slugs[s]]) or 0), 0)
-        reply[#reply + 1] = tonumber(latest)
-        reply[#reply + 1] = tonumber(admitted)
+        local left = limit - ((slugs[s] and used[slugs[s]]) or 0)
+        reply[2 * s + 3], reply[2 * s + 4] = limit_text, left > 0 and left or 0
       end
-      return reply, next_at
+      return table.concat(reply, ANSWER_SEP), next_at
     end
   end
 
@@ -239,7 +242,7 @@ local function admit(at, first)
     end
   end
   if missing then
-    return missing, next_at
+    return table.concat(missing, ANSWER_SEP), next_at
   end
 
   -- 2. Check requested schema versions (the api names the events).
@@ -252,17 +255,16 @@ local function admit(at, first)
     end
   end
   if bad then
-    return bad, next_at
+    return table.concat(bad, ANSWER_SEP), next_at
   end
 
   -- 3. Admit, per slug, the first events its window still has room for; staged events must
   -- still be there.
   if staged_key and redis.call('EXISTS', staged_key) == 0 then
-    return { 'unstaged' }, next_at
+    return 'unstaged', next_at
   end
   local used = used_by(windows_key, slugs)
-  local reply = { 'ok', now_s, now_us, window + 60 }
-  local parts = {}
+  local parts, windows = {}, {}
   local any = false
   for s = 1, nslugs do
     local sig, slug = signals[s], slugs[s]
@@ -282,14 +284,14 @@ local function admit(at, first)
       raised[windows_key][slug] = true
     end
     local left = sig.limit - used[slug]
-    local i = 6 * s - 1
-    reply[i], reply[i + 1], reply[i + 2] = sig.id, sig.type, sig.limit
-    reply[i + 3], reply[i + 4], reply[i + 5] = left > 0 and left or 0, sig.latest, admitted
+    windows[2 * s - 1], windows[2 * s] = sig.limit_text, left > 0 and left or 0
   end
+  local described = nslugs == 1 and parts[1] or table.concat(parts, ENTRY_SIGNAL_LIST)
+  local reply = 'ok' .. ANSWER_SEP .. now_parts .. ANSWER_SEP .. described .. ANSWER_SEP
+    .. table.concat(windows, ANSWER_SEP)
 
   -- 4. What to write once every request is decided: the entry, and with a key the record.
   if any then
-    local described = nslugs == 1 and parts[1] or table.concat(parts, ENTRY_SIGNAL_LIST)
     if staged_key then
       entries[#entries + 1] = { tenant, described, ENTRY_STAGED, staged_key }
       kept[staged_key] = true

@@ -5,6 +5,7 @@
 
 use redis::Script;
 
+use crate::ingest::ANSWER_SEP;
 use crate::keyspace::{IdempotencyRecord, PackedSignal, VERSION_PREFIX, WindowCount};
 use crate::stream::entry::{EVENTS, EntrySignal, SIGNALS, STAGED, TENANT};
 
@@ -85,6 +86,8 @@ end
 local function read_record(record)
   return string.match(record, '{record}')
 end
+-- Between the parts of the admission script's answer to a request (ingest::ANSWER_SEP).
+local ANSWER_SEP = '{ANSWER_SEP}'
 -- (end of the shared formats)
 "#
     )

@@ -295,8 +295,7 @@ impl Driver {
 /// True for the script's answer to a request whose staged events were not there: nothing of it
 /// was written.
 fn is_unstaged(answer: &Value) -> bool {
-    matches!(answer, Value::Array(items)
-        if matches!(items.first(), Some(Value::BulkString(tag)) if tag == b"unstaged"))
+    matches!(answer, Value::BulkString(tag) if tag == b"unstaged")
 }
 
 /// Frees a lane whose driver ends without having emptied it.

@@ -33,6 +33,11 @@ static ADMIT_LUA: &str = include_str!("../../lua/admit.lua");
 /// 2 KiB of arguments (docs/design.md, "Large requests are staged").
 const STAGE_FROM: usize = 4 * 1024;
 
+/// Between the parts of the script's answer to a request: each answer is one text (see
+/// `lua/admit.lua`, "Reply"), which Redis sends and the api reads at a fraction of the cost of
+/// an array of values.
+pub const ANSWER_SEP: char = ' ';
+
 /// What the script decided for a request.
 #[derive(Debug)]
 pub enum Verdict {
@@ -311,52 +316,61 @@ impl<'a> Request<'a> {
     }
 }
 
-/// Decodes the script's reply; `replay_ids` gives the ids of a replayed answer from its first
-/// receipt time. A reply of any other shape is an error, never a panic.
+/// Decodes the script's answer to a request; `replay_ids` gives the ids of a replayed answer
+/// from its first receipt time. An answer of any other shape is an error, never a panic.
 fn decode(
     reply: Value,
     request: &Request<'_>,
     ids: Vec<Uuid>,
     replay_ids: impl FnOnce(i64) -> Vec<Uuid>,
 ) -> Result<Verdict, String> {
-    let Value::Array(items) = reply else {
-        return Err(format!("not an array: {reply:?}"));
+    let answer = match reply {
+        Value::BulkString(b) => String::from_utf8(b).map_err(|e| e.to_string())?,
+        Value::SimpleString(s) => s,
+        other => return Err(format!("not an answer: {other:?}")),
     };
-    let mut items = items.into_iter();
-    let tag = text(items.next())?;
-    let rest: Vec<Value> = items.collect();
-    match tag.as_str() {
-        "notfound" => rest
-            .into_iter()
-            .map(|v| slug_at(&request.slugs, int(Some(v))? as usize).map(str::to_owned))
-            .collect::<Result<_, _>>()
-            .map(Verdict::NotFound),
-        "badversion" => bad_versions(&rest, request).map(Verdict::BadVersions),
-        "conflict" => Ok(Verdict::KeyReused),
-        "ok" => admitted(rest, request, ids, false).map(Verdict::Admitted),
+    let (tag, rest) = answer.split_once(ANSWER_SEP).unwrap_or((&answer, ""));
+    let parts = (!rest.is_empty())
+        .then(|| rest.split(ANSWER_SEP))
+        .into_iter()
+        .flatten();
+    match tag {
+        "notfound" => parts
+            .map(|n| slug_at(&request.slugs, number(n)?).map(str::to_owned))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|slugs| match slugs.is_empty() {
+                true => Err("notfound names no slug".to_owned()),
+                false => Ok(Verdict::NotFound(slugs)),
+            }),
+        "badversion" => bad_versions(parts, request).map(Verdict::BadVersions),
+        "conflict" if rest.is_empty() => Ok(Verdict::KeyReused),
+        "ok" => admitted(rest, None, request, ids).map(Verdict::Admitted),
         "replay" => {
             // After the time and the reset: the first request's receipt time.
-            let mut rest = rest;
-            let first = (rest.len() > 3).then(|| rest.remove(3));
-            let first: i64 = text(first)?
+            let received = rest.split(ANSWER_SEP).nth(3).unwrap_or_default();
+            let first: i64 = received
                 .parse()
-                .map_err(|e| format!("recorded receipt time: {e}"))?;
-            admitted(rest, request, replay_ids(first), true).map(Verdict::Admitted)
+                .map_err(|e| format!("recorded receipt time {received:?}: {e}"))?;
+            admitted(rest, Some(first), request, replay_ids(first)).map(Verdict::Admitted)
         }
-        other => Err(format!("unknown reply tag {other:?}")),
+        _ => Err(format!("unexpected answer {answer:?}")),
     }
 }
 
 /// The events that asked for more than their signal has, from the refused slugs' latest
 /// versions (pairs of slug number and version).
-fn bad_versions(pairs: &[Value], request: &Request<'_>) -> Result<Vec<BadVersion>, String> {
+fn bad_versions<'p>(
+    mut parts: impl Iterator<Item = &'p str>,
+    request: &Request<'_>,
+) -> Result<Vec<BadVersion>, String> {
     let mut latest: Vec<Option<u32>> = vec![None; request.slugs.len()];
-    for pair in pairs.chunks(2) {
-        let slug = int(pair.first().cloned())? as usize;
+    while let Some(slug) = parts.next() {
+        let slug = number(slug)?;
         slug_at(&request.slugs, slug)?;
-        latest[slug - 1] = Some(int(pair.get(1).cloned())? as u32);
+        let version = parts.next().ok_or("a slug without its latest version")?;
+        latest[slug - 1] = Some(number(version)?);
     }
-    Ok(request
+    let bad: Vec<BadVersion> = request
         .event_slugs
         .iter()
         .zip(&request.requested)
@@ -370,37 +384,54 @@ fn bad_versions(pairs: &[Value], request: &Request<'_>) -> Result<Vec<BadVersion
                 available,
             })
         })
-        .collect())
+        .collect();
+    match bad.is_empty() {
+        true => Err("badversion names no event above its version".to_owned()),
+        false => Ok(bad),
+    }
 }
 
-/// An admitted (or replayed) request: Redis's time, the window's end, then per slug its id,
-/// type, limit, remaining, latest version and how many of its events got in.
+/// An admitted (or, with its first receipt time, replayed) request's answer after its tag:
+/// Redis's time, the window's end, [the receipt time,] the entry's signals (id, type, latest
+/// version and how many of its events got in, per slug), then per slug its limit and remaining.
 fn admitted(
-    values: Vec<Value>,
+    rest: &str,
+    replayed: Option<i64>,
     request: &Request<'_>,
     ids: Vec<Uuid>,
-    replayed: bool,
 ) -> Result<Admitted, String> {
-    let mut it = values.into_iter();
-    let now_s = int(it.next())?;
-    let now_us = int(it.next())?;
-    let reset_s = int(it.next())?;
     let slugs = request.slugs.len();
+    let head = if replayed.is_some() { 4 } else { 3 };
+    let mut front = rest.splitn(head + 1, ANSWER_SEP);
+    let now_s: i64 = number(front.next().unwrap_or_default())?;
+    let now_us: u32 = number(front.next().unwrap_or_default())?;
+    let reset_s: i64 = number(front.next().unwrap_or_default())?;
+    let tail = front.nth(head - 3).ok_or("an answer without its signals")?;
+    // The signals, then two numbers per slug: read from the end.
+    let mut back: Vec<&str> = tail.rsplitn(2 * slugs + 1, ANSWER_SEP).collect();
+    if back.len() != 2 * slugs + 1 {
+        return Err(format!("expected {slugs} signals in {tail:?}"));
+    }
+    back.reverse();
+    let described = entry::EntrySignal::parse_list(back[0])?;
+    if described.len() != slugs {
+        return Err(format!("expected {slugs} signals in {:?}", back[0]));
+    }
     let mut signals = Vec::with_capacity(slugs);
     let mut latest = Vec::with_capacity(slugs);
     let mut admitted = Vec::with_capacity(slugs);
-    for _ in 0..slugs {
+    for (signal, window) in described.into_iter().zip(back[1..].chunks(2)) {
         signals.push(SignalWindow {
-            id: text(it.next())?,
-            signal_type: text(it.next())?.parse()?,
-            limit: int(it.next())? as u32,
-            remaining: int(it.next())? as u32,
+            signal_type: signal.signal_type.parse()?,
+            id: signal.id,
+            limit: number(window[0])?,
+            remaining: number(window[1])?,
         });
-        latest.push(int(it.next())? as u32);
-        admitted.push(int(it.next())? as u32);
+        latest.push(signal.latest);
+        admitted.push(signal.admitted);
     }
     let now = Utc
-        .timestamp_opt(now_s, (now_us as u32).saturating_mul(1000))
+        .timestamp_opt(now_s, now_us.saturating_mul(1000))
         .single()
         .ok_or("bad TIME")?;
     let reset = Utc.timestamp_opt(reset_s, 0).single().ok_or("bad reset")?;
@@ -409,7 +440,7 @@ fn admitted(
         signals,
         now,
         reset,
-        replayed,
+        replayed: replayed.is_some(),
     })
 }
 
@@ -449,19 +480,10 @@ fn slug_at<'a>(slugs: &[&'a str], number: usize) -> Result<&'a str, String> {
         .ok_or_else(|| format!("slug number {number} out of range"))
 }
 
-fn int(v: Option<Value>) -> Result<i64, String> {
-    match v {
-        Some(Value::Int(n)) => Ok(n),
-        other => Err(format!("expected an integer, got {other:?}")),
-    }
-}
-
-fn text(v: Option<Value>) -> Result<String, String> {
-    match v {
-        Some(Value::BulkString(b)) => String::from_utf8(b).map_err(|e| e.to_string()),
-        Some(Value::SimpleString(s)) => Ok(s),
-        other => Err(format!("expected a string, got {other:?}")),
-    }
+/// A number of the answer.
+fn number<T: std::str::FromStr>(part: &str) -> Result<T, String> {
+    part.parse()
+        .map_err(|_| format!("expected a number, got {part:?}"))
 }
 
 #[cfg(test)]
@@ -501,12 +523,12 @@ mod tests {
         let events = events();
         let request = Request::of(&events);
         let no_replay = |_| unreachable!();
-        let reply = Value::Array(vec![bulk("notfound"), Value::Int(2)]);
+        let reply = bulk("notfound 2");
         match decode(reply, &request, ids(4), no_replay).unwrap() {
             Verdict::NotFound(slugs) => assert_eq!(slugs, ["b"]),
             other => panic!("{other:?}"),
         }
-        let reply = Value::Array(vec![bulk("badversion"), Value::Int(1), Value::Int(1)]);
+        let reply = bulk("badversion 1 1");
         match decode(reply, &request, ids(4), no_replay).unwrap() {
             Verdict::BadVersions(bad) => assert_eq!(
                 bad,
@@ -519,34 +541,20 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
-        let reply = Value::Array(vec![bulk("conflict")]);
+        let reply = bulk("conflict");
         assert!(matches!(
             decode(reply, &request, ids(4), no_replay),
             Ok(Verdict::KeyReused)
         ));
     }
 
-    /// `ok`: Redis's time, the reset, then per slug id, type, limit, remaining, latest, admitted.
-    fn ok_reply(tag: &str, received: Option<&str>) -> Value {
-        let mut items = vec![
-            bulk(tag),
-            Value::Int(1_764_000_000),
-            Value::Int(250_000),
-            Value::Int(1_764_000_060),
-        ];
-        items.extend(received.map(bulk));
-        for v in [bulk("sig_a"), bulk("metric"), Value::Int(2), Value::Int(0)] {
-            items.push(v);
-        }
-        items.extend([Value::Int(3), Value::Int(2)]);
-        items.extend([
-            bulk("sig_b"),
-            bulk("event"),
-            Value::Int(100),
-            Value::Int(99),
-        ]);
-        items.extend([Value::Int(0), Value::Int(1)]);
-        Value::Array(items)
+    /// `ok`: Redis's time, the reset, the signals (id, type, latest, admitted), then per slug
+    /// limit and remaining.
+    fn ok_reply(tag: &str, received: Option<&str>) -> String {
+        let received = received.map(|r| format!("{r} ")).unwrap_or_default();
+        format!(
+            "{tag} 1764000000 250000 1764000060 {received}sig_a,metric,3,2;sig_b,event,0,1 2 0 100 99"
+        )
     }
 
     #[test]
@@ -555,7 +563,7 @@ mod tests {
         let request = Request::of(&events);
         let sent = ids(4);
         let verdict = decode(
-            ok_reply("ok", None),
+            bulk(&ok_reply("ok", None)),
             &request,
             sent.clone(),
             |_| unreachable!(),
@@ -589,7 +597,7 @@ mod tests {
         let request = Request::of(&events);
         let first = ids(4);
         let verdict = decode(
-            ok_reply("replay", Some("1763999999000001")),
+            bulk(&ok_reply("replay", Some("1763999999000001"))),
             &request,
             ids(4),
             |received| {
@@ -608,24 +616,30 @@ mod tests {
     fn replies_of_another_shape_are_errors_not_panics() {
         let events = events();
         let request = Request::of(&events);
-        let short = match ok_reply("ok", None) {
-            Value::Array(mut items) => {
-                items.truncate(9);
-                Value::Array(items)
-            }
-            _ => unreachable!(),
-        };
+        let ok = ok_reply("ok", None);
         for reply in [
             Value::Nil,
-            Value::Array(vec![]),
-            Value::Array(vec![bulk("maybe")]),
-            Value::Array(vec![bulk("notfound"), Value::Int(0)]),
-            Value::Array(vec![bulk("notfound"), Value::Int(3)]),
-            Value::Array(vec![bulk("badversion"), Value::Int(9), Value::Int(1)]),
-            Value::Array(vec![bulk("badversion"), Value::Int(1)]),
-            Value::Array(vec![bulk("ok"), bulk("soon")]),
-            short,
-            ok_reply("replay", Some("yesterday")),
+            Value::Array(vec![bulk("ok")]),
+            Value::Int(1),
+            bulk(""),
+            bulk("maybe"),
+            bulk("notfound"),
+            bulk("notfound 0"),
+            bulk("notfound 3"),
+            bulk("notfound x"),
+            bulk("badversion 9 1"),
+            bulk("badversion 1"),
+            bulk("badversion 1 7"),
+            bulk("conflict 1"),
+            bulk("unstaged"),
+            bulk("ok soon"),
+            bulk(&ok[..ok.len() - 3]),
+            bulk(&ok.replace(";sig_b,event,0,1", "")),
+            bulk(&ok.replace("metric", "gauge")),
+            bulk(&ok.replace("250000", "-1")),
+            bulk(&format!("{ok} 7")),
+            bulk(&ok_reply("replay", Some("yesterday"))),
+            bulk(&ok_reply("replay", None)),
         ] {
             let shown = format!("{reply:?}");
             assert!(
