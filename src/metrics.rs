@@ -18,7 +18,7 @@ pub struct ApiMetrics {
     pub events_accepted: IntCounterVec,
     pub events_rate_limited: IntCounterVec,
     pub events_rejected: IntCounterVec,
-    pub script_duration: HistogramVec,
+    pub script_duration: Histogram,
     pub idempotent_replays: IntCounter,
     /// Ingest requests refused with 503 because the backlog (Redis memory) is full.
     pub backlog_full: IntCounter,
@@ -90,12 +90,15 @@ impl ApiMetrics {
                 "Events in ingest requests refused whole (nothing admitted), by reason.",
                 &["reason"],
             ),
-            script_duration: histogram_vec(
+            script_duration: register(
                 r,
-                "sluice_redis_script_duration_seconds",
-                "A request's admission: waiting for its lane's call in flight, then the script call's round trip, including waiting for a connection.",
-                LATENCY_BUCKETS,
-                &[],
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "sluice_redis_script_duration_seconds",
+                        "A request's admission: waiting for its lane's call in flight, then the script call's round trip, including waiting for a connection.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                ),
             ),
             idempotent_replays: counter(
                 r,

@@ -226,11 +226,7 @@ async fn admit(
     events: &[Event<'_>],
     batch: bool,
 ) -> Result<Admitted, ApiError> {
-    let timer = state
-        .metrics
-        .script_duration
-        .with_label_values(&[] as &[&str])
-        .start_timer();
+    let timer = state.metrics.script_duration.start_timer();
     let idempotency = request
         .idempotency
         .as_ref()

@@ -1,9 +1,16 @@
 //! The `X-RateLimit-*` and `Retry-After` headers of every 200 and 429 from the ingest endpoints.
 
 use actix_web::HttpResponseBuilder;
+use actix_web::http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use chrono::{DateTime, Utc};
 
 use crate::ingest::Admitted;
+
+// Names as they go out (HTTP names are case-insensitive; these are sent lower-case, as any
+// name is), made once rather than parsed for every answer.
+const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateHeaders {
@@ -39,16 +46,15 @@ impl RateHeaders {
     }
 
     pub fn apply(&self, response: &mut HttpResponseBuilder, with_retry_after: bool) {
+        let reset = self
+            .reset
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         response
-            .insert_header(("X-RateLimit-Limit", self.limit.to_string()))
-            .insert_header(("X-RateLimit-Remaining", self.remaining.to_string()))
-            .insert_header((
-                "X-RateLimit-Reset",
-                self.reset
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            ));
+            .insert_header((LIMIT, HeaderValue::from(self.limit)))
+            .insert_header((REMAINING, HeaderValue::from(self.remaining)))
+            .insert_header((RESET, reset));
         if with_retry_after {
-            response.insert_header(("Retry-After", self.retry_after.to_string()));
+            response.insert_header((RETRY_AFTER, HeaderValue::from(self.retry_after)));
         }
     }
 }
