@@ -32,6 +32,8 @@
 //! the entry, and deletes it otherwise; the worker deletes it once the entry is acknowledged.
 //! So a working system that is idle has none.
 
+use std::sync::Arc;
+
 use crate::domain::SignalType;
 
 /// The API-key index. Not partitioned: it is read outside the admission script, by key hash.
@@ -41,6 +43,16 @@ pub const API_KEYS: &str = "sluice:keys";
 /// the registry row it came from is kept under this prefix and the entry's field
 /// (`lua/registry.lua`); slugs and key hashes never start with it.
 pub const VERSION_PREFIX: char = '#';
+
+/// A tenant's partition and the keys of its that every ingest request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantKeys {
+    pub partition: u16,
+    /// [`Keyspace::registry`]
+    pub registry: Arc<str>,
+    /// [`Keyspace::rate_limits`]
+    pub windows: Arc<str>,
+}
 
 /// Maps tenants to partitions and names their keys.
 #[derive(Clone, Copy, Debug)]
@@ -71,6 +83,16 @@ impl Keyspace {
     /// The Cluster hash tag of a partition, e.g. `{p07}`.
     pub fn tag(partition: u16) -> String {
         format!("{{p{partition:02}}}")
+    }
+
+    /// What a tenant's requests name, made once per tenant (the api keeps it with the tenant's
+    /// API key, `api::Principal`) rather than formatted for every request.
+    pub fn tenant(&self, tenant: &str) -> TenantKeys {
+        TenantKeys {
+            partition: self.partition_of(tenant),
+            registry: self.registry(tenant).into(),
+            windows: self.rate_limits(tenant).into(),
+        }
     }
 
     pub fn registry(&self, tenant: &str) -> String {
@@ -310,6 +332,25 @@ impl std::str::FromStr for KeyIndexEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenants_keys_are_its_partition_and_the_names_of_its_hashes() {
+        let keyspace = Keyspace::new(16);
+        let keys = keyspace.tenant("ten_AbCdEfGh12345678");
+        assert_eq!(
+            keys.partition,
+            keyspace.partition_of("ten_AbCdEfGh12345678")
+        );
+        let tag = Keyspace::tag(keys.partition);
+        assert_eq!(
+            &*keys.registry,
+            format!("sluice:{tag}:reg:ten_AbCdEfGh12345678")
+        );
+        assert_eq!(
+            &*keys.windows,
+            format!("sluice:{tag}:rl:ten_AbCdEfGh12345678")
+        );
+    }
 
     #[test]
     fn key_index_entries_read_back_as_written() {

@@ -293,15 +293,14 @@ impl Brake {
         }
     }
 
-    /// Whether `tenant`'s request may go to Redis.
-    pub fn check(&self, tenant: &str) -> Result<(), Refusal> {
+    /// Whether a request of a tenant of `partition` may go to Redis.
+    pub fn check(&self, partition: u16) -> Result<(), Refusal> {
         if self.evicting.load(Ordering::Relaxed) {
             return Err(Refusal::Evicting(
                 self.why.lock().expect("refusal lock").clone(),
             ));
         }
-        let partition = usize::from(self.keyspace.partition_of(tenant));
-        if self.full[partition].load(Ordering::Relaxed) {
+        if self.full[usize::from(partition)].load(Ordering::Relaxed) {
             return Err(Refusal::Full);
         }
         Ok(())

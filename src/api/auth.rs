@@ -15,7 +15,7 @@ use actix_web::http::header::AUTHORIZATION;
 
 use super::error::ApiError;
 use crate::domain::ApiKey;
-use crate::keyspace::{API_KEYS, KeyIndexEntry};
+use crate::keyspace::{API_KEYS, KeyIndexEntry, Keyspace, TenantKeys};
 use crate::redis_pool::Redis;
 
 /// Who is calling.
@@ -23,22 +23,26 @@ use crate::redis_pool::Redis;
 pub struct Principal {
     pub tenant_id: Arc<str>,
     pub key_id: Arc<str>,
+    /// The tenant's partition and keys.
+    pub keys: Arc<TenantKeys>,
 }
 
 /// Cached key lookups. Bounded: when full, expired entries go first, then everything.
 pub struct KeyCache {
     entries: Mutex<HashMap<String, (Instant, Option<Principal>)>>,
     ttl: Duration,
+    keyspace: Keyspace,
 }
 
 /// Enough for every key of a large deployment; a flood of random keys only ever evicts.
 const MAX_ENTRIES: usize = 50_000;
 
 impl KeyCache {
-    pub fn new(ttl: Duration) -> Self {
+    pub fn new(ttl: Duration, keyspace: Keyspace) -> Self {
         KeyCache {
             entries: Mutex::new(HashMap::new()),
             ttl,
+            keyspace,
         }
     }
 
@@ -63,6 +67,7 @@ impl KeyCache {
             .as_deref()
             .and_then(|v| v.parse::<KeyIndexEntry>().ok())
             .map(|entry| Principal {
+                keys: Arc::new(self.keyspace.tenant(&entry.tenant_id)),
                 tenant_id: entry.tenant_id.into(),
                 key_id: entry.key_id.into(),
             });

@@ -235,14 +235,16 @@ async fn admit(
             fingerprint,
             ttl: state.settings.idempotency_ttl,
         });
-    if let Err(refusal) = state.memory.check(&request.principal.tenant_id) {
+    let principal = &request.principal;
+    if let Err(refusal) = state.memory.check(principal.keys.partition) {
         return Err(refused(state, refusal.into(), events.len()));
     }
     let verdict = state
         .admission
         .admit(
             &state.redis,
-            &request.principal.tenant_id,
+            &principal.tenant_id,
+            &principal.keys,
             events,
             Utc::now(),
             idempotency.as_ref(),

@@ -79,7 +79,10 @@ impl AppState {
                 settings.redis.min_replicas_ack,
             ),
             windows: Windows::new(Keyspace::new(settings.redis.partitions), settings.limits),
-            keys: auth::KeyCache::new(settings.api.key_cache_ttl),
+            keys: auth::KeyCache::new(
+                settings.api.key_cache_ttl,
+                Keyspace::new(settings.redis.partitions),
+            ),
             settings: settings.api.clone(),
             metrics,
         })

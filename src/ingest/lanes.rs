@@ -37,7 +37,7 @@ const STAGED_TTL_MS: u64 = 60_000;
 pub(super) struct Part {
     /// The tenant's registry, its windows, its idempotency record (the windows again when the
     /// request has no key), and its staged events (the windows again when not staged).
-    pub keys: [String; 4],
+    pub keys: [Arc<str>; 4],
     pub args: Vec<Vec<u8>>,
     /// A large request's events, set under `keys[3]` ahead of the call.
     pub staged: Option<Vec<u8>>,
@@ -45,7 +45,7 @@ pub(super) struct Part {
 
 impl Part {
     fn bytes(&self) -> usize {
-        let keys: usize = self.keys.iter().map(String::len).sum();
+        let keys: usize = self.keys.iter().map(|k| k.len()).sum();
         let staged = self.staged.as_ref().map_or(0, Vec::len);
         keys + staged + self.args.iter().map(Vec::len).sum::<usize>()
     }
@@ -224,7 +224,7 @@ impl Driver {
             if let Some(events) = &part.staged {
                 pipeline
                     .cmd("SET")
-                    .arg(&part.keys[3])
+                    .arg(&*part.keys[3])
                     .arg(events)
                     .arg("PX")
                     .arg(STAGED_TTL_MS);
@@ -234,8 +234,8 @@ impl Driver {
         call.arg(common.script.get_hash())
             .arg(1 + 4 * group.len())
             .arg(&self.stream);
-        for waiting in group {
-            call.arg(&waiting.part.keys[..]);
+        for key in group.iter().flat_map(|w| &w.part.keys) {
+            call.arg(&**key);
         }
         call.arg(common.limits.event)
             .arg(common.limits.metric)

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::config::Limits;
 use crate::domain::{Event, SchemaVersion, SignalType};
-use crate::keyspace::Keyspace;
+use crate::keyspace::{Keyspace, TenantKeys};
 use crate::redis_pool::{Redis, RedisError};
 use crate::stream::entry;
 use lanes::{Lanes, Part};
@@ -171,13 +171,14 @@ impl Admission {
         }
     }
 
-    /// Runs the script for `events` of `tenant`, received at `received_at`, with the request's
-    /// Idempotency-Key if it has one (in a call of its own, or with the partition's other
-    /// requests waiting on this thread: [`lanes`]).
+    /// Runs the script for `events` of `tenant` (whose keys are `keys`), received at
+    /// `received_at`, with the request's Idempotency-Key if it has one (in a call of its own, or
+    /// with the partition's other requests waiting on this thread: [`lanes`]).
     pub async fn admit(
         &self,
         redis: &Redis,
         tenant: &str,
+        keys: &TenantKeys,
         events: &[Event<'_>],
         received_at: DateTime<Utc>,
         idempotency: Option<&Idempotency<'_>>,
@@ -191,7 +192,7 @@ impl Admission {
             .unwrap_or(received_at);
         let key = idempotency.map(|i| i.key);
         let ids = event_ids(tenant, key, received_us, events.len());
-        let mut part = self.part(tenant, &request, idempotency, received_us);
+        let mut part = self.part(tenant, keys, &request, idempotency, received_us);
         let events_field = entry::events_field(
             events,
             &request.event_slugs,
@@ -199,9 +200,9 @@ impl Admission {
             &ids,
             received_at,
         );
-        let partition = self.keyspace.partition_of(tenant);
+        let partition = keys.partition;
         if events_field.len() >= STAGE_FROM {
-            part.keys[3] = Keyspace::staged(partition, &Uuid::now_v7());
+            part.keys[3] = Keyspace::staged(partition, &Uuid::now_v7()).into();
             part.args.push(Vec::new());
             part.staged = Some(events_field);
         } else {
@@ -223,13 +224,14 @@ impl Admission {
     fn part(
         &self,
         tenant: &str,
+        keys: &TenantKeys,
         request: &Request<'_>,
         idempotency: Option<&Idempotency<'_>>,
         received_us: i64,
     ) -> Part {
-        let windows = self.keyspace.rate_limits(tenant);
+        let windows = &keys.windows;
         let record = match idempotency {
-            Some(i) => self.keyspace.idempotency(tenant, i.key),
+            Some(i) => self.keyspace.idempotency(tenant, i.key).into(),
             None => windows.clone(),
         };
         let mut args = Vec::with_capacity(6 + 3 * request.slugs.len());
@@ -257,10 +259,10 @@ impl Admission {
         }
         Part {
             keys: [
-                self.keyspace.registry(tenant),
+                keys.registry.clone(),
                 windows.clone(),
                 record,
-                windows,
+                windows.clone(),
             ],
             args,
             staged: None,
