@@ -90,15 +90,11 @@ impl ApiMetrics {
                 "Events in ingest requests refused whole (nothing admitted), by reason.",
                 &["reason"],
             ),
-            script_duration: register(
+            script_duration: histogram(
                 r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "sluice_redis_script_duration_seconds",
-                        "A request's admission: waiting for its lane's call in flight, then the script call's round trip, including waiting for a connection.",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                ),
+                "sluice_redis_script_duration_seconds",
+                "A request's admission: waiting for its lane's call in flight, then the script call's round trip, including waiting for a connection.",
+                LATENCY_BUCKETS,
             ),
             idempotent_replays: counter(
                 r,
@@ -209,15 +205,11 @@ impl WorkerMetrics {
                 "sluice_worker_duplicates_total",
                 "Redelivered events that were already stored, and so were skipped.",
             ),
-            batch_duration: register(
+            batch_duration: histogram(
                 r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "sluice_worker_batch_duration_seconds",
-                        "Time to validate, store and acknowledge one batch.",
-                    )
-                    .buckets(BATCH_BUCKETS.to_vec()),
-                ),
+                "sluice_worker_batch_duration_seconds",
+                "Time to validate, store and acknowledge one batch.",
+                BATCH_BUCKETS,
             ),
             stream_pending: gauge_vec(
                 r,
@@ -311,6 +303,11 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     register(r, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(r, Histogram::with_opts(opts))
 }
 
 fn histogram_vec(

@@ -346,14 +346,14 @@ fn decode(
             }),
         "badversion" => bad_versions(parts, request).map(Verdict::BadVersions),
         "conflict" if rest.is_empty() => Ok(Verdict::KeyReused),
-        "ok" => admitted(rest, None, request, ids).map(Verdict::Admitted),
+        "ok" => admitted(rest, false, request, ids).map(Verdict::Admitted),
         "replay" => {
             // After the time and the reset: the first request's receipt time.
             let received = rest.split(ANSWER_SEP).nth(3).unwrap_or_default();
             let first: i64 = received
                 .parse()
                 .map_err(|e| format!("recorded receipt time {received:?}: {e}"))?;
-            admitted(rest, Some(first), request, replay_ids(first)).map(Verdict::Admitted)
+            admitted(rest, true, request, replay_ids(first)).map(Verdict::Admitted)
         }
         _ => Err(format!("unexpected answer {answer:?}")),
     }
@@ -393,17 +393,17 @@ fn bad_versions<'p>(
     }
 }
 
-/// An admitted (or, with its first receipt time, replayed) request's answer after its tag:
+/// An admitted (or replayed) request's answer after its tag:
 /// Redis's time, the window's end, [the receipt time,] the entry's signals (id, type, latest
 /// version and how many of its events got in, per slug), then per slug its limit and remaining.
 fn admitted(
     rest: &str,
-    replayed: Option<i64>,
+    replayed: bool,
     request: &Request<'_>,
     ids: Vec<Uuid>,
 ) -> Result<Admitted, String> {
     let slugs = request.slugs.len();
-    let head = if replayed.is_some() { 4 } else { 3 };
+    let head = if replayed { 4 } else { 3 };
     let mut front = rest.splitn(head + 1, ANSWER_SEP);
     let now_s: i64 = number(front.next().unwrap_or_default())?;
     let now_us: u32 = number(front.next().unwrap_or_default())?;
@@ -442,7 +442,7 @@ fn admitted(
         signals,
         now,
         reset,
-        replayed: replayed.is_some(),
+        replayed,
     })
 }
 

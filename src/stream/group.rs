@@ -226,8 +226,9 @@ impl Consumer {
         self.with_staged(entries).await
     }
 
-    /// `entries` with the events staged for them (the key in their `r` field) in their `b` field, as if they had carried them. Staged events are deleted only after their
-    /// entry is acknowledged, so where they are gone and the entry is no longer pending, another
+    /// `entries` with the events staged for them (the key in their `r` field) in their `b`
+    /// field, as if they had carried them. Staged events are deleted only after their entry is
+    /// acknowledged, so where they are gone and the entry is no longer pending, another
     /// consumer stored it meanwhile: it is left out. An entry still pending whose staged events
     /// are gone keeps only its `r` field, and cannot be read.
     async fn with_staged(&self, mut entries: Vec<RawEntry>) -> Result<Vec<RawEntry>, RedisError> {
