@@ -16,26 +16,26 @@
 -- an api thread, the requests that arrive there wait and go together in the next call.
 --
 -- KEYS[1]        the partition's stream              sluice:{pNN}:events
--- then per request r = 0, 1, ...:
--- KEYS[2+4r]     registry hash of the tenant         sluice:{pNN}:reg:<tenant>
--- KEYS[3+4r]     the tenant's rate-limit windows     sluice:{pNN}:rl:<tenant>
---                  one field per slug: its window count (keyspace::WindowCount)
--- KEYS[4+4r]     with a key: the idempotency record  sluice:{pNN}:idem:<tenant>:<key>
---                (without one, the windows again: unused)
--- KEYS[5+4r]     a large request's staged events     sluice:{pNN}:staged:<id>
---                (for any other, the windows again: unused)
+-- then per request, in order, only the keys it has:
+--   the tenant's registry hash                       sluice:{pNN}:reg:<tenant>
+--   the tenant's rate-limit windows                  sluice:{pNN}:rl:<tenant>
+--     one field per slug: its window count (keyspace::WindowCount)
+--   with an Idempotency-Key: its record              sluice:{pNN}:idem:<tenant>:<key>
+--   a large request's staged events                  sluice:{pNN}:staged:<id>
 --
 -- ARGV[1..3]     default per-minute limits for types event, metric, state
 -- ARGV[4]        N, the number of requests
 -- then per request, in order:
 --   tenant id
 --   how long to keep the idempotency record, ms (0: the request has no key)
---   with a key: the request's fingerprint (method, path and body, hashed); else ''
---   with a key: when the api received the request, microseconds since the epoch; else ''
+--   with a key only: the request's fingerprint (method, path and body, hashed), then when the
+--     api received the request, microseconds since the epoch
 --   S, the number of distinct slugs (in first-seen order)
 --   then 3 values per slug: the slug, how many events name it, the highest version asked
 --     (0 = latest only)
 --   the events: the entry's b field (src/stream/entry.rs); '' when they are staged
+-- A request passes only what it has: every argument and key costs Redis work before the
+-- script's first line (bench/history.md, run 15).
 --
 -- A large request's events are not an argument: each byte of a script's arguments costs Redis
 -- about 1.3 ns before the script's first line runs (bench/history.md, run 10). The api sets them
@@ -114,15 +114,15 @@ local function clock()
 end
 
 -- Fields of a hash read once per call: cache[key][field], `convert`ed from what HMGET gave
--- (false for a missing field) and the key.
-local function cached(cache, key, fields, convert)
+-- (false for a missing field) and the key; fields[1..n] are the ones wanted.
+local function cached(cache, key, fields, n, convert)
   local known = cache[key]
   if not known then
     known = {}
     cache[key] = known
   end
   local missing
-  for i = 1, #fields do
+  for i = 1, n do
     local f = fields[i]
     if known[f] == nil then
       missing = missing or {}
@@ -137,11 +137,13 @@ local function cached(cache, key, fields, convert)
 end
 
 -- A registry entry as a signal; false when the slug has none, or its entry is not one.
+-- `described[admitted]`: its part of an entry's s field with that many admitted, made once.
 local function signal_of(packed)
   if not packed then return false end
   local id, typ, active, limit, versions = unpack_signal(packed)
   if not id then return false end
   local own_limit, latest = tonumber(limit), tonumber(versions) or 0
+  local latest_text = tostring(latest)
   return {
     id = id,
     type = typ,
@@ -150,7 +152,11 @@ local function signal_of(packed)
     limit = own_limit or defaults[typ] or 0,
     limit_text = own_limit and limit or default_texts[typ] or '0',
     latest = latest,
-    latest_text = tostring(latest),
+    described = setmetatable({}, { __index = function(t, admitted)
+      local part = entry_signal(id, typ, latest_text, admitted)
+      t[admitted] = part
+      return part
+    end }),
   }
 end
 local registries = {}  -- registries[key][slug]: the signal (signal_of), or false
@@ -158,7 +164,7 @@ local counts = {}      -- counts[key][slug]: what the slug has used of the windo
 local current = {}     -- current[key]: true when a slug of the windows hash was written this window
 local raised = {}      -- raised[key][slug]: true when the call admitted events of the slug
 local records = {}     -- records[key]: { value, ttl } of a record this call writes
-local entries = {}     -- the entries to add, in request order
+local entries = {}     -- the entries to add, in request order: 4 values each (tenant, s, field, value)
 local staged = {}      -- the staged keys of the call's requests
 local kept = {}        -- kept[key]: true for a staged key an entry names
 
@@ -173,33 +179,52 @@ local function in_window(value, key)
   return 0
 end
 
-local function used_by(key, slugs)
+local function used_by(key, slugs, n)
   clock()
-  return cached(counts, key, slugs, in_window)
+  return cached(counts, key, slugs, n, in_window)
 end
 
--- The arguments of a request's slug s, the request's arguments starting at ARGV[at].
-local SLUG, COUNT, ASKED = 0, 1, 2
-local function slug_arg(at, s, which) return ARGV[at + 2 + 3 * s + which] end
+-- What is left of a window, as text.
+local function left_text(limit, used)
+  local left = limit - used
+  return left > 0 and string.format('%d', left) or '0'
+end
+
+-- Tables every request of the call fills again, read only up to the request's own count (a
+-- table made per request costs Redis more than most of the request's decisions:
+-- bench/history.md, run 15): the request's slugs, the parts of its s field, the parts of its
+-- answer.
+local slugs, parts, answer = {}, {}, {}
 
 -- One request: its arguments from ARGV[at], its keys from KEYS[first]. Returns its answer and
--- where the next request's arguments start.
+-- where the next request's arguments and keys start.
 local function admit(at, first)
-  local registry_key, windows_key, record_key = KEYS[first], KEYS[first + 1], KEYS[first + 2]
-  -- False unless the request's events are staged.
-  local staged_key = KEYS[first + 3] ~= windows_key and KEYS[first + 3]
-  if staged_key then staged[#staged + 1] = staged_key end
+  local registry_key, windows_key = KEYS[first], KEYS[first + 1]
+  local next_key = first + 2
   local tenant = ARGV[at]
   local record_ttl = numbers[ARGV[at + 1]]
-  local fingerprint = ARGV[at + 2]
-  local received = ARGV[at + 3]
-  local nslugs = numbers[ARGV[at + 4]]
-  local slugs = {}
-  for s = 1, nslugs do
-    slugs[s] = slug_arg(at, s, SLUG)
+  local record_key, fingerprint, received
+  if record_ttl > 0 then
+    record_key, fingerprint, received = KEYS[next_key], ARGV[at + 2], ARGV[at + 3]
+    next_key = next_key + 1
+    at = at + 4
+  else
+    at = at + 2
   end
-  local events = ARGV[at + 5 + 3 * nslugs]
-  local next_at = at + 6 + 3 * nslugs
+  -- Slug s's arguments: ARGV[at + 3 * s - 2] (the slug), the next one (how many events name
+  -- it), and the one after (the highest version asked).
+  local nslugs = numbers[ARGV[at]]
+  for s = 1, nslugs do
+    slugs[s] = ARGV[at + 3 * s - 2]
+  end
+  local events = ARGV[at + 3 * nslugs + 1]
+  local next_at = at + 3 * nslugs + 2
+  -- False unless the request's events are staged.
+  local staged_key = events == '' and KEYS[next_key]
+  if staged_key then
+    staged[#staged + 1] = staged_key
+    next_key = next_key + 1
+  end
 
   -- 0. A key seen before: replay its answer, or refuse a different request under it.
   if record_ttl > 0 then
@@ -207,113 +232,115 @@ local function admit(at, first)
     if record then
       local fp, rec_received, rec_signals = read_record(record)
       if fp ~= fingerprint then
-        return 'conflict', next_at
+        return 'conflict', next_at, next_key
       end
-      local used = used_by(windows_key, slugs)
-      local registry = cached(registries, registry_key, slugs, signal_of)
+      local used = used_by(windows_key, slugs, nslugs)
+      local registry = cached(registries, registry_key, slugs, nslugs, signal_of)
       local reply = { 'replay', now_parts, rec_received, rec_signals }
       local s = 0
       for _, typ in entry_signals(rec_signals) do
         s = s + 1
         -- The limit in force now (the signal may have changed since), for the headers.
         local limit, limit_text = defaults[typ] or 0, default_texts[typ] or '0'
-        local now_sig = slugs[s] and registry[slugs[s]]
+        local slug = s <= nslugs and slugs[s]
+        local now_sig = slug and registry[slug]
         if now_sig and now_sig.own_limit then
           limit, limit_text = now_sig.own_limit, now_sig.limit_text
         end
-        local left = limit - ((slugs[s] and used[slugs[s]]) or 0)
-        reply[2 * s + 3], reply[2 * s + 4] = limit_text, left > 0 and left or 0
+        reply[2 * s + 3], reply[2 * s + 4] = limit_text, left_text(limit, (slug and used[slug]) or 0)
       end
-      return table.concat(reply, ANSWER_SEP), next_at
+      return table.concat(reply, ANSWER_SEP), next_at, next_key
     end
   end
 
   -- 1. Resolve every distinct slug.
-  local signals = {}
   local missing
-  local registry = cached(registries, registry_key, slugs, signal_of)
+  local registry = cached(registries, registry_key, slugs, nslugs, signal_of)
   for s = 1, nslugs do
     local sig = registry[slugs[s]]
-    if sig and sig.active then
-      signals[s] = sig
-    else
+    if not (sig and sig.active) then
       missing = missing or { 'notfound' }
       missing[#missing + 1] = s
     end
   end
   if missing then
-    return table.concat(missing, ANSWER_SEP), next_at
+    return table.concat(missing, ANSWER_SEP), next_at, next_key
   end
 
   -- 2. Check requested schema versions (the api names the events).
   local bad
   for s = 1, nslugs do
-    if numbers[slug_arg(at, s, ASKED)] > signals[s].latest then
+    local latest = registry[slugs[s]].latest
+    if numbers[ARGV[at + 3 * s]] > latest then
       bad = bad or { 'badversion' }
       bad[#bad + 1] = s
-      bad[#bad + 1] = signals[s].latest
+      bad[#bad + 1] = latest
     end
   end
   if bad then
-    return table.concat(bad, ANSWER_SEP), next_at
+    return table.concat(bad, ANSWER_SEP), next_at, next_key
   end
 
   -- 3. Admit, per slug, the first events its window still has room for; staged events must
   -- still be there.
   if staged_key and redis.call('EXISTS', staged_key) == 0 then
-    return 'unstaged', next_at
+    return 'unstaged', next_at, next_key
   end
-  local used = used_by(windows_key, slugs)
-  local parts, windows = {}, {}
+  local used = used_by(windows_key, slugs, nslugs)
   local any = false
   for s = 1, nslugs do
-    local sig, slug = signals[s], slugs[s]
-    local before = used[slug]
+    local slug = slugs[s]
+    local sig, before = registry[slug], used[slug]
     local room = sig.limit - before
-    local count_text = slug_arg(at, s, COUNT)
+    local count_text = ARGV[at + 3 * s - 1]
     local count = numbers[count_text]
     local admitted = count
     if room < count then admitted = room > 0 and room or 0 end
     -- All of the slug's events in (the usual case): the count as the api wrote it.
-    local admitted_text = admitted == count and count_text or admitted
-    parts[s] = entry_signal(sig.id, sig.type, sig.latest_text, admitted_text)
+    parts[s] = sig.described[admitted == count and count_text or admitted]
     if admitted > 0 then
       any = true
       used[slug] = before + admitted
-      raised[windows_key] = raised[windows_key] or {}
-      raised[windows_key][slug] = true
+      local slugs_raised = raised[windows_key]
+      if not slugs_raised then
+        slugs_raised = {}
+        raised[windows_key] = slugs_raised
+      end
+      slugs_raised[slug] = true
     end
-    local left = sig.limit - used[slug]
-    windows[2 * s - 1], windows[2 * s] = sig.limit_text, left > 0 and left or 0
+    answer[2 + 2 * s], answer[3 + 2 * s] = sig.limit_text, left_text(sig.limit, used[slug])
   end
-  local described = nslugs == 1 and parts[1] or table.concat(parts, ENTRY_SIGNAL_LIST)
-  local reply = 'ok' .. ANSWER_SEP .. now_parts .. ANSWER_SEP .. described .. ANSWER_SEP
-    .. table.concat(windows, ANSWER_SEP)
+  local described = nslugs == 1 and parts[1] or table.concat(parts, ENTRY_SIGNAL_LIST, 1, nslugs)
+  answer[1], answer[2], answer[3] = 'ok', now_parts, described
+  local reply = table.concat(answer, ANSWER_SEP, 1, 3 + 2 * nslugs)
 
   -- 4. What to write once every request is decided: the entry, and with a key the record.
   if any then
+    local n = #entries
+    entries[n + 1], entries[n + 2] = tenant, described
     if staged_key then
-      entries[#entries + 1] = { tenant, described, ENTRY_STAGED, staged_key }
+      entries[n + 3], entries[n + 4] = ENTRY_STAGED, staged_key
       kept[staged_key] = true
     else
-      entries[#entries + 1] = { tenant, described, ENTRY_EVENTS, events }
+      entries[n + 3], entries[n + 4] = ENTRY_EVENTS, events
     end
     if record_ttl > 0 then
       records[record_key] = { record_value(fingerprint, received, described), record_ttl }
     end
   end
-  return reply, next_at
+  return reply, next_at, next_key
 end
 
 local answers = {}
-local at = 5
-for r = 0, requests - 1 do
-  answers[r + 1], at = admit(at, 2 + 4 * r)
+local at, first = 5, 2
+for r = 1, requests do
+  answers[r], at, first = admit(at, first)
 end
 
 -- Enqueue, count exactly what was enqueued, and record the answers.
-for _, entry in ipairs(entries) do
-  redis.call('XADD', KEYS[1], '*', ENTRY_TENANT, entry[1], ENTRY_SIGNALS, entry[2], entry[3], entry[4])
+for i = 1, #entries, 4 do
+  redis.call('XADD', KEYS[1], '*', ENTRY_TENANT, entries[i], ENTRY_SIGNALS, entries[i + 1],
+    entries[i + 2], entries[i + 3])
 end
 -- Staged events an entry names are kept until the worker has them; the others are dropped.
 local dropped = {}

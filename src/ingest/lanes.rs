@@ -35,18 +35,28 @@ const STAGED_TTL_MS: u64 = 60_000;
 
 /// One request's part of a call: its keys and its arguments (see `lua/admit.lua`).
 pub(super) struct Part {
-    /// The tenant's registry, its windows, its idempotency record (the windows again when the
-    /// request has no key), and its staged events (the windows again when not staged).
-    pub keys: [Arc<str>; 4],
+    /// The tenant's registry and its windows.
+    pub tenant_keys: [Arc<str>; 2],
+    /// The request's idempotency record, when it has a key.
+    pub record: Option<Arc<str>>,
     pub args: Vec<Vec<u8>>,
-    /// A large request's events, set under `keys[3]` ahead of the call.
-    pub staged: Option<Vec<u8>>,
+    /// A large request's staged events: the key they are set under ahead of the call, and
+    /// their text.
+    pub staged: Option<(Arc<str>, Vec<u8>)>,
 }
 
 impl Part {
+    /// Its keys, in the script's order: only those the request has.
+    fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.tenant_keys
+            .iter()
+            .chain(&self.record)
+            .chain(self.staged.as_ref().map(|(key, _)| key))
+    }
+
     fn bytes(&self) -> usize {
-        let keys: usize = self.keys.iter().map(|k| k.len()).sum();
-        let staged = self.staged.as_ref().map_or(0, Vec::len);
+        let keys: usize = self.keys().map(|k| k.len()).sum();
+        let staged = self.staged.as_ref().map_or(0, |(_, events)| events.len());
         keys + staged + self.args.iter().map(Vec::len).sum::<usize>()
     }
 }
@@ -221,20 +231,21 @@ impl Driver {
         let mut pipeline = redis::pipe();
         pipeline.ignore_errors();
         for part in group.iter().map(|w| &w.part) {
-            if let Some(events) = &part.staged {
+            if let Some((key, events)) = &part.staged {
                 pipeline
                     .cmd("SET")
-                    .arg(&*part.keys[3])
+                    .arg(&**key)
                     .arg(events)
                     .arg("PX")
                     .arg(STAGED_TTL_MS);
             }
         }
+        let keys: usize = group.iter().map(|w| w.part.keys().count()).sum();
         let mut call = redis::cmd("EVALSHA");
         call.arg(common.script.get_hash())
-            .arg(1 + 4 * group.len())
+            .arg(1 + keys)
             .arg(&self.stream);
-        for key in group.iter().flat_map(|w| &w.part.keys) {
+        for key in group.iter().flat_map(|w| w.part.keys()) {
             call.arg(&**key);
         }
         call.arg(common.limits.event)

@@ -202,9 +202,9 @@ impl Admission {
         );
         let partition = keys.partition;
         if events_field.len() >= STAGE_FROM {
-            part.keys[3] = Keyspace::staged(partition, &Uuid::now_v7()).into();
+            let key = Keyspace::staged(partition, &Uuid::now_v7()).into();
             part.args.push(Vec::new());
-            part.staged = Some(events_field);
+            part.staged = Some((key, events_field));
         } else {
             part.args.push(events_field);
         }
@@ -229,12 +229,7 @@ impl Admission {
         idempotency: Option<&Idempotency<'_>>,
         received_us: i64,
     ) -> Part {
-        let windows = &keys.windows;
-        let record = match idempotency {
-            Some(i) => self.keyspace.idempotency(tenant, i.key).into(),
-            None => windows.clone(),
-        };
-        let mut args = Vec::with_capacity(6 + 3 * request.slugs.len());
+        let mut args = Vec::with_capacity(5 + 3 * request.slugs.len());
         fn arg(args: &mut Vec<Vec<u8>>, value: impl ToRedisArgs) {
             value.write_redis_args(args);
         }
@@ -245,11 +240,7 @@ impl Admission {
                 arg(&mut args, i.fingerprint);
                 arg(&mut args, received_us);
             }
-            None => {
-                arg(&mut args, 0);
-                arg(&mut args, "");
-                arg(&mut args, "");
-            }
+            None => arg(&mut args, 0),
         }
         arg(&mut args, request.slugs.len());
         for (slug, (count, asked)) in request.slugs.iter().zip(&request.per_slug) {
@@ -258,12 +249,8 @@ impl Admission {
             arg(&mut args, asked);
         }
         Part {
-            keys: [
-                keys.registry.clone(),
-                windows.clone(),
-                record,
-                windows.clone(),
-            ],
+            tenant_keys: [keys.registry.clone(), keys.windows.clone()],
+            record: idempotency.map(|i| self.keyspace.idempotency(tenant, i.key).into()),
             args,
             staged: None,
         }

@@ -301,7 +301,7 @@ async fn rate_limit_never_overadmits_across_replicas() {
 }
 
 /// How many times Redis has run a script since its statistics were last reset.
-fn script_calls(env: &TestEnv) -> u64 {
+pub fn script_calls(env: &TestEnv) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(&mut env.redis.conn())

@@ -3,12 +3,16 @@
 //! it may leak, lose or double an event.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
+use futures_util::future::join_all;
 use serde_json::{Value, json};
 use sluice::keyspace::{Keyspace, WindowCount};
 use sluice::stream::entry::{EVENTS, STAGED};
 
 use crate::idempotency::send;
+use crate::limits::script_calls;
+use crate::support::proxy::DelayProxy;
 use crate::support::{Reply, TestApi, TestEnv, event, eventually, ids_of};
 use crate::worker::assert_exactly_once;
 
@@ -178,7 +182,6 @@ async fn staged_events_gone_before_the_call_runs_count_and_enqueue_nothing() {
         .key(&stream)
         .key(keyspace.registry(&tenant))
         .key(&windows)
-        .key(&windows)
         .key(&missing)
         .arg(100)
         .arg(1000)
@@ -186,8 +189,6 @@ async fn staged_events_gone_before_the_call_runs_count_and_enqueue_nothing() {
         .arg(1)
         .arg(&tenant)
         .arg(0)
-        .arg("")
-        .arg("")
         .arg(1)
         .arg("page_view")
         .arg(100)
@@ -245,5 +246,122 @@ async fn an_entry_whose_staged_events_are_gone_is_dead_lettered_and_its_neighbou
     assert!(
         letters[0].1.contains("staged") && letters[0].1.contains("gone"),
         "{letters:?}"
+    );
+}
+
+#[actix_web::test]
+async fn requests_of_every_shape_sharing_a_call_are_each_answered_as_if_alone() {
+    // One api thread and one partition: the requests that arrive while a call is in flight
+    // share the next one. Each passes only the keys and arguments it has (a record's key with
+    // an Idempotency-Key, a staged key when large), so the script must find each one's own.
+    let env = TestEnv::start_with(&[
+        ("SLUICE__API__WORKERS", "1"),
+        ("SLUICE__REDIS__PARTITIONS", "1"),
+    ])
+    .await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", Some(100_000))
+        .await;
+    let proxy = DelayProxy::start(env.redis.port);
+    let mut vars = env.env_vars().clone();
+    vars.insert(
+        "SLUICE__REDIS__URL".into(),
+        format!("redis://127.0.0.1:{}", proxy.port),
+    );
+    let api = env.spawn_api_with(&sluice::config::Settings::load_from(None, &vars).unwrap());
+    // Caches the key: only the script calls meet the delay.
+    let warm = api.batch(&key, events("page_view", "warm", 1)).await;
+    assert_eq!(warm.status, 200, "{}", warm.text);
+    proxy.delay_replies(Duration::from_millis(20));
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut env.redis.conn())
+        .unwrap();
+
+    // 48 requests at once, of four shapes in turn: large, small, large under one of two
+    // Idempotency-Keys, small under one of two others (each key sent six times, same body).
+    const REQUESTS: usize = 48;
+    let shape = |i: usize| -> (Value, Option<String>) {
+        let n = i / 4 % 2;
+        match i % 4 {
+            0 => (events("page_view", &format!("large{i}"), 100), None),
+            1 => (events("page_view", &format!("small{i}"), 1), None),
+            2 => (
+                events("page_view", &format!("large-key{n}"), 100),
+                Some(format!("large-{n}")),
+            ),
+            _ => (
+                events("page_view", &format!("small-key{n}"), 1),
+                Some(format!("small-{n}")),
+            ),
+        }
+    };
+    let requests = (0..REQUESTS).map(|i| {
+        let (api, key) = (&api, &key);
+        let (events, idem) = shape(i);
+        async move {
+            let reply = match idem {
+                Some(idem) => keyed(api, key, &idem, &events).await,
+                None => api.batch(key, events).await,
+            };
+            (i, reply)
+        }
+    });
+    let replies = join_all(requests).await;
+    let calls = script_calls(&env);
+    assert!(
+        calls < REQUESTS as u64,
+        "requests waiting on a call in flight share the next: {calls} calls for {REQUESTS}"
+    );
+
+    let mut acked = ids_of(&warm);
+    let mut under_key = HashMap::<String, Vec<String>>::new();
+    for (i, reply) in &replies {
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text);
+        let ids = ids_of(reply);
+        let (events, idem) = shape(*i);
+        assert_eq!(ids.len(), events.as_array().unwrap().len(), "request {i}");
+        match idem {
+            Some(idem) => match under_key.get(&idem) {
+                Some(first) => assert_eq!(&ids, first, "{idem}: the first answer's ids"),
+                None => {
+                    under_key.insert(idem, ids.clone());
+                    acked.extend(ids);
+                }
+            },
+            None => acked.extend(ids),
+        }
+    }
+    assert_eq!(under_key.len(), 4);
+
+    // One entry per admitted request: 12 large and 12 small without a key, one per key, and
+    // the warm-up; each large one names staged events that are there, and no others are left.
+    let stream = Keyspace::stream(0);
+    let mut conn = env.redis.conn();
+    let written = entries(&mut conn, &stream);
+    assert_eq!(written.len(), 12 + 12 + 4 + 1);
+    let mut named: Vec<String> = written
+        .iter()
+        .filter_map(|(_, fields)| fields.get(STAGED).cloned())
+        .collect();
+    named.sort();
+    let mut left = staged_keys(&mut conn);
+    left.sort();
+    assert_eq!(named.len(), 12 + 2);
+    assert_eq!(
+        left, named,
+        "exactly the staged events the entries name are kept"
+    );
+
+    let mut stored: Vec<String> = env
+        .stream_entries()
+        .into_iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    stored.sort();
+    acked.sort();
+    assert_eq!(
+        stored, acked,
+        "every acknowledged event is in the stream once, and nothing else"
     );
 }
