@@ -54,10 +54,11 @@ fn cap_memory(env: &TestEnv, bytes: u64) {
     config_set(env, "maxmemory", &(used_memory(env) + bytes).to_string());
 }
 
-/// A tenant whose `page_view` signal takes a million events a minute; (tenant, key).
+/// A tenant whose `page_view` signal takes a billion events a minute, so that only memory ever
+/// refuses its events (four producers get well over a million a minute in); (tenant, key).
 async fn roomy_tenant(env: &TestEnv) -> (String, String) {
     let (tenant, key) = env.tenant().await;
-    env.signal(&tenant, "page_view", "event", Some(1_000_000))
+    env.signal(&tenant, "page_view", "event", Some(1_000_000_000))
         .await;
     (tenant, key)
 }
