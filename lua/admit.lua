@@ -137,13 +137,11 @@ local function cached(cache, key, fields, n, convert)
 end
 
 -- A registry entry as a signal; false when the slug has none, or its entry is not one.
--- `described[admitted]`: its part of an entry's s field with that many admitted, made once.
 local function signal_of(packed)
   if not packed then return false end
   local id, typ, active, limit, versions = unpack_signal(packed)
   if not id then return false end
   local own_limit, latest = tonumber(limit), tonumber(versions) or 0
-  local latest_text = tostring(latest)
   return {
     id = id,
     type = typ,
@@ -152,12 +150,21 @@ local function signal_of(packed)
     limit = own_limit or defaults[typ] or 0,
     limit_text = own_limit and limit or default_texts[typ] or '0',
     latest = latest,
-    described = setmetatable({}, { __index = function(t, admitted)
-      local part = entry_signal(id, typ, latest_text, admitted)
-      t[admitted] = part
-      return part
-    end }),
+    latest_text = tostring(latest),
+    -- The last part of an entry's s field made for the signal, and its admitted count: the
+    -- requests of a call mostly admit the same count of a signal.
+    part = false,
+    part_admitted = false,
   }
+end
+
+-- The signal's part of an entry's s field, with `admitted` of its events admitted.
+local function part_of(sig, admitted)
+  if sig.part_admitted ~= admitted then
+    sig.part = entry_signal(sig.id, sig.type, sig.latest_text, admitted)
+    sig.part_admitted = admitted
+  end
+  return sig.part
 end
 local registries = {}  -- registries[key][slug]: the signal (signal_of), or false
 local counts = {}      -- counts[key][slug]: what the slug has used of the window, this call included
@@ -297,7 +304,7 @@ local function admit(at, first)
     local admitted = count
     if room < count then admitted = room > 0 and room or 0 end
     -- All of the slug's events in (the usual case): the count as the api wrote it.
-    parts[s] = sig.described[admitted == count and count_text or admitted]
+    parts[s] = part_of(sig, admitted == count and count_text or admitted)
     if admitted > 0 then
       any = true
       used[slug] = before + admitted
