@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redis::{Script, Value};
+use redis::{Arg, Script, Value};
 use tokio::sync::oneshot;
 
 use crate::config::Limits;
@@ -39,7 +39,10 @@ pub(super) struct Part {
     pub tenant_keys: [Arc<str>; 2],
     /// The request's idempotency record, when it has a key.
     pub record: Option<Arc<str>>,
-    pub args: Vec<Vec<u8>>,
+    /// Every argument but the events, in one buffer.
+    pub args: redis::Cmd,
+    /// The events (the entry's `b` field); empty when they are staged.
+    pub events: Vec<u8>,
     /// A large request's staged events: the key they are set under ahead of the call, and
     /// their text.
     pub staged: Option<(Arc<str>, Vec<u8>)>,
@@ -54,10 +57,22 @@ impl Part {
             .chain(self.staged.as_ref().map(|(key, _)| key))
     }
 
+    /// Its arguments, the events last.
+    fn args(&self) -> impl Iterator<Item = &[u8]> {
+        self.args
+            .args_iter()
+            .filter_map(|arg| match arg {
+                Arg::Simple(arg) => Some(arg),
+                // Never made: `args` takes plain values only, no cursor.
+                _ => None,
+            })
+            .chain([&self.events[..]])
+    }
+
     fn bytes(&self) -> usize {
         let keys: usize = self.keys().map(|k| k.len()).sum();
         let staged = self.staged.as_ref().map_or(0, |(_, events)| events.len());
-        keys + staged + self.args.iter().map(Vec::len).sum::<usize>()
+        keys + staged + self.args().map(<[u8]>::len).sum::<usize>()
     }
 }
 
@@ -240,11 +255,16 @@ impl Driver {
                     .arg(STAGED_TTL_MS);
             }
         }
-        let keys: usize = group.iter().map(|w| w.part.keys().count()).sum();
-        let mut call = redis::cmd("EVALSHA");
-        call.arg(common.script.get_hash())
-            .arg(1 + keys)
-            .arg(&self.stream);
+        // Sized once: the call can be hundreds of kilobytes.
+        let (mut keys, mut args, mut bytes) = (0, 0, 0);
+        for part in group.iter().map(|w| &w.part) {
+            keys += part.keys().count();
+            args += part.args().count();
+            bytes += part.bytes();
+        }
+        let sha = common.script.get_hash();
+        let mut call = redis::Cmd::with_capacity(8 + keys + args, 64 + sha.len() + bytes);
+        call.arg("EVALSHA").arg(sha).arg(1 + keys).arg(&self.stream);
         for key in group.iter().flat_map(|w| w.part.keys()) {
             call.arg(&**key);
         }
@@ -252,8 +272,8 @@ impl Driver {
             .arg(common.limits.metric)
             .arg(common.limits.state)
             .arg(group.len());
-        for waiting in group {
-            call.arg(&waiting.part.args);
+        for arg in group.iter().flat_map(|w| w.part.args()) {
+            call.arg(arg);
         }
         pipeline.add_command(call);
         let reply = self

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use redis::{ToRedisArgs, Value};
+use redis::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -203,10 +203,9 @@ impl Admission {
         let partition = keys.partition;
         if events_field.len() >= STAGE_FROM {
             let key = Keyspace::staged(partition, &Uuid::now_v7()).into();
-            part.args.push(Vec::new());
             part.staged = Some((key, events_field));
         } else {
-            part.args.push(events_field);
+            part.events = events_field;
         }
         let reply = self.lanes.call(redis, partition, part).await?;
         let replay_ids =
@@ -229,29 +228,32 @@ impl Admission {
         idempotency: Option<&Idempotency<'_>>,
         received_us: i64,
     ) -> Part {
-        let mut args = Vec::with_capacity(5 + 3 * request.slugs.len());
-        fn arg(args: &mut Vec<Vec<u8>>, value: impl ToRedisArgs) {
-            value.write_redis_args(args);
-        }
-        arg(&mut args, tenant);
+        // Every argument is a few bytes but the tenant and the slugs.
+        let slug_bytes: usize = request.slugs.iter().map(|s| s.len()).sum();
+        let mut args = redis::Cmd::with_capacity(
+            5 + 3 * request.slugs.len(),
+            tenant.len() + slug_bytes + 64 + 10 * request.slugs.len(),
+        );
+        args.arg(tenant);
         match idempotency {
             Some(i) => {
-                arg(&mut args, i.ttl.as_millis().max(1) as u64);
-                arg(&mut args, i.fingerprint);
-                arg(&mut args, received_us);
+                args.arg(i.ttl.as_millis().max(1) as u64)
+                    .arg(i.fingerprint)
+                    .arg(received_us);
             }
-            None => arg(&mut args, 0),
+            None => {
+                args.arg(0);
+            }
         }
-        arg(&mut args, request.slugs.len());
+        args.arg(request.slugs.len());
         for (slug, (count, asked)) in request.slugs.iter().zip(&request.per_slug) {
-            arg(&mut args, slug);
-            arg(&mut args, count);
-            arg(&mut args, asked);
+            args.arg(slug).arg(count).arg(asked);
         }
         Part {
             tenant_keys: [keys.registry.clone(), keys.windows.clone()],
             record: idempotency.map(|i| self.keyspace.idempotency(tenant, i.key).into()),
             args,
+            events: Vec::new(),
             staged: None,
         }
     }
