@@ -85,10 +85,11 @@
 -- every api replica agrees. The counter hash keeps its window start; a stale window reads as 0.
 --
 -- Cost: the script runs once per call for up to 32 requests, so what it does per request is
--- kept to the few table reads each decision needs: it allocates no table it may not use,
--- converts each distinct number text once per call (`numbers`: glibc's strtod costs more than
--- most of a request's Lua), formats a signal's version once per call, and calls no library
--- function per request where an operator does (bench/history.md, run 12).
+-- kept to the few table reads each decision needs: it makes no table per request (the
+-- requests of a call fill the same ones), converts each distinct number text once per call
+-- (`numbers`: glibc's strtod costs more than most of a request's Lua), formats a signal's
+-- version once per call, and formats what a request leaves in a window with `%d` (a number
+-- joined with `..` goes through glibc's `%.14g`) (bench/history.md, runs 12 and 15).
 
 -- Each distinct number text of the arguments as a number, converted once per call.
 local numbers = setmetatable({}, { __index = function(t, s)
