@@ -69,10 +69,15 @@ impl Part {
             .chain([&self.events[..]])
     }
 
-    fn bytes(&self) -> usize {
+    /// What it adds to the call: its keys and arguments.
+    fn call_bytes(&self) -> usize {
         let keys: usize = self.keys().map(|k| k.len()).sum();
-        let staged = self.staged.as_ref().map_or(0, |(_, events)| events.len());
-        keys + staged + self.args().map(<[u8]>::len).sum::<usize>()
+        keys + self.args().map(<[u8]>::len).sum::<usize>()
+    }
+
+    /// What it sends: the call's share and any staged events.
+    fn bytes(&self) -> usize {
+        self.call_bytes() + self.staged.as_ref().map_or(0, |(_, events)| events.len())
     }
 }
 
@@ -260,7 +265,7 @@ impl Driver {
         for part in group.iter().map(|w| &w.part) {
             keys += part.keys().count();
             args += part.args().count();
-            bytes += part.bytes();
+            bytes += part.call_bytes();
         }
         let sha = common.script.get_hash();
         let mut call = redis::Cmd::with_capacity(8 + keys + args, 64 + sha.len() + bytes);
