@@ -275,15 +275,14 @@ async fn the_single_event_endpoint_replays_and_bad_keys_are_400() {
 
 /// The api's settings with Redis reached through `proxy` and a short deadline.
 fn through(env: &TestEnv, proxy: &DelayProxy) -> sluice::config::Settings {
-    let mut vars: HashMap<String, String> = env.env_vars().clone();
-    vars.insert(
-        "SLUICE__REDIS__URL".into(),
-        format!("redis://127.0.0.1:{}", proxy.port),
-    );
-    vars.insert("SLUICE__REDIS__TIMEOUT_MS".into(), "300".into());
     // One connection, opened by the first request: later delays hit a script, not a handshake.
-    vars.insert("SLUICE__REDIS__POOL_SIZE".into(), "1".into());
-    sluice::config::Settings::load_from(None, &vars).unwrap()
+    env.settings_through(
+        proxy,
+        &[
+            ("SLUICE__REDIS__TIMEOUT_MS", "300"),
+            ("SLUICE__REDIS__POOL_SIZE", "1"),
+        ],
+    )
 }
 
 #[actix_web::test]

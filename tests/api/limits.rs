@@ -300,25 +300,6 @@ async fn rate_limit_never_overadmits_across_replicas() {
     );
 }
 
-/// How many times Redis has run a script since its statistics were last reset.
-pub fn script_calls(env: &TestEnv) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut env.redis.conn())
-        .unwrap();
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 #[actix_web::test]
 async fn requests_sharing_a_script_call_are_each_answered_as_if_alone() {
     // One api thread and one partition: every request below goes through one lane, so the
@@ -337,12 +318,7 @@ async fn requests_sharing_a_script_call_are_each_answered_as_if_alone() {
     // Redis's replies held back 20 ms: whatever the machine's speed, the requests that arrive
     // while a call is in flight do wait for it.
     let proxy = DelayProxy::start(env.redis.port);
-    let mut vars = env.env_vars().clone();
-    vars.insert(
-        "SLUICE__REDIS__URL".into(),
-        format!("redis://127.0.0.1:{}", proxy.port),
-    );
-    let api = env.spawn_api_with(&sluice::config::Settings::load_from(None, &vars).unwrap());
+    let api = env.spawn_api_with(&env.settings_through(&proxy, &[]));
     let mut warm = Vec::new();
     for key in [&key_a, &key_b] {
         // Caches the keys: only the script calls meet the delay.
@@ -352,10 +328,7 @@ async fn requests_sharing_a_script_call_are_each_answered_as_if_alone() {
     }
     proxy.delay_replies(Duration::from_millis(20));
     fresh_window(&env).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query(&mut env.redis.conn())
-        .unwrap();
+    env.reset_redis_stats();
 
     // 200 requests at once, of four kinds in turn: one state event of tenant a, one of tenant b
     // (each tenant's "plan" admits 30 a minute), a page view of tenant a under one of five
@@ -427,7 +400,7 @@ async fn requests_sharing_a_script_call_are_each_answered_as_if_alone() {
             "every request under key-{n} gets the first one's id: {ids:?}"
         );
     }
-    let calls = script_calls(&env);
+    let calls = env.script_calls();
     assert!(
         calls < REQUESTS as u64,
         "requests waiting on a call in flight share the next: {calls} calls for {REQUESTS}"

@@ -11,7 +11,6 @@ use sluice::keyspace::{Keyspace, WindowCount};
 use sluice::stream::entry::{EVENTS, STAGED};
 
 use crate::idempotency::send;
-use crate::limits::script_calls;
 use crate::support::proxy::DelayProxy;
 use crate::support::{Reply, TestApi, TestEnv, event, eventually, ids_of};
 use crate::worker::assert_exactly_once;
@@ -263,20 +262,12 @@ async fn requests_of_every_shape_sharing_a_call_are_each_answered_as_if_alone() 
     env.signal(&tenant, "page_view", "event", Some(100_000))
         .await;
     let proxy = DelayProxy::start(env.redis.port);
-    let mut vars = env.env_vars().clone();
-    vars.insert(
-        "SLUICE__REDIS__URL".into(),
-        format!("redis://127.0.0.1:{}", proxy.port),
-    );
-    let api = env.spawn_api_with(&sluice::config::Settings::load_from(None, &vars).unwrap());
+    let api = env.spawn_api_with(&env.settings_through(&proxy, &[]));
     // Caches the key: only the script calls meet the delay.
     let warm = api.batch(&key, events("page_view", "warm", 1)).await;
     assert_eq!(warm.status, 200, "{}", warm.text);
     proxy.delay_replies(Duration::from_millis(20));
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query(&mut env.redis.conn())
-        .unwrap();
+    env.reset_redis_stats();
 
     // 48 requests at once, of four shapes in turn: large, small, large under one of two
     // Idempotency-Keys, small under one of two others (each key sent six times, same body).
@@ -308,7 +299,7 @@ async fn requests_of_every_shape_sharing_a_call_are_each_answered_as_if_alone() 
         }
     });
     let replies = join_all(requests).await;
-    let calls = script_calls(&env);
+    let calls = env.script_calls();
     assert!(
         calls < REQUESTS as u64,
         "requests waiting on a call in flight share the next: {calls} calls for {REQUESTS}"

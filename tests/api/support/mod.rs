@@ -114,6 +114,46 @@ impl TestEnv {
         &self.vars
     }
 
+    /// Settings for an api that reaches Redis through `proxy`, with `extra` variables.
+    pub fn settings_through(&self, proxy: &proxy::DelayProxy, extra: &[(&str, &str)]) -> Settings {
+        let mut vars = self.vars.clone();
+        vars.insert(
+            "SLUICE__REDIS__URL".into(),
+            format!("redis://127.0.0.1:{}", proxy.port),
+        );
+        for (name, value) in extra {
+            vars.insert((*name).to_owned(), (*value).to_owned());
+        }
+        settings_from(&vars)
+    }
+
+    /// Resets Redis's command statistics ([`TestEnv::script_calls`] counts from here).
+    pub fn reset_redis_stats(&self) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut self.redis.conn())
+            .unwrap();
+    }
+
+    /// How many times Redis has run a script since its statistics were last reset.
+    pub fn script_calls(&self) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.redis.conn())
+            .unwrap();
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
     /// Starts an api replica in this process on a free port.
     pub async fn spawn_api(&self) -> TestApi {
         self.spawn_api_with(&self.settings())
