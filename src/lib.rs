@@ -42,6 +42,9 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as one broadcast that every part of a binary listens to.
 //! - [`admin`]: the `sluice-admin` commands.
 //! - [`metrics`]: every Prometheus metric, in one place.
+//! - [`json`]: the JSON text ingest writes per event (the entry's events, the answers), written
+//!   straight into a buffer: the bytes serde_json writes, without its escaping pass where
+//!   there is nothing to escape.
 //!
 //! The binaries in `src/bin/` are thin: they read [`config::Settings`] and call into these.
 //! `sluice-worker` and `sluice-admin` share code only through these library modules.
@@ -51,6 +54,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod ingest;
+pub mod json;
 pub mod keyspace;
 pub mod metrics;
 pub mod ops;

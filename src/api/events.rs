@@ -3,6 +3,7 @@
 //! Both run the same steps: authenticate, read the body, parse it into validated events (CPU
 //! only), then one admission script call; they differ only in body shape and response shape.
 
+use actix_web::http::header::ContentType;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::Serialize;
@@ -15,6 +16,7 @@ use super::idempotency;
 use super::rate_headers::RateHeaders;
 use crate::domain::{self, BodyError, Event};
 use crate::ingest::{Admitted, BadVersion, Idempotency, Outcome, Verdict};
+use crate::json;
 
 /// One accepted event in a response.
 #[derive(Serialize, ToSchema)]
@@ -66,6 +68,88 @@ pub struct SingleResponse<'a> {
     /// Always true.
     success: bool,
     data: AcceptedItem<'a>,
+}
+
+// The answers' text: what serde writes for these types (their derives are the reference, and
+// the OpenAPI document's), written by `crate::json` without serde's escaping pass over keys,
+// ids and the other texts that need none. The tests below hold the two to the same bytes.
+
+impl AcceptedItem<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"id\":");
+        json::uuid(out, &self.id);
+        out.extend_from_slice(b",\"signal_id\":");
+        json::string(out, self.signal_id);
+        out.extend_from_slice(b",\"schema_version\":");
+        json::optional_number(out, self.schema_version);
+        out.extend_from_slice(b",\"status\":");
+        json::string(out, self.status);
+        out.extend_from_slice(b",\"reference\":");
+        json::optional_string(out, self.reference);
+        out.push(b'}');
+    }
+}
+
+impl LimitedItem<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"signal_id\":");
+        json::string(out, self.signal_id);
+        out.extend_from_slice(b",\"reference\":");
+        json::optional_string(out, self.reference);
+        out.extend_from_slice(b",\"index\":");
+        json::number(out, self.index as u64);
+        out.push(b'}');
+    }
+}
+
+impl BatchResponse<'_> {
+    fn to_json(&self) -> Vec<u8> {
+        // An accepted item is under 200 bytes but for its reference.
+        let references: usize = self
+            .data
+            .iter()
+            .map(|d| d.reference.map_or(0, str::len))
+            .sum();
+        let mut out = Vec::with_capacity(64 + 200 * self.data.len() + references);
+        out.extend_from_slice(if self.success {
+            b"{\"success\":true,\"data\":["
+        } else {
+            b"{\"success\":false,\"data\":["
+        });
+        for (i, item) in self.data.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            item.write_json(&mut out);
+        }
+        out.push(b']');
+        if !self.rate_limited.is_empty() {
+            out.extend_from_slice(b",\"rate_limited\":[");
+            for (i, item) in self.rate_limited.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                item.write_json(&mut out);
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+impl SingleResponse<'_> {
+    fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(if self.success {
+            b"{\"success\":true,\"data\":"
+        } else {
+            b"{\"success\":false,\"data\":"
+        });
+        self.data.write_json(&mut out);
+        out.push(b'}');
+        out
+    }
 }
 
 /// The OpenAPI tag of the ingest endpoints, whose answers carry the rate-limit headers.
@@ -124,11 +208,14 @@ pub async fn batch(
     let mut response = HttpResponse::Ok();
     headers.apply(&mut response, false);
     mark_replay(&mut response, &admitted);
-    Ok(response.json(BatchResponse {
+    let answer = BatchResponse {
         success: true,
         data,
         rate_limited,
-    }))
+    };
+    Ok(response
+        .insert_header(ContentType::json())
+        .body(answer.to_json()))
 }
 
 /// Sends one event.
@@ -171,10 +258,13 @@ pub async fn single(
     let mut response = HttpResponse::Ok();
     headers.apply(&mut response, false);
     mark_replay(&mut response, &admitted);
-    Ok(response.json(SingleResponse {
+    let answer = SingleResponse {
         success: true,
         data: accepted_item(outcome, &events[0], &admitted),
-    }))
+    };
+    Ok(response
+        .insert_header(ContentType::json())
+        .body(answer.to_json()))
 }
 
 /// An authenticated request, read whole.
@@ -393,4 +483,63 @@ fn refused(state: &AppState, error: ApiError, events: usize) -> ApiError {
             .inc_by(events as u64);
     }
     error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(reference: Option<&str>, schema_version: Option<u32>) -> AcceptedItem<'_> {
+        AcceptedItem {
+            id: uuid::Uuid::now_v7(),
+            signal_id: "sig_bFyqj0qg",
+            schema_version,
+            status: "pending",
+            reference,
+        }
+    }
+
+    #[test]
+    fn the_answers_are_the_text_serde_writes() {
+        let references = [None, Some("evt-1"), Some("quote \" tab \t é 😀"), Some("")];
+        let batches = [
+            (vec![item(None, None)], vec![]),
+            (
+                references.iter().map(|r| item(*r, Some(3))).collect(),
+                vec![
+                    LimitedItem {
+                        signal_id: "sig_x",
+                        reference: Some("r\u{1}"),
+                        index: 4,
+                    },
+                    LimitedItem {
+                        signal_id: "sig_x",
+                        reference: None,
+                        index: 99,
+                    },
+                ],
+            ),
+        ];
+        for (data, rate_limited) in batches {
+            let answer = BatchResponse {
+                success: true,
+                data,
+                rate_limited,
+            };
+            assert_eq!(
+                String::from_utf8(answer.to_json()).unwrap(),
+                serde_json::to_string(&answer).unwrap()
+            );
+        }
+        for reference in references {
+            let answer = SingleResponse {
+                success: true,
+                data: item(reference, Some(u32::MAX)),
+            };
+            assert_eq!(
+                String::from_utf8(answer.to_json()).unwrap(),
+                serde_json::to_string(&answer).unwrap()
+            );
+        }
+    }
 }

@@ -41,6 +41,7 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::domain::{Event, SignalType};
+use crate::json;
 
 /// The tenant field of an entry.
 pub const TENANT: &str = "t";
@@ -104,15 +105,11 @@ impl<'a> StreamEvent<'a> {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("strings and raw JSON always serialize")
     }
-
-    /// Appends this event's JSON to `out` (the api builds an entry's `b` field in one buffer).
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        serde_json::to_writer(out, self).expect("strings and raw JSON always serialize")
-    }
 }
 
 /// An entry's `b` field: the request's events, each with its signal's number (`event_slugs`,
-/// from 0) and the version it asks for, in one buffer.
+/// from 0) and the version it asks for, in one buffer: the text serde writes for each
+/// [`StreamEvent`], written by [`crate::json`] (no escaping pass over what needs none).
 pub fn events_field(
     events: &[Event<'_>],
     event_slugs: &[usize],
@@ -120,10 +117,20 @@ pub fn events_field(
     ids: &[Uuid],
     received_at: DateTime<Utc>,
 ) -> Vec<u8> {
-    let received = timestamp(received_at);
-    let mut out = Vec::with_capacity(events.len() * 256 + 2);
+    // The receipt time's JSON text, made once for every event.
+    let mut received = Vec::with_capacity(32);
+    json::string(&mut received, &timestamp(received_at));
+    // The fixed text of an event is under 250 bytes; its own texts come on top.
+    let size: usize = events
+        .iter()
+        .map(|e| {
+            let reference = e.reference.as_deref().map_or(0, str::len);
+            250 + e.identity_type.len() + e.identity_id.len() + e.data.get().len() + reference
+        })
+        .sum();
+    let mut out = Vec::with_capacity(size + 2);
     out.push(b'[');
-    for (i, (((event, &slug), &version), &id)) in events
+    for (i, (((event, &slug), &version), id)) in events
         .iter()
         .zip(event_slugs)
         .zip(requested)
@@ -133,10 +140,28 @@ pub fn events_field(
         if i > 0 {
             out.push(b',');
         }
-        let mut item = StreamEvent::from_event(id, event, &received);
-        item.n = Some(slug + 1);
-        item.v = Some(version);
-        item.write_json(&mut out);
+        out.extend_from_slice(b"{\"n\":");
+        json::number(&mut out, slug as u64 + 1);
+        out.extend_from_slice(b",\"v\":");
+        json::number(&mut out, u64::from(version));
+        out.extend_from_slice(b",\"id\":");
+        json::uuid(&mut out, id);
+        out.extend_from_slice(b",\"identity_type\":");
+        json::string(&mut out, &event.identity_type);
+        out.extend_from_slice(b",\"identity_id\":");
+        json::string(&mut out, &event.identity_id);
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(event.data.get().as_bytes());
+        out.extend_from_slice(b",\"occurred_at\":");
+        match event.timestamp {
+            Some(t) => json::string(&mut out, &timestamp(t.with_timezone(&Utc))),
+            None => out.extend_from_slice(&received),
+        }
+        out.extend_from_slice(b",\"received_at\":");
+        out.extend_from_slice(&received);
+        out.extend_from_slice(b",\"reference\":");
+        json::optional_string(&mut out, event.reference.as_deref());
+        out.push(b'}');
     }
     out.push(b']');
     out
@@ -446,6 +471,33 @@ mod tests {
         );
         assert!(StreamEntry::decode(|_| None).is_err());
         assert!(Meta::parse("a|b|c").is_none() && Meta::parse("a|b|c|d|e").is_none());
+    }
+
+    #[test]
+    fn the_events_field_is_the_text_serde_writes_for_each_event() {
+        let body = r#"{"events":[
+            {"signal":"a","identity":{"type":"deal","id":"d \"1\" \\ \t é"},"data":{"x":"\n","y":[1,2.5]},"reference":"r\u0001"},
+            {"signal":"b","identity":{"type":"my_type-2","id":"😀"},"timestamp":"2026-01-02T03:04:05.123456789+02:00"},
+            {"signal":"a","identity":{"type":"lead","id":"l"},"data":{},"reference":"</script>"}
+        ]}"#;
+        let events = crate::domain::parse_batch(body).unwrap();
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+        let (slugs, versions) = ([0, 1, 0], [0, 7, u32::MAX]);
+        let received = Utc::now();
+        let b = events_field(&events, &slugs, &versions, &ids, received);
+        let received = timestamp(received);
+        let expected: Vec<String> = (0..3)
+            .map(|i| {
+                let mut event = StreamEvent::from_event(ids[i], &events[i], &received);
+                event.n = Some(slugs[i] + 1);
+                event.v = Some(versions[i]);
+                event.to_json()
+            })
+            .collect();
+        assert_eq!(
+            String::from_utf8(b).unwrap(),
+            format!("[{}]", expected.join(","))
+        );
     }
 
     #[test]
