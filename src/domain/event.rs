@@ -95,15 +95,11 @@ pub fn parse_batch(body: &str) -> Result<Vec<Event<'_>>, BodyError> {
         return Err(BodyError::TooMany(events.total));
     }
     let mut errors = Vec::new();
-    let parsed: Vec<Event> = events
-        .items
-        .into_iter()
-        .enumerate()
-        .filter_map(|(index, item)| {
-            let path = EventPath { index, batch: true };
-            check_event(item, path, &mut errors)
-        })
-        .collect();
+    let mut parsed = Vec::with_capacity(events.items.len());
+    for (index, item) in events.items.into_iter().enumerate() {
+        let path = EventPath { index, batch: true };
+        parsed.extend(check_event(item, path, &mut errors));
+    }
     if errors.is_empty() {
         Ok(parsed)
     } else {

@@ -7,7 +7,8 @@
 //! - nesting deeper than [`MAX_DEPTH`] (serde_json, and so the worker, stops at 128 levels).
 //!
 //! Catching them at the edge turns a would-be poison event into a clear 400.
-//! The scan walks the raw text once and allocates nothing.
+//! The scan walks the raw text once and allocates nothing; inside strings it looks only for
+//! quotes and escapes, and it reads a number only when it could be out of range.
 
 /// Deepest nesting of arrays and objects accepted in event data.
 pub const MAX_DEPTH: usize = 64;
@@ -42,6 +43,10 @@ pub fn unstorable(raw: &str) -> Option<String> {
                     i += 1;
                 }
                 let number = &raw[start..i];
+                // Without an exponent, fewer than 309 characters are below 1e308: finite.
+                if number.len() < 309 && !number.bytes().any(|b| b == b'e' || b == b'E') {
+                    continue;
+                }
                 match number.parse::<f64>() {
                     Ok(v) if v.is_finite() => {}
                     _ => return Some(format!("number {} is out of range", shorten(number))),
@@ -56,7 +61,12 @@ pub fn unstorable(raw: &str) -> Option<String> {
 /// Scans a string body from just after its opening quote; returns the index after the
 /// closing quote.
 fn scan_string(bytes: &[u8], mut i: usize) -> Result<usize, String> {
-    while i < bytes.len() {
+    // Only quotes and escapes matter: the bytes between them are skipped many at a time.
+    while let Some(next) = bytes
+        .get(i..)
+        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+    {
+        i += next;
         match bytes[i] {
             b'"' => return Ok(i + 1),
             b'\\' if bytes.get(i + 1) == Some(&b'u') => {
@@ -91,7 +101,7 @@ fn scan_string(bytes: &[u8], mut i: usize) -> Result<usize, String> {
             _ => i += 1,
         }
     }
-    Ok(i)
+    Ok(bytes.len())
 }
 
 fn hex4(bytes: &[u8], at: usize) -> Option<u32> {
@@ -119,6 +129,8 @@ mod tests {
             r#"{"a":[1,-2.5,3e10,true,null],"b":"x\\u0000y","c":"\ud83d\ude00","d":"\"\\"}"#,
             r#"{"n": 1.7976931348623157e308, "é": "ünïcödé"}"#,
             &format!("{}{}", "[".repeat(64), "]".repeat(64)),
+            &format!(r#"{{"n":-{}.5,"m":{}}}"#, "9".repeat(300), "9".repeat(308)),
+            r#"{"s":"a\"b\\","t":"\\u0000 is text here","u":"x\\"}"#,
             r#"{"[": "{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{"}"#,
         ] {
             assert_eq!(unstorable(ok), None, "{ok}");
@@ -135,6 +147,8 @@ mod tests {
             r#"{"a":"\udc00"}"#,
             r#"{"a":1e400}"#,
             r#"{"a":-1e400}"#,
+            &format!(r#"{{"a":{}}}"#, "9".repeat(309)),
+            &format!(r#"{{"a":"{}\\","b":"\u0000"}}"#, "x".repeat(100)),
             &format!("{}{}", "[".repeat(65), "]".repeat(65)),
         ] {
             assert!(unstorable(bad).is_some(), "{bad}");
