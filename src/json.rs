@@ -4,7 +4,7 @@
 //!
 //! serde_json's serializer writes every string, keys and ids included, through its escaping
 //! loop, one byte and one small copy at a time: at 100 events per request that was a third of
-//! the api's instructions (bench/history.md, run 24). Here the fixed parts of an object are
+//! the api's instructions (bench/history.md, run 16). Here the fixed parts of an object are
 //! written as one literal each, and a string is copied whole when it holds nothing to escape
 //! (the usual case); one that does goes through serde_json's own escaping, so the bytes are
 //! always the ones serde_json writes. The tests of the callers hold each text to serde's.
