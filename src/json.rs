@@ -3,7 +3,7 @@
 //! (`api::events`).
 //!
 //! serde_json's serializer writes every string, keys and ids included, through its escaping
-//! loop, one byte and one small copy at a time: at 100 events per request that was a third of
+//! loop, one byte and one small copy at a time: at 100 events per request that was a fifth of
 //! the api's instructions (bench/history.md, run 16). Here the fixed parts of an object are
 //! written as one literal each, and a string is copied whole when it holds nothing to escape
 //! (the usual case); one that does goes through serde_json's own escaping, so the bytes are
