@@ -39,6 +39,27 @@ pub fn optional_number(out: &mut Vec<u8>, n: Option<u32>) {
     }
 }
 
+/// Appends `b`.
+pub fn boolean(out: &mut Vec<u8>, b: bool) {
+    out.extend_from_slice(if b { b"true" } else { b"false" });
+}
+
+/// Appends an array of `items`, each written by `write`.
+pub fn array<T>(
+    out: &mut Vec<u8>,
+    items: impl IntoIterator<Item = T>,
+    mut write: impl FnMut(&mut Vec<u8>, T),
+) {
+    out.push(b'[');
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, item);
+    }
+    out.push(b']');
+}
+
 /// Appends `n`.
 pub fn number(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
@@ -90,7 +111,7 @@ mod tests {
     }
 
     #[test]
-    fn numbers_ids_and_nulls_are_the_bytes_serde_json_writes() {
+    fn numbers_booleans_arrays_ids_and_nulls_are_the_bytes_serde_json_writes() {
         for n in [None, Some(0), Some(7), Some(u32::MAX)] {
             let mut out = Vec::new();
             optional_number(&mut out, n);
@@ -100,6 +121,16 @@ mod tests {
             let mut out = Vec::new();
             optional_string(&mut out, s);
             assert_eq!(out, serde_json::to_vec(&s).unwrap());
+        }
+        for b in [true, false] {
+            let mut out = Vec::new();
+            boolean(&mut out, b);
+            assert_eq!(out, serde_json::to_vec(&b).unwrap());
+        }
+        for items in [vec![], vec![1], vec![1, 2, 3]] {
+            let mut out = Vec::new();
+            array(&mut out, &items, |out, n| number(out, *n));
+            assert_eq!(out, serde_json::to_vec(&items).unwrap());
         }
         let id = Uuid::now_v7();
         let mut out = Vec::new();

@@ -111,27 +111,15 @@ impl BatchResponse<'_> {
             .map(|d| d.reference.map_or(0, str::len))
             .sum();
         let mut out = Vec::with_capacity(64 + 200 * self.data.len() + references);
-        out.extend_from_slice(if self.success {
-            b"{\"success\":true,\"data\":["
-        } else {
-            b"{\"success\":false,\"data\":["
-        });
-        for (i, item) in self.data.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            item.write_json(&mut out);
-        }
-        out.push(b']');
+        out.extend_from_slice(b"{\"success\":");
+        json::boolean(&mut out, self.success);
+        out.extend_from_slice(b",\"data\":");
+        json::array(&mut out, &self.data, |out, item| item.write_json(out));
         if !self.rate_limited.is_empty() {
-            out.extend_from_slice(b",\"rate_limited\":[");
-            for (i, item) in self.rate_limited.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                item.write_json(&mut out);
-            }
-            out.push(b']');
+            out.extend_from_slice(b",\"rate_limited\":");
+            json::array(&mut out, &self.rate_limited, |out, item| {
+                item.write_json(out)
+            });
         }
         out.push(b'}');
         out
@@ -141,11 +129,9 @@ impl BatchResponse<'_> {
 impl SingleResponse<'_> {
     fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(if self.success {
-            b"{\"success\":true,\"data\":"
-        } else {
-            b"{\"success\":false,\"data\":"
-        });
+        out.extend_from_slice(b"{\"success\":");
+        json::boolean(&mut out, self.success);
+        out.extend_from_slice(b",\"data\":");
         self.data.write_json(&mut out);
         out.push(b'}');
         out

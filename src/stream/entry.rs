@@ -129,41 +129,31 @@ pub fn events_field(
         })
         .sum();
     let mut out = Vec::with_capacity(size + 2);
-    out.push(b'[');
-    for (i, (((event, &slug), &version), id)) in events
-        .iter()
-        .zip(event_slugs)
-        .zip(requested)
-        .zip(ids)
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(b',');
-        }
+    let items = events.iter().zip(event_slugs).zip(requested).zip(ids);
+    json::array(&mut out, items, |out, (((event, &slug), &version), id)| {
         out.extend_from_slice(b"{\"n\":");
-        json::number(&mut out, slug as u64 + 1);
+        json::number(out, slug as u64 + 1);
         out.extend_from_slice(b",\"v\":");
-        json::number(&mut out, u64::from(version));
+        json::number(out, u64::from(version));
         out.extend_from_slice(b",\"id\":");
-        json::uuid(&mut out, id);
+        json::uuid(out, id);
         out.extend_from_slice(b",\"identity_type\":");
-        json::string(&mut out, &event.identity_type);
+        json::string(out, &event.identity_type);
         out.extend_from_slice(b",\"identity_id\":");
-        json::string(&mut out, &event.identity_id);
+        json::string(out, &event.identity_id);
         out.extend_from_slice(b",\"data\":");
         out.extend_from_slice(event.data.get().as_bytes());
         out.extend_from_slice(b",\"occurred_at\":");
         match event.timestamp {
-            Some(t) => json::string(&mut out, &timestamp(t.with_timezone(&Utc))),
+            Some(t) => json::string(out, &timestamp(t.with_timezone(&Utc))),
             None => out.extend_from_slice(&received),
         }
         out.extend_from_slice(b",\"received_at\":");
         out.extend_from_slice(&received);
         out.extend_from_slice(b",\"reference\":");
-        json::optional_string(&mut out, event.reference.as_deref());
+        json::optional_string(out, event.reference.as_deref());
         out.push(b'}');
-    }
-    out.push(b']');
+    });
     out
 }
 
