@@ -101,10 +101,7 @@ impl Stack {
         for keys in staged.chunks(10_000) {
             let _: () = redis::cmd("UNLINK").arg(keys).query(&mut conn).unwrap();
         }
-        let _: () = redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query(&mut conn)
-            .unwrap();
+        self.redis.reset_stats();
     }
 
     /// The Redis server's process id.
@@ -122,21 +119,7 @@ impl Stack {
     /// The admission script's Redis-side time (µs) and calls since the statistics were reset.
     /// A call may carry several requests (src/ingest/lanes.rs).
     pub fn script_usec_and_calls(&self) -> (f64, u64) {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut self.redis.conn())
-            .unwrap();
-        let field = |line: &str, name: &str| -> Option<f64> {
-            let (_, rest) = line.split_once(&format!("{name}="))?;
-            rest.split(',').next()?.parse().ok()
-        };
-        info.lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| {
-                let rest = l.split_once(':')?.1;
-                Some((field(rest, "usec")?, field(rest, "calls")? as u64))
-            })
-            .fold((0.0, 0), |(u, c), (du, dc)| (u + du, c + dc))
+        self.redis.script_stats()
     }
 
     pub fn keys(&self, pattern: &str) -> Vec<String> {

@@ -129,29 +129,12 @@ impl TestEnv {
 
     /// Resets Redis's command statistics ([`TestEnv::script_calls`] counts from here).
     pub fn reset_redis_stats(&self) {
-        let _: () = redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query(&mut self.redis.conn())
-            .unwrap();
+        self.redis.reset_stats();
     }
 
     /// How many times Redis has run a script since its statistics were last reset.
     pub fn script_calls(&self) -> u64 {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut self.redis.conn())
-            .unwrap();
-        info.lines()
-            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-            .filter_map(|l| {
-                l.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .sum()
+        self.redis.script_stats().1
     }
 
     /// Starts an api replica in this process on a free port.

@@ -185,6 +185,34 @@ impl RedisServer {
     pub fn conn(&self) -> redis::Connection {
         self.client().unwrap().get_connection().unwrap()
     }
+
+    /// Resets the command statistics ([`RedisServer::script_stats`] counts from here).
+    pub fn reset_stats(&self) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut self.conn())
+            .unwrap();
+    }
+
+    /// The time (µs) Redis spent running scripts, and how many it ran, since the statistics
+    /// were last reset (`INFO commandstats`).
+    pub fn script_stats(&self) -> (f64, u64) {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.conn())
+            .unwrap();
+        let field = |line: &str, name: &str| -> Option<f64> {
+            let (_, rest) = line.split_once(&format!("{name}="))?;
+            rest.split(',').next()?.parse().ok()
+        };
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                let rest = l.split_once(':')?.1;
+                Some((field(rest, "usec")?, field(rest, "calls")? as u64))
+            })
+            .fold((0.0, 0), |(u, c), (du, dc)| (u + du, c + dc))
+    }
 }
 
 impl Drop for RedisServer {
