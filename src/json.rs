@@ -1,6 +1,6 @@
-//! JSON text written straight into a buffer, for the two texts ingest writes per event: the
-//! entry's events field (`stream::entry::events_field`) and the ingest answers
-//! (`api::events`).
+//! JSON text written straight into a buffer, for the texts written per event or per request:
+//! the entry's events field (`stream::entry::events_field`), the ingest answers
+//! (`api::events`) and JSON log lines (`telemetry`).
 //!
 //! serde_json's serializer writes every string, keys and ids included, through its escaping
 //! loop, one byte and one small copy at a time: at 100 events per request that was a fifth of
@@ -63,6 +63,17 @@ pub fn array<T>(
 /// Appends `n`.
 pub fn number(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends `n`.
+pub fn signed(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// Appends `n` as serde_json writes an `f64`: the shortest text that reads back as `n`, and
+/// `null` for a NaN or an infinity.
+pub fn float(out: &mut Vec<u8>, n: f64) {
+    serde_json::to_writer(&mut *out, &n).expect("a number always serializes");
 }
 
 /// Appends `id` as serde writes a [`Uuid`]: a hyphenated, lower-case string.
@@ -131,6 +142,16 @@ mod tests {
             let mut out = Vec::new();
             array(&mut out, &items, |out, n| number(out, *n));
             assert_eq!(out, serde_json::to_vec(&items).unwrap());
+        }
+        for n in [i64::MIN, -1, 0, 42, i64::MAX] {
+            let mut out = Vec::new();
+            signed(&mut out, n);
+            assert_eq!(out, serde_json::to_vec(&n).unwrap());
+        }
+        for n in [0.0, -0.0, 0.1, 1.0, 0.10106399999999999, 1e300, -2.5e-300, f64::NAN, f64::INFINITY] {
+            let mut out = Vec::new();
+            float(&mut out, n);
+            assert_eq!(out, serde_json::to_vec(&n).unwrap());
         }
         let id = Uuid::now_v7();
         let mut out = Vec::new();
