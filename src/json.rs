@@ -148,7 +148,17 @@ mod tests {
             signed(&mut out, n);
             assert_eq!(out, serde_json::to_vec(&n).unwrap());
         }
-        for n in [0.0, -0.0, 0.1, 1.0, 0.10106399999999999, 1e300, -2.5e-300, f64::NAN, f64::INFINITY] {
+        for n in [
+            0.0,
+            -0.0,
+            0.1,
+            1.0,
+            0.10106399999999999,
+            1e300,
+            -2.5e-300,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
             let mut out = Vec::new();
             float(&mut out, n);
             assert_eq!(out, serde_json::to_vec(&n).unwrap());

@@ -163,7 +163,9 @@ where
             let why = match serde_json::from_str::<serde_json::Value>(fields) {
                 Ok(value) => {
                     out.extend_from_slice(b"\"field\":");
-                    serde_json::to_writer(&mut *out, &value).map_err(|_| ()).ok();
+                    serde_json::to_writer(&mut *out, &value)
+                        .map_err(|_| ())
+                        .ok();
                     "field was no a valid object".to_owned()
                 }
                 Err(e) => e.to_string(),
@@ -319,7 +321,8 @@ mod tests {
             text = weird,
             "answering 503: {}", weird
         );
-        let request = tracing::info_span!("request", request_id = %"01a2229f-2294-77c1-a9fb-c63e061b7994");
+        let request =
+            tracing::info_span!("request", request_id = %"01a2229f-2294-77c1-a9fb-c63e061b7994");
         let _entered = request.enter();
         tracing::info!(
             method = %"POST",
