@@ -86,7 +86,8 @@ pub struct Redis {
 #[derive(Clone)]
 enum Client {
     Standalone(Arc<Server>),
-    Cluster(ClusterClient),
+    /// Boxed: a cluster client is several times the size of the other variant.
+    Cluster(Box<ClusterClient>),
 }
 
 /// One Redis server: where it is, what to say on connecting (`AUTH`, `SELECT`), and how to
@@ -226,7 +227,7 @@ impl Redis {
                 }
                 builder
                     .build()
-                    .map(Client::Cluster)
+                    .map(|client| Client::Cluster(Box::new(client)))
                     .map_err(|e| format!("SLUICE__REDIS__URL: cannot use it: {e}"))
             }
         }?;
@@ -448,10 +449,10 @@ impl Redis {
 
     /// The slot's connection, opened anew when there is none or its reader has seen it close.
     async fn connection(&self, slot: usize) -> Result<Pooled, RedisError> {
-        if let Some(pooled) = &*self.shared.slots[slot].lock().expect("slot lock") {
-            if !pooled.is_closed() {
-                return Ok(pooled.clone());
-            }
+        if let Some(pooled) = &*self.shared.slots[slot].lock().expect("slot lock")
+            && !pooled.is_closed()
+        {
+            return Ok(pooled.clone());
         }
         let pooled = match &self.client {
             Client::Standalone(server) => server.open().await,

@@ -544,7 +544,7 @@ fn parse_version(raw: &str) -> Option<SchemaVersion> {
     let n = super::whole_number(&n)?;
     (1..=i64::from(i32::MAX))
         .contains(&n)
-        .then(|| SchemaVersion::Exact(n as u32))
+        .then_some(SchemaVersion::Exact(n as u32))
 }
 
 /// serde_json appends "at line L column C" positions relative to the event's own text, which

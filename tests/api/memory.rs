@@ -3,6 +3,7 @@
 //! against a full Redis drains it.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -366,7 +367,7 @@ async fn sustained_overload_costs_only_503s_and_loses_or_doubles_nothing() {
         ("SLUICE__WORKER__TRIM_INTERVAL_MS", "200"),
     ]);
     worker.wait_ready(200).await;
-    let api = Arc::new(env.spawn_api().await);
+    let api = Rc::new(env.spawn_api().await);
     cap_memory(&env, 4 << 20);
 
     let stop = Arc::new(AtomicBool::new(false));
