@@ -169,6 +169,7 @@ where
                     serde_json::to_writer(&mut *out, &value)
                         .map_err(|_| ())
                         .ok();
+                    out.push(b',');
                     "field was no a valid object".to_owned()
                 }
                 Err(e) => e.to_string(),
@@ -453,6 +454,38 @@ mod tests {
         let layout = |t: &str| t.replace(|c: char| c.is_ascii_digit(), "0");
         assert_eq!(layout(&before), layout(&theirs));
         assert_eq!(layout(&after), layout(&theirs));
+    }
+
+    /// Span fields recorded by another formatter than `JsonFields` (not a JSON object) are
+    /// said as `tracing-subscriber` says them, in a line that is still JSON.
+    #[test]
+    fn span_fields_that_are_not_an_object_are_reported_in_valid_json() {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Sink(sink.clone()))
+            .fmt_fields(tracing_subscriber::fmt::format::DefaultFields::new())
+            .event_format(JsonLines)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            // The text formatter writes a lone message as it is: here, a JSON number.
+            tracing::info_span!("number", message = 5).in_scope(|| tracing::info!("a"));
+            tracing::info_span!("text", answer = 42).in_scope(|| tracing::info!("b"));
+        });
+        let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["span"]["field"], 5, "{text}");
+        assert_eq!(
+            lines[0]["span"]["field_error"],
+            "field was no a valid object"
+        );
+        assert_eq!(lines[0]["span"]["name"], "number");
+        assert!(lines[1]["span"]["field_error"].is_string(), "{text}");
+        assert_eq!(lines[1]["span"]["name"], "text");
     }
 
     #[test]
