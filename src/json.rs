@@ -34,7 +34,7 @@ pub fn optional_string(out: &mut Vec<u8>, s: Option<&str>) {
 /// Appends `n`, or `null`.
 pub fn optional_number(out: &mut Vec<u8>, n: Option<u32>) {
     match n {
-        Some(n) => number(out, u64::from(n)),
+        Some(n) => number(out, n),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -60,13 +60,8 @@ pub fn array<T>(
     out.push(b']');
 }
 
-/// Appends `n`.
-pub fn number(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
-/// Appends `n`.
-pub fn signed(out: &mut Vec<u8>, n: i64) {
+/// Appends the integer `n`.
+pub fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
@@ -145,7 +140,7 @@ mod tests {
         }
         for n in [i64::MIN, -1, 0, 42, i64::MAX] {
             let mut out = Vec::new();
-            signed(&mut out, n);
+            number(&mut out, n);
             assert_eq!(out, serde_json::to_vec(&n).unwrap());
         }
         for n in [

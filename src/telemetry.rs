@@ -248,7 +248,7 @@ impl Visit for EventFields<'_> {
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.name(field);
-        json::signed(self.out, value);
+        json::number(self.out, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {

@@ -134,7 +134,7 @@ pub fn events_field(
         out.extend_from_slice(b"{\"n\":");
         json::number(out, slug as u64 + 1);
         out.extend_from_slice(b",\"v\":");
-        json::number(out, u64::from(version));
+        json::number(out, version);
         out.extend_from_slice(b",\"id\":");
         json::uuid(out, id);
         out.extend_from_slice(b",\"identity_type\":");
