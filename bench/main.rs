@@ -21,7 +21,7 @@ mod servers;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use measure::{Apis, Load, Stack, cpu_seconds, peak_rss_mib};
+use measure::{Apis, Load, MachineCpu, Stack, cpu_seconds, peak_rss_mib};
 use report::{Ingest, PeerRow, Read, Recovery, Results, Side};
 
 /// Signals of the reference case: each request's events spread over all of them.
@@ -124,11 +124,14 @@ fn against_capture(stack: &Stack, seconds: f64, results: &mut Results) {
     let sluice_pids = [apis.pid(0), stack.redis_pid()];
     let measure = |pids: &[u32], url: &str, body: &str, headers: &[(&str, &str)]| {
         let cpu = || pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>();
-        let before = cpu();
+        let (before, machine) = (cpu(), MachineCpu::now());
         let wrk = peer::wrk(work, url, body, headers, seconds);
         let spent = cpu() - before;
+        let (idle_pct, steal_pct) = MachineCpu::now().shares_since(&machine);
         Side {
             cpu_us_per_request: spent / wrk.requests.max(1) as f64 * 1e6,
+            idle_pct,
+            steal_pct,
             wrk,
         }
     };
@@ -165,12 +168,17 @@ fn against_capture(stack: &Stack, seconds: f64, results: &mut Results) {
             };
             eprintln!(
                 "bench: round {} of {PEER_ROUNDS}, {batch} events per request: Sluice {:.0} \
-                 requests/s ({:.1} µs CPU each), capture {:.0} ({:.1} µs)",
+                 requests/s ({:.1} µs CPU each; {:.0}% idle, {:.0}% steal), capture {:.0} \
+                 ({:.1} µs; {:.0}% idle, {:.0}% steal)",
                 round + 1,
                 sluice.wrk.requests_per_sec,
                 sluice.cpu_us_per_request,
+                sluice.idle_pct,
+                sluice.steal_pct,
                 capture.wrk.requests_per_sec,
-                capture.cpu_us_per_request
+                capture.cpu_us_per_request,
+                capture.idle_pct,
+                capture.steal_pct
             );
             row.rounds.push((sluice, capture));
         }

@@ -464,7 +464,9 @@ pub fn admin(vars: &[(String, String)], args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// CPU seconds (user and system) process `pid` has used so far.
+/// CPU seconds (user and system) process `pid` has used so far, with those of its children
+/// it has waited for: Redis's append-only-file rewrites run in a child it forks and reaps, and
+/// are work the events it holds cost it.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command name (which may hold spaces), counted from 3.
@@ -474,8 +476,51 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .1
         .split_whitespace()
         .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // utime, stime, cutime, cstime.
+    let ticks: f64 = fields[11..15]
+        .iter()
+        .map(|v| v.parse::<f64>().unwrap())
+        .sum();
     ticks / clock_ticks()
+}
+
+/// The machine's CPU time so far, from the first line of `/proc/stat`, in clock ticks: all of
+/// it, the part no process had (idle and waiting for I/O), and the part the hypervisor gave to
+/// other machines (steal), which no process here sees but every measurement pays.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MachineCpu {
+    pub total: f64,
+    pub idle: f64,
+    pub steal: f64,
+}
+
+impl MachineCpu {
+    pub fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap();
+        let ticks: Vec<f64> = stat
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("cpu "))
+            .expect("/proc/stat starts with the machine's cpu line")
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        MachineCpu {
+            total: ticks.iter().take(8).sum(),
+            idle: ticks[3] + ticks[4],
+            steal: ticks.get(7).copied().unwrap_or(0.0),
+        }
+    }
+
+    /// The shares (percent) of the machine's CPU that were idle and stolen since `before`.
+    pub fn shares_since(&self, before: &MachineCpu) -> (f64, f64) {
+        let total = (self.total - before.total).max(1.0);
+        (
+            (self.idle - before.idle) / total * 100.0,
+            (self.steal - before.steal) / total * 100.0,
+        )
+    }
 }
 
 fn clock_ticks() -> f64 {

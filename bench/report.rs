@@ -52,6 +52,10 @@ pub struct Side {
     pub wrk: Wrk,
     /// CPU of the server's processes per request answered, µs.
     pub cpu_us_per_request: f64,
+    /// Shares (percent) of the machine's CPU left idle and taken by the hypervisor (steal)
+    /// while it ran.
+    pub idle_pct: f64,
+    pub steal_pct: f64,
 }
 
 pub struct Read {
@@ -321,11 +325,15 @@ fn peer_section(r: &Results, out: &mut String) {
         out,
         "{rounds} rounds, each measuring both servers back to back (in turn first); every figure \
          is the range over\nthe rounds, the ratio taken within each round. CPU per request: \
-         Sluice's api and Redis processes,\nthe capture server's process (user + system from \
-         `/proc`).\n\n| events per request | Sluice requests/s | capture requests/s | Sluice ÷ \
-         capture | target | | Sluice CPU µs per request (api + Redis) | capture CPU µs per \
-         request | Sluice p99 ms | capture p99 ms | non-2xx (Sluice / capture) \
-         |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+         Sluice's api and Redis processes\n(with the append-only-file rewrites Redis forks), the \
+         capture server's process (user + system from `/proc`);\nper CPU-second, Sluice ÷ capture is the capture server's CPU per\nrequest \
+         over Sluice's, which neither the machine's idle share nor steal moves. Idle and steal: \
+         the shares of the\nmachine's CPU left idle and taken by the hypervisor for other \
+         machines (`/proc/stat`) while each server ran.\n\n| events per request | Sluice \
+         requests/s | capture requests/s | Sluice ÷ capture | target | | Sluice CPU µs per \
+         request (api + Redis) | capture CPU µs per request | per CPU-second, Sluice ÷ capture | \
+         idle % (Sluice / capture) | steal % (Sluice / capture) | Sluice p99 ms | capture p99 \
+         ms | non-2xx (Sluice / capture) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for row in rows {
         let range = |f: &dyn Fn(&(Side, Side)) -> f64, fmt: &dyn Fn(f64) -> String| {
@@ -359,9 +367,11 @@ fn peer_section(r: &Results, out: &mut String) {
         });
         let fixed1 = |v: f64| format!("{v:.1}");
         let fixed2 = |v: f64| format!("{v:.2}");
+        let percent = |v: f64| format!("{v:.0}");
         let _ = writeln!(
             out,
-            "| {} | {} | {} | **{}** | {target} | {met} | {} | {} | {} | {} | {} / {} |",
+            "| {} | {} | {} | **{}** | {target} | {met} | {} | {} | {} | {} / {} | {} / {} | {} | \
+             {} | {} / {} |",
             row.batch,
             range(&|(s, _)| s.wrk.requests_per_sec, &n),
             range(&|(_, c)| c.wrk.requests_per_sec, &n),
@@ -371,6 +381,14 @@ fn peer_section(r: &Results, out: &mut String) {
             ),
             range(&|(s, _)| s.cpu_us_per_request, &fixed1),
             range(&|(_, c)| c.cpu_us_per_request, &fixed1),
+            range(
+                &|(s, c)| c.cpu_us_per_request / s.cpu_us_per_request,
+                &fixed2
+            ),
+            range(&|(s, _)| s.idle_pct, &percent),
+            range(&|(_, c)| c.idle_pct, &percent),
+            range(&|(s, _)| s.steal_pct, &percent),
+            range(&|(_, c)| c.steal_pct, &percent),
             range(&|(s, _)| s.wrk.p99_ms, &fixed2),
             range(&|(_, c)| c.wrk.p99_ms, &fixed2),
             failed.0,
