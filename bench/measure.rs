@@ -487,7 +487,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 /// The machine's CPU time so far, from the first line of `/proc/stat`, in clock ticks: all of
 /// it, the part no process had (idle and waiting for I/O), and the part the hypervisor gave to
 /// other machines (steal), which no process here sees but every measurement pays.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct MachineCpu {
     pub total: f64,
     pub idle: f64,

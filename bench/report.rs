@@ -326,14 +326,15 @@ fn peer_section(r: &Results, out: &mut String) {
         "{rounds} rounds, each measuring both servers back to back (in turn first); every figure \
          is the range over\nthe rounds, the ratio taken within each round. CPU per request: \
          Sluice's api and Redis processes\n(with the append-only-file rewrites Redis forks), the \
-         capture server's process (user + system from `/proc`);\nper CPU-second, Sluice ÷ capture is the capture server's CPU per\nrequest \
-         over Sluice's, which neither the machine's idle share nor steal moves. Idle and steal: \
+         capture server's process (user + system from `/proc`);\nper CPU-second, Sluice ÷ \
+         capture is the capture server's CPU per\nrequest over Sluice's, which neither the machine's idle share nor steal moves. Idle and steal: \
          the shares of the\nmachine's CPU left idle and taken by the hypervisor for other \
          machines (`/proc/stat`) while each server ran.\n\n| events per request | Sluice \
          requests/s | capture requests/s | Sluice ÷ capture | target | | Sluice CPU µs per \
          request (api + Redis) | capture CPU µs per request | per CPU-second, Sluice ÷ capture | \
          idle % (Sluice / capture) | steal % (Sluice / capture) | Sluice p99 ms | capture p99 \
-         ms | non-2xx (Sluice / capture) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+         ms | non-2xx (Sluice / capture) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for row in rows {
         let range = |f: &dyn Fn(&(Side, Side)) -> f64, fmt: &dyn Fn(f64) -> String| {
