@@ -24,9 +24,13 @@ pub struct EventInput {
     /// Any JSON object that can be stored; default `{}`.
     #[schema(value_type = Option<Data>)]
     data: (),
-    /// RFC 3339 with an offset, in year 1 or later once in UTC (so not 0001-01-01 with a
-    /// positive offset); default: the time of receipt.
-    #[schema(value_type = Option<String>, format = DateTime, pattern = r"^(?!0000)(?!0001-01-01T[^+]*\+)")]
+    /// RFC 3339 with an offset, in years 1 to 9999 once in UTC (so not 0001-01-01 with a
+    /// positive offset, nor 9999-12-31 with a negative one); default: the time of receipt.
+    #[schema(
+        value_type = Option<String>,
+        format = DateTime,
+        pattern = r"^(?!0000)(?!0001-01-01T[^+]*\+)(?!9999-12-31T[^Zz+]*-)"
+    )]
     timestamp: (),
     /// Echoed back in the answer; at most 256 characters.
     #[schema(value_type = Option<String>, max_length = 256, pattern = "^[^\\u0000]*$")]

@@ -457,7 +457,8 @@ fn parse_data<'a>(
     Some(raw)
 }
 
-/// `timestamp`: RFC 3339 with an offset, in year 1 or later once in UTC; `Some(None)` when
+/// `timestamp`: RFC 3339 with an offset, in years 1 to 9999 once in UTC (what RFC 3339's
+/// four-digit years, and so the stream entry and every reader, can write); `Some(None)` when
 /// absent.
 fn parse_timestamp(
     raw: Option<&RawValue>,
@@ -470,8 +471,11 @@ fn parse_timestamp(
     let problem = match string_of(raw) {
         Err(problem) => problem,
         Ok(s) => match DateTime::parse_from_rfc3339(&s) {
-            Ok(t) if t.with_timezone(&chrono::Utc).year() >= 1 => return Some(Some(t)),
-            Ok(_) => "must be in year 1 or later",
+            Ok(t) => match t.with_timezone(&chrono::Utc).year() {
+                ..=0 => "must be in year 1 or later",
+                10_000.. => "must be in year 9999 or earlier once in UTC",
+                _ => return Some(Some(t)),
+            },
             Err(_) => "must be an RFC 3339 timestamp with an offset, e.g. 2026-11-26T10:15:00Z",
         },
     };
@@ -667,6 +671,30 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_are_years_1_to_9999_once_in_utc() {
+        let timestamp = |t: &str| batch(&[event(&format!(r#","timestamp":"{t}""#))]);
+        for (t, message) in [
+            ("0000-12-31T23:00:00Z", "must be in year 1 or later"),
+            ("0001-01-01T00:30:00+01:00", "must be in year 1 or later"),
+            (
+                "9999-12-31T23:00:00-05:00",
+                "must be in year 9999 or earlier once in UTC",
+            ),
+        ] {
+            let errors = errors_of(&timestamp(t));
+            assert_eq!(errors[0].message, format!("events[0].timestamp {message}"));
+        }
+        for t in [
+            "0001-01-01T00:00:00Z",
+            "0001-01-01T00:30:00-01:00",
+            "9999-12-31T23:59:59.999999Z",
+            "9999-12-31T18:59:59.999999-05:00",
+        ] {
+            assert!(parse_batch(&timestamp(t)).is_ok(), "{t}");
+        }
+    }
+
+    #[test]
     fn hostile_values_are_refused() {
         let long_id = "é".repeat(257);
         for (extra_identity_id, field) in [
@@ -794,6 +822,7 @@ mod properties {
             Just("latest".to_owned()),
             Just("2026-11-26T10:15:00Z".to_owned()),
             Just("0000-01-01T00:00:00Z".to_owned()),
+            Just("9999-12-31T23:00:00-05:00".to_owned()),
         ];
         let leaf = prop_oneof![
             Just(serde_json::Value::Null),
@@ -841,7 +870,10 @@ mod properties {
                     .as_ref()
                     .is_none_or(|r| r.chars().count() <= MAX_REFERENCE_LEN && !r.contains('\0'))
             );
-            assert!(e.timestamp.is_none_or(|t| t.year() >= 1));
+            assert!(
+                e.timestamp
+                    .is_none_or(|t| (1..=9999).contains(&t.with_timezone(&chrono::Utc).year()))
+            );
             if let SchemaVersion::Exact(v) = e.version {
                 assert!(v >= 1 && v <= i32::MAX as u32);
             }

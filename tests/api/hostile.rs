@@ -132,6 +132,16 @@ fn cases() -> Vec<Case> {
             200,
         ),
         json_case(
+            "year 9999 with a negative offset, so year 10000 in UTC",
+            with_event(|e| e["timestamp"] = json!("9999-12-31T23:00:00-05:00")),
+            400,
+        ),
+        json_case(
+            "year 9999 up to its last microsecond in UTC, given with an offset",
+            with_event(|e| e["timestamp"] = json!("9999-12-31T18:59:59.999999-05:00")),
+            200,
+        ),
+        json_case(
             "leap second",
             with_event(|e| e["timestamp"] = json!("2016-12-31T23:59:60Z")),
             200,
