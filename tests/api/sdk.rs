@@ -1,7 +1,8 @@
 //! The Python SDK (clients/python) against a real `sluice-api` and worker: events tracked while
 //! the api answers 503 after its admission script ran (Redis's replies held back past the api's
 //! deadline by a proxy) are stored exactly once, because each batch keeps its Idempotency-Key
-//! across retries.
+//! across retries; and the events the api refuses (400, 404) are given up alone, their batch's
+//! other events stored.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -96,6 +97,82 @@ async fn events_tracked_through_late_answers_are_stored_exactly_once() {
     assert_eq!(stored.len(), EVENTS, "every event tracked is stored");
     let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "stored more than once: {twice:?}");
+}
+
+/// A batch the api refuses because of a few of its events: the SDK gives up those alone, each
+/// with the api's reason, and the others are stored, once each.
+#[actix_web::test]
+async fn events_the_api_refuses_do_not_take_their_batch_with_them() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", None).await;
+    let (_api, base) = spawn_api_process(&env, None, &[]);
+    let _worker = env.spawn_worker(&[]);
+
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
+    let mut script = Command::new("python3")
+        .arg(sdk.join("tests/e2e/refused.py"))
+        .args([&format!("http://{base}"), &key])
+        .env("PYTHONPATH", &sdk)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs");
+    let guard = KillOnDrop(&mut script);
+    let started = Instant::now();
+    while guard.0.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < PATIENCE * 3, "the SDK never finished");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut out = String::new();
+    guard
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let out: serde_json::Value = serde_json::from_str(&out).expect("the script's JSON line");
+    assert_eq!(out["flushed"], true, "{out}");
+    let given_up = out["given_up"].as_object().expect("given_up");
+    let mut refused: Vec<(&str, u64)> = given_up
+        .iter()
+        .map(|(reference, why)| (reference.as_str(), why[0].as_u64().unwrap()))
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            ("bad-signal", 404),
+            ("bad-timestamp", 400),
+            ("bad-version", 400)
+        ],
+        "{out}"
+    );
+    let reason = |reference: &str| given_up[reference][1].as_str().unwrap().to_owned();
+    assert!(reason("bad-timestamp").contains("timestamp"), "{out}");
+    assert!(reason("bad-signal").contains("nope"), "{out}");
+    assert!(reason("bad-version").contains("version 7"), "{out}");
+
+    assert_eq!(env.wait_for_events(17, PATIENCE.as_secs()).await, 17);
+    eventually("the worker to finish with every entry", async || {
+        env.drained().then_some(())
+    })
+    .await;
+    let pg = env.pg_client().await;
+    let stored: Vec<String> = pg
+        .query("SELECT reference FROM events ORDER BY reference", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut expected: Vec<String> = (0..17).map(|i| format!("good-{i}")).collect();
+    expected.sort();
+    assert_eq!(
+        stored, expected,
+        "the good events, each once, and nothing else"
+    );
 }
 
 /// Kills the script if the test ends early, pass or fail.

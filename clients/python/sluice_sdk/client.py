@@ -298,11 +298,11 @@ class Client:
         for event in batch.events:
             event.tries += 1
         outcome = self._send(batch)
-        done, retry, regroup, problem = outcome
+        done, retry, regroup, problems = outcome
         if done:
             self._finish(done)
-        if problem is not None:
-            self._give_up(problem[0], problem[1])
+        for error, events in problems:
+            self._give_up(error, events)
         with self._cond:
             if retry is not None:
                 batch.not_before = retry
@@ -323,11 +323,11 @@ class Client:
                 time.sleep(wait)
             for e in batch.events:
                 e.tries += 1
-            done, retry, regroup, problem = self._send(batch)
+            done, retry, regroup, problems = self._send(batch)
             if done:
                 self._finish(done)
-            if problem is not None:
-                self._give_up(problem[0], problem[1])
+            for error, events in problems:
+                self._give_up(error, events)
             if retry is not None:
                 batch.not_before = retry
             elif regroup is not None:
@@ -338,7 +338,7 @@ class Client:
 
     def _send(self, batch):
         """One request. Returns (delivered events, monotonic time to retry the batch at or None,
-        (events to send again alone, not before) or None, (error, events) to give up or None)."""
+        (events to send again alone, not before) or None, [(error, events) to give up])."""
         headers = {
             "Authorization": f"Bearer {self.api_key}",
             "Content-Type": "application/json",
@@ -358,7 +358,17 @@ class Client:
             return self._retry_or_give_up(batch, _reset_at(response_headers), message, status)
         if status == 408 or (500 <= status <= 599 and status != 501):
             return self._retry_or_give_up(batch, _retry_after(response_headers), message, status)
-        return [], None, None, (DeliveryFailed(status, message), _fields(batch.events))
+        refused = _refused_events(status, body, batch.events)
+        if refused:
+            # The request ingested nothing: only the events it names are given up, each with its
+            # own reason; the others go again at once, as a batch of their own under a new key.
+            rest = [e for i, e in enumerate(batch.events) if i not in refused]
+            problems = [
+                (DeliveryFailed(status, reason), [batch.events[i].fields])
+                for i, reason in sorted(refused.items())
+            ]
+            return [], None, ((rest, 0.0) if rest else None), problems
+        return [], None, None, [(DeliveryFailed(status, message), _fields(batch.events))]
 
     def _settle_200(self, batch, headers, body):
         try:
@@ -367,25 +377,25 @@ class Client:
         except (ValueError, TypeError, KeyError, AttributeError):
             limited = set()
         if not limited:
-            return batch.events, None, None, None
+            return batch.events, None, None, []
         again = [e for i, e in enumerate(batch.events) if i in limited]
         done = [e for i, e in enumerate(batch.events) if i not in limited]
         if max(e.tries for e in again) > self.max_retries:
             problem = RetriesExhausted(
                 429, "rate limited, and max_retries was reached", tries=batch.tries
             )
-            return done, None, None, (problem, _fields(again))
-        return done, None, (again, _reset_at(headers)), None
+            return done, None, None, [(problem, _fields(again))]
+        return done, None, (again, _reset_at(headers)), []
 
     def _retry_or_give_up(self, batch, not_before, message, status=None):
         if batch.tries > self.max_retries:
             problem = RetriesExhausted(status, message, tries=batch.tries)
-            return [], None, None, (problem, _fields(batch.events))
+            return [], None, None, [(problem, _fields(batch.events))]
         cap = min(self.backoff_max, self.backoff_base * (2 ** (batch.tries - 1)))
         at = time.monotonic() + random.uniform(0, cap)
         if not_before is not None:
             at = max(at, not_before)
-        return [], at, None, None
+        return [], at, None, []
 
     def _post(self, body, headers):
         conn = getattr(self._local, "conn", None)
@@ -459,6 +469,10 @@ def _encode(signal, identity, data, timestamp, reference, version):
     elif isinstance(timestamp, datetime):
         if timestamp.tzinfo is None:
             timestamp = timestamp.replace(tzinfo=timezone.utc)
+        try:
+            timestamp.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValueError("timestamp must be in years 1 to 9999 once in UTC") from None
         fields["timestamp"] = timestamp.isoformat()
     elif isinstance(timestamp, str):
         fields["timestamp"] = timestamp
@@ -480,6 +494,35 @@ def _encode(signal, identity, data, timestamp, reference, version):
         raise ValueError(f"the event is {len(encoded)} bytes of JSON; a request holds at most {MAX_BODY}")
     # What on_error receives: the event as sent, not the caller's objects (which may change).
     return json.loads(encoded), encoded
+
+
+def _refused_events(status, body, events):
+    """The events a 400 or 404 names, by position, with why: a 400's `details` list the events
+    (by `index`) that break a rule; a 404 (`Signals not found: a, b`) names the unknown slugs.
+    Empty when the answer names none of them (a problem with the request as a whole)."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, TypeError):
+        return {}
+    if not isinstance(answer, dict):
+        return {}
+    reasons = {}
+    if status == 400:
+        for detail in answer.get("details") or []:
+            index = detail.get("index") if isinstance(detail, dict) else None
+            message = detail.get("message") if isinstance(detail, dict) else None
+            if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(events):
+                reasons.setdefault(index, []).append(str(message or answer.get("error")))
+    elif status == 404:
+        error = answer.get("error")
+        prefix = "Signals not found: "
+        if isinstance(error, str) and error.startswith(prefix):
+            unknown = set(error[len(prefix):].split(", "))
+            for index, event in enumerate(events):
+                slug = event.fields["signal"]
+                if slug in unknown:
+                    reasons[index] = [f"Signal not found: {slug}"]
+    return {index: "; ".join(messages) for index, messages in reasons.items()}
 
 
 def _error_message(body):

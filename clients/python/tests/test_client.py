@@ -101,6 +101,59 @@ def test_final_answers_are_reported_and_never_retried(server, errors, status):
     assert [e["reference"] for e in events] == ["doomed"]
 
 
+def test_a_400_naming_events_gives_up_only_those_and_sends_the_rest_again(server, errors):
+    refused = {"success": False, "error": "events[1].identity.id is required",
+               "details": [{"index": 1, "field": "events[1].identity.id",
+                            "message": "events[1].identity.id is required"},
+                           {"index": 1, "field": "events[1].reference",
+                            "message": "events[1].reference is longer than 256 characters"},
+                           {"index": 3, "field": "events[3].timestamp",
+                            "message": "events[3].timestamp must be in year 9999 or earlier once in UTC"}]}
+    server.then((400, {}, refused))
+    c = client(server, on_error=errors, flush_interval=60)
+    for i in range(5):
+        c.track("page_view", ACCOUNT, reference=f"r{i}")
+    assert c.flush(timeout=30)
+    first, again = server.requests
+    assert again.references == ["r0", "r2", "r4"]
+    assert again.headers["Idempotency-Key"] != first.headers["Idempotency-Key"]
+    given_up = [(e.status, e.message, [ev["reference"] for ev in events]) for e, events in errors.seen]
+    assert given_up == [
+        (400, "events[1].identity.id is required; events[1].reference is longer than 256 characters", ["r1"]),
+        (400, "events[3].timestamp must be in year 9999 or earlier once in UTC", ["r3"]),
+    ]
+    assert all(isinstance(e, DeliveryFailed) for e, _ in errors.seen)
+
+
+def test_a_404_gives_up_the_events_of_the_unknown_signals_and_sends_the_rest_again(server, errors):
+    server.then((404, {}, {"success": False, "error": "Signals not found: nope, gone"}))
+    c = client(server, on_error=errors, flush_interval=60)
+    for i, signal in enumerate(["page_view", "nope", "page_view", "gone", "nope"]):
+        c.track(signal, ACCOUNT, reference=f"r{i}")
+    assert c.flush(timeout=30)
+    first, again = server.requests
+    assert again.references == ["r0", "r2"]
+    assert again.headers["Idempotency-Key"] != first.headers["Idempotency-Key"]
+    given_up = [(e.status, e.message, [ev["reference"] for ev in events]) for e, events in errors.seen]
+    assert given_up == [
+        (404, "Signal not found: nope", ["r1"]),
+        (404, "Signal not found: gone", ["r3"]),
+        (404, "Signal not found: nope", ["r4"]),
+    ]
+
+
+def test_a_refusal_that_names_no_event_gives_up_the_whole_batch(server, errors):
+    server.then((400, {}, {"success": False, "error": "Invalid JSON: expected value at line 1 column 1"}))
+    c = client(server, on_error=errors, flush_interval=60)
+    for i in range(3):
+        c.track("page_view", ACCOUNT, reference=f"r{i}")
+    assert c.flush(timeout=30)
+    assert len(server.requests) == 1
+    [(error, events)] = errors.seen
+    assert isinstance(error, DeliveryFailed) and error.status == 400
+    assert [e["reference"] for e in events] == ["r0", "r1", "r2"]
+
+
 def test_max_retries_n_means_n_plus_1_requests(server, errors):
     server.then(*[(503, {}, None)] * 10)
     c = client(server, max_retries=3, on_error=errors)
@@ -265,9 +318,14 @@ def test_after_fork_the_child_has_its_own_sender_and_the_parent_sends_its_events
 
 def test_arguments_that_can_never_be_sent_raise_at_once(server):
     c = client(server)
+    minus_5 = timezone(timedelta(hours=-5))
     for bad in [
         dict(signal="", identity=ACCOUNT),
         dict(signal="s", identity={"type": "account"}),
+        # Year 10000 and year 0 once in UTC.
+        dict(signal="s", identity=ACCOUNT, timestamp=datetime(9999, 12, 31, 23, tzinfo=minus_5)),
+        dict(signal="s", identity=ACCOUNT,
+             timestamp=datetime(1, 1, 1, 0, 30, tzinfo=timezone(timedelta(hours=1)))),
         dict(signal="s", identity=ACCOUNT, version=0),
         dict(signal="s", identity=ACCOUNT, data={"pad": "x" * (1 << 20)}),
     ]:
