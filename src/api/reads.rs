@@ -11,7 +11,6 @@
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -19,7 +18,9 @@ use super::AppState;
 use super::auth::Principal;
 use super::error::ApiError;
 use crate::domain::{IdentityId, IdentityType, PageLimit, Rule, SignalType, Slug, hex};
-use crate::pg::reads::{Bucket, EventFilter, Position, ReadError, RollupQuery, State, StoredEvent};
+use crate::pg::reads::{
+    Bucket, EventFilter, Position, ReadError, RollupQuery, State, StoredEvent, StoredJson,
+};
 
 /// The CRM object an event is about.
 #[derive(Serialize, ToSchema)]
@@ -67,7 +68,7 @@ pub struct EventView {
     identity: IdentityView,
     /// The event's `data` as stored.
     #[schema(value_type = StoredData)]
-    data: Value,
+    data: StoredJson,
     /// The event's timestamp (RFC 3339, UTC).
     #[schema(format = DateTime)]
     timestamp: String,
@@ -123,7 +124,7 @@ pub struct StateView {
     signal_id: String,
     /// The `data` of the state event with the latest timestamp.
     #[schema(value_type = StoredData)]
-    data: Value,
+    data: StoredJson,
     /// That event's timestamp (RFC 3339, UTC).
     #[schema(format = DateTime)]
     timestamp: String,

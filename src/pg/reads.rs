@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Pool, Timeouts};
-use serde_json::Value;
-use tokio_postgres::types::ToSql;
+use serde_json::value::RawValue;
+use tokio_postgres::types::{FromSql, ToSql, Type};
 use uuid::Uuid;
 
 use super::PgError;
@@ -51,28 +51,28 @@ pub struct StoredEvent {
     pub error: Option<String>,
     pub identity_type: String,
     pub identity_id: String,
-    pub data: Value,
+    pub data: StoredJson,
     pub timestamp: DateTime<Utc>,
     pub received_at: DateTime<Utc>,
     pub reference: Option<String>,
 }
 
 impl StoredEvent {
-    fn from_row(row: &tokio_postgres::Row) -> Self {
-        StoredEvent {
-            id: row.get("id"),
-            signal: row.get("slug"),
-            signal_id: row.get("signal_id"),
-            schema_version: row.get("schema_version"),
-            status: row.get("status"),
-            error: row.get("error"),
-            identity_type: row.get("identity_type"),
-            identity_id: row.get("identity_id"),
-            data: row.get("data"),
-            timestamp: row.get("occurred_at"),
-            received_at: row.get("received_at"),
-            reference: row.get("reference"),
-        }
+    fn from_row(row: &tokio_postgres::Row) -> Result<Self, ReadError> {
+        Ok(StoredEvent {
+            id: row.try_get("id")?,
+            signal: row.try_get("slug")?,
+            signal_id: row.try_get("signal_id")?,
+            schema_version: row.try_get("schema_version")?,
+            status: row.try_get("status")?,
+            error: row.try_get("error")?,
+            identity_type: row.try_get("identity_type")?,
+            identity_id: row.try_get("identity_id")?,
+            data: row.try_get("data")?,
+            timestamp: row.try_get("occurred_at")?,
+            received_at: row.try_get("received_at")?,
+            reference: row.try_get("reference")?,
+        })
     }
 
     /// Where a page that ended with this event goes on from.
@@ -86,6 +86,63 @@ impl StoredEvent {
 
 const EVENT_COLUMNS: &str = "e.id, s.slug, e.signal_id, e.schema_version, e.status, e.error, \
      e.identity_type, e.identity_id, e.data, e.occurred_at, e.received_at, e.reference";
+
+/// A `jsonb` value as PostgreSQL stores it, to be written into an answer as it is: its numbers
+/// exactly as stored (read into a `serde_json::Value`, those beyond a 64-bit integer or with
+/// more digits than a float keeps would be rounded), without the spaces `jsonb`'s text puts after
+/// each `:` and `,`.
+#[derive(Debug, Clone)]
+pub struct StoredJson(Box<RawValue>);
+
+impl StoredJson {
+    /// `text` (valid JSON) without whitespace outside its strings.
+    fn compact(text: &str) -> Result<Self, serde_json::Error> {
+        let mut out = String::with_capacity(text.len());
+        let (mut in_string, mut escaped) = (false, false);
+        for c in text.chars() {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    in_string = false;
+                }
+            } else if c == '"' {
+                in_string = true;
+            } else if matches!(c, ' ' | '\n' | '\r' | '\t') {
+                continue;
+            }
+            out.push(c);
+        }
+        RawValue::from_string(out).map(StoredJson)
+    }
+}
+
+impl serde::Serialize for StoredJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'a> FromSql<'a> for StoredJson {
+    fn from_sql(
+        ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        // jsonb's binary form is a version byte (1) and the text; json's is the text.
+        let text = match (ty, raw) {
+            (&Type::JSONB, [1, text @ ..]) => text,
+            (&Type::JSONB, _) => return Err("unsupported jsonb version".into()),
+            _ => raw,
+        };
+        Ok(StoredJson::compact(std::str::from_utf8(text)?)?)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::JSONB | Type::JSON)
+    }
+}
 
 /// A place in the newest-first order of events: a page continues below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +177,7 @@ pub struct SignalRef {
 pub struct State {
     pub signal: String,
     pub signal_id: String,
-    pub data: Value,
+    pub data: StoredJson,
     pub timestamp: DateTime<Utc>,
     pub event_id: Uuid,
 }
@@ -221,7 +278,7 @@ impl Reads {
         );
         self.run(async |client| {
             let row = client.query_opt(&sql, &[&from, &to, &id, &tenant]).await?;
-            Ok(row.as_ref().map(StoredEvent::from_row))
+            row.as_ref().map(StoredEvent::from_row).transpose()
         })
         .await
     }
@@ -274,7 +331,7 @@ impl Reads {
         let params = q.0;
         self.run(async |client| {
             let rows = client.query(&sql, &params).await?;
-            Ok(rows.iter().map(StoredEvent::from_row).collect())
+            rows.iter().map(StoredEvent::from_row).collect()
         })
         .await
     }
@@ -313,16 +370,17 @@ impl Reads {
                     &[&tenant, &identity_type, &identity_id],
                 )
                 .await?;
-            Ok(rows
-                .iter()
-                .map(|r| State {
-                    signal: r.get(0),
-                    signal_id: r.get(1),
-                    data: r.get(2),
-                    timestamp: r.get(3),
-                    event_id: r.get(4),
+            rows.iter()
+                .map(|r| {
+                    Ok(State {
+                        signal: r.try_get(0)?,
+                        signal_id: r.try_get(1)?,
+                        data: r.try_get(2)?,
+                        timestamp: r.try_get(3)?,
+                        event_id: r.try_get(4)?,
+                    })
                 })
-                .collect())
+                .collect()
         })
         .await
     }
@@ -409,6 +467,20 @@ pub fn receipt_millis(id: Uuid) -> Option<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_json_is_jsonb_text_without_the_spaces_outside_its_strings() {
+        let jsonb = |text: &str| [&[1u8][..], text.as_bytes()].concat();
+        let text =
+            r#"{"s": "a: b, \"c\" \\", "n": 18446744073709551616, "l": [1, 2.50, {"é": null}]}"#;
+        let json = StoredJson::from_sql(&Type::JSONB, &jsonb(text)).unwrap();
+        assert_eq!(
+            serde_json::to_string(&json).unwrap(),
+            r#"{"s":"a: b, \"c\" \\","n":18446744073709551616,"l":[1,2.50,{"é":null}]}"#
+        );
+        assert!(StoredJson::from_sql(&Type::JSONB, &[2, b'{', b'}']).is_err());
+        assert!(StoredJson::from_sql(&Type::JSONB, &jsonb("{")).is_err());
+    }
 
     #[test]
     fn an_event_id_carries_its_receipt_millisecond() {

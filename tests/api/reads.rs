@@ -687,3 +687,53 @@ async fn reads_go_to_the_read_url_when_one_is_set() {
         reply.text
     );
 }
+
+/// `data` reads back as PostgreSQL stores it: numbers beyond a 64-bit integer, or with more
+/// digits than a float keeps, exactly as sent; strings with their spaces; no spaces added.
+#[actix_web::test]
+async fn data_reads_back_with_its_numbers_exactly_as_stored() {
+    let (_env, api, key, _worker) = running().await;
+    let data = r#"{"big":18446744073709551616,"neg":-123456789012345678901234567890,"dec":0.1000000000000000055511151231257827,"s":"a: b, c\t\"q\"","nested":{"list":[1, 2.50,{"k":null}]}}"#;
+    // jsonb keeps the numbers exactly, but its own order of keys and its own spacing.
+    let stored = r#"{"s":"a: b, c\t\"q\"","big":18446744073709551616,"dec":0.1000000000000000055511151231257827,"neg":-123456789012345678901234567890,"nested":{"list":[1,2.50,{"k":null}]}}"#;
+    let body = format!(
+        r#"{{"events":[{{"signal":"plan","identity":{{"type":"account","id":"exact"}},"data":{data}}}]}}"#
+    );
+    let reply = api
+        .send(
+            api.request(awc::http::Method::POST, "/v1/events/batch")
+                .insert_header(("Authorization", format!("Bearer {key}")))
+                .insert_header(("Content-Type", "application/json")),
+            body.into_bytes(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let id = reply.body["data"][0]["id"].as_str().unwrap().to_owned();
+    let one = eventually("the event to be stored", async || {
+        let reply = get(&api, &key, &format!("/v1/events/{id}")).await;
+        (reply.status == 200).then_some(reply)
+    })
+    .await;
+    assert!(
+        one.text.contains(&format!(r#""data":{stored},"#)),
+        "{}",
+        one.text
+    );
+    let states = get(&api, &key, "/v1/identities/account/exact").await;
+    assert!(
+        states.text.contains(&format!(r#""data":{stored},"#)),
+        "{}",
+        states.text
+    );
+    let list = get(
+        &api,
+        &key,
+        "/v1/events?identity_type=account&identity_id=exact",
+    )
+    .await;
+    assert!(
+        list.text.contains(&format!(r#""data":{stored},"#)),
+        "{}",
+        list.text
+    );
+}
