@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::Bearer;
 use super::error::ApiError;
 use crate::config::Limits;
 use crate::domain::{KeyId, Label, PageLimit, PerMinute, SignalType, Slug, TenantId, TenantName};
@@ -75,8 +76,9 @@ pub async fn authorize(
         .cloned()
         .expect("the admin app holds its state");
     let refused = match super::auth::bearer_token(req.request()) {
-        None => Some(ApiError::MissingAdminToken),
-        Some(token) => match state.tokens.verify(token).await {
+        Bearer::Missing => Some(ApiError::MissingAdminToken),
+        Bearer::Ambiguous => Some(ApiError::InvalidAdminToken),
+        Bearer::Token(token) => match state.tokens.verify(token).await {
             Ok(Some(_)) => None,
             Ok(None) => Some(ApiError::InvalidAdminToken),
             Err(e) => Some(e.into()),

@@ -52,7 +52,11 @@ impl KeyCache {
         req: &HttpRequest,
         redis: &Redis,
     ) -> Result<Principal, ApiError> {
-        let presented = bearer_token(req).ok_or(ApiError::MissingKey)?;
+        let presented = match bearer_token(req) {
+            Bearer::Token(token) => token,
+            Bearer::Missing => return Err(ApiError::MissingKey),
+            Bearer::Ambiguous => return Err(ApiError::InvalidKey),
+        };
         let hash = ApiKey::hash_presented_key(presented).ok_or(ApiError::InvalidKey)?;
         if let Some(cached) = self.get(&hash) {
             return cached.ok_or(ApiError::InvalidKey);
@@ -97,12 +101,35 @@ impl KeyCache {
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
-pub(super) fn bearer_token(req: &HttpRequest) -> Option<&str> {
-    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+/// What a request's `Authorization` header presents.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Bearer<'a> {
+    /// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
+    Token(&'a str),
+    /// No header, or none with a bearer token.
+    Missing,
+    /// More than one `Authorization` header: which one counts would depend on who reads it (a
+    /// proxy in front may have checked another), so none does.
+    Ambiguous,
+}
+
+/// The bearer token `req` presents.
+pub(super) fn bearer_token(req: &HttpRequest) -> Bearer<'_> {
+    let mut headers = req.headers().get_all(AUTHORIZATION);
+    let Some(value) = headers.next() else {
+        return Bearer::Missing;
+    };
+    if headers.next().is_some() {
+        return Bearer::Ambiguous;
+    }
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|value| value.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty());
+    token.map_or(Bearer::Missing, Bearer::Token)
 }
 
 #[cfg(test)]
@@ -117,13 +144,21 @@ mod tests {
                 .insert_header((AUTHORIZATION, v))
                 .to_http_request()
         };
-        assert_eq!(bearer_token(&req("Bearer sk_abc")), Some("sk_abc"));
-        assert_eq!(bearer_token(&req("bearer  sk_abc ")), Some("sk_abc"));
-        assert_eq!(bearer_token(&req("Basic dXNlcg==")), None);
-        assert_eq!(bearer_token(&req("Bearer ")), None);
+        assert_eq!(bearer_token(&req("Bearer sk_abc")), Bearer::Token("sk_abc"));
+        assert_eq!(
+            bearer_token(&req("bearer  sk_abc ")),
+            Bearer::Token("sk_abc")
+        );
+        assert_eq!(bearer_token(&req("Basic dXNlcg==")), Bearer::Missing);
+        assert_eq!(bearer_token(&req("Bearer ")), Bearer::Missing);
         assert_eq!(
             bearer_token(&TestRequest::default().to_http_request()),
-            None
+            Bearer::Missing
         );
+        let twice = TestRequest::default()
+            .append_header((AUTHORIZATION, "Bearer sk_abc"))
+            .append_header((AUTHORIZATION, "Bearer sk_abc"))
+            .to_http_request();
+        assert_eq!(bearer_token(&twice), Bearer::Ambiguous);
     }
 }

@@ -257,6 +257,17 @@ async fn admin_tokens_are_required_checked_and_revocable_and_the_listener_is_sep
         )
         .await;
     assert_eq!(no_token_bad_body.status, 401);
+    // The valid token twice: which header counts would depend on who reads it, so none does.
+    let twice = admin
+        .send(
+            admin
+                .request("GET".parse().unwrap(), "/admin/v1/tenants")
+                .append_header(("Authorization", format!("Bearer {token}")))
+                .append_header(("Authorization", format!("Bearer {token}"))),
+            Vec::new(),
+        )
+        .await;
+    assert_eq!((twice.status, twice.error()), (401, "Invalid admin token"));
     let ok = admin
         .call("GET", &format!("/admin/v1/tenants/{tenant}"), &token, None)
         .await;

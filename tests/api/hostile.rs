@@ -384,6 +384,14 @@ async fn header_abuse_is_refused_without_5xx() {
             401,
         ),
         (
+            "the valid key in two Authorization headers",
+            api.request(Method::POST, "/v1/events/batch")
+                .append_header(("Authorization", format!("Bearer {key}")))
+                .append_header(("Authorization", format!("Bearer {key}")))
+                .insert_header(("Content-Type", "application/json")),
+            401,
+        ),
+        (
             "Content-Type with parameters",
             post().insert_header((
                 "Content-Type",
