@@ -460,7 +460,25 @@ pub async fn rollups(
 async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Principal, ApiError> {
     let principal = state.keys.authenticate(req, &state.redis).await?;
     req.extensions_mut().insert(principal.clone());
+    utf8_url(req)?;
     Ok(principal)
+}
+
+/// 400 unless the URL's path and query decode to UTF-8. actix's extractors read a byte that is
+/// not as U+FFFD, so `identity_id=%FF` would find the identity whose id is that character.
+fn utf8_url(req: &HttpRequest) -> Result<(), ApiError> {
+    let uri = req.uri();
+    let decodes = |part: &str| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .is_ok()
+    };
+    if decodes(uri.path()) && decodes(uri.query().unwrap_or("")) {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(
+        "Invalid URL: a percent-encoded sequence is not UTF-8 text".into(),
+    ))
 }
 
 /// The tenant's signal `slug` (parameter `name`): 400 if it cannot be a slug, 404 as ingest

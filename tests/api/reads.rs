@@ -328,6 +328,7 @@ async fn events_list_in_pages_by_signal_status_identity_and_time_and_never_skip_
             ("/v1/events?signal=Not_A_Slug", "signal"),
             ("/v1/events?colour=red", "colour"),
             ("/v1/events?signal=mrr&signal=plan", "signal"),
+            ("/v1/events?identity_type=account&identity_id=%FF", "UTF-8"),
         ],
         "/v1/events?signal=nope",
     )
@@ -407,6 +408,13 @@ async fn an_identity_reads_its_latest_state_per_signal_by_event_timestamp() {
     )
     .await;
     assert_eq!(long.status, 400);
+    // A byte that is not UTF-8 is refused, not read as U+FFFD; U+FFFD itself is an id like any.
+    let not_utf8 = get(&api, &key, "/v1/identities/account/acc%FF").await;
+    assert_eq!(not_utf8.status, 400, "{}", not_utf8.text);
+    assert!(not_utf8.error().contains("UTF-8"), "{}", not_utf8.text);
+    let replacement = get(&api, &key, "/v1/identities/account/acc%EF%BF%BD").await;
+    assert_eq!(replacement.status, 200, "{}", replacement.text);
+    assert_eq!(replacement.body["data"]["identity"]["id"], "acc\u{fffd}");
 }
 
 #[actix_web::test]
@@ -520,6 +528,10 @@ async fn a_metric_reads_its_rollups_by_hour_and_day_for_one_identity_or_all() {
             ("/v1/signals/mrr/rollups?identity_id=acc_1", "identity_type"),
             ("/v1/signals/mrr/rollups?since=now", "since"),
             ("/v1/signals/mrr/rollups?limit=5000", "limit"),
+            (
+                "/v1/signals/mrr/rollups?identity_type=account&identity_id=a%C3",
+                "UTF-8",
+            ),
         ],
         "/v1/signals/nope/rollups",
     )
