@@ -14,7 +14,6 @@ use actix_web::dev::Server;
 use actix_web::http::StatusCode;
 use actix_web::http::header::ALLOW;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
-use serde_json::json;
 
 use crate::config::Settings;
 
@@ -157,7 +156,8 @@ impl ResponseError for RouteError {
         if let RouteError::MethodNotAllowed { allow, .. } = self {
             response.insert_header((ALLOW, *allow));
         }
-        response.json(json!({"success": false, "error": self.to_string()}))
+        // The contract's field order, as every other error answer has it.
+        response.json(crate::api::error::Body::message(self.to_string()))
     }
 }
 

@@ -102,6 +102,17 @@ pub struct Body<'a> {
     details: Option<&'a [FieldError]>,
 }
 
+impl Body<'_> {
+    /// An error answer with no details.
+    pub fn message(error: String) -> Self {
+        Body {
+            success: false,
+            error,
+            details: None,
+        }
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {

@@ -6,7 +6,7 @@
 pub mod admin;
 mod auth;
 mod body;
-mod error;
+pub(crate) mod error;
 mod events;
 mod idempotency;
 pub mod openapi;

@@ -368,11 +368,19 @@ async fn unknown_routes_and_wrong_methods_answer_in_the_contract_shape() {
     let missing = api.get("/v1/nothing").await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.error(), "Not found: GET /v1/nothing");
+    // The contract's shape, field for field in its order, as every other error answer.
+    assert_eq!(
+        missing.text,
+        r#"{"success":false,"error":"Not found: GET /v1/nothing"}"#
+    );
 
     let wrong = api.get("/v1/events/batch").await;
     assert_eq!(wrong.status, 405);
     assert_eq!(wrong.header("allow"), Some("POST"));
-    assert!(wrong.error().contains("GET"));
+    assert_eq!(
+        wrong.text,
+        r#"{"success":false,"error":"Method GET not allowed; use POST"}"#
+    );
 
     let delete = api
         .send(api.request(Method::DELETE, "/metrics"), Vec::new())
