@@ -41,16 +41,10 @@ async fn events_tracked_through_late_answers_are_stored_exactly_once() {
     let _worker = env.spawn_worker(&[]);
 
     proxy.delay_replies(Duration::from_millis(600));
-    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
-    let mut script = Command::new("python3")
-        .arg(sdk.join("tests/e2e/track.py"))
-        .args([&format!("http://{base}"), &key, &EVENTS.to_string(), "4"])
-        .env("PYTHONPATH", &sdk)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 runs");
-    let guard = KillOnDrop(&mut script);
+    let mut script = Script::start(
+        "track.py",
+        &[&format!("http://{base}"), &key, &EVENTS.to_string(), "4"],
+    );
     // Until the api has answered several requests 503 after running their scripts.
     let late = "sluice_http_requests_total{route=\"/v1/events/batch\",status=\"503\"}";
     eventually(
@@ -63,22 +57,7 @@ async fn events_tracked_through_late_answers_are_stored_exactly_once() {
     .await;
     proxy.delay_replies(Duration::ZERO);
 
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < PATIENCE * 3, "the SDK never finished");
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    };
-    let mut out = String::new();
-    guard
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let (status, out) = script.finish().await;
     assert!(status.success(), "the SDK gave up on events: {out}");
 
     let total = (EVENTS + 1) as i64;
@@ -109,29 +88,9 @@ async fn events_the_api_refuses_do_not_take_their_batch_with_them() {
     let (_api, base) = spawn_api_process(&env, None, &[]);
     let _worker = env.spawn_worker(&[]);
 
-    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
-    let mut script = Command::new("python3")
-        .arg(sdk.join("tests/e2e/refused.py"))
-        .args([&format!("http://{base}"), &key])
-        .env("PYTHONPATH", &sdk)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 runs");
-    let guard = KillOnDrop(&mut script);
-    let started = Instant::now();
-    while guard.0.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < PATIENCE * 3, "the SDK never finished");
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut out = String::new();
-    guard
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    let (_, out) = Script::start("refused.py", &[&format!("http://{base}"), &key])
+        .finish()
+        .await;
     let out: serde_json::Value = serde_json::from_str(&out).expect("the script's JSON line");
     assert_eq!(out["flushed"], true, "{out}");
     let given_up = out["given_up"].as_object().expect("given_up");
@@ -175,10 +134,46 @@ async fn events_the_api_refuses_do_not_take_their_batch_with_them() {
     );
 }
 
-/// Kills the script if the test ends early, pass or fail.
-struct KillOnDrop<'a>(&'a mut std::process::Child);
+/// A script of clients/python/tests/e2e run with the SDK on its path; killed if the test ends
+/// before it does, pass or fail.
+struct Script(std::process::Child);
 
-impl Drop for KillOnDrop<'_> {
+impl Script {
+    fn start(name: &str, args: &[&str]) -> Self {
+        let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
+        let child = Command::new("python3")
+            .arg(sdk.join("tests/e2e").join(name))
+            .args(args)
+            .env("PYTHONPATH", &sdk)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 runs");
+        Script(child)
+    }
+
+    /// Waits for the script to end: how it ended and what it printed.
+    async fn finish(&mut self) -> (std::process::ExitStatus, String) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(started.elapsed() < PATIENCE * 3, "the SDK never finished");
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut out = String::new();
+        self.0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        (status, out)
+    }
+}
+
+impl Drop for Script {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
