@@ -158,7 +158,7 @@ pub struct IdentityOne {
     data: IdentityStates,
 }
 
-/// A rollup bucket of a metric's `data.value`.
+/// A rollup bucket of a metric's `data.value` (each from -1e289 to 1e289, so `sum` stays a number).
 #[derive(Serialize, ToSchema)]
 pub struct BucketView {
     /// When the hour or day starts (RFC 3339, UTC).

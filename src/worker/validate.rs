@@ -17,6 +17,11 @@ const MAX_CACHED: usize = 10_000;
 /// How many schema violations an invalid event's `error` lists.
 const MAX_REPORTED: usize = 5;
 
+/// The largest magnitude of a metric's `data.value`: a rollup bucket's `sum` is a double, and
+/// 2^63 values of this size (more than its `count` can hold) add up to less than `f64::MAX`, so
+/// no sum can overflow — neither the worker's upsert nor a read adding up every identity.
+const MAX_METRIC_VALUE: f64 = 1e289;
+
 type Compiled = Option<Arc<jsonschema::Validator>>;
 
 #[derive(Default)]
@@ -135,8 +140,15 @@ impl Validator {
         }
         let value = match entry.signal_type {
             SignalType::Metric => match data.get("value").and_then(Value::as_f64) {
-                Some(v) if v.is_finite() => Some(v),
-                _ => return invalid(entry, "metric events need a numeric data.value".to_owned()),
+                Some(v) if v.abs() <= MAX_METRIC_VALUE => Some(v),
+                Some(_) => {
+                    let reason = "metric events need a data.value from -1e289 to 1e289, \
+                                  so that their rollups' sums stay within a double";
+                    return invalid(entry, reason.to_owned());
+                }
+                None => {
+                    return invalid(entry, "metric events need a numeric data.value".to_owned());
+                }
             },
             _ => None,
         };
@@ -153,5 +165,16 @@ fn invalid(entry: StreamEntry, reason: String) -> Record {
         entry,
         invalid: Some(reason),
         value: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MAX_METRIC_VALUE;
+
+    #[test]
+    fn no_bucket_of_metric_values_can_sum_past_a_double() {
+        let most = i64::MAX as f64 * MAX_METRIC_VALUE;
+        assert!(most.is_finite() && most < f64::MAX / 1.5, "{most}");
     }
 }

@@ -538,6 +538,60 @@ async fn a_metric_reads_its_rollups_by_hour_and_day_for_one_identity_or_all() {
     .await;
 }
 
+/// A bucket's sum is a double. A metric value is at most 1e289 in magnitude, so that no sum of
+/// up to 2^63 of them leaves a double's range: larger ones are stored `invalid`, and every sum
+/// reads back as a number — whether the events arrive in one batch or one by one.
+#[actix_web::test]
+async fn metric_values_too_large_to_sum_are_invalid_and_sums_stay_numbers() {
+    let (env, api, key, _worker) = running().await;
+    let at = "2026-11-26T10:05:00Z";
+    let mut stored = 0;
+    let mut one_by_one = |events: Vec<Value>| {
+        stored += events.len() as i64;
+        let (api, key, env) = (&api, &key, &env);
+        async move {
+            let ids = send(api, key, events).await;
+            env.wait_for_events(stored, PATIENCE.as_secs()).await;
+            ids
+        }
+    };
+    one_by_one(vec![ev("mrr", "acc_1", json!({"value": 1e289}), at, "a")]).await;
+    one_by_one(vec![ev("mrr", "acc_1", json!({"value": 1e289}), at, "b")]).await;
+    one_by_one(vec![ev("mrr", "acc_2", json!({"value": 1e289}), at, "c")]).await;
+    let huge = one_by_one(vec![
+        ev("mrr", "acc_3", json!({"value": 1.7e308}), at, "d"),
+        ev("mrr", "acc_3", json!({"value": -1.7e308}), at, "e"),
+    ])
+    .await;
+    let later = one_by_one(vec![ev("mrr", "acc_3", json!({"value": 1.7e308}), at, "f")]).await;
+
+    for id in huge.iter().chain(&later) {
+        let read = get(&api, &key, &format!("/v1/events/{id}")).await;
+        assert_eq!(read.body["data"]["status"], "invalid", "{}", read.text);
+        let error = read.body["data"]["error"].as_str().unwrap();
+        assert!(error.contains("from -1e289 to 1e289"), "{error}");
+    }
+    let one = get(
+        &api,
+        &key,
+        "/v1/signals/mrr/rollups?identity_type=account&identity_id=acc_1",
+    )
+    .await;
+    assert_eq!(
+        one.body["data"],
+        json!([{"start": "2026-11-26T00:00:00Z", "count": 2, "sum": 2e289, "min": 1e289, "max": 1e289}]),
+        "{}",
+        one.text
+    );
+    // Over every identity, the sum is added up at read time.
+    let all = get(&api, &key, "/v1/signals/mrr/rollups?granularity=hour").await;
+    assert_eq!(all.status, 200, "{}", all.text);
+    let bucket = &all.body["data"][0];
+    assert_eq!(bucket["count"], 3, "{}", all.text);
+    let sum = bucket["sum"].as_f64().expect("a number");
+    assert!((sum / 3e289 - 1.0).abs() < 1e-15, "{}", all.text);
+}
+
 #[actix_web::test]
 async fn a_tenant_never_reads_another_tenants_anything() {
     let env = TestEnv::start().await;
