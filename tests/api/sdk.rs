@@ -1,8 +1,8 @@
 //! The Python SDK (clients/python) against a real `sluice-api` and worker: events tracked while
 //! the api answers 503 after its admission script ran (Redis's replies held back past the api's
 //! deadline by a proxy) are stored exactly once, because each batch keeps its Idempotency-Key
-//! across retries; and the events the api refuses (400, 404) are given up alone, their batch's
-//! other events stored.
+//! across retries; the events the api refuses (400, 404) are given up alone, their batch's
+//! other events stored; and batches over a body limit lower than the SDK's default are split.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -131,6 +131,57 @@ async fn events_the_api_refuses_do_not_take_their_batch_with_them() {
     assert_eq!(
         stored, expected,
         "the good events, each once, and nothing else"
+    );
+}
+
+/// An api whose body limit is below the SDK's default batch size: the SDK's first batch gets a
+/// 413, which it splits to the limit the answer states; every event that fits is stored once,
+/// and the one event over the limit by itself is given up alone.
+#[actix_web::test]
+async fn batches_over_a_lower_body_limit_are_split_and_stored_once() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", Some(1000)).await;
+    let (_api, base) = spawn_api_process(&env, None, &[("SLUICE__API__BODY_LIMIT_BYTES", "65536")]);
+    let _worker = env.spawn_worker(&[]);
+
+    let (_, out) = Script::start("large.py", &[&format!("http://{base}"), &key])
+        .finish()
+        .await;
+    let out: serde_json::Value = serde_json::from_str(&out).expect("the script's JSON line");
+    assert_eq!(out["flushed"], true, "{out}");
+    let given_up = out["given_up"].as_object().expect("given_up");
+    assert_eq!(given_up.keys().collect::<Vec<_>>(), ["too-large"], "{out}");
+    assert_eq!(given_up["too-large"][0], 413, "{out}");
+    assert!(
+        given_up["too-large"][1]
+            .as_str()
+            .unwrap()
+            .contains("limit of 65536 bytes"),
+        "{out}"
+    );
+
+    assert_eq!(env.wait_for_events(100, PATIENCE.as_secs()).await, 100);
+    eventually("the worker to finish with every entry", async || {
+        env.drained().then_some(())
+    })
+    .await;
+    let pg = env.pg_client().await;
+    let stored: Vec<(String, i64)> = pg
+        .query(
+            "SELECT reference, count(*) FROM events GROUP BY reference ORDER BY reference",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut expected: Vec<(String, i64)> = (0..100).map(|i| (format!("fits-{i}"), 1)).collect();
+    expected.sort();
+    assert_eq!(
+        stored, expected,
+        "every event that fits, once, and nothing else"
     );
 }
 

@@ -13,6 +13,12 @@ Requirements, in the order a request meets them:
 - Events a 200 lists in `rate_limited` are sent again, alone and under a new key, once the
   window resets (`X-RateLimit-Reset`); a 429 waits for the reset the same way. Both count as
   tries.
+- A refusal that ingested nothing and names only some events (a 400's `details`, a 404's
+  unknown slugs) gives up those and sends the rest again under a new key. A 413 to the first
+  try of a batch of several events splits it in two, each half under a new key, and later
+  batches keep under the limit the answer states (Sluice's `body_limit_bytes` may be lower than
+  the default, or a proxy's); a 413 after an earlier try that may have been stored is final,
+  since a new key could store those events twice.
 - Nothing given up on is silent: `on_error(error, events)`, or the `sluice_sdk` logger.
 - `flush(timeout)` returns within its timeout whatever the server does; a normal interpreter
   exit flushes (bounded by `shutdown_timeout`); after `os.fork()` the child starts empty with a
@@ -22,10 +28,12 @@ Requirements, in the order a request meets them:
 import atexit
 import gzip as gzip_module
 import http.client
+import itertools
 import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 import urllib.parse
@@ -73,13 +81,15 @@ class _Event:
 class _Batch:
     """Events sent together under one Idempotency-Key and one body, across all their tries."""
 
-    __slots__ = ("events", "key", "body", "not_before")
+    __slots__ = ("events", "key", "body", "size", "sent", "not_before")
 
     def __init__(self, events, gzip):
         self.events = events
         self.key = str(uuid.uuid4())
         body = b'{"events":[' + b",".join(e.encoded for e in events) + b"]}"
+        self.size = len(body)  # before compression, as the API counts its limit
         self.body = gzip_module.compress(body) if gzip else body
+        self.sent = 0  # requests made with this key
         self.not_before = 0.0
 
     @property
@@ -139,6 +149,8 @@ class Client:
         self.shutdown_timeout = float(shutdown_timeout)
         self._url = url
         self._path = (url.path.rstrip("/") or "") + "/v1/events/batch"
+        # The largest body a batch may have: the API's default, until a 413 says less.
+        self._max_body = MAX_BODY
         self._closed = False
         self._setup()
         _clients.add(self)
@@ -276,13 +288,9 @@ class Client:
         )
         if not due:
             return None
-        events, size = [], _ENVELOPE
-        while self._queue and len(events) < MAX_BATCH:
-            extra = len(self._queue[0].encoded) + (1 if events else 0)
-            if events and size + extra > MAX_BODY:
-                break
-            events.append(self._queue.popleft())
-            size += extra
+        events = _batches(itertools.islice(self._queue, MAX_BATCH), self._max_body)[0]
+        for _ in events:
+            self._queue.popleft()
         self._queued_since = now if self._queue else None
         return _Batch(events, self.gzip)
 
@@ -297,8 +305,7 @@ class Client:
         """Sends `batch` once and settles what the answer means: done, given up, or retried."""
         for event in batch.events:
             event.tries += 1
-        outcome = self._send(batch)
-        done, retry, regroup, problems = outcome
+        done, retry, regroups, problems = self._send(batch)
         if done:
             self._finish(done)
         for error, events in problems:
@@ -307,38 +314,42 @@ class Client:
             if retry is not None:
                 batch.not_before = retry
                 self._delayed.append(batch)
-            if regroup is not None:
-                events, not_before = regroup
-                again = _Batch(events, self.gzip)
-                again.not_before = not_before
-                self._delayed.append(again)
+            self._delayed.extend(self._regrouped(regroups))
             self._cond.notify_all()
+
+    def _regrouped(self, regroups):
+        """New batches, each under a new key, for [(events, not before)]."""
+        batches = []
+        for events, not_before in regroups:
+            again = _Batch(events, self.gzip)
+            again.not_before = not_before
+            batches.append(again)
+        return batches
 
     def _deliver_now(self, event):
         """`sync_mode`: the same rules, in the caller's thread."""
-        batch = _Batch([event], self.gzip)
-        while batch is not None:
+        batches = deque([_Batch([event], self.gzip)])
+        while batches:
+            batch = batches.popleft()
             wait = batch.not_before - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
             for e in batch.events:
                 e.tries += 1
-            done, retry, regroup, problems = self._send(batch)
+            done, retry, regroups, problems = self._send(batch)
             if done:
                 self._finish(done)
             for error, events in problems:
                 self._give_up(error, events)
             if retry is not None:
                 batch.not_before = retry
-            elif regroup is not None:
-                batch = _Batch(regroup[0], self.gzip)
-                batch.not_before = regroup[1]
-            else:
-                batch = None
+                batches.appendleft(batch)
+            batches.extend(self._regrouped(regroups))
 
     def _send(self, batch):
         """One request. Returns (delivered events, monotonic time to retry the batch at or None,
-        (events to send again alone, not before) or None, [(error, events) to give up])."""
+        [(events to send again as a batch of their own, not before)], [(error, events) to give
+        up])."""
         headers = {
             "Authorization": f"Bearer {self.api_key}",
             "Content-Type": "application/json",
@@ -347,6 +358,7 @@ class Client:
         }
         if self.gzip:
             headers["Content-Encoding"] = "gzip"
+        batch.sent += 1
         try:
             status, response_headers, body = self._post(batch.body, headers)
         except (OSError, http.client.HTTPException) as e:
@@ -358,6 +370,17 @@ class Client:
             return self._retry_or_give_up(batch, _reset_at(response_headers), message, status)
         if status == 408 or (500 <= status <= 599 and status != 501):
             return self._retry_or_give_up(batch, _retry_after(response_headers), message, status)
+        if status == 413 and len(batch.events) > 1 and batch.sent == 1:
+            # Nothing was ingested, and no earlier try of this key may have been: halves, each
+            # under a new key, and later batches under the limit the answer states (or, from a
+            # proxy that states none, under half this body).
+            limit = _stated_limit(body)
+            self._max_body = min(self._max_body, limit if limit else batch.size // 2)
+            groups = _batches(batch.events, self._max_body)
+            if len(groups) == 1:  # the limit stated is no smaller than this body: halves
+                half = len(batch.events) // 2
+                groups = [batch.events[:half], batch.events[half:]]
+            return [], None, [(group, 0.0) for group in groups], []
         refused = _refused_events(status, body, batch.events)
         if refused:
             # The request ingested nothing: only the events it names are given up, each with its
@@ -367,8 +390,8 @@ class Client:
                 (DeliveryFailed(status, reason), [batch.events[i].fields])
                 for i, reason in sorted(refused.items())
             ]
-            return [], None, ((rest, 0.0) if rest else None), problems
-        return [], None, None, [(DeliveryFailed(status, message), _fields(batch.events))]
+            return [], None, ([(rest, 0.0)] if rest else []), problems
+        return [], None, [], [(DeliveryFailed(status, message), _fields(batch.events))]
 
     def _settle_200(self, batch, headers, body):
         try:
@@ -377,25 +400,25 @@ class Client:
         except (ValueError, TypeError, KeyError, AttributeError):
             limited = set()
         if not limited:
-            return batch.events, None, None, []
+            return batch.events, None, [], []
         again = [e for i, e in enumerate(batch.events) if i in limited]
         done = [e for i, e in enumerate(batch.events) if i not in limited]
         if max(e.tries for e in again) > self.max_retries:
             problem = RetriesExhausted(
                 429, "rate limited, and max_retries was reached", tries=batch.tries
             )
-            return done, None, None, [(problem, _fields(again))]
-        return done, None, (again, _reset_at(headers)), []
+            return done, None, [], [(problem, _fields(again))]
+        return done, None, [(again, _reset_at(headers))], []
 
     def _retry_or_give_up(self, batch, not_before, message, status=None):
         if batch.tries > self.max_retries:
             problem = RetriesExhausted(status, message, tries=batch.tries)
-            return [], None, None, [(problem, _fields(batch.events))]
+            return [], None, [], [(problem, _fields(batch.events))]
         cap = min(self.backoff_max, self.backoff_base * (2 ** (batch.tries - 1)))
         at = time.monotonic() + random.uniform(0, cap)
         if not_before is not None:
             at = max(at, not_before)
-        return [], at, None, []
+        return [], at, [], []
 
     def _post(self, body, headers):
         conn = getattr(self._local, "conn", None)
@@ -443,6 +466,20 @@ class Client:
                 if not isinstance(error, (QueueFull, ClientClosed)):
                     self._unfinished -= len(events)
                 self._cond.notify_all()
+
+
+def _batches(events, max_body):
+    """`events` in order, cut into batches of at most `max_body` bytes of JSON each (an event
+    larger than that alone in its batch)."""
+    batches, size = [[]], _ENVELOPE
+    for event in events:
+        extra = len(event.encoded) + (1 if batches[-1] else 0)
+        if batches[-1] and size + extra > max_body:
+            batches.append([])
+            size, extra = _ENVELOPE, len(event.encoded)
+        batches[-1].append(event)
+        size += extra
+    return batches
 
 
 def _fields(events):
@@ -523,6 +560,13 @@ def _refused_events(status, body, events):
                 if slug in unknown:
                     reasons[index] = [f"Signal not found: {slug}"]
     return {index: "; ".join(messages) for index, messages in reasons.items()}
+
+
+def _stated_limit(body):
+    """The byte limit a 413 from Sluice states (`… exceeds the limit of N bytes …`), or None."""
+    message = _error_message(body)
+    match = re.search(r"limit of (\d+) bytes", message) if isinstance(message, str) else None
+    return int(match.group(1)) if match else None
 
 
 def _error_message(body):

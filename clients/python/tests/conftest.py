@@ -44,11 +44,17 @@ class ScriptedServer:
 
     An answer is (status, headers, body-or-None), or "drop" (close the connection without a
     word), or "hang" (answer nothing until the test ends).
+
+    With `body_limit` set, a body longer than that (after decompression) is answered 413 first,
+    as Sluice answers it (stating the limit) or, with `states_limit` False, as a proxy might
+    (an HTML page).
     """
 
     def __init__(self):
         self.requests = []
         self.script = deque()
+        self.body_limit = None
+        self.states_limit = True
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
         self.release = threading.Event()
@@ -66,7 +72,10 @@ class ScriptedServer:
                 request = Request(time.monotonic(), dict(self.headers), raw, json.loads(text))
                 with server.lock:
                     server.requests.append(request)
-                    answer = server.script.popleft() if server.script else None
+                    if server.body_limit is not None and len(text) > server.body_limit:
+                        answer = (413, {}, server.too_large())
+                    else:
+                        answer = server.script.popleft() if server.script else None
                     server.arrived.notify_all()
                 if answer == "hang":
                     server.release.wait()
@@ -78,9 +87,13 @@ class ScriptedServer:
                 status, headers, body = answer or (200, {}, None)
                 if body is None and status == 200:
                     body = accepted(request.events)
-                payload = json.dumps(body if body is not None else {"success": False, "error": f"scripted {status}"}).encode()
+                if isinstance(body, str):
+                    payload, content_type = body.encode(), "text/html"
+                else:
+                    payload = json.dumps(body if body is not None else {"success": False, "error": f"scripted {status}"}).encode()
+                    content_type = "application/json"
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
@@ -92,6 +105,12 @@ class ScriptedServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    def too_large(self):
+        if not self.states_limit:
+            return "<html><body><h1>413 Request Entity Too Large</h1></body></html>"
+        return {"success": False, "error": f"Request body exceeds the limit of {self.body_limit} "
+                                           "bytes (counted after decompression)"}
 
     def then(self, *answers):
         with self.lock:

@@ -154,6 +154,76 @@ def test_a_refusal_that_names_no_event_gives_up_the_whole_batch(server, errors):
     assert [e["reference"] for e in events] == ["r0", "r1", "r2"]
 
 
+def _padded(c, n, pad, prefix="r"):
+    for i in range(n):
+        c.track("page_view", ACCOUNT, data={"pad": "x" * pad}, reference=f"{prefix}{i}")
+
+
+def _accepted_references(server):
+    """References of the requests the server accepted, sorted (resent parts may overtake)."""
+    return sorted(r for req in server.requests if len(req.raw) <= server.body_limit for r in req.references)
+
+
+def test_a_413_splits_the_batch_and_later_batches_keep_under_the_limit_it_states(server, errors):
+    server.body_limit = 20_000
+    c = client(server, on_error=errors, flush_interval=60)
+    _padded(c, 100, 900)
+    assert c.flush(timeout=30)
+    refused, *rest = server.requests
+    assert len(refused.raw) > 20_000 and len(refused.events) == 100
+    assert all(len(r.raw) <= 20_000 for r in rest), "cut to the stated limit at once"
+    keys = {r.headers["Idempotency-Key"] for r in rest}
+    assert len(keys) == len(rest) and refused.headers["Idempotency-Key"] not in keys
+    assert _accepted_references(server) == sorted(f"r{i}" for i in range(100))
+    # Later batches are made under the limit from the start.
+    _padded(c, 100, 900, prefix="s")
+    assert c.flush(timeout=30)
+    assert sum(len(r.raw) > 20_000 for r in server.requests) == 1
+    assert errors.seen == []
+
+
+def test_a_413_that_states_no_limit_halves_the_batch_until_it_fits(server, errors):
+    server.body_limit, server.states_limit = 30_000, False
+    c = client(server, on_error=errors, flush_interval=60)
+    _padded(c, 100, 900)
+    assert c.flush(timeout=30)
+    first, second = server.requests[:2]
+    assert len(first.events) == 100 and len(second.raw) <= len(first.raw) // 2
+    assert sum(len(r.raw) > 30_000 for r in server.requests) <= 7, "halved each time"
+    assert _accepted_references(server) == sorted(f"r{i}" for i in range(100))
+    assert errors.seen == []
+
+
+def test_an_event_too_large_for_the_limit_is_given_up_alone(server, errors):
+    server.body_limit = 5_000
+    c = client(server, on_error=errors, flush_interval=60)
+    c.track("page_view", ACCOUNT, reference="small-0")
+    c.track("page_view", ACCOUNT, data={"pad": "x" * 8_000}, reference="big")
+    c.track("page_view", ACCOUNT, reference="small-1")
+    assert c.flush(timeout=30)
+    assert _accepted_references(server) == ["small-0", "small-1"]
+    [(error, events)] = errors.seen
+    assert isinstance(error, DeliveryFailed) and error.status == 413
+    assert "limit of 5000 bytes" in error.message
+    assert [e["reference"] for e in events] == ["big"]
+
+
+def test_a_413_after_a_try_that_may_have_been_stored_is_final(server, errors):
+    # The first try had no usable answer, so it may have been stored: new keys for its events
+    # could store them twice.
+    too_large = {"success": False, "error": "Request body exceeds the limit of 10 bytes"}
+    server.then((503, {}, None), (413, {}, too_large))
+    c = client(server, on_error=errors, flush_interval=60)
+    for i in range(3):
+        c.track("page_view", ACCOUNT, reference=f"r{i}")
+    assert c.flush(timeout=30)
+    first, second = server.requests
+    assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"]
+    [(error, events)] = errors.seen
+    assert isinstance(error, DeliveryFailed) and error.status == 413
+    assert [e["reference"] for e in events] == ["r0", "r1", "r2"]
+
+
 def test_max_retries_n_means_n_plus_1_requests(server, errors):
     server.then(*[(503, {}, None)] * 10)
     c = client(server, max_retries=3, on_error=errors)
