@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::config::Settings;
 use crate::domain::{
-    AdminTokenId, KeyId, Label, PerMinute, SignalType, Slug, TenantId, TenantName,
+    AdminTokenId, KeyId, Label, PageLimit, PerMinute, SignalType, Slug, TenantId, TenantName,
 };
 use crate::keyspace::Keyspace;
 use crate::pg::{self, PgError};
@@ -113,8 +113,12 @@ enum DeadLetterCommand {
     List {
         #[arg(long)]
         all: bool,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
+        /// Dead letters per page, 1-1000.
+        #[arg(long, default_value = "100")]
+        limit: PageLimit,
+        /// The `next_cursor` of the previous page.
+        #[arg(long)]
+        cursor: Option<dead_letters::Cursor>,
     },
     /// Put dead letters back on their streams: one by --id, or every one not yet replayed.
     Replay {
@@ -232,10 +236,11 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
             json!({"redis": nodes, "ok": true})
         }
         Command::DeadLetters {
-            command: DeadLetterCommand::List { all, limit },
+            command: DeadLetterCommand::List { all, limit, cursor },
         } => {
-            let page = dead_letters::list(&pg, all, None, limit).await?;
-            json!({"count": page.items.len(), "dead_letters": page.items})
+            let page = dead_letters::list(&pg, all, cursor, limit.get()).await?;
+            json!({"count": page.items.len(), "dead_letters": page.items,
+                   "next_cursor": page.next.map(|id| id.to_string())})
         }
         Command::DeadLetters {
             command: DeadLetterCommand::Replay { id },

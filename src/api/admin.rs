@@ -682,17 +682,12 @@ pub async fn list_dead_letters(
     query: web::Query<DeadLetterQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = page_limit(query.limit)?;
-    let before = match query.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(
-            c.parse::<i64>()
-                .ok()
-                .filter(|_| c.len() <= 18 && c.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| {
-                    ApiError::BadRequest("cursor is not one this list returned".into())
-                })?,
-        ),
-    };
+    let before = query
+        .cursor
+        .as_deref()
+        .map(str::parse::<dead_letters::Cursor>)
+        .transpose()
+        .map_err(ApiError::BadRequest)?;
     let found = dead_letters::list(&state.pg, query.all.unwrap_or(false), before, limit).await?;
     Ok(HttpResponse::Ok().json(List {
         success: true,

@@ -87,6 +87,15 @@ impl PageLimit {
     }
 }
 
+/// A limit given as text (a command-line option): 1 to [`PageLimit::MAX`].
+impl std::str::FromStr for PageLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::parse(Some(text), 0)
+    }
+}
+
 /// The value of a JSON number with no fractional part, as JSON Schema's `integer` reads it:
 /// `500` and `500.0` alike. `None` for fractions, and for magnitudes past 2^53 written with a
 /// fraction or exponent (they cannot be told from their neighbours).

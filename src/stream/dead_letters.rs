@@ -176,6 +176,23 @@ pub struct DeadLetter {
     pub raw: Value,
 }
 
+/// The position a page of dead letters starts below: a previous page's `next` (a dead letter's
+/// id), given back as text by the admin API and the CLI.
+#[derive(Clone, Copy, Debug)]
+pub struct Cursor(pub i64);
+
+impl std::str::FromStr for Cursor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.parse::<i64>()
+            .ok()
+            .filter(|_| text.len() <= 18 && text.bytes().all(|b| b.is_ascii_digit()))
+            .map(Cursor)
+            .ok_or_else(|| "cursor is not one this list returned".to_owned())
+    }
+}
+
 /// One page of dead letters, newest first, and the cursor of the next.
 pub struct DeadLetterPage {
     pub items: Vec<DeadLetter>,
@@ -187,9 +204,10 @@ pub struct DeadLetterPage {
 pub async fn list(
     pg: &Pool,
     all: bool,
-    before: Option<i64>,
+    before: Option<Cursor>,
     limit: u32,
 ) -> Result<DeadLetterPage, DeadLetterError> {
+    let before = before.map(|c| c.0);
     let client = pg.get().await?;
     let rows = client
         .query(

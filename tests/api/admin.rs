@@ -331,6 +331,50 @@ async fn failures_say_why_on_stderr_and_exit_non_zero() {
     }
 }
 
+/// `dead-letters list` pages as the admin API does: at most `--limit` (1-1000), and a
+/// `next_cursor` to pass as `--cursor` while more are left — never a silently short list.
+#[actix_web::test]
+async fn dead_letters_are_listed_a_page_at_a_time() {
+    let env = TestEnv::start().await;
+    let admin = Admin { env: &env };
+    let pg = env.pg_client().await;
+    for n in 0..3 {
+        pg.execute(
+            "INSERT INTO dead_letters (stream, entry_id, raw, error, deliveries)
+             VALUES ('s', $1, '{}', 'not stored after 5 deliveries', 5)",
+            &[&format!("{n}-0")],
+        )
+        .await
+        .unwrap();
+    }
+    let first = admin.ok(&["dead-letters", "list", "--limit", "2"]);
+    assert_eq!(first["count"], 2, "{first}");
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a cursor while more are left");
+    let rest = admin.ok(&["dead-letters", "list", "--limit", "2", "--cursor", cursor]);
+    assert_eq!(rest["count"], 1, "{rest}");
+    assert_eq!(rest["next_cursor"], Value::Null, "{rest}");
+    let entries: Vec<&str> = [&first, &rest]
+        .iter()
+        .flat_map(|page| page["dead_letters"].as_array().unwrap())
+        .map(|d| d["entry_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(entries, ["2-0", "1-0", "0-0"], "newest first, each once");
+
+    for (args, expected) in [
+        (vec!["--limit", "0"], "limit must be from 1 to 1000"),
+        (vec!["--limit", "1001"], "limit must be from 1 to 1000"),
+        (
+            vec!["--cursor", "abc"],
+            "cursor is not one this list returned",
+        ),
+    ] {
+        let stderr = admin.fails(&[&["dead-letters", "list"][..], &args].concat());
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
 #[actix_web::test]
 async fn binaries_refuse_a_bad_configuration_with_one_line_naming_the_key() {
     for (bin, var, value) in [
