@@ -306,7 +306,7 @@ fn reads(stack: &Stack, seconds: f64, results: &mut Results) {
 /// worker killed with it in hand leaves it; a worker with a short claim idle time stores it.
 fn recovery(stack: &Stack, backlog: u64, results: &mut Results) {
     const IDLE: Duration = Duration::from_secs(2);
-    stack.psql("truncate events, metric_rollups, signal_states");
+    stack.psql("truncate events, metric_rollups, metric_rollup_totals, signal_states");
     stack.fresh_stream_and_stats();
     stack.fill(backlog / 200);
     let held = stack.read_without_acknowledging("crashed-worker") * 100;

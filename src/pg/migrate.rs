@@ -26,6 +26,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../migrations/0004_admin_tokens.sql"),
     ),
     (5, "reads", include_str!("../../migrations/0005_reads.sql")),
+    (
+        6,
+        "rollup totals",
+        include_str!("../../migrations/0006_rollup_totals.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming Sluice's migration lock.

@@ -430,11 +430,10 @@ impl Reads {
                     }
                     None => client
                         .query(
-                            "SELECT bucket_start, sum(count)::bigint, sum(sum), min(min), max(max)
-                             FROM metric_rollups
+                            "SELECT bucket_start, count, sum, min, max FROM metric_rollup_totals
                              WHERE signal_id = $1 AND granularity = $2 AND bucket_start >= $3
                                AND bucket_start < $4 AND tenant_id = $5
-                             GROUP BY bucket_start ORDER BY bucket_start LIMIT $6",
+                             ORDER BY bucket_start LIMIT $6",
                             &[&q.signal_id, &q.granularity, &from, &until, &tenant, &limit],
                         )
                         .await?,

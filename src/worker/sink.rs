@@ -385,12 +385,22 @@ struct BucketKey<'a> {
 }
 
 /// What a batch adds to one rollup row.
+#[derive(Clone, Copy)]
 struct Aggregate<'a> {
     tenant: &'a str,
     count: i64,
     sum: f64,
     min: f64,
     max: f64,
+}
+
+impl Aggregate<'_> {
+    fn add(&mut self, other: &Self) {
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
 }
 
 async fn upsert_rollups(tx: &impl GenericClient, fresh: &[&Record]) -> Result<(), SinkError> {
@@ -412,21 +422,29 @@ async fn upsert_rollups(tx: &impl GenericClient, fresh: &[&Record]) -> Result<()
                 granularity,
                 start: truncate(e.occurred_at, unit),
             };
-            let agg = buckets.entry(key).or_insert(Aggregate {
+            let one = Aggregate {
                 tenant: &e.tenant,
-                count: 0,
-                sum: 0.0,
+                count: 1,
+                sum: value,
                 min: value,
                 max: value,
-            });
-            agg.count += 1;
-            agg.sum += value;
-            agg.min = agg.min.min(value);
-            agg.max = agg.max.max(value);
+            };
+            buckets
+                .entry(key)
+                .and_modify(|agg| agg.add(&one))
+                .or_insert(one);
         }
     }
     if buckets.is_empty() {
         return Ok(());
+    }
+    // The same events over every identity: one row per signal and bucket.
+    let mut totals: BTreeMap<(&str, &str, DateTime<Utc>), Aggregate> = BTreeMap::new();
+    for (k, a) in &buckets {
+        totals
+            .entry((k.signal, k.granularity, k.start))
+            .and_modify(|total| total.add(a))
+            .or_insert(*a);
     }
     let n = buckets.len();
     let (mut signals, mut itypes, mut iids, mut grans) = (
@@ -465,6 +483,30 @@ async fn upsert_rollups(tx: &impl GenericClient, fresh: &[&Record]) -> Result<()
              min = least(m.min, excluded.min),
              max = greatest(m.max, excluded.max)",
         &[&signals, &itypes, &iids, &grans, &starts, &tenants, &counts, &sums, &mins, &maxs],
+    )
+    .await?;
+    // The columns again, for the totals.
+    let signals: Vec<&str> = totals.keys().map(|k| k.0).collect();
+    let grans: Vec<&str> = totals.keys().map(|k| k.1).collect();
+    let starts: Vec<DateTime<Utc>> = totals.keys().map(|k| k.2).collect();
+    let tenants: Vec<&str> = totals.values().map(|a| a.tenant).collect();
+    let counts: Vec<i64> = totals.values().map(|a| a.count).collect();
+    let sums: Vec<f64> = totals.values().map(|a| a.sum).collect();
+    let mins: Vec<f64> = totals.values().map(|a| a.min).collect();
+    let maxs: Vec<f64> = totals.values().map(|a| a.max).collect();
+    tx.execute(
+        "INSERT INTO metric_rollup_totals AS m (signal_id, granularity, bucket_start, tenant_id,
+                                              count, sum, min, max)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[],
+                              $5::bigint[], $6::float8[], $7::float8[], $8::float8[])
+         ON CONFLICT (signal_id, granularity, bucket_start) DO UPDATE SET
+             count = m.count + excluded.count,
+             sum = m.sum + excluded.sum,
+             min = least(m.min, excluded.min),
+             max = greatest(m.max, excluded.max)",
+        &[
+            &signals, &grans, &starts, &tenants, &counts, &sums, &mins, &maxs,
+        ],
     )
     .await?;
     Ok(())

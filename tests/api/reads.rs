@@ -538,6 +538,54 @@ async fn a_metric_reads_its_rollups_by_hour_and_day_for_one_identity_or_all() {
     .await;
 }
 
+/// A deployment upgraded with rollups already stored: the migration that adds the totals over
+/// every identity computes them from the per-identity rows, and the read answers from them.
+#[actix_web::test]
+async fn rollups_stored_before_the_totals_existed_read_back_after_migrating() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = tenant(&env).await;
+    let pg = env.pg_client().await;
+    // The database as migration 5 left it.
+    pg.batch_execute(
+        "DROP TABLE metric_rollup_totals;
+         CREATE INDEX metric_rollups_signal ON metric_rollups (signal_id, granularity, bucket_start);
+         DELETE FROM schema_migrations WHERE version = 6;",
+    )
+    .await
+    .unwrap();
+    let mrr: String = pg
+        .query_one(
+            "SELECT id FROM signals WHERE slug = 'mrr' AND tenant_id = $1",
+            &[&tenant],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for (identity, count, sum, min, max) in [
+        ("acc_1", 2_i64, 40.0, 10.0, 30.0),
+        ("acc_2", 1, 100.0, 100.0, 100.0),
+    ] {
+        pg.execute(
+            "INSERT INTO metric_rollups (signal_id, identity_type, identity_id, granularity,
+                                         bucket_start, tenant_id, count, sum, min, max)
+             VALUES ($1, 'account', $2, 'day', '2026-11-26T00:00:00Z', $3, $4, $5, $6, $7)",
+            &[&mrr, &identity, &tenant, &count, &sum, &min, &max],
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(env.admin(&["migrate"])["applied"], json!([6]));
+
+    let api = env.spawn_api().await;
+    let all = get(&api, &key, "/v1/signals/mrr/rollups").await;
+    assert_eq!(
+        all.body["data"],
+        json!([{"start": "2026-11-26T00:00:00Z", "count": 3, "sum": 140.0, "min": 10.0, "max": 100.0}]),
+        "{}",
+        all.text
+    );
+}
+
 /// A bucket's sum is a double. A metric value is at most 1e289 in magnitude, so that no sum of
 /// up to 2^63 of them leaves a double's range: larger ones are stored `invalid`, and every sum
 /// reads back as a number — whether the events arrive in one batch or one by one.

@@ -77,6 +77,20 @@ pub async fn assert_rolled_up_once(client: &tokio_postgres::Client) {
         rolled, metrics,
         "every processed metric event rolled up exactly once"
     );
+    // The totals over every identity are the per-identity rows added up, bucket by bucket.
+    let apart: i64 = client
+        .query_one(
+            "SELECT count(*) FROM (
+                 SELECT signal_id, granularity, bucket_start, sum(count)::bigint AS count
+                 FROM metric_rollups GROUP BY 1, 2, 3
+             ) r FULL JOIN metric_rollup_totals t USING (signal_id, granularity, bucket_start)
+             WHERE r.count IS DISTINCT FROM t.count",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(apart, 0, "rollup totals match the per-identity rollups");
 }
 
 pub async fn assert_exactly_once(env: &TestEnv, acked: &[String]) {
