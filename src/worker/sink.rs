@@ -385,22 +385,12 @@ struct BucketKey<'a> {
 }
 
 /// What a batch adds to one rollup row.
-#[derive(Clone, Copy)]
 struct Aggregate<'a> {
     tenant: &'a str,
     count: i64,
     sum: f64,
     min: f64,
     max: f64,
-}
-
-impl Aggregate<'_> {
-    fn add(&mut self, other: &Self) {
-        self.count += other.count;
-        self.sum += other.sum;
-        self.min = self.min.min(other.min);
-        self.max = self.max.max(other.max);
-    }
 }
 
 async fn upsert_rollups(tx: &impl GenericClient, fresh: &[&Record]) -> Result<(), SinkError> {
@@ -422,29 +412,21 @@ async fn upsert_rollups(tx: &impl GenericClient, fresh: &[&Record]) -> Result<()
                 granularity,
                 start: truncate(e.occurred_at, unit),
             };
-            let one = Aggregate {
+            let agg = buckets.entry(key).or_insert(Aggregate {
                 tenant: &e.tenant,
-                count: 1,
-                sum: value,
+                count: 0,
+                sum: 0.0,
                 min: value,
                 max: value,
-            };
-            buckets
-                .entry(key)
-                .and_modify(|agg| agg.add(&one))
-                .or_insert(one);
+            });
+            agg.count += 1;
+            agg.sum += value;
+            agg.min = agg.min.min(value);
+            agg.max = agg.max.max(value);
         }
     }
     if buckets.is_empty() {
         return Ok(());
-    }
-    // The same events over every identity: one row per signal and bucket.
-    let mut totals: BTreeMap<(&str, &str, DateTime<Utc>), Aggregate> = BTreeMap::new();
-    for (k, a) in &buckets {
-        totals
-            .entry((k.signal, k.granularity, k.start))
-            .and_modify(|total| total.add(a))
-            .or_insert(*a);
     }
     let n = buckets.len();
     let (mut signals, mut itypes, mut iids, mut grans) = (
@@ -485,20 +467,15 @@ async fn upsert_rollups(tx: &impl GenericClient, fresh: &[&Record]) -> Result<()
         &[&signals, &itypes, &iids, &grans, &starts, &tenants, &counts, &sums, &mins, &maxs],
     )
     .await?;
-    // The columns again, for the totals.
-    let signals: Vec<&str> = totals.keys().map(|k| k.0).collect();
-    let grans: Vec<&str> = totals.keys().map(|k| k.1).collect();
-    let starts: Vec<DateTime<Utc>> = totals.keys().map(|k| k.2).collect();
-    let tenants: Vec<&str> = totals.values().map(|a| a.tenant).collect();
-    let counts: Vec<i64> = totals.values().map(|a| a.count).collect();
-    let sums: Vec<f64> = totals.values().map(|a| a.sum).collect();
-    let mins: Vec<f64> = totals.values().map(|a| a.min).collect();
-    let maxs: Vec<f64> = totals.values().map(|a| a.max).collect();
+    // The same rows added up over every identity, one per signal and bucket, locked in key
+    // order as above.
     tx.execute(
         "INSERT INTO metric_rollup_totals AS m (signal_id, granularity, bucket_start, tenant_id,
                                               count, sum, min, max)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[],
-                              $5::bigint[], $6::float8[], $7::float8[], $8::float8[])
+         SELECT s, g, b, min(t), sum(c)::bigint, sum(v), min(lo), max(hi)
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[],
+                     $5::bigint[], $6::float8[], $7::float8[], $8::float8[]) AS r(s, g, b, t, c, v, lo, hi)
+         GROUP BY s, g, b ORDER BY s, g, b
          ON CONFLICT (signal_id, granularity, bucket_start) DO UPDATE SET
              count = m.count + excluded.count,
              sum = m.sum + excluded.sum,

@@ -142,9 +142,11 @@ impl Validator {
             SignalType::Metric => match data.get("value").and_then(Value::as_f64) {
                 Some(v) if v.abs() <= MAX_METRIC_VALUE => Some(v),
                 Some(_) => {
-                    let reason = "metric events need a data.value from -1e289 to 1e289, \
-                                  so that their rollups' sums stay within a double";
-                    return invalid(entry, reason.to_owned());
+                    let reason = format!(
+                        "metric events need a data.value from -{MAX_METRIC_VALUE:e} to \
+                         {MAX_METRIC_VALUE:e}, so that their rollups' sums stay within a double"
+                    );
+                    return invalid(entry, reason);
                 }
                 None => {
                     return invalid(entry, "metric events need a numeric data.value".to_owned());

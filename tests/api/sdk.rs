@@ -88,12 +88,7 @@ async fn events_the_api_refuses_do_not_take_their_batch_with_them() {
     let (_api, base) = spawn_api_process(&env, None, &[]);
     let _worker = env.spawn_worker(&[]);
 
-    let (_, out) = Script::start("refused.py", &[&format!("http://{base}"), &key])
-        .finish()
-        .await;
-    let out: serde_json::Value = serde_json::from_str(&out).expect("the script's JSON line");
-    assert_eq!(out["flushed"], true, "{out}");
-    let given_up = out["given_up"].as_object().expect("given_up");
+    let given_up = given_up("refused.py", &base, &key).await;
     let mut refused: Vec<(&str, u64)> = given_up
         .iter()
         .map(|(reference, why)| (reference.as_str(), why[0].as_u64().unwrap()))
@@ -106,12 +101,15 @@ async fn events_the_api_refuses_do_not_take_their_batch_with_them() {
             ("bad-timestamp", 400),
             ("bad-version", 400)
         ],
-        "{out}"
+        "{given_up:?}"
     );
     let reason = |reference: &str| given_up[reference][1].as_str().unwrap().to_owned();
-    assert!(reason("bad-timestamp").contains("timestamp"), "{out}");
-    assert!(reason("bad-signal").contains("nope"), "{out}");
-    assert!(reason("bad-version").contains("version 7"), "{out}");
+    assert!(
+        reason("bad-timestamp").contains("timestamp"),
+        "{given_up:?}"
+    );
+    assert!(reason("bad-signal").contains("nope"), "{given_up:?}");
+    assert!(reason("bad-version").contains("version 7"), "{given_up:?}");
 
     assert_eq!(env.wait_for_events(17, PATIENCE.as_secs()).await, 17);
     eventually("the worker to finish with every entry", async || {
@@ -145,20 +143,19 @@ async fn batches_over_a_lower_body_limit_are_split_and_stored_once() {
     let (_api, base) = spawn_api_process(&env, None, &[("SLUICE__API__BODY_LIMIT_BYTES", "65536")]);
     let _worker = env.spawn_worker(&[]);
 
-    let (_, out) = Script::start("large.py", &[&format!("http://{base}"), &key])
-        .finish()
-        .await;
-    let out: serde_json::Value = serde_json::from_str(&out).expect("the script's JSON line");
-    assert_eq!(out["flushed"], true, "{out}");
-    let given_up = out["given_up"].as_object().expect("given_up");
-    assert_eq!(given_up.keys().collect::<Vec<_>>(), ["too-large"], "{out}");
-    assert_eq!(given_up["too-large"][0], 413, "{out}");
+    let given_up = given_up("large.py", &base, &key).await;
+    assert_eq!(
+        given_up.keys().collect::<Vec<_>>(),
+        ["too-large"],
+        "{given_up:?}"
+    );
+    assert_eq!(given_up["too-large"][0], 413, "{given_up:?}");
     assert!(
         given_up["too-large"][1]
             .as_str()
             .unwrap()
             .contains("limit of 65536 bytes"),
-        "{out}"
+        "{given_up:?}"
     );
 
     assert_eq!(env.wait_for_events(100, PATIENCE.as_secs()).await, 100);
@@ -183,6 +180,21 @@ async fn batches_over_a_lower_body_limit_are_split_and_stored_once() {
         stored, expected,
         "every event that fits, once, and nothing else"
     );
+}
+
+/// Runs a script of clients/python/tests/e2e that prints what its client gave up
+/// (`reporting.py`), which must have flushed: {reference: [status, message]}.
+async fn given_up(
+    script: &str,
+    base: &str,
+    key: &str,
+) -> serde_json::Map<String, serde_json::Value> {
+    let (_, out) = Script::start(script, &[&format!("http://{base}"), key])
+        .finish()
+        .await;
+    let out: serde_json::Value = serde_json::from_str(&out).expect("the script's JSON line");
+    assert_eq!(out["flushed"], true, "{out}");
+    out["given_up"].as_object().expect("given_up").clone()
 }
 
 /// A script of clients/python/tests/e2e run with the SDK on its path; killed if the test ends

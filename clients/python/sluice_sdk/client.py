@@ -15,10 +15,10 @@ Requirements, in the order a request meets them:
   tries.
 - A refusal that ingested nothing and names only some events (a 400's `details`, a 404's
   unknown slugs) gives up those and sends the rest again under a new key. A 413 to the first
-  try of a batch of several events splits it in two, each half under a new key, and later
-  batches keep under the limit the answer states (Sluice's `body_limit_bytes` may be lower than
-  the default, or a proxy's); a 413 after an earlier try that may have been stored is final,
-  since a new key could store those events twice.
+  try of a batch of several events cuts it to the limit the answer states (in halves when it
+  states none: a proxy's), each part under a new key, and later batches keep under that limit;
+  a 413 after an earlier try that may have been stored is final, since a new key could store
+  those events twice.
 - Nothing given up on is silent: `on_error(error, events)`, or the `sluice_sdk` logger.
 - `flush(timeout)` returns within its timeout whatever the server does; a normal interpreter
   exit flushes (bounded by `shutdown_timeout`); after `os.fork()` the child starts empty with a

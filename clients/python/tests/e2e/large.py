@@ -9,25 +9,14 @@ alone). Flushes and prints one JSON line: {"flushed": bool, "given_up": {referen
 message]}}.
 """
 
-import json
 import sys
 
-import sluice_sdk
+import reporting
 
-host, key = sys.argv[1], sys.argv[2]
-given_up = {}
-
-
-def on_error(error, events):
-    for event in events:
-        given_up[event.get("reference")] = [error.status, error.message]
-
-
-client = sluice_sdk.Client(key, host=host, flush_at=100, flush_interval=60, on_error=on_error)
+client, given_up = reporting.client(sys.argv[1], sys.argv[2])
 account = {"type": "account", "id": "acc-1"}
 for i in range(100):
     if i == 40:
         client.track("page_view", account, data={"pad": "x" * 100_000}, reference="too-large")
     client.track("page_view", account, data={"pad": "x" * 2_000}, reference=f"fits-{i}")
-flushed = client.flush(timeout=60)
-print(json.dumps({"flushed": flushed, "given_up": given_up}))
+reporting.report(client, given_up)

@@ -8,21 +8,11 @@ version page_view does not have). Flushes and prints one JSON line: {"flushed": 
 "given_up": {reference: [status, message]}}.
 """
 
-import json
 import sys
 
-import sluice_sdk
+import reporting
 
-host, key = sys.argv[1], sys.argv[2]
-given_up = {}
-
-
-def on_error(error, events):
-    for event in events:
-        given_up[event.get("reference")] = [error.status, error.message]
-
-
-client = sluice_sdk.Client(key, host=host, flush_at=100, flush_interval=60, on_error=on_error)
+client, given_up = reporting.client(sys.argv[1], sys.argv[2])
 account = {"type": "account", "id": "acc-1"}
 for i in range(20):
     if i == 3:
@@ -33,5 +23,4 @@ for i in range(20):
         client.track("page_view", account, version=7, reference="bad-version")
     else:
         client.track("page_view", account, reference=f"good-{i - (i > 3) - (i > 9) - (i > 15)}")
-flushed = client.flush(timeout=60)
-print(json.dumps({"flushed": flushed, "given_up": given_up}))
+reporting.report(client, given_up)
