@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::http::StatusCode;
 use actix_web::http::header::ALLOW;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, guard, web};
 
 use crate::config::Settings;
 
@@ -39,15 +39,23 @@ pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
     }))
 }
 
+/// A route for `GET` that also answers `HEAD`, as HTTP asks of every `GET` resource: the same
+/// handler, status and headers, with the body left unsent (actix-http drops it for `HEAD`).
+/// Monitors and load balancers often probe with `HEAD`.
+pub fn get() -> actix_web::Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
 /// The OpenAPI tag of the operations endpoints: no credential, no store behind them.
 pub const TAG: &str = "operations";
 
 /// Mounts `/livez`, `/readyz` and `/metrics` for probe `P`, which the app holds as
-/// `web::Data<P>`. Other methods on these paths answer 405 naming `GET`.
+/// `web::Data<P>`. `HEAD` answers as `GET` does; other methods on these paths answer
+/// 405 naming `GET`.
 pub fn routes<P: Probe>(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/livez", "GET").route(web::get().to(livez)))
-        .service(resource("/readyz", "GET").route(web::get().to(readyz::<P>)))
-        .service(resource("/metrics", "GET").route(web::get().to(metrics::<P>)));
+    cfg.service(resource("/livez", "GET").route(get().to(livez)))
+        .service(resource("/readyz", "GET").route(get().to(readyz::<P>)))
+        .service(resource("/metrics", "GET").route(get().to(metrics::<P>)));
 }
 
 /// Serves only the ops endpoints and their OpenAPI document (the worker's metrics listener), on
@@ -64,7 +72,7 @@ pub fn serve<P: Probe>(
         App::new()
             .app_data(state.clone())
             .configure(routes::<P>)
-            .service(resource("/openapi.json", "GET").route(web::get().to(operations_document)))
+            .service(resource("/openapi.json", "GET").route(get().to(operations_document)))
             .default_service(web::to(not_found))
     })
     .workers(1)

@@ -250,7 +250,8 @@ fn path_config() -> web::PathConfig {
 
 /// The admin API's routes.
 pub fn admin_routes(cfg: &mut web::ServiceConfig) {
-    use web::{delete, get, patch, post, put};
+    use ops::get;
+    use web::{delete, patch, post, put};
     let signal = "/tenants/{tenant_id}/signals/{slug}";
     cfg.service(ops::resource("/openapi.json", "GET").route(get().to(openapi::admin_document)))
         .service(
@@ -310,7 +311,8 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
 
 /// Every route, with JSON answers for unknown paths and wrong methods.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    use web::{get, post};
+    use ops::get;
+    use web::post;
     cfg.service(ops::resource("/v1/events/batch", "POST").route(post().to(events::batch)))
         .service(
             ops::resource("/v1/events", "GET, POST")

@@ -166,6 +166,75 @@ async fn request_ids_are_kept_when_sane_and_made_otherwise() {
     assert_ne!(replaced.header("x-request-id"), Some(long.as_str()));
 }
 
+/// `HEAD` on `path` beside `GET`: the same status and headers, no body. Returns the status.
+async fn head_matches_get(api: &crate::support::TestApi, path: &str, bearer: Option<&str>) -> u16 {
+    let with = |method| {
+        let req = api.request(method, path);
+        match bearer {
+            Some(b) => req.insert_header(("Authorization", format!("Bearer {b}"))),
+            None => req,
+        }
+    };
+    let get = api.send(with(awc::http::Method::GET), vec![]).await;
+    let head = api.send(with(awc::http::Method::HEAD), vec![]).await;
+    assert_eq!(head.status, get.status, "HEAD {path}: {}", get.text);
+    assert_eq!(head.text, "", "HEAD {path} sent a body");
+    for name in ["content-type", "allow", "x-ratelimit-limit"] {
+        assert_eq!(head.header(name), get.header(name), "HEAD {path}: {name}");
+    }
+    // The length of the body GET sends, where that body does not change between the two (the
+    // metrics count the GET; 404 and 405 name the method).
+    if !path.starts_with("/metrics") && !matches!(get.status, 404 | 405) {
+        let length = get.text.len().to_string();
+        assert_eq!(
+            head.header("content-length"),
+            Some(length.as_str()),
+            "HEAD {path}"
+        );
+    }
+    head.status
+}
+
+#[actix_web::test]
+async fn head_answers_every_get_route_as_get_does_without_the_body() {
+    let env = TestEnv::start().await;
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", None).await;
+    let token = env.admin(&["admin-token", "create", "--name", "ops"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (api, admin) = env.spawn_api_with_admin();
+    let worker = env.spawn_worker(&[]);
+    worker.wait_ready(200).await;
+
+    for path in ["/livez", "/readyz", "/metrics", "/openapi.json"] {
+        assert_eq!(head_matches_get(&api, path, None).await, 200, "{path}");
+    }
+    for path in ["/v1/signals", "/v1/signals/page_view", "/v1/events?limit=1"] {
+        assert_eq!(
+            head_matches_get(&api, path, Some(&key)).await,
+            200,
+            "{path}"
+        );
+    }
+    // Authentication, missing routes and wrong methods answer HEAD as they answer GET.
+    assert_eq!(head_matches_get(&api, "/v1/signals", None).await, 401);
+    assert_eq!(head_matches_get(&api, "/v1/nothing", None).await, 404);
+    assert_eq!(head_matches_get(&api, "/v1/events/batch", None).await, 405);
+    let path = format!("/admin/v1/tenants/{tenant}");
+    assert_eq!(head_matches_get(&admin, &path, Some(&token)).await, 200);
+    assert_eq!(head_matches_get(&admin, "/openapi.json", None).await, 200);
+
+    // The worker's listener too.
+    let head = crate::support::client()
+        .head(format!("{}/livez", worker.metrics_url))
+        .send()
+        .await
+        .expect("the worker answers");
+    assert_eq!(head.status(), 200);
+}
+
 /// How many sockets process `pid` holds open.
 fn sockets_of(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
