@@ -25,11 +25,13 @@ pub struct EventInput {
     #[schema(value_type = Option<Data>)]
     data: (),
     /// RFC 3339 with an offset, in years 1 to 9999 once in UTC (so not 0001-01-01 with a
-    /// positive offset, nor 9999-12-31 with a negative one); default: the time of receipt.
+    /// positive offset, nor 9999-12-31 with a negative one); a leap second (`23:59:60`) is the
+    /// start of the next second, so not 9999-12-31T23:59:60Z either. Default: the time of
+    /// receipt.
     #[schema(
         value_type = Option<String>,
         format = DateTime,
-        pattern = r"^(?!0000)(?!0001-01-01T[^+]*\+)(?!9999-12-31T[^Zz+]*-)"
+        pattern = r"^(?!0000)(?!0001-01-01T[^+]*\+)(?!9999-12-31T[^Zz+]*-)(?!9999-12-31T23:59:60[^+]*(?:[Zz]|\+00:00)$)"
     )]
     timestamp: (),
     /// Echoed back in the answer; at most 256 characters.

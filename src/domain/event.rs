@@ -470,7 +470,7 @@ fn parse_timestamp(
     };
     let problem = match string_of(raw) {
         Err(problem) => problem,
-        Ok(s) => match DateTime::parse_from_rfc3339(&s) {
+        Ok(s) => match DateTime::parse_from_rfc3339(&s).map(without_leap_second) {
             Ok(t) => match t.with_timezone(&chrono::Utc).year() {
                 ..=0 => "must be in year 1 or later",
                 10_000.. => "must be in year 9999 or earlier once in UTC",
@@ -481,6 +481,18 @@ fn parse_timestamp(
     };
     errors.push(at.error("timestamp", problem));
     None
+}
+
+/// A leap second (`23:59:60`) as the instant PostgreSQL stores for it, the start of the next
+/// second: checked, stored and read back as that instant. Other times are unchanged.
+fn without_leap_second(t: DateTime<FixedOffset>) -> DateTime<FixedOffset> {
+    let nanos = t.timestamp_subsec_nanos();
+    if nanos < 1_000_000_000 {
+        return t;
+    }
+    // In range: a parsed time is within years 0 to 9999 of its offset, a second more is too.
+    DateTime::from_timestamp(t.timestamp() + 1, nanos - 1_000_000_000)
+        .map_or(t, |next| next.with_timezone(t.offset()))
 }
 
 /// A JSON string's text, or what is wrong with it.
@@ -680,6 +692,15 @@ mod tests {
                 "9999-12-31T23:00:00-05:00",
                 "must be in year 9999 or earlier once in UTC",
             ),
+            // A leap second is the start of the next second, as PostgreSQL stores it.
+            (
+                "9999-12-31T23:59:60Z",
+                "must be in year 9999 or earlier once in UTC",
+            ),
+            (
+                "9999-12-31T18:59:60.5-05:00",
+                "must be in year 9999 or earlier once in UTC",
+            ),
         ] {
             let errors = errors_of(&timestamp(t));
             assert_eq!(errors[0].message, format!("events[0].timestamp {message}"));
@@ -691,6 +712,26 @@ mod tests {
             "9999-12-31T18:59:59.999999-05:00",
         ] {
             assert!(parse_batch(&timestamp(t)).is_ok(), "{t}");
+        }
+        for (leap, next) in [
+            ("2016-12-31T23:59:60Z", "2017-01-01T00:00:00Z"),
+            (
+                "2016-12-31T18:59:60.25-05:00",
+                "2016-12-31T19:00:00.25-05:00",
+            ),
+            ("9999-12-31T17:59:60-05:00", "9999-12-31T18:00:00-05:00"),
+        ] {
+            let body = timestamp(leap);
+            let parsed = parse_batch(&body).unwrap()[0].timestamp.unwrap();
+            assert_eq!(
+                parsed,
+                DateTime::parse_from_rfc3339(next).unwrap(),
+                "{leap}"
+            );
+            assert_eq!(
+                parsed.offset(),
+                DateTime::parse_from_rfc3339(next).unwrap().offset()
+            );
         }
     }
 
