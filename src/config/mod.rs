@@ -328,11 +328,11 @@ impl WorkerSettings {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    #[serde(deserialize_with = "read::positive")]
+    #[serde(deserialize_with = "read::per_minute")]
     pub event: u32,
-    #[serde(deserialize_with = "read::positive")]
+    #[serde(deserialize_with = "read::per_minute")]
     pub metric: u32,
-    #[serde(deserialize_with = "read::positive")]
+    #[serde(deserialize_with = "read::per_minute")]
     pub state: u32,
 }
 
@@ -672,6 +672,7 @@ mod tests {
         for (var, value) in [
             ("SLUICE__REDIS__PARTITIONS", "0"),
             ("SLUICE__LIMITS__EVENT", "lots"),
+            ("SLUICE__LIMITS__METRIC", "2147483648"),
             ("SLUICE__REDIS__URL", "not a url"),
             ("SLUICE__REDIS__MODE", "sentinel"),
             ("SLUICE__REDIS__URL", "redis://a:1,nope"),
@@ -692,6 +693,9 @@ mod tests {
             assert!(err.contains(var), "{var}={value}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+        // A default limit is bounded as a signal's own limit is.
+        let most = load(&[("SLUICE__LIMITS__METRIC", "2147483647")]).unwrap();
+        assert_eq!(most.limits.metric, i32::MAX as u32);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 
 use super::Secret;
+use crate::domain::PerMinute;
 
 /// The longest an idempotency record may be kept: 7 days.
 const MAX_IDEMPOTENCY_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -83,6 +84,23 @@ where
     read(d, |v| match v.parse::<T>() {
         Ok(n) if n > T::default() => Ok(n),
         _ => Err("must be a positive whole number".to_owned()),
+    })
+}
+
+/// A signal's default per-minute limit: what a signal can carry itself (the admin API's and
+/// `sluice-admin`'s bound, and the documents' `int32`).
+pub fn per_minute<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    read(d, |v| {
+        v.parse()
+            .ok()
+            .and_then(|n| PerMinute::new(n).ok())
+            .map(PerMinute::get)
+            .ok_or_else(|| {
+                format!(
+                    "must be a whole number of events per minute from 1 to {}",
+                    PerMinute::MAX
+                )
+            })
     })
 }
 
