@@ -128,8 +128,8 @@ impl<T: serde::de::DeserializeOwned + 'static> actix_web::FromRequest for Body<T
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Items per page, 1-1000.
-    #[param(minimum = 1, maximum = 1000, default = 100)]
-    limit: Option<u32>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<String>,
     /// The `next_cursor` of the previous page.
     #[param(min_length = 1, max_length = 300, pattern = "^[^\\u0000]*$")]
     cursor: Option<String>,
@@ -141,22 +141,23 @@ pub struct PageQuery {
 #[into_params(parameter_in = Query)]
 pub struct VersionPageQuery {
     /// Items per page, 1-1000.
-    #[param(minimum = 1, maximum = 1000, default = 100)]
-    limit: Option<u32>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<String>,
     /// The `next_cursor` of the previous page.
     #[param(pattern = "^[0-9]{1,9}$")]
     cursor: Option<String>,
 }
 
-/// A page's length: 100 unless asked, 1 to [`PageLimit::MAX`].
-fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
-    PageLimit::new(limit, 100)
+/// A page's length: 100 unless asked, 1 to [`PageLimit::MAX`] (the same refusal, naming
+/// `limit`, whatever the text).
+fn page_limit(limit: Option<&str>) -> Result<u32, ApiError> {
+    PageLimit::parse(limit, 100)
         .map(PageLimit::get)
         .map_err(ApiError::BadRequest)
 }
 
 /// A page of `limit` items after `cursor`, which must be text a list could have returned.
-fn page(limit: Option<u32>, cursor: Option<String>) -> Result<PageRequest, ApiError> {
+fn page(limit: Option<&str>, cursor: Option<String>) -> Result<PageRequest, ApiError> {
     let limit = page_limit(limit)?;
     if let Some(c) = &cursor
         && (c.is_empty() || c.chars().count() > 300 || c.contains('\0'))
@@ -173,7 +174,7 @@ fn page(limit: Option<u32>, cursor: Option<String>) -> Result<PageRequest, ApiEr
 
 impl PageQuery {
     fn page(&self) -> Result<PageRequest, ApiError> {
-        page(self.limit, self.cursor.clone())
+        page(self.limit.as_deref(), self.cursor.clone())
     }
 }
 
@@ -313,8 +314,25 @@ pub struct SchemaPath {
     #[param(inline)]
     slug: Slug,
     /// A schema version, from 1.
-    #[param(minimum = 1, maximum = 2147483647)]
-    version: u32,
+    #[param(value_type = u32, minimum = 1, maximum = 2147483647)]
+    version: String,
+}
+
+impl SchemaPath {
+    /// The version the path names: a 400 naming the rule for anything but 1 to `i32::MAX`.
+    fn version(&self) -> Result<u32, ApiError> {
+        self.version
+            .parse::<u32>()
+            .ok()
+            .filter(|v| (1..=i32::MAX as u32).contains(v))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "schema version must be a whole number from 1 to {}, not {:?}",
+                    i32::MAX,
+                    self.version
+                ))
+            })
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -637,7 +655,7 @@ pub async fn list_schemas(
     query: web::Query<VersionPageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let page = page(query.limit, query.cursor)?;
+    let page = page(query.limit.as_deref(), query.cursor)?;
     let page = state
         .registry
         .schemas(&path.tenant_id, &path.slug, &page)
@@ -655,7 +673,7 @@ pub async fn get_schema(
 ) -> Result<HttpResponse, ApiError> {
     let version = state
         .registry
-        .schema(&path.tenant_id, &path.slug, path.version)
+        .schema(&path.tenant_id, &path.slug, path.version()?)
         .await?;
     Ok(ok(SchemaView::from(version)))
 }
@@ -667,8 +685,8 @@ pub struct DeadLetterQuery {
     /// Include dead letters already replayed.
     all: Option<bool>,
     /// Items per page, 1-1000.
-    #[param(minimum = 1, maximum = 1000, default = 100)]
-    limit: Option<u32>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<String>,
     /// The `next_cursor` of the previous page.
     #[param(pattern = "^[0-9]{1,18}$")]
     cursor: Option<String>,
@@ -681,7 +699,7 @@ pub async fn list_dead_letters(
     state: web::Data<AdminState>,
     query: web::Query<DeadLetterQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = page_limit(query.limit)?;
+    let limit = page_limit(query.limit.as_deref())?;
     let before = query
         .cursor
         .as_deref()

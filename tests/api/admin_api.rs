@@ -517,6 +517,13 @@ async fn http_and_the_cli_judge_inputs_by_one_rule() {
             vec!["tenant", "create", "--name", " \u{3000}"],
             "tenant name must be 1-200 characters, not all blank",
         ),
+        (
+            "GET",
+            "/admin/v1/dead-letters?limit=ten".into(),
+            json!({}),
+            vec!["dead-letters", "list", "--limit", "ten"],
+            "limit must be from 1 to 1000",
+        ),
     ];
     for (method, path, body, args, message) in cases {
         let http = admin.call(method, &path, &token, Some(&body)).await;
@@ -529,6 +536,50 @@ async fn http_and_the_cli_judge_inputs_by_one_rule() {
         let cli = env.admin_refused(&args);
         assert!(cli.contains(message), "{args:?}: {cli}");
     }
+
+    // Every list's `limit` and a schema's version are refused naming the rule, whatever the text.
+    let signal = format!("/admin/v1/tenants/{t}/signals/plan");
+    for (path, message) in [
+        (
+            "/admin/v1/tenants?limit=-1".to_owned(),
+            "limit must be from 1 to 1000",
+        ),
+        (
+            format!("{keys}?limit=99999999999"),
+            "limit must be from 1 to 1000",
+        ),
+        (
+            format!("/admin/v1/tenants/{t}/signals?limit=1.5"),
+            "limit must be from 1 to 1000",
+        ),
+        (
+            format!("{signal}/schemas?limit=0"),
+            "limit must be from 1 to 1000",
+        ),
+        (
+            "/admin/v1/dead-letters?limit=1001".to_owned(),
+            "limit must be from 1 to 1000",
+        ),
+        (
+            format!("{signal}/schemas/latest"),
+            "schema version must be a whole number from 1 to 2147483647, not \"latest\"",
+        ),
+        (
+            format!("{signal}/schemas/0"),
+            "schema version must be a whole number from 1 to 2147483647, not \"0\"",
+        ),
+        (
+            format!("{signal}/schemas/2147483648"),
+            "schema version must be a whole number from 1 to 2147483647, not \"2147483648\"",
+        ),
+    ] {
+        let refused = admin.call("GET", &path, &token, None).await;
+        assert_eq!((refused.status, refused.error()), (400, message), "{path}");
+    }
+    let missing = admin
+        .call("GET", &format!("{signal}/schemas/1"), &token, None)
+        .await;
+    assert_eq!(missing.status, 404, "{}", missing.text);
 
     let blank_edged = format!("  {}  ", "y".repeat(150));
     let made = admin
