@@ -17,7 +17,7 @@ pub fn random_base62(n: usize) -> String {
 }
 
 macro_rules! prefixed_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal, $len:literal) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $prefix:literal, $len:literal) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash)]
         pub struct $name(String);
@@ -43,7 +43,10 @@ macro_rules! prefixed_id {
                 if ok {
                     Ok($name(s.to_owned()))
                 } else {
-                    Err(format!("{s:?} is not a valid {} id ({}{} characters)", stringify!($name), $prefix, $len))
+                    Err(format!(
+                        concat!("{:?} is not ", $kind, " id: ", $prefix, " and ", $len, " letters or digits"),
+                        s
+                    ))
                 }
             }
 
@@ -57,20 +60,20 @@ macro_rules! prefixed_id {
 
 prefixed_id!(
     /// A tenant: the owner of signals and API keys.
-    TenantId, "ten_", 16
+    TenantId, "a tenant", "ten_", 16
 );
 prefixed_id!(
     /// A signal, as returned to clients: `sig_` and 8 base62 characters.
-    SignalId, "sig_", 8
+    SignalId, "a signal", "sig_", 8
 );
 prefixed_id!(
     /// An API key's public id, used to revoke it. Never the secret.
-    KeyId, "key_", 16
+    KeyId, "an API key", "key_", 16
 );
 
 prefixed_id!(
     /// An admin token's public id, used to revoke it. Never the secret.
-    AdminTokenId, "adm_", 16
+    AdminTokenId, "an admin token", "adm_", 16
 );
 
 /// A bearer secret: a prefix naming its kind (`sk_` for API keys, `sat_` for admin tokens)

@@ -363,7 +363,11 @@ async fn lists_page_with_a_cursor_and_bad_requests_get_clear_4xx() {
             "limit must be from 1 to 1000",
         ),
         ("/admin/v1/tenants?sort=name", 400, "Invalid query string"),
-        ("/admin/v1/tenants/nope", 400, "is not a valid TenantId id"),
+        (
+            "/admin/v1/tenants/nope",
+            400,
+            "is not a tenant id: ten_ and 16 letters or digits",
+        ),
         (
             "/admin/v1/tenants/ten_0000000000000000",
             404,
@@ -489,7 +493,7 @@ async fn http_and_the_cli_judge_inputs_by_one_rule() {
             "/admin/v1/tenants/ten_short/keys".into(),
             json!({}),
             vec!["key", "create", "--tenant", "ten_short"],
-            "\"ten_short\" is not a valid TenantId id",
+            "\"ten_short\" is not a tenant id: ten_ and 16 letters or digits",
         ),
         (
             "POST",
