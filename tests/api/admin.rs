@@ -251,7 +251,10 @@ async fn failures_say_why_on_stderr_and_exit_non_zero() {
             vec!["key", "create", "--tenant", "ten_0000000000000000"],
             "no tenant",
         ),
-        (vec!["key", "create", "--tenant", "garbage"], "is not a tenant id"),
+        (
+            vec!["key", "create", "--tenant", "garbage"],
+            "is not a tenant id",
+        ),
         (
             vec!["key", "revoke", "--id", "key_0000000000000000"],
             "no API key",
