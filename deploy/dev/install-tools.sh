@@ -2,11 +2,10 @@
 # Installs the validators the test command runs: kubectl (Debian package, for kustomize),
 # promtool (Debian package prometheus), docker-compose (Debian package), and, from PyPI into a
 # virtualenv under .sluice/tools, kubernetes-validate (deployment files), openapi-spec-validator
-# and schemathesis (the OpenAPI documents, tests/api/openapi.rs), pytest (the Python SDK) and
-# openapi-python-client, and from npm into .sluice/tools/node the TypeScript generator and
-# compiler, and from crates.io into .sluice/tools/cargo the Rust generator openapi-to-rust
-# (tests/api/generators.rs). Safe to run again; installs only
-# what is missing.
+# and schemathesis (the OpenAPI documents, tests/api/openapi.rs), pytest and trustme (the Python
+# SDK) and openapi-python-client, and from npm into .sluice/tools/node the TypeScript generator
+# and compiler, and from crates.io into .sluice/tools/cargo the Rust generator openapi-to-rust
+# (tests/api/generators.rs). Safe to run again; installs only what is missing.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 VENV="$ROOT/.sluice/tools/venv"
@@ -38,6 +37,8 @@ pypi=()
 [ -x "$VENV/bin/st" ] || pypi+=('schemathesis==4.32.5')
 # pytest for the Python SDK's tests (clients/python); schemathesis depends on the same version.
 [ -x "$VENV/bin/pytest" ] || pypi+=('pytest==9.2.0')
+# trustme: a throwaway CA and certificates for the SDK's HTTPS tests.
+"$VENV/bin/python" -c 'import trustme' >/dev/null 2>&1 || pypi+=('trustme==1.2.1')
 # Client generators run on the OpenAPI documents (tests/api/generators.rs).
 [ -x "$VENV/bin/openapi-python-client" ] || pypi+=('openapi-python-client==0.29.1')
 if [ ${#pypi[@]} -gt 0 ]; then

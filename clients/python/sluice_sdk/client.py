@@ -26,6 +26,7 @@ Requirements, in the order a request meets them:
 """
 
 import atexit
+import base64
 import gzip as gzip_module
 import http.client
 import itertools
@@ -34,9 +35,11 @@ import logging
 import os
 import random
 import re
+import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 import weakref
 from collections import deque
@@ -121,6 +124,8 @@ class Client:
         backoff_base=0.5,
         backoff_max=30.0,
         shutdown_timeout=5.0,
+        ssl_context=None,
+        proxy=None,
     ):
         if not isinstance(api_key, str) or not api_key:
             raise ValueError("api_key must be a non-empty string (sk_...)")
@@ -147,8 +152,12 @@ class Client:
         self.backoff_base = float(backoff_base)
         self.backoff_max = float(backoff_max)
         self.shutdown_timeout = float(shutdown_timeout)
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError("ssl_context must be an ssl.SSLContext")
+        self.ssl_context = ssl_context
         self._url = url
         self._path = (url.path.rstrip("/") or "") + "/v1/events/batch"
+        self._proxy = _proxy_for(url, proxy)
         # The largest body a batch may have: the API's default, until a 413 says less.
         self._max_body = MAX_BODY
         self._closed = False
@@ -420,16 +429,31 @@ class Client:
             at = max(at, not_before)
         return [], at, [], []
 
+    def _connect(self):
+        """A connection to the api: straight, or through the proxy (a `CONNECT` tunnel for
+        https, requests in absolute form for http)."""
+        https = self._url.scheme == "https"
+        host, port = self._url.hostname, self._url.port or (443 if https else 80)
+        proxy = self._proxy
+        address = (proxy.host, proxy.port) if proxy else (host, port)
+        if https:
+            conn = http.client.HTTPSConnection(*address, timeout=self.timeout, context=self.ssl_context)
+            if proxy:
+                conn.set_tunnel(host, port, headers=proxy.headers)
+        else:
+            conn = http.client.HTTPConnection(*address, timeout=self.timeout)
+        return conn
+
     def _post(self, body, headers):
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn_class = (
-                http.client.HTTPSConnection if self._url.scheme == "https" else http.client.HTTPConnection
-            )
-            conn = conn_class(self._url.hostname, self._url.port, timeout=self.timeout)
-            self._local.conn = conn
+            conn = self._local.conn = self._connect()
+        target = self._path
+        if self._proxy and self._url.scheme == "http":
+            target = f"http://{self._url.netloc.rpartition('@')[2]}{self._path}"
+            headers = {**headers, **self._proxy.headers}
         try:
-            conn.request("POST", self._path, body=body, headers=headers)
+            conn.request("POST", target, body=body, headers=headers)
             response = conn.getresponse()
             data = response.read()
             if response.getheader("Connection", "").lower() == "close":
@@ -466,6 +490,53 @@ class Client:
                 if not isinstance(error, (QueueFull, ClientClosed)):
                     self._unfinished -= len(events)
                 self._cond.notify_all()
+
+
+class _Proxy:
+    """An HTTP proxy: where it listens, and the `Proxy-Authorization` its URL's credentials
+    make."""
+
+    def __init__(self, url):
+        self.host = url.hostname
+        self.port = url.port or 80
+        self.headers = {}
+        if url.username is not None:
+            credentials = (
+                f"{urllib.parse.unquote(url.username)}:{urllib.parse.unquote(url.password or '')}"
+            )
+            token = base64.b64encode(credentials.encode()).decode("ascii")
+            self.headers["Proxy-Authorization"] = f"Basic {token}"
+
+
+def _proxy_for(url, proxy):
+    """The proxy requests to `url` go through: `proxy` when given, else the environment's
+    (`HTTPS_PROXY` or `HTTP_PROXY` by the api's scheme, skipped for hosts in `NO_PROXY`), as
+    urllib reads them. None for a direct connection."""
+    if proxy is None:
+        if urllib.request.proxy_bypass(url.hostname):
+            return None
+        proxy = urllib.request.getproxies().get(url.scheme)
+        source = f"the environment's {url.scheme}_proxy"
+        if not proxy:
+            return None
+    else:
+        source = "proxy"
+    if not isinstance(proxy, str):
+        raise TypeError("proxy must be an http:// URL")
+    if "://" not in proxy:
+        proxy = "http://" + proxy  # as curl and urllib read a bare host:port
+    # The messages leave out the URL: it may hold a password.
+    parsed = urllib.parse.urlsplit(proxy)
+    try:
+        parsed.port
+    except ValueError:
+        raise ValueError(f"{source} has a port that is not a number from 0 to 65535") from None
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise ValueError(
+            f"{source} must be an http:// URL with a host, such as http://proxy:3128 "
+            f"(this one's scheme is {parsed.scheme!r})"
+        )
+    return _Proxy(parsed)
 
 
 def _batches(events, max_body):

@@ -1,7 +1,9 @@
 """Every rule of the client, against a scripted server (conftest.py)."""
 
+import base64
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -12,6 +14,8 @@ import pytest
 
 import sluice_sdk
 from sluice_sdk import DeliveryFailed, QueueFull, RetriesExhausted
+
+from conftest import Proxy
 
 ACCOUNT = {"type": "account", "id": "acc_1"}
 
@@ -435,3 +439,97 @@ def test_timestamps_are_sent_as_given_or_as_utc(server):
     stamps = [e["timestamp"] for r in server.requests for e in r.events]
     assert stamps == ["2026-11-26T10:00:00+00:00", "2026-11-26T10:00:00+01:00"]
     assert json.dumps(stamps)
+
+
+# -- TLS and proxies ---------------------------------------------------------------------------
+
+
+def test_https_to_a_private_ca_needs_its_ssl_context(tls_server, ca, errors):
+    untrusting = sluice_sdk.Client("sk_test", host=tls_server.url, max_retries=0, on_error=errors)
+    untrusting.track("page_view", ACCOUNT, reference="untrusted")
+    assert untrusting.flush(timeout=30)
+    [(error, events)] = errors.seen
+    assert isinstance(error, RetriesExhausted) and "CERTIFICATE_VERIFY_FAILED" in str(error)
+    assert [e["reference"] for e in events] == ["untrusted"]
+
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    client = sluice_sdk.Client("sk_test", host=tls_server.url, ssl_context=context, on_error=errors)
+    client.track("page_view", ACCOUNT, reference="trusted")
+    assert client.flush(timeout=30)
+    assert tls_server.references() == ["trusted"]
+    assert len(errors.seen) == 1
+
+
+def test_http_goes_through_the_environments_proxy_in_absolute_form(server, proxy, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    client = sluice_sdk.Client("sk_test", host=server.url)
+    client.track("page_view", ACCOUNT, reference="proxied")
+    assert client.flush(timeout=30)
+    assert server.references() == ["proxied"]
+    [(method, target, headers)] = proxy.requests()
+    assert (method, target) == ("POST", f"{server.url}/v1/events/batch")
+    assert headers["Host"] == server.url.removeprefix("http://")
+    # The api sees the request as if sent straight.
+    assert server.requests[0].headers["Host"] == server.url.removeprefix("http://")
+
+
+def test_https_tunnels_through_the_proxy_with_its_credentials(tls_server, ca, monkeypatch):
+    proxy = Proxy(credentials="me:p@ss word")
+    try:
+        # Credentials in the URL are percent-encoded; the environment names another proxy,
+        # which the explicit one overrides.
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        proxy_url = proxy.url.replace("http://", "http://me:p%40ss%20word@")
+        client = sluice_sdk.Client("sk_test", host=tls_server.url, ssl_context=context, proxy=proxy_url)
+        client.track("page_view", ACCOUNT, reference="tunnelled")
+        assert client.flush(timeout=30)
+        assert tls_server.references() == ["tunnelled"]
+        [(method, target, headers)] = proxy.requests()
+        assert (method, target) == ("CONNECT", f"localhost:{tls_server.port}")
+        assert headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"me:p@ss word").decode()
+        # The credentials stay with the proxy.
+        assert "Proxy-Authorization" not in tls_server.requests[0].headers
+    finally:
+        proxy.stop()
+
+
+def test_wrong_proxy_credentials_are_reported_as_the_proxys_answer(server, errors):
+    proxy = Proxy(credentials="me:right")
+    try:
+        client = sluice_sdk.Client(
+            "sk_test", host=server.url, proxy=proxy.url.replace("http://", "http://me:wrong@"),
+            on_error=errors,
+        )
+        client.track("page_view", ACCOUNT)
+        assert client.flush(timeout=30)
+        [(error, _)] = errors.seen
+        assert isinstance(error, DeliveryFailed) and error.status == 407
+        assert server.requests == []
+    finally:
+        proxy.stop()
+
+
+def test_no_proxy_reaches_its_hosts_straight(server, proxy, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "example.com,127.0.0.1")
+    client = sluice_sdk.Client("sk_test", host=server.url)
+    client.track("page_view", ACCOUNT, reference="straight")
+    assert client.flush(timeout=30)
+    assert server.references() == ["straight"]
+    assert proxy.requests() == []
+
+
+def test_a_proxy_or_context_that_can_never_work_is_refused_at_once_without_its_password(monkeypatch):
+    for proxy in ["https://me:secret@proxy:3128", "socks5://me:secret@proxy:1080", "http://me:secret@proxy:x"]:
+        with pytest.raises(ValueError) as refused:
+            sluice_sdk.Client("sk_test", host="https://sluice.example", proxy=proxy)
+        assert "secret" not in str(refused.value) and "proxy" in str(refused.value)
+    monkeypatch.setenv("HTTPS_PROXY", "https://me:secret@proxy:3128")
+    with pytest.raises(ValueError, match="https_proxy") as refused:
+        sluice_sdk.Client("sk_test", host="https://sluice.example")
+    assert "secret" not in str(refused.value)
+    with pytest.raises(TypeError):
+        sluice_sdk.Client("sk_test", host="https://sluice.example", ssl_context="/etc/ca.pem")
