@@ -35,6 +35,7 @@ import logging
 import os
 import random
 import re
+import select
 import ssl
 import threading
 import time
@@ -446,6 +447,11 @@ class Client:
 
     def _post(self, body, headers):
         conn = getattr(self._local, "conn", None)
+        if conn is not None and _closed_by_peer(conn):
+            # Closed while idle (a keep-alive timeout): a request sent on it would fail and
+            # spend a try, though nothing was wrong.
+            self._drop_connection()
+            conn = None
         if conn is None:
             conn = self._local.conn = self._connect()
         target = self._path
@@ -490,6 +496,19 @@ class Client:
                 if not isinstance(error, (QueueFull, ClientClosed)):
                     self._unfinished -= len(events)
                 self._cond.notify_all()
+
+
+def _closed_by_peer(conn):
+    """Whether an idle connection can no longer carry a request: the other side has closed it
+    (or sent what no request asked for). A connection between requests has nothing to read."""
+    sock = conn.sock
+    if sock is None:
+        return False  # not connected yet: http.client connects on the request
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class _Proxy:

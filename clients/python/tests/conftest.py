@@ -57,6 +57,7 @@ class ScriptedServer:
 
     def __init__(self, tls=None):
         self.requests = []
+        self.connections = []
         self.script = deque()
         self.body_limit = None
         self.states_limit = True
@@ -70,6 +71,11 @@ class ScriptedServer:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with server.lock:
+                    server.connections.append(self.connection)
 
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -139,6 +145,17 @@ class ScriptedServer:
     def references(self):
         with self.lock:
             return [r for req in self.requests for r in req.references]
+
+    def close_connections(self):
+        """Closes every connection a client holds open, as a server or load balancer does to
+        idle keep-alive connections."""
+        with self.lock:
+            connections, self.connections = self.connections, []
+        for c in connections:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def stop(self):
         self.release.set()

@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import select
 import ssl
 import subprocess
 import sys
@@ -81,6 +82,20 @@ def test_a_lost_connection_is_retried_like_a_503(server, errors):
     assert len(server.requests) == 2
     assert server.requests[0].headers["Idempotency-Key"] == server.requests[1].headers["Idempotency-Key"]
     assert errors.seen == []
+
+
+def test_a_connection_the_server_closed_while_idle_costs_no_try(server, errors):
+    # Servers and load balancers close keep-alive connections left idle (the api after
+    # SLUICE__API__KEEP_ALIVE_SECS, nginx after 75 s): the next batch goes on a new connection,
+    # not on the closed one, where it would fail and spend a try.
+    c = client(server, sync_mode=True, max_retries=0, on_error=errors)
+    c.track("page_view", ACCOUNT, reference="before")
+    server.close_connections()
+    # Until the close has reached the client's side of the connection.
+    assert select.select([c._local.conn.sock], [], [], 30)[0]
+    c.track("page_view", ACCOUNT, reference="after")
+    assert errors.seen == []
+    assert server.references() == ["before", "after"]
 
 
 def test_retry_after_is_respected(server):
