@@ -597,7 +597,9 @@ def _encode(signal, identity, data, timestamp, reference, version):
         if timestamp.tzinfo is None:
             timestamp = timestamp.replace(tzinfo=timezone.utc)
         try:
-            timestamp.astimezone(timezone.utc)
+            # In UTC: the instant is what is stored, and RFC 3339 has no offsets with seconds,
+            # which a zone's local mean time has (Europe/Amsterdam before 1937: +00:19:32).
+            timestamp = timestamp.astimezone(timezone.utc)
         except OverflowError:
             raise ValueError("timestamp must be in years 1 to 9999 once in UTC") from None
         fields["timestamp"] = timestamp.isoformat()

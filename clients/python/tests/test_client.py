@@ -456,6 +456,19 @@ def test_timestamps_are_sent_as_given_or_as_utc(server):
     assert json.dumps(stamps)
 
 
+def test_aware_datetimes_are_sent_in_utc_whatever_their_offset(server, errors):
+    # RFC 3339 offsets are whole minutes; a zone's local mean time before 1900 or so is not
+    # (Europe/Amsterdam was +00:19:32), and the api refuses such text.
+    lmt = timezone(timedelta(minutes=19, seconds=32))
+    c = client(server, on_error=errors)
+    c.track("s", ACCOUNT, timestamp=datetime(1900, 1, 1, 12, 0, 0, tzinfo=lmt))
+    c.track("s", ACCOUNT, timestamp=datetime(2026, 1, 1, 12, 0, 0, 5, tzinfo=timezone(timedelta(hours=5, minutes=30))))
+    assert c.flush(timeout=30)
+    stamps = [e["timestamp"] for r in server.requests for e in r.events]
+    assert stamps == ["1900-01-01T11:40:28+00:00", "2026-01-01T06:30:00.000005+00:00"]
+    assert errors.seen == []
+
+
 # -- TLS and proxies ---------------------------------------------------------------------------
 
 
