@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
+use crate::api::admin::{KeyView, SignalView, TenantView};
 use crate::config::Settings;
 use crate::domain::{
     AdminTokenId, KeyId, Label, PageLimit, PerMinute, SignalType, Slug, TenantId, TenantName,
@@ -15,7 +16,8 @@ use crate::pg::{self, PgError};
 use crate::redis_memory::{Memory, NodeMemory};
 use crate::redis_pool::Redis;
 use crate::registry::admin_tokens::AdminTokens;
-use crate::registry::{Registry, RegistryError};
+use crate::registry::listing::{Page, PageRequest};
+use crate::registry::{Registry, RegistryError, SignalChange};
 use crate::stream::dead_letters::{self, DeadLetterError};
 
 /// Why a command failed; printed on stderr as it reads.
@@ -127,12 +129,40 @@ enum DeadLetterCommand {
     },
 }
 
+/// Where a page of a list starts and how long it is, as the admin API's `limit` and `cursor`.
+#[derive(Args, Debug)]
+struct Paging {
+    /// Items per page, 1-1000.
+    #[arg(long, default_value = "100")]
+    limit: PageLimit,
+    /// The `next_cursor` of the previous page.
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+impl Paging {
+    fn request(self) -> Result<PageRequest, AdminError> {
+        PageRequest::new(self.limit, self.cursor).map_err(AdminError::Config)
+    }
+}
+
+/// A page of a list as the CLI prints it: `{"count": n, "<what>": [...], "next_cursor": ...}`.
+fn page_of<T, V: serde::Serialize>(what: &str, page: Page<T>, view: impl FnMut(T) -> V) -> Value {
+    let items: Vec<V> = page.items.into_iter().map(view).collect();
+    json!({"count": items.len(), what: items, "next_cursor": page.next})
+}
+
 #[derive(Subcommand, Debug)]
 enum TenantCommand {
     /// Create a tenant.
     Create {
         #[arg(long)]
         name: TenantName,
+    },
+    /// List tenants, oldest first, a page at a time.
+    List {
+        #[command(flatten)]
+        paging: Paging,
     },
     /// Show a tenant with its partition and stream key (where its events queue in Redis).
     Show {
@@ -154,6 +184,13 @@ enum KeyCommand {
     Revoke {
         #[arg(long)]
         id: KeyId,
+    },
+    /// List a tenant's API keys (ids, names, when made and revoked; never the secret).
+    List {
+        #[arg(long)]
+        tenant: TenantId,
+        #[command(flatten)]
+        paging: Paging,
     },
 }
 
@@ -186,6 +223,34 @@ enum SignalCommand {
         tenant: TenantId,
         #[arg(long)]
         slug: Slug,
+    },
+    /// List a tenant's signals, a page at a time, with the limit in force and schema versions.
+    List {
+        #[arg(long)]
+        tenant: TenantId,
+        #[command(flatten)]
+        paging: Paging,
+    },
+    /// Show one signal, with the limit in force and its schema versions.
+    Show {
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        slug: Slug,
+    },
+    /// Set a signal's own limit (--limit), or put it back on its type's default (--default).
+    #[command(group(clap::ArgGroup::new("value").required(true).args(["limit", "default"])))]
+    Limit {
+        #[arg(long)]
+        tenant: TenantId,
+        #[arg(long)]
+        slug: Slug,
+        /// Events per minute.
+        #[arg(long)]
+        limit: Option<PerMinute>,
+        /// The configured default for the signal's type (SLUICE__LIMITS__*).
+        #[arg(long)]
+        default: bool,
     },
 }
 
@@ -275,9 +340,11 @@ async fn tenant(
         }
         TenantCommand::Show { id } => {
             let tenant = registry.tenant(&id).await?;
-            let partition = keyspace.partition_of(&tenant.id);
-            json!({"id": tenant.id, "name": tenant.name, "partition": partition,
-                   "stream": Keyspace::stream(partition)})
+            view(TenantView::new(tenant, keyspace))
+        }
+        TenantCommand::List { paging } => {
+            let page = registry.tenants(&paging.request()?).await?;
+            page_of("tenants", page, |t| TenantView::new(t, keyspace))
         }
     })
 }
@@ -291,6 +358,10 @@ async fn key(registry: &Registry, command: KeyCommand) -> Result<Value, AdminErr
         KeyCommand::Revoke { id } => {
             registry.revoke_key(&id).await?;
             json!({"id": id.as_str(), "revoked": true})
+        }
+        KeyCommand::List { tenant, paging } => {
+            let page = registry.keys(&tenant, &paging.request()?).await?;
+            page_of("keys", page, KeyView::from)
         }
     })
 }
@@ -321,9 +392,38 @@ async fn signal(
         }
         SignalCommand::Deactivate { tenant, slug } => (tenant, slug, false),
         SignalCommand::Activate { tenant, slug } => (tenant, slug, true),
+        SignalCommand::List { tenant, paging } => {
+            let page = registry.signals(&tenant, &paging.request()?).await?;
+            return Ok(page_of("signals", page, |s| {
+                SignalView::new(s, &settings.limits)
+            }));
+        }
+        SignalCommand::Show { tenant, slug } => {
+            let s = registry.signal(&tenant, &slug).await?;
+            return Ok(view(SignalView::new(s, &settings.limits)));
+        }
+        SignalCommand::Limit {
+            tenant,
+            slug,
+            limit,
+            default: _,
+        } => {
+            // clap lets through exactly one of --limit and --default: no limit means the default.
+            let change = SignalChange {
+                active: None,
+                limit: Some(limit),
+            };
+            let s = registry.update_signal(&tenant, &slug, &change).await?;
+            return Ok(view(SignalView::new(s, &settings.limits)));
+        }
     };
     let s = registry.set_active(&tenant, &slug, active).await?;
     Ok(json!({"id": s.id, "active": s.active}))
+}
+
+/// What the admin API shows as `data`, as the CLI prints it.
+fn view(v: impl serde::Serialize) -> Value {
+    serde_json::to_value(v).expect("a view serializes")
 }
 
 /// The JSON document in `file`.

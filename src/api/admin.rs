@@ -50,19 +50,7 @@ impl AdminState {
     }
 
     fn signal(&self, s: Signal) -> SignalView {
-        SignalView {
-            limit: s
-                .limit
-                .unwrap_or_else(|| self.limits.for_type(s.signal_type)),
-            default_limit: s.limit.is_none(),
-            schema_versions: (1..=s.schema_versions).collect(),
-            id: s.id,
-            tenant_id: s.tenant_id,
-            slug: s.slug,
-            name: s.name,
-            signal_type: s.signal_type,
-            active: s.active,
-        }
+        SignalView::new(s, &self.limits)
     }
 }
 
@@ -150,26 +138,13 @@ pub struct VersionPageQuery {
 
 /// A page's length: 100 unless asked, 1 to [`PageLimit::MAX`] (the same refusal, naming
 /// `limit`, whatever the text).
-fn page_limit(limit: Option<&str>) -> Result<u32, ApiError> {
-    PageLimit::parse(limit, 100)
-        .map(PageLimit::get)
-        .map_err(ApiError::BadRequest)
+fn page_limit(limit: Option<&str>) -> Result<PageLimit, ApiError> {
+    PageLimit::parse(limit, 100).map_err(ApiError::BadRequest)
 }
 
 /// A page of `limit` items after `cursor`, which must be text a list could have returned.
 fn page(limit: Option<&str>, cursor: Option<String>) -> Result<PageRequest, ApiError> {
-    let limit = page_limit(limit)?;
-    if let Some(c) = &cursor
-        && (c.is_empty() || c.chars().count() > 300 || c.contains('\0'))
-    {
-        return Err(ApiError::BadRequest(
-            "cursor is not one this list returned".into(),
-        ));
-    }
-    Ok(PageRequest {
-        after: cursor,
-        limit,
-    })
+    PageRequest::new(page_limit(limit)?, cursor).map_err(ApiError::BadRequest)
 }
 
 impl PageQuery {
@@ -230,15 +205,22 @@ pub struct TenantView {
     stream: String,
 }
 
-impl AdminState {
-    fn tenant(&self, t: Tenant) -> TenantView {
-        let partition = self.keyspace.partition_of(&t.id);
+impl TenantView {
+    /// A tenant, with where its events queue: as the admin API and `sluice-admin` show it.
+    pub fn new(t: Tenant, keyspace: Keyspace) -> Self {
+        let partition = keyspace.partition_of(&t.id);
         TenantView {
             id: t.id,
             name: t.name,
             partition,
             stream: Keyspace::stream(partition),
         }
+    }
+}
+
+impl AdminState {
+    fn tenant(&self, t: Tenant) -> TenantView {
+        TenantView::new(t, self.keyspace)
     }
 }
 
@@ -455,6 +437,24 @@ pub struct SignalView {
     default_limit: bool,
     /// Schema versions, oldest first.
     schema_versions: Vec<u32>,
+}
+
+impl SignalView {
+    /// A signal with the limit in force (its own, or `limits`' default for its type): as the
+    /// admin API and `sluice-admin` show it.
+    pub fn new(s: Signal, limits: &Limits) -> Self {
+        SignalView {
+            limit: s.limit.unwrap_or_else(|| limits.for_type(s.signal_type)),
+            default_limit: s.limit.is_none(),
+            schema_versions: (1..=s.schema_versions).collect(),
+            id: s.id,
+            tenant_id: s.tenant_id,
+            slug: s.slug,
+            name: s.name,
+            signal_type: s.signal_type,
+            active: s.active,
+        }
+    }
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -699,7 +699,7 @@ pub async fn list_dead_letters(
     state: web::Data<AdminState>,
     query: web::Query<DeadLetterQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = page_limit(query.limit.as_deref())?;
+    let limit = page_limit(query.limit.as_deref())?.get();
     let before = query
         .cursor
         .as_deref()

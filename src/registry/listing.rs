@@ -20,6 +20,21 @@ pub struct PageRequest {
     pub limit: u32,
 }
 
+impl PageRequest {
+    /// A page of `limit` items after `cursor`, which must be text a list could have returned.
+    pub fn new(limit: crate::domain::PageLimit, cursor: Option<String>) -> Result<Self, String> {
+        if let Some(c) = &cursor
+            && (c.is_empty() || c.chars().count() > 300 || c.contains('\0'))
+        {
+            return Err("cursor is not one this list returned".into());
+        }
+        Ok(PageRequest {
+            after: cursor,
+            limit: limit.get(),
+        })
+    }
+}
+
 /// One page of a list, and the cursor of the next (none on the last page).
 #[derive(Clone, Debug)]
 pub struct Page<T> {

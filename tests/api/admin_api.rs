@@ -640,3 +640,168 @@ async fn with_postgresql_down_the_admin_api_answers_503_and_ingest_goes_on() {
     .await;
     assert_eq!(back.status, 200, "{}", back.text);
 }
+
+/// `sluice-admin` lists and shows the registry as the admin API does, item for item, and sets a
+/// signal's limit or puts it back on its type's default: an operator without the admin API
+/// enabled can still find the key to revoke or the limit in force.
+#[actix_web::test]
+async fn the_cli_lists_shows_and_sets_limits_as_the_http_api_does() {
+    let env = TestEnv::start().await;
+    let (_, token) = admin_token(&env);
+    let (_api, admin) = env.spawn_api_with_admin();
+    let http = async |path: &str| {
+        let reply = admin.call("GET", path, &token, None).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text);
+        reply.body["data"].clone()
+    };
+    let made: Vec<String> = ["Acme", "Globex", "Initech"]
+        .iter()
+        .map(|name| {
+            env.admin(&["tenant", "create", "--name", name])["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+
+    // Tenants, two pages of at most two.
+    let first = env.admin(&["tenant", "list", "--limit", "2"]);
+    assert_eq!(first["count"], 2, "{first}");
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
+    let second = env.admin(&["tenant", "list", "--limit", "2", "--cursor", &cursor]);
+    assert_eq!(
+        (second["count"].clone(), second["next_cursor"].clone()),
+        (json!(1), Value::Null)
+    );
+    let listed: Vec<Value> = [&first, &second]
+        .iter()
+        .flat_map(|page| page["tenants"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(
+        listed,
+        http("/admin/v1/tenants").await.as_array().unwrap().clone()
+    );
+    let mut ids: Vec<&str> = listed.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut expected: Vec<&str> = made.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(ids, expected);
+    let t = &made[0];
+    assert_eq!(
+        env.admin(&["tenant", "show", "--id", t]),
+        http(&format!("/admin/v1/tenants/{t}")).await
+    );
+
+    // Keys: the revoked one says when; no secret anywhere.
+    let kept = env.admin(&["key", "create", "--tenant", t, "--name", "kept"]);
+    let gone = env.admin(&["key", "create", "--tenant", t, "--name", "gone"]);
+    env.admin(&["key", "revoke", "--id", gone["id"].as_str().unwrap()]);
+    let keys = env.admin(&["key", "list", "--tenant", t]);
+    assert_eq!(
+        keys["keys"],
+        http(&format!("/admin/v1/tenants/{t}/keys")).await
+    );
+    let text = keys.to_string();
+    for secret in [&kept["key"], &gone["key"]] {
+        assert!(!text.contains(secret.as_str().unwrap()), "{text}");
+    }
+    let mut revoked: Vec<(&str, bool)> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["name"].as_str().unwrap(), !k["revoked_at"].is_null()))
+        .collect();
+    revoked.sort();
+    assert_eq!(keys["count"], 2);
+    assert_eq!(revoked, vec![("gone", true), ("kept", false)]);
+
+    // Signals: list and show as the admin API does; a limit set, then back to the default.
+    env.admin(&[
+        "signal",
+        "create",
+        "--tenant",
+        t,
+        "--slug",
+        "page_view",
+        "--type",
+        "event",
+    ]);
+    env.admin(&[
+        "signal", "create", "--tenant", t, "--slug", "plan", "--type", "state",
+    ]);
+    let set = env.admin(&[
+        "signal", "limit", "--tenant", t, "--slug", "plan", "--limit", "45",
+    ]);
+    assert_eq!(
+        (set["limit"].clone(), set["default_limit"].clone()),
+        (json!(45), json!(false))
+    );
+    let signals = env.admin(&["signal", "list", "--tenant", t]);
+    assert_eq!(
+        signals["signals"],
+        http(&format!("/admin/v1/tenants/{t}/signals")).await
+    );
+    let show = env.admin(&["signal", "show", "--tenant", t, "--slug", "plan"]);
+    assert_eq!(
+        show,
+        http(&format!("/admin/v1/tenants/{t}/signals/plan")).await
+    );
+    assert_eq!(show["limit"], 45);
+    let back = env.admin(&[
+        "signal",
+        "limit",
+        "--tenant",
+        t,
+        "--slug",
+        "plan",
+        "--default",
+    ]);
+    assert_eq!(
+        (back["limit"].clone(), back["default_limit"].clone()),
+        (json!(30), json!(true))
+    );
+    assert_eq!(
+        back,
+        http(&format!("/admin/v1/tenants/{t}/signals/plan")).await
+    );
+
+    // Refusals name what is wrong.
+    for (args, message) in [
+        (
+            vec!["tenant", "list", "--cursor", ""],
+            "cursor is not one this list returned",
+        ),
+        (
+            vec!["key", "list", "--tenant", t, "--limit", "0"],
+            "limit must be from 1 to 1000",
+        ),
+        (
+            vec!["signal", "show", "--tenant", t, "--slug", "nope"],
+            "has no signal with slug nope",
+        ),
+        (
+            vec!["signal", "limit", "--tenant", t, "--slug", "plan"],
+            "--limit <LIMIT>|--default",
+        ),
+        (
+            vec![
+                "signal",
+                "limit",
+                "--tenant",
+                t,
+                "--slug",
+                "plan",
+                "--limit",
+                "5",
+                "--default",
+            ],
+            "cannot be used with",
+        ),
+    ] {
+        let stderr = env.admin_refused(&args);
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+    }
+}
