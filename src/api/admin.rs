@@ -683,7 +683,8 @@ pub async fn get_schema(
 #[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
     /// Include dead letters already replayed.
-    all: Option<bool>,
+    #[param(value_type = Option<bool>)]
+    all: Option<String>,
     /// Items per page, 1-1000.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
@@ -706,7 +707,16 @@ pub async fn list_dead_letters(
         .map(str::parse::<dead_letters::Cursor>)
         .transpose()
         .map_err(ApiError::BadRequest)?;
-    let found = dead_letters::list(&state.pg, query.all.unwrap_or(false), before, limit).await?;
+    let all = match query.all.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "all must be true or false, not {other:?}"
+            )));
+        }
+    };
+    let found = dead_letters::list(&state.pg, all, before, limit).await?;
     Ok(HttpResponse::Ok().json(List {
         success: true,
         data: found.items,

@@ -565,6 +565,10 @@ async fn http_and_the_cli_judge_inputs_by_one_rule() {
             "limit must be from 1 to 1000",
         ),
         (
+            "/admin/v1/dead-letters?all=yes".to_owned(),
+            "all must be true or false, not \"yes\"",
+        ),
+        (
             format!("{signal}/schemas/latest"),
             "schema version must be a whole number from 1 to 2147483647, not \"latest\"",
         ),
@@ -579,6 +583,11 @@ async fn http_and_the_cli_judge_inputs_by_one_rule() {
     ] {
         let refused = admin.call("GET", &path, &token, None).await;
         assert_eq!((refused.status, refused.error()), (400, message), "{path}");
+    }
+    for all in ["true", "false"] {
+        let path = format!("/admin/v1/dead-letters?all={all}");
+        let listed = admin.call("GET", &path, &token, None).await;
+        assert_eq!(listed.status, 200, "{path}: {}", listed.text);
     }
     let missing = admin
         .call("GET", &format!("{signal}/schemas/1"), &token, None)
