@@ -159,7 +159,7 @@ enum TenantCommand {
         #[arg(long)]
         name: TenantName,
     },
-    /// List tenants, oldest first, a page at a time.
+    /// List tenants by id, a page at a time.
     List {
         #[command(flatten)]
         paging: Paging,
@@ -185,7 +185,7 @@ enum KeyCommand {
         #[arg(long)]
         id: KeyId,
     },
-    /// List a tenant's API keys (ids, names, when made and revoked; never the secret).
+    /// List a tenant's API keys by id (names, when made and revoked; never the secret).
     List {
         #[arg(long)]
         tenant: TenantId,
@@ -224,7 +224,7 @@ enum SignalCommand {
         #[arg(long)]
         slug: Slug,
     },
-    /// List a tenant's signals, a page at a time, with the limit in force and schema versions.
+    /// List a tenant's signals by slug, with the limit in force and schema versions.
     List {
         #[arg(long)]
         tenant: TenantId,
