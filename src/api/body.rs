@@ -11,6 +11,9 @@ use futures_util::StreamExt;
 
 use super::error::ApiError;
 
+/// U+FEFF in UTF-8.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Reads the body of `req` as UTF-8 JSON text of at most `limit` bytes after decompression,
 /// within `deadline` (a client trickling its body is answered 408).
 pub async fn read_json(
@@ -62,7 +65,7 @@ pub async fn read_json(
         .await
         .map_err(|_| ApiError::BodyTimeout(deadline))??;
 
-    let bytes = if gzip {
+    let mut bytes = if gzip {
         let mut out = Vec::with_capacity((raw.len() * 4).min(limit));
         flate2::read::MultiGzDecoder::new(&raw[..])
             .take(limit as u64 + 1)
@@ -75,6 +78,10 @@ pub async fn read_json(
     } else {
         raw
     };
+    // RFC 8259 lets a parser ignore a byte order mark, which some tools write before UTF-8.
+    if bytes.starts_with(UTF8_BOM) {
+        bytes.drain(..UTF8_BOM.len());
+    }
     String::from_utf8(bytes).map_err(|e| {
         ApiError::InvalidJson(format!(
             "body is not valid UTF-8 at byte {}",

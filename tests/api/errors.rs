@@ -257,6 +257,40 @@ async fn gzip_bodies_are_accepted_and_bad_gzip_is_400() {
     assert!(reply.error().starts_with("Invalid gzip body"));
 }
 
+/// RFC 8259 lets a parser ignore a byte order mark, and some Windows tools write one before
+/// UTF-8 (PowerShell 5's `Out-File -Encoding utf8`): read past it, plain or gzipped.
+#[actix_web::test]
+async fn a_byte_order_mark_before_the_json_is_read_past() {
+    let (env, api, key) = TestEnv::with_page_view().await;
+    let body = json!({"events": [event("page_view", "bom")]}).to_string();
+    let with_bom = [b"\xEF\xBB\xBF".as_slice(), body.as_bytes()].concat();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&with_bom).unwrap();
+    let req = |encoding: &'static str| {
+        api.request(Method::POST, "/v1/events/batch")
+            .insert_header(("Authorization", format!("Bearer {key}")))
+            .insert_header(("Content-Type", "application/json"))
+            .insert_header(("Content-Encoding", encoding))
+    };
+    for (encoding, sent) in [
+        ("identity", with_bom.clone()),
+        ("gzip", gz.finish().unwrap()),
+    ] {
+        let reply = api.send(req(encoding), sent).await;
+        assert_eq!(reply.status, 200, "{encoding}: {}", reply.text);
+    }
+    assert_eq!(env.stream_entries().len(), 2);
+    // Only one, and only at the start.
+    for bad in [
+        [b"\xEF\xBB\xBF\xEF\xBB\xBF".as_slice(), body.as_bytes()].concat(),
+        [b" \xEF\xBB\xBF".as_slice(), body.as_bytes()].concat(),
+    ] {
+        let reply = api.send(req("identity"), bad).await;
+        assert_eq!(reply.status, 400, "{}", reply.text);
+        assert!(reply.error().starts_with("Invalid JSON"), "{}", reply.text);
+    }
+}
+
 #[actix_web::test]
 async fn non_json_content_types_are_415() {
     let (env, api, key) = TestEnv::with_page_view().await;
