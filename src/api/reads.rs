@@ -524,9 +524,16 @@ fn time(name: &str, value: Option<String>) -> Result<Option<DateTime<Utc>>, ApiE
             DateTime::parse_from_rfc3339(&v)
                 .map(|t| t.with_timezone(&Utc))
                 .map_err(|_| {
+                    // `+01:00` sent unencoded arrives as ` 01:00`: say so.
+                    let plus = v.len() > 6 && v.as_bytes()[v.len() - 6] == b' ';
+                    let hint = if plus {
+                        " (a + in a query string must be sent as %2B)"
+                    } else {
+                        ""
+                    };
                     ApiError::BadRequest(format!(
                         "{name} must be an RFC 3339 time with an offset, such as \
-                         2026-11-26T10:15:00Z, not {v:?}"
+                         2026-11-26T10:15:00Z, not {v:?}{hint}"
                     ))
                 })
         })

@@ -319,6 +319,11 @@ async fn events_list_in_pages_by_signal_status_identity_and_time_and_never_skip_
             ("/v1/events?status=pending", "status"),
             ("/v1/events?since=yesterday", "since"),
             ("/v1/events?until=2026-11-26", "until"),
+            // An offset's + unencoded, so read as a space: the answer says how to send it.
+            (
+                "/v1/events?since=2026-11-26T10:00:00+01:00",
+                "not \"2026-11-26T10:00:00 01:00\" (a + in a query string must be sent as %2B)",
+            ),
             ("/v1/events?identity_type=account", "identity_id"),
             (
                 "/v1/events?identity_type=Account&identity_id=a",
