@@ -174,7 +174,10 @@ impl Sink {
         days: u32,
         today: NaiveDate,
     ) -> Result<Vec<String>, SinkError> {
-        let cutoff = today - Duration::days(i64::from(days));
+        // Past the calendar's first day, nothing can be older.
+        let Some(cutoff) = today.checked_sub_days(chrono::Days::new(u64::from(days))) else {
+            return Ok(Vec::new());
+        };
         let client = self.pg.get().await?;
         let names: Vec<String> = client
             .query(

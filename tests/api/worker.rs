@@ -696,6 +696,45 @@ async fn partitions_are_made_ahead_and_expired_ones_dropped() {
     );
 }
 
+/// A retention longer than the calendar (up to `u32::MAX` days) keeps everything; it used to
+/// overflow the date arithmetic and stop the worker with a panic at its first maintenance pass.
+#[actix_web::test]
+async fn a_retention_longer_than_the_calendar_keeps_every_partition() {
+    let (env, api, key) = setup().await;
+    let client = env.pg_client().await;
+    client
+        .batch_execute("CREATE TABLE events_20200101 PARTITION OF events FOR VALUES FROM ('2020-01-01 00:00:00+00') TO ('2020-01-02 00:00:00+00')")
+        .await
+        .unwrap();
+    let mut worker = env.spawn_worker(&[("SLUICE__WORKER__RETENTION_DAYS", "4294967295")]);
+    // The stream gauges are set after the partitions' pass, in the same round of maintenance.
+    eventually("the worker's first maintenance pass", async || {
+        let (_, metrics) = worker.get("/metrics").await;
+        metrics
+            .contains("sluice_worker_stream_pending{partition=\"0\"}")
+            .then_some(())
+    })
+    .await;
+    assert!(worker.is_alive(), "the worker stopped");
+    assert_eq!(
+        api.batch(&key, json!([event("clicks", "kept")]))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(env.wait_for_events(1, 30).await, 1);
+    let kept = client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'events_20200101'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(kept, 1, "a partition from 2020 is within the retention");
+    assert!(worker.is_alive(), "the worker stopped");
+}
+
 /// The raw fields of every entry of `stream`, oldest first, staged events read back into
 /// their entry's `b` field (as the worker reads them).
 fn raw_entries(
