@@ -218,7 +218,7 @@ pub struct ApiSettings {
     #[serde(rename = "key_cache_ttl_ms", deserialize_with = "read::key_cache_ttl")]
     pub key_cache_ttl: Duration,
     /// HTTP worker threads; 0 means one per CPU.
-    #[serde(deserialize_with = "read::whole")]
+    #[serde(deserialize_with = "read::api_workers")]
     pub workers: usize,
     /// After SIGTERM, how long in-flight requests may take to finish before the process exits.
     #[serde(rename = "shutdown_grace_secs", deserialize_with = "read::secs")]
@@ -673,6 +673,8 @@ mod tests {
             ("SLUICE__REDIS__PARTITIONS", "0"),
             ("SLUICE__LIMITS__EVENT", "lots"),
             ("SLUICE__LIMITS__METRIC", "2147483648"),
+            ("SLUICE__API__WORKERS", "513"),
+            ("SLUICE__REDIS__PARTITIONS", "100000"),
             ("SLUICE__REDIS__URL", "not a url"),
             ("SLUICE__REDIS__MODE", "sentinel"),
             ("SLUICE__REDIS__URL", "redis://a:1,nope"),
@@ -786,7 +788,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("SLUICE__REDIS__PARTITIONS (redis.partitions) must be between 1 and 1024"),
+            err.contains("SLUICE__REDIS__PARTITIONS (redis.partitions) must be a whole number between 1 and 1024"),
             "{err}"
         );
         let err = file("[redis]\npartitions = [4]\n").unwrap_err().to_string();

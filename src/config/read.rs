@@ -22,6 +22,9 @@ const MAX_IDEMPOTENCY_TTL_SECS: u64 = 7 * 24 * 3600;
 /// and a cache miss itself may take up to the Redis timeout.
 const MAX_KEY_CACHE_TTL_MS: u64 = 4000;
 
+/// The most HTTP worker threads actix-server starts (it panics past that).
+const MAX_API_WORKERS: usize = 512;
+
 /// A setting as text, whatever scalar its source gave.
 fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     struct Text;
@@ -204,12 +207,22 @@ pub fn redis_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
 /// How many partition streams: 1 to 1024.
 pub fn partitions<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     read(d, |v| {
-        let n: u16 = v.parse().map_err(|_| "must be a whole number".to_owned())?;
-        if (1..=1024).contains(&n) {
-            Ok(n)
-        } else {
-            Err("must be between 1 and 1024".to_owned())
-        }
+        v.parse::<u16>()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .ok_or_else(|| "must be a whole number between 1 and 1024".to_owned())
+    })
+}
+
+/// HTTP worker threads: 0 (one per CPU) to 512, the most actix-server runs.
+pub fn api_workers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    read(d, |v| {
+        v.parse::<usize>()
+            .ok()
+            .filter(|n| *n <= MAX_API_WORKERS)
+            .ok_or_else(|| {
+                format!("must be a whole number from 0 (one per CPU) to {MAX_API_WORKERS}")
+            })
     })
 }
 
