@@ -451,7 +451,24 @@ impl Settings {
         self.redis_tls()?;
         self.postgres_urls()?;
         self.admin_port()?;
+        self.worker_block()?;
         Ok(self)
+    }
+
+    /// A worker's read that waits for new entries must answer within the Redis deadline, with
+    /// room to spare: past it the read fails (and, the connection being shared, so may the
+    /// acknowledgements and trims queued behind it) whenever the streams are idle.
+    fn worker_block(&self) -> Result<(), ConfigError> {
+        if self.worker.block * 2 > self.redis.timeout {
+            return Err(ConfigError(format!(
+                "SLUICE__WORKER__BLOCK_MS (worker.block_ms) must be at most half of \
+                 SLUICE__REDIS__TIMEOUT_MS (redis.timeout_ms, {} ms): a read waiting for new \
+                 entries must answer within Redis's deadline, got {} ms",
+                self.redis.timeout.as_millis(),
+                self.worker.block.as_millis()
+            )));
+        }
+        Ok(())
     }
 
     /// The Redis TLS files: only with `rediss://` URLs (files that would go unused are a
@@ -712,6 +729,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("ingest listener"), "{err}");
+    }
+
+    #[test]
+    fn a_blocking_read_answers_within_the_redis_deadline() {
+        let ok = load(&[("SLUICE__WORKER__BLOCK_MS", "500")]).unwrap();
+        assert_eq!(ok.worker.block, Duration::from_millis(500));
+        for (block, timeout) in [("501", "1000"), ("2000", "1000"), ("60", "100")] {
+            let err = load(&[
+                ("SLUICE__WORKER__BLOCK_MS", block),
+                ("SLUICE__REDIS__TIMEOUT_MS", timeout),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("SLUICE__WORKER__BLOCK_MS (worker.block_ms) must be at most half"),
+                "{err}"
+            );
+            assert!(err.ends_with(&format!("got {block} ms")), "{err}");
+        }
     }
 
     #[test]
