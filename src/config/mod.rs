@@ -691,6 +691,8 @@ mod tests {
             ("SLUICE__LIMITS__EVENT", "lots"),
             ("SLUICE__LIMITS__METRIC", "2147483648"),
             ("SLUICE__API__WORKERS", "513"),
+            ("SLUICE__API__KEEP_ALIVE_SECS", "18446744073709551615"),
+            ("SLUICE__WORKER__CLAIM_IDLE_MS", "31536000001"),
             ("SLUICE__REDIS__PARTITIONS", "100000"),
             ("SLUICE__REDIS__URL", "not a url"),
             ("SLUICE__REDIS__MODE", "sentinel"),

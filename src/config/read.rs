@@ -22,6 +22,11 @@ const MAX_IDEMPOTENCY_TTL_SECS: u64 = 7 * 24 * 3600;
 /// and a cache miss itself may take up to the Redis timeout.
 const MAX_KEY_CACHE_TTL_MS: u64 = 4000;
 
+/// The longest any timeout or interval may be: a year. Far longer means a mistake, and values
+/// near `u64::MAX` overflow the clock arithmetic of the libraries they go to (actix-http's
+/// keep-alive panicked on every connection).
+const MAX_DURATION_SECS: u64 = 365 * 24 * 3600;
+
 /// The most HTTP worker threads actix-server starts (it panics past that).
 const MAX_API_WORKERS: usize = 512;
 
@@ -107,17 +112,32 @@ pub fn per_minute<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     })
 }
 
-/// A positive number of milliseconds.
+/// A positive number of milliseconds, at most a year.
 pub fn positive_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    positive(d).map(Duration::from_millis)
+    read(d, |v| {
+        v.parse::<u64>()
+            .ok()
+            .filter(|ms| (1..=MAX_DURATION_SECS * 1000).contains(ms))
+            .map(Duration::from_millis)
+            .ok_or_else(|| {
+                format!(
+                    "must be a whole number of milliseconds from 1 to {} (a year)",
+                    MAX_DURATION_SECS * 1000
+                )
+            })
+    })
 }
 
-/// A whole number of seconds, 0 included.
+/// A whole number of seconds, 0 included, at most a year.
 pub fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     read(d, |v| {
-        v.parse()
+        v.parse::<u64>()
+            .ok()
+            .filter(|s| *s <= MAX_DURATION_SECS)
             .map(Duration::from_secs)
-            .map_err(|_| "must be a whole number of seconds".to_owned())
+            .ok_or_else(|| {
+                format!("must be a whole number of seconds from 0 to {MAX_DURATION_SECS} (a year)")
+            })
     })
 }
 
