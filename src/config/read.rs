@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -66,6 +67,18 @@ fn read<'de, D: Deserializer<'de>, T>(
     parse(given.trim()).map_err(|why| de::Error::custom(format!("{why}, got {given:?}")))
 }
 
+/// A whole number within `range`; anything else is refused with `rule`, which states the range.
+fn whole_in<T: FromStr + PartialOrd>(
+    v: &str,
+    range: RangeInclusive<T>,
+    rule: impl FnOnce() -> String,
+) -> Result<T, String> {
+    v.parse::<T>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(rule)
+}
+
 /// Like [`read`], for a value that may hold a password: a refusal says what is wrong, never
 /// what was given.
 fn read_secret<'de, D: Deserializer<'de>, T>(
@@ -99,45 +112,35 @@ where
 /// `sluice-admin`'s bound, and the documents' `int32`).
 pub fn per_minute<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     read(d, |v| {
-        v.parse()
-            .ok()
-            .and_then(|n| PerMinute::new(n).ok())
-            .map(PerMinute::get)
-            .ok_or_else(|| {
-                format!(
-                    "must be a whole number of events per minute from 1 to {}",
-                    PerMinute::MAX
-                )
-            })
+        whole_in(v, 1..=PerMinute::MAX, || {
+            format!(
+                "must be a whole number of events per minute from 1 to {}",
+                PerMinute::MAX
+            )
+        })
     })
 }
 
 /// A positive number of milliseconds, at most a year.
 pub fn positive_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     read(d, |v| {
-        v.parse::<u64>()
-            .ok()
-            .filter(|ms| (1..=MAX_DURATION_SECS * 1000).contains(ms))
-            .map(Duration::from_millis)
-            .ok_or_else(|| {
-                format!(
-                    "must be a whole number of milliseconds from 1 to {} (a year)",
-                    MAX_DURATION_SECS * 1000
-                )
-            })
+        whole_in(v, 1..=MAX_DURATION_SECS * 1000, || {
+            format!(
+                "must be a whole number of milliseconds from 1 to {} (a year)",
+                MAX_DURATION_SECS * 1000
+            )
+        })
+        .map(Duration::from_millis)
     })
 }
 
 /// A whole number of seconds, 0 included, at most a year.
 pub fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     read(d, |v| {
-        v.parse::<u64>()
-            .ok()
-            .filter(|s| *s <= MAX_DURATION_SECS)
-            .map(Duration::from_secs)
-            .ok_or_else(|| {
-                format!("must be a whole number of seconds from 0 to {MAX_DURATION_SECS} (a year)")
-            })
+        whole_in(v, 0..=MAX_DURATION_SECS, || {
+            format!("must be a whole number of seconds from 0 to {MAX_DURATION_SECS} (a year)")
+        })
+        .map(Duration::from_secs)
     })
 }
 
@@ -227,46 +230,43 @@ pub fn redis_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
 /// How many partition streams: 1 to 1024.
 pub fn partitions<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     read(d, |v| {
-        v.parse::<u16>()
-            .ok()
-            .filter(|n| (1..=1024).contains(n))
-            .ok_or_else(|| "must be a whole number between 1 and 1024".to_owned())
+        whole_in(v, 1..=1024, || {
+            "must be a whole number between 1 and 1024".to_owned()
+        })
     })
 }
 
 /// HTTP worker threads: 0 (one per CPU) to 512, the most actix-server runs.
 pub fn api_workers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     read(d, |v| {
-        v.parse::<usize>()
-            .ok()
-            .filter(|n| *n <= MAX_API_WORKERS)
-            .ok_or_else(|| {
-                format!("must be a whole number from 0 (one per CPU) to {MAX_API_WORKERS}")
-            })
+        whole_in(v, 0..=MAX_API_WORKERS, || {
+            format!("must be a whole number from 0 (one per CPU) to {MAX_API_WORKERS}")
+        })
     })
 }
 
 /// The api key cache's lifetime in milliseconds, short enough for the contract's revocation.
 pub fn key_cache_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     read(d, |v| {
-        let ms: u64 = v.parse().map_err(|_| "must be a whole number".to_owned())?;
-        if ms <= MAX_KEY_CACHE_TTL_MS {
-            Ok(Duration::from_millis(ms))
-        } else {
-            Err(format!(
-                "must be at most {MAX_KEY_CACHE_TTL_MS} so that revoked keys stop within 5 s"
-            ))
-        }
+        whole_in(v, 0..=MAX_KEY_CACHE_TTL_MS, || {
+            format!(
+                "must be a whole number from 0 to {MAX_KEY_CACHE_TTL_MS} so that revoked keys \
+                 stop within 5 s"
+            )
+        })
+        .map(Duration::from_millis)
     })
 }
 
 /// How long idempotency records are kept, in seconds: 1 to 7 days' worth.
 pub fn idempotency_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    read(d, |v| match v.parse::<u64>() {
-        Ok(secs) if (1..=MAX_IDEMPOTENCY_TTL_SECS).contains(&secs) => Ok(Duration::from_secs(secs)),
-        _ => Err(format!(
-            "must be a whole number of seconds from 1 to {MAX_IDEMPOTENCY_TTL_SECS} (7 days)"
-        )),
+    read(d, |v| {
+        whole_in(v, 1..=MAX_IDEMPOTENCY_TTL_SECS, || {
+            format!(
+                "must be a whole number of seconds from 1 to {MAX_IDEMPOTENCY_TTL_SECS} (7 days)"
+            )
+        })
+        .map(Duration::from_secs)
     })
 }
 
