@@ -304,9 +304,9 @@ impl SchemaPath {
     /// The version the path names: a 400 naming the rule for anything but 1 to `i32::MAX`.
     fn version(&self) -> Result<u32, ApiError> {
         self.version
-            .parse::<u32>()
+            .parse::<i64>()
             .ok()
-            .filter(|v| (1..=i32::MAX as u32).contains(v))
+            .and_then(crate::domain::SchemaVersion::number)
             .ok_or_else(|| {
                 ApiError::BadRequest(format!(
                     "schema version must be a whole number from 1 to {}, not {:?}",

@@ -42,6 +42,13 @@ pub enum SchemaVersion {
     Exact(u32),
 }
 
+impl SchemaVersion {
+    /// A schema version number: 1 to `i32::MAX` (the registry's column).
+    pub fn number(n: i64) -> Option<u32> {
+        (1..=i64::from(i32::MAX)).contains(&n).then_some(n as u32)
+    }
+}
+
 /// One problem with one field of one event.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FieldError {
@@ -558,9 +565,7 @@ fn parse_version(raw: &str) -> Option<SchemaVersion> {
     // A positive whole number, however written (`2`, `2.0`, `2e0`: JSON Schema's `integer`).
     let n = serde_json::from_str::<serde_json::Number>(raw).ok()?;
     let n = super::whole_number(&n)?;
-    (1..=i64::from(i32::MAX))
-        .contains(&n)
-        .then_some(SchemaVersion::Exact(n as u32))
+    SchemaVersion::number(n).map(SchemaVersion::Exact)
 }
 
 /// serde_json appends "at line L column C" positions relative to the event's own text, which
