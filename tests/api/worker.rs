@@ -658,14 +658,19 @@ async fn a_flushed_redis_heals_its_registry_copy_from_postgres() {
     );
 }
 
-#[actix_web::test]
-async fn partitions_are_made_ahead_and_expired_ones_dropped() {
-    let (env, _api, _key) = setup().await;
-    let client = env.pg_client().await;
+/// A daily `events` partition from long ago: `events_20200101`.
+async fn make_2020_partition(client: &tokio_postgres::Client) {
     client
         .batch_execute("CREATE TABLE events_20200101 PARTITION OF events FOR VALUES FROM ('2020-01-01 00:00:00+00') TO ('2020-01-02 00:00:00+00')")
         .await
         .unwrap();
+}
+
+#[actix_web::test]
+async fn partitions_are_made_ahead_and_expired_ones_dropped() {
+    let (env, _api, _key) = setup().await;
+    let client = env.pg_client().await;
+    make_2020_partition(&client).await;
     let worker = env.spawn_worker(&[("SLUICE__WORKER__RETENTION_DAYS", "30")]);
     worker.wait_ready(200).await;
     let tomorrow = sluice::worker::sink::partition_name(
@@ -702,10 +707,7 @@ async fn partitions_are_made_ahead_and_expired_ones_dropped() {
 async fn a_retention_longer_than_the_calendar_keeps_every_partition() {
     let (env, api, key) = setup().await;
     let client = env.pg_client().await;
-    client
-        .batch_execute("CREATE TABLE events_20200101 PARTITION OF events FOR VALUES FROM ('2020-01-01 00:00:00+00') TO ('2020-01-02 00:00:00+00')")
-        .await
-        .unwrap();
+    make_2020_partition(&client).await;
     let mut worker = env.spawn_worker(&[("SLUICE__WORKER__RETENTION_DAYS", "4294967295")]);
     // The stream gauges are set after the partitions' pass, in the same round of maintenance.
     eventually("the worker's first maintenance pass", async || {
