@@ -157,8 +157,15 @@ class Client:
             raise TypeError("ssl_context must be an ssl.SSLContext")
         self.ssl_context = ssl_context
         self._url = url
-        self._path = (url.path.rstrip("/") or "") + "/v1/events/batch"
         self._proxy = _proxy_for(url, proxy)
+        # What each request names, and the headers the proxy needs on each: through a proxy,
+        # an http request names the whole URL and carries the proxy's credentials itself (an
+        # https one is tunnelled, the credentials sent once on CONNECT).
+        self._target = (url.path.rstrip("/") or "") + "/v1/events/batch"
+        self._proxy_headers = {}
+        if self._proxy and url.scheme == "http":
+            self._target = f"http://{url.netloc.rpartition('@')[2]}{self._target}"
+            self._proxy_headers = self._proxy.headers
         # The largest body a batch may have: the API's default, until a 413 says less.
         self._max_body = MAX_BODY
         self._closed = False
@@ -365,6 +372,7 @@ class Client:
             "Content-Type": "application/json",
             "User-Agent": f"sluice-sdk/{__version__}",
             "Idempotency-Key": batch.key,
+            **self._proxy_headers,
         }
         if self.gzip:
             headers["Content-Encoding"] = "gzip"
@@ -454,12 +462,8 @@ class Client:
             conn = None
         if conn is None:
             conn = self._local.conn = self._connect()
-        target = self._path
-        if self._proxy and self._url.scheme == "http":
-            target = f"http://{self._url.netloc.rpartition('@')[2]}{self._path}"
-            headers = {**headers, **self._proxy.headers}
         try:
-            conn.request("POST", target, body=body, headers=headers)
+            conn.request("POST", self._target, body=body, headers=headers)
             response = conn.getresponse()
             data = response.read()
             if response.getheader("Connection", "").lower() == "close":
