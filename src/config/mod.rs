@@ -23,6 +23,14 @@ use crate::domain::SignalType;
 use crate::tls::TlsFiles;
 use crate::tls::postgres::Target;
 
+/// The most connections one pool may hold (Redis's and PostgreSQL's own connection limits are
+/// far below what a larger value could ask for).
+const MAX_POOL_SIZE: usize = 1000;
+
+/// The most events a worker batch may aim for per partition: one batch is held in memory and
+/// stored in one transaction.
+const MAX_BATCH_SIZE: usize = 1_000_000;
+
 /// A configuration problem, phrased for the operator who has to fix it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -77,7 +85,7 @@ pub struct RedisSettings {
     #[serde(rename = "timeout_ms", deserialize_with = "read::positive_ms")]
     pub timeout: Duration,
     /// Connections per process. Each is multiplexed, so a few carry many requests.
-    #[serde(deserialize_with = "read::positive")]
+    #[serde(deserialize_with = "read::up_to::<_, MAX_POOL_SIZE>")]
     pub pool_size: usize,
     /// With `rediss://` URLs: the CA the servers' certificates must chain to (the system's
     /// roots when unset), and a client certificate and key for servers that ask for one.
@@ -153,7 +161,7 @@ pub struct PostgresSettings {
     /// and `sslkey` parameters are honoured as libpq reads them (see `tls::postgres`).
     #[serde(deserialize_with = "read::secret")]
     pub url: Secret,
-    #[serde(deserialize_with = "read::positive")]
+    #[serde(deserialize_with = "read::up_to::<_, MAX_POOL_SIZE>")]
     pub pool_size: usize,
     /// CA, client certificate and key files for TLS, where the URL names none.
     #[serde(deserialize_with = "read::optional_file")]
@@ -166,7 +174,7 @@ pub struct PostgresSettings {
     #[serde(deserialize_with = "read::optional_secret")]
     pub read_url: Option<Secret>,
     /// Connections of the api's read pool: its own, so reads never wait on ingest or admin.
-    #[serde(deserialize_with = "read::positive")]
+    #[serde(deserialize_with = "read::up_to::<_, MAX_POOL_SIZE>")]
     pub read_pool_size: usize,
     /// The longest one read may take (a statement timeout, and the wait for a connection):
     /// past it the read answers 503.
@@ -285,7 +293,7 @@ pub struct WorkerSettings {
     #[serde(deserialize_with = "read::consumer")]
     pub consumer: String,
     /// Most entries read from each partition stream per `XREADGROUP`.
-    #[serde(deserialize_with = "read::positive")]
+    #[serde(deserialize_with = "read::up_to::<_, MAX_BATCH_SIZE>")]
     pub batch_size: usize,
     /// How long one read waits for new entries before handing back a short batch.
     #[serde(rename = "block_ms", deserialize_with = "read::positive_ms")]
@@ -709,6 +717,10 @@ mod tests {
             ("SLUICE__API__MAX_MEMORY_FRACTION", "1.5"),
             ("SLUICE__API__MAX_MEMORY_FRACTION", "NaN"),
             ("SLUICE__REDIS__ALLOW_EVICTION", "yes"),
+            ("SLUICE__REDIS__POOL_SIZE", "18446744073709551615"),
+            ("SLUICE__POSTGRES__POOL_SIZE", "1001"),
+            ("SLUICE__POSTGRES__READ_POOL_SIZE", "0"),
+            ("SLUICE__WORKER__BATCH_SIZE", "1000001"),
         ] {
             let err = load(&[(var, value)]).unwrap_err().to_string();
             assert!(err.contains(var), "{var}={value}: {err}");

@@ -108,6 +108,15 @@ where
     })
 }
 
+/// A whole number from 1 to `MAX`: a count whose larger values can only be a mistake and
+/// would fail later, as a panic at start-up (a pool's slots are allocated up front) or as a
+/// batch that cannot fit in memory.
+pub fn up_to<'de, D: Deserializer<'de>, const MAX: usize>(d: D) -> Result<usize, D::Error> {
+    read(d, |v| {
+        whole_in(v, 1..=MAX, || format!("must be a whole number from 1 to {MAX}"))
+    })
+}
+
 /// A signal's default per-minute limit: what a signal can carry itself (the admin API's and
 /// `sluice-admin`'s bound, and the documents' `int32`).
 pub fn per_minute<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
