@@ -7,6 +7,8 @@
 //! both. Answers use the contract's shapes: `{"success": true, "data": ...}` (lists add
 //! `next_cursor`), errors `{"success": false, "error": "..."}`.
 
+use std::time::Duration;
+
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
@@ -35,10 +37,18 @@ pub struct AdminState {
     redis: Redis,
     keyspace: Keyspace,
     limits: Limits,
+    /// How long a request body may take to arrive (`SLUICE__API__BODY_TIMEOUT_MS`).
+    body_timeout: Duration,
 }
 
 impl AdminState {
-    pub fn new(pg: Pool, redis: Redis, keyspace: Keyspace, limits: Limits) -> Self {
+    pub fn new(
+        pg: Pool,
+        redis: Redis,
+        keyspace: Keyspace,
+        limits: Limits,
+        body_timeout: Duration,
+    ) -> Self {
         AdminState {
             registry: Registry::new(pg.clone(), redis.clone(), keyspace),
             tokens: AdminTokens::new(pg.clone()),
@@ -46,6 +56,7 @@ impl AdminState {
             redis,
             keyspace,
             limits,
+            body_timeout,
         }
     }
 
@@ -78,9 +89,15 @@ pub async fn authorize(
     }
 }
 
-/// A request body: a JSON object read into `T`. Serde would also read a struct from a JSON
-/// array of its fields; the admin API takes objects only.
+/// A request body: a JSON object read into `T`, by the ingest API's rules for a body (media
+/// type, gzip, byte order mark, UTF-8, its deadline), at most [`Body::LIMIT`] bytes. Serde would
+/// also read a struct from a JSON array of its fields; the admin API takes objects only.
 pub struct Body<T>(T);
+
+impl<T> Body<T> {
+    /// Admin bodies are small: a signal with its schema is the largest.
+    pub const LIMIT: usize = 1 << 20;
+}
 
 impl<T> std::ops::Deref for Body<T> {
     type Target = T;
@@ -97,9 +114,17 @@ impl<T: serde::de::DeserializeOwned + 'static> actix_web::FromRequest for Body<T
         req: &actix_web::HttpRequest,
         payload: &mut actix_web::dev::Payload,
     ) -> Self::Future {
-        let json = web::Json::<Value>::from_request(req, payload);
+        let req = req.clone();
+        let payload = web::Payload::from_request(&req, payload);
         Box::pin(async move {
-            let web::Json(value) = json.await?;
+            let payload = payload.await?;
+            let deadline = req
+                .app_data::<web::Data<AdminState>>()
+                .expect("the admin app holds its state")
+                .body_timeout;
+            let text = super::body::read_json(&req, payload, Self::LIMIT, deadline).await?;
+            let value: Value =
+                serde_json::from_str(&text).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
             if !value.is_object() {
                 return Err(ApiError::BadRequest("the body must be a JSON object".into()).into());
             }

@@ -90,11 +90,23 @@ pub async fn read_json(
     })
 }
 
-/// `application/json`, with or without parameters such as `charset=utf-8`.
+/// `application/json`, or a JSON-based type (`application/<name>+json`, RFC 6839), with or
+/// without parameters such as `charset=utf-8`.
 fn is_json(req: &HttpRequest) -> bool {
-    req.headers()
+    let Some(essence) = req
+        .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+        .map(|v| v.trim().to_ascii_lowercase())
+    else {
+        return false;
+    };
+    match essence.strip_prefix("application/") {
+        Some("json") => true,
+        Some(subtype) => subtype
+            .strip_suffix("+json")
+            .is_some_and(|name| !name.is_empty() && !name.contains('/')),
+        None => false,
+    }
 }

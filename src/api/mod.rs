@@ -171,13 +171,13 @@ fn serve_admin(
         state.redis.clone(),
         Keyspace::new(settings.redis.partitions),
         settings.limits,
+        settings.api.body_timeout,
     ));
     let state = state.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(admin_state.clone())
-            .app_data(admin_json())
             .app_data(query_config())
             .app_data(path_config())
             .wrap(from_fn(observe))
@@ -201,32 +201,6 @@ fn serve_admin(
         addr,
         admin: None,
     })
-}
-
-/// Admin bodies: JSON of at most 1 MiB, every failure in the contract's error shape.
-fn admin_json() -> web::JsonConfig {
-    use actix_web::error::JsonPayloadError;
-    const LIMIT: usize = 1 << 20;
-    web::JsonConfig::default()
-        .limit(LIMIT)
-        .content_type_required(true)
-        .content_type(|mime| {
-            mime.subtype().as_str() == "json" || mime.suffix().map(|s| s.as_str()) == Some("json")
-        })
-        .error_handler(|err, _req| {
-            let error = match err {
-                JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
-                JsonPayloadError::Overflow { .. }
-                | JsonPayloadError::OverflowKnownLength { .. } => {
-                    ApiError::PayloadTooLarge { limit: LIMIT }
-                }
-                // Bodies are read as any JSON value first (`admin::Body`), so only the syntax
-                // can fail here.
-                JsonPayloadError::Deserialize(e) => ApiError::InvalidJson(e.to_string()),
-                other => ApiError::BadRequest(format!("Invalid request body: {other}")),
-            };
-            error.into()
-        })
 }
 
 fn query_config() -> web::QueryConfig {

@@ -113,7 +113,9 @@ where
 /// batch that cannot fit in memory.
 pub fn up_to<'de, D: Deserializer<'de>, const MAX: usize>(d: D) -> Result<usize, D::Error> {
     read(d, |v| {
-        whole_in(v, 1..=MAX, || format!("must be a whole number from 1 to {MAX}"))
+        whole_in(v, 1..=MAX, || {
+            format!("must be a whole number from 1 to {MAX}")
+        })
     })
 }
 

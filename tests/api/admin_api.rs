@@ -464,6 +464,79 @@ async fn lists_page_with_a_cursor_and_bad_requests_get_clear_4xx() {
     assert_eq!(wrong_method.header("allow"), Some("GET, POST"));
 }
 
+/// Admin bodies are read by the ingest API's rules: a JSON-based media type, gzip, a byte order
+/// mark, UTF-8 and the size limit, each refusal in the contract's shape.
+#[actix_web::test]
+async fn admin_bodies_are_read_as_ingest_bodies_are() {
+    use std::io::Write;
+    let env = TestEnv::start().await;
+    let (_, token) = admin_token(&env);
+    let (_api, admin) = env.spawn_api_with_admin();
+    let send = async |headers: &[(&str, &str)], body: Vec<u8>| {
+        let mut req = admin
+            .request("POST".parse().unwrap(), "/admin/v1/tenants")
+            .insert_header(("Authorization", format!("Bearer {token}")));
+        for &(name, value) in headers {
+            req = req.insert_header((name, value));
+        }
+        admin.send(req, body).await
+    };
+    let json = [("Content-Type", "application/json")];
+    let bom = [b"\xEF\xBB\xBF".as_slice(), br#"{"name": "bom"}"#].concat();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(br#"{"name": "gzip"}"#).unwrap();
+    let gzip = [json[0], ("Content-Encoding", "gzip")];
+    for (name, reply) in [
+        ("bom", send(&json, bom).await),
+        ("gzip", send(&gzip, gz.finish().unwrap()).await),
+        (
+            "vnd",
+            send(
+                &[("Content-Type", "application/vnd.api+json")],
+                br#"{"name": "vnd"}"#.to_vec(),
+            )
+            .await,
+        ),
+    ] {
+        assert_eq!(
+            (reply.status, reply.body["data"]["name"].as_str()),
+            (201, Some(name)),
+            "{}",
+            reply.text
+        );
+    }
+    let text_json = send(
+        &[("Content-Type", "text/json")],
+        br#"{"name": "x"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (text_json.status, text_json.error()),
+        (415, "Content-Type must be application/json")
+    );
+    let latin1 = send(&json, b"{\"name\": \"caf\xE9\"}".to_vec()).await;
+    assert_eq!(
+        (latin1.status, latin1.error()),
+        (400, "Invalid JSON: body is not valid UTF-8 at byte 13")
+    );
+    let big = format!(r#"{{"name": "{}"}}"#, "a".repeat(1 << 20));
+    let big = send(&json, big.into_bytes()).await;
+    assert_eq!(big.status, 413, "{}", big.text);
+    let deflate = [json[0], ("Content-Encoding", "deflate")];
+    let deflate = send(&deflate, br#"{"name": "x"}"#.to_vec()).await;
+    assert_eq!(deflate.status, 415, "{}", deflate.text);
+    let names: Vec<Value> = admin
+        .call("GET", "/admin/v1/tenants", &token, None)
+        .await
+        .body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+}
+
 /// The HTTP API and `sluice-admin` read every input by the same rule: the same refusals with
 /// the same words, and what they accept kept alike (a label measured as sent, then trimmed).
 #[actix_web::test]

@@ -325,6 +325,39 @@ async fn non_json_content_types_are_415() {
     assert!(env.stream_entries().is_empty());
 }
 
+/// A JSON-based media type (`application/<name>+json`, RFC 6839) is JSON; lookalikes are not.
+#[actix_web::test]
+async fn json_based_media_types_are_read_as_json() {
+    let (env, api, key) = TestEnv::with_page_view().await;
+    let body = json!({"events": [event("page_view", "a")]})
+        .to_string()
+        .into_bytes();
+    let send = async |content_type: &str| {
+        let req = api
+            .request(Method::POST, "/v1/events/batch")
+            .insert_header(("Authorization", format!("Bearer {key}")))
+            .insert_header(("Content-Type", content_type));
+        api.send(req, body.clone()).await
+    };
+    for json in [
+        "application/vnd.api+json",
+        "Application/Merge-Patch+JSON; charset=utf-8",
+    ] {
+        let reply = send(json).await;
+        assert_eq!(reply.status, 200, "{json}: {}", reply.text);
+    }
+    for not_json in [
+        "application/+json",
+        "text/json",
+        "application/json+x",
+        "text/x+json",
+    ] {
+        let reply = send(not_json).await;
+        assert_eq!(reply.status, 415, "{not_json}: {}", reply.text);
+    }
+    assert_eq!(env.stream_entries().len(), 2);
+}
+
 #[actix_web::test]
 async fn redis_down_is_503_quickly_and_ready_says_so() {
     let (mut env, api, key) = TestEnv::with_page_view().await;
