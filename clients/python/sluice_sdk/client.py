@@ -380,13 +380,20 @@ class Client:
         try:
             status, response_headers, body = self._post(batch.body, headers)
         except (OSError, http.client.HTTPException) as e:
+            refused = _tunnel_refused(e)
+            if refused is not None and not _worth_retrying(refused[0]):
+                # The proxy's own answer (wrong credentials, a host it forbids): the request
+                # never left it, and the same tunnel asked again would be refused again.
+                status, reason = refused
+                problem = DeliveryFailed(status, f"the proxy refused the tunnel: {status} {reason}")
+                return [], None, [], [(problem, _fields(batch.events))]
             return self._retry_or_give_up(batch, None, f"no answer: {e!r}")
         if status == 200:
             return self._settle_200(batch, response_headers, body)
         message = _error_message(body) or f"HTTP {status}"
         if status == 429:
             return self._retry_or_give_up(batch, _reset_at(response_headers), message, status)
-        if status == 408 or (500 <= status <= 599 and status != 501):
+        if _worth_retrying(status):
             return self._retry_or_give_up(batch, _retry_after(response_headers), message, status)
         if status == 413 and len(batch.events) > 1 and batch.sent == 1:
             # Nothing was ingested, and no earlier try of this key may have been: halves, each
@@ -663,6 +670,22 @@ def _stated_limit(body):
     message = _error_message(body)
     match = re.search(r"limit of (\d+) bytes", message) if isinstance(message, str) else None
     return int(match.group(1)) if match else None
+
+
+def _worth_retrying(status):
+    """Whether an answer (other than 200 and 429) may pass when the same request is sent again:
+    408, and 5xx but 501."""
+    return status == 408 or (500 <= status <= 599 and status != 501)
+
+
+_TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (\d{3})\b ?(.*)")
+
+
+def _tunnel_refused(error):
+    """The status and reason of a proxy's refusal to open a `CONNECT` tunnel (http.client raises
+    it as an OSError), or None for any other failure."""
+    match = _TUNNEL_REFUSED.match(str(error)) if isinstance(error, OSError) else None
+    return (int(match.group(1)), match.group(2)) if match else None
 
 
 def _error_message(body):

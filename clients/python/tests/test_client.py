@@ -540,6 +540,28 @@ def test_wrong_proxy_credentials_are_reported_as_the_proxys_answer(server, error
         proxy.stop()
 
 
+def test_a_tunnel_the_proxy_refuses_for_its_credentials_is_reported_at_once(tls_server, ca, errors):
+    proxy = Proxy(credentials="me:right")
+    try:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        client = sluice_sdk.Client(
+            "sk_test", host=tls_server.url, ssl_context=context,
+            proxy=proxy.url.replace("http://", "http://me:wrong@"), on_error=errors, backoff_base=0.01,
+        )
+        client.track("page_view", ACCOUNT, reference="refused")
+        assert client.flush(timeout=30)
+        [(error, events)] = errors.seen
+        assert isinstance(error, DeliveryFailed) and error.status == 407, error
+        assert "proxy refused the tunnel" in str(error)
+        assert [e["reference"] for e in events] == ["refused"]
+        # Asked once: the same credentials would be refused again.
+        assert [method for method, _, _ in proxy.requests()] == ["CONNECT"]
+        assert tls_server.requests == []
+    finally:
+        proxy.stop()
+
+
 def test_no_proxy_reaches_its_hosts_straight(server, proxy, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", proxy.url)
     monkeypatch.setenv("NO_PROXY", "example.com,127.0.0.1")
