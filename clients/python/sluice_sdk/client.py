@@ -595,8 +595,10 @@ def _encode(signal, identity, data, timestamp, reference, version):
         not isinstance(identity, dict)
         or not isinstance(identity.get("type"), str)
         or not isinstance(identity.get("id"), str)
+        or not identity["type"]
+        or not identity["id"]
     ):
-        raise ValueError('identity must be {"type": str, "id": str}')
+        raise ValueError('identity must be {"type": str, "id": str}, neither of them empty')
     fields = {"signal": signal, "identity": {"type": identity["type"], "id": identity["id"]}}
     if data is not None:
         if not isinstance(data, dict):

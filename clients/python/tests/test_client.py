@@ -431,6 +431,15 @@ def test_arguments_that_can_never_be_sent_raise_at_once(server):
         sluice_sdk.Client("sk", host="ftp://example.com")
 
 
+def test_an_identity_with_an_empty_type_or_id_raises_at_once(server, errors):
+    c = client(server, on_error=errors)
+    for identity in [{"type": "account", "id": ""}, {"type": "", "id": "acc_1"}]:
+        with pytest.raises(ValueError, match="neither of them empty"):
+            c.track("page_view", identity)
+    assert c.flush(timeout=5)
+    assert errors.seen == [] and server.requests == []
+
+
 def test_a_closed_client_drops_and_reports(server, errors):
     c = client(server, on_error=errors)
     assert c.close(timeout=5)
