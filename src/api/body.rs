@@ -98,15 +98,23 @@ fn is_json(req: &HttpRequest) -> bool {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
+        .map(str::trim)
     else {
         return false;
     };
-    match essence.strip_prefix("application/") {
-        Some("json") => true,
-        Some(subtype) => subtype
-            .strip_suffix("+json")
-            .is_some_and(|name| !name.is_empty() && !name.contains('/')),
-        None => false,
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    if !kind.eq_ignore_ascii_case("application") {
+        return false;
     }
+    if subtype.eq_ignore_ascii_case("json") {
+        return true;
+    }
+    // `<name>+json`: a name of at least one character, the suffix in any case.
+    let cut = subtype.len().saturating_sub("+json".len());
+    cut > 0
+        && subtype.is_char_boundary(cut)
+        && subtype[cut..].eq_ignore_ascii_case("+json")
+        && !subtype[..cut].contains('/')
 }
