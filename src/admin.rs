@@ -433,7 +433,8 @@ fn read_json(file: &std::path::Path) -> Result<Value, AdminError> {
         path: path(),
         error: e.to_string(),
     })?;
-    serde_json::from_str(&text).map_err(|e| AdminError::NotJson {
+    let text = text.strip_prefix(crate::json::BOM).unwrap_or(&text);
+    serde_json::from_str(text).map_err(|e| AdminError::NotJson {
         path: path(),
         error: e.to_string(),
     })

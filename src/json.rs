@@ -11,6 +11,11 @@
 
 use uuid::Uuid;
 
+/// U+FEFF, the byte order mark some tools write before UTF-8 text (PowerShell 5's `Out-File
+/// -Encoding utf8`). RFC 8259 lets a parser ignore it before JSON, and every JSON input of
+/// Sluice does: request bodies, and the files `sluice-admin` reads.
+pub const BOM: &str = "\u{FEFF}";
+
 /// Appends `s` as a JSON string, escaped exactly as serde_json escapes it.
 pub fn string(out: &mut Vec<u8>, s: &str) {
     if needs_escape(s.as_bytes()) {

@@ -11,9 +11,6 @@ use futures_util::StreamExt;
 
 use super::error::ApiError;
 
-/// U+FEFF in UTF-8.
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
-
 /// Reads the body of `req` as UTF-8 JSON text of at most `limit` bytes after decompression,
 /// within `deadline` (a client trickling its body is answered 408).
 pub async fn read_json(
@@ -78,9 +75,8 @@ pub async fn read_json(
     } else {
         raw
     };
-    // RFC 8259 lets a parser ignore a byte order mark, which some tools write before UTF-8.
-    if bytes.starts_with(UTF8_BOM) {
-        bytes.drain(..UTF8_BOM.len());
+    if bytes.starts_with(crate::json::BOM.as_bytes()) {
+        bytes.drain(..crate::json::BOM.len());
     }
     String::from_utf8(bytes).map_err(|e| {
         ApiError::InvalidJson(format!(

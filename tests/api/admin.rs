@@ -334,6 +334,40 @@ async fn failures_say_why_on_stderr_and_exit_non_zero() {
     }
 }
 
+/// A schema file that starts with a byte order mark (as PowerShell 5 writes UTF-8) is read past
+/// it, as request bodies are; a mark anywhere else is still not JSON.
+#[actix_web::test]
+async fn a_schema_file_with_a_byte_order_mark_is_read() {
+    let env = TestEnv::start().await;
+    let admin = Admin { env: &env };
+    let tenant = admin.ok(&["tenant", "create", "--name", "Bom"]);
+    let t = tenant["id"].as_str().unwrap();
+    admin.ok(&[
+        "signal", "create", "--tenant", t, "--slug", "plan", "--type", "state",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let add = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let file = file.to_str().unwrap().to_owned();
+        let args = [
+            "schema", "add", "--tenant", t, "--slug", "plan", "--file", &file,
+        ];
+        admin.run(&args)
+    };
+    let marked = add("marked.json", "\u{FEFF}{\"type\": \"object\"}");
+    assert!(
+        marked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&marked.stderr)
+    );
+    let added: Value = serde_json::from_slice(&marked.stdout).unwrap();
+    assert_eq!(added["version"], 1);
+    let twice = add("twice.json", "\u{FEFF}\u{FEFF}{\"type\": \"object\"}");
+    assert!(!twice.status.success());
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("is not JSON"));
+}
+
 /// `dead-letters list` pages as the admin API does: at most `--limit` (1-1000), and a
 /// `next_cursor` to pass as `--cursor` while more are left — never a silently short list.
 #[actix_web::test]
