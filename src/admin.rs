@@ -2,6 +2,7 @@
 //! or prints a clear message on stderr and exits non-zero.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
@@ -13,7 +14,8 @@ use crate::domain::{
 };
 use crate::keyspace::Keyspace;
 use crate::pg::{self, PgError};
-use crate::redis_memory::{Memory, NodeMemory};
+use crate::redis_layout;
+use crate::redis_memory::{Memory, NodeMemory, REFRESH_EVERY};
 use crate::redis_pool::Redis;
 use crate::registry::admin_tokens::AdminTokens;
 use crate::registry::listing::{Page, PageRequest};
@@ -83,6 +85,15 @@ enum Command {
     /// Check that Redis can hold the backlog: every primary answers and evicts nothing
     /// (maxmemory-policy noeviction); prints each one's memory.
     Doctor,
+    /// Lay the streams out over SLUICE__REDIS__PARTITIONS partitions: stops admission on every
+    /// api replica, waits until the streams of the recorded count are drained, then records the
+    /// new count and rebuilds the registry copy (docs/operations.md, "Changing the partition
+    /// count"); if they do not drain within --wait, the count stays and ingest resumes.
+    Repartition {
+        /// Seconds the streams may take to drain.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        wait: u64,
+    },
     /// Inspect and replay entries the worker could not store.
     DeadLetters {
         #[command(subcommand)]
@@ -277,6 +288,9 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
     let keyspace = Keyspace::new(settings.redis.partitions);
     let registry = Registry::new(pg.clone(), redis.clone(), keyspace);
     let allow_eviction = settings.redis.allow_eviction;
+    if writes_to_redis(&cli.command) {
+        same_layout(&redis, keyspace).await?;
+    }
     Ok(match cli.command {
         Command::Migrate => {
             let applied = pg::migrate(&pg).await?;
@@ -298,7 +312,18 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
         }
         Command::Doctor => {
             let nodes = fit_for_the_backlog(&redis, keyspace, allow_eviction).await?;
-            json!({"redis": nodes, "ok": true})
+            json!({"redis": nodes, "partitions": keyspace.partitions(), "ok": true})
+        }
+        Command::Repartition { wait } => {
+            // Admissions already past an api's check when the record changes reach Redis within
+            // its deadline; the replicas read the record every REFRESH_EVERY.
+            let settle = 2 * (REFRESH_EVERY + settings.redis.timeout);
+            let wait = Duration::from_secs(wait);
+            let changed = redis_layout::change(&redis, keyspace.partitions(), settle, wait)
+                .await
+                .map_err(|e| AdminError::Redis(e.to_string()))?;
+            let registry = serde_json::to_value(registry.sync().await?).expect("counts serialize");
+            json!({"partitions": changed.partitions, "was": changed.was, "registry": registry})
         }
         Command::DeadLetters {
             command: DeadLetterCommand::List { all, limit, cursor },
@@ -440,6 +465,34 @@ fn read_json(file: &std::path::Path) -> Result<Value, AdminError> {
     })
 }
 
+/// Whether a command writes what lives under the partitions' keys (the registry copy, dead
+/// letters replayed into the streams), and so must use the deployment's partition count.
+fn writes_to_redis(command: &Command) -> bool {
+    match command {
+        Command::Tenant { .. }
+        | Command::Key { .. }
+        | Command::Signal { .. }
+        | Command::Schema { .. }
+        | Command::Sync
+        | Command::Doctor => true,
+        Command::DeadLetters { command } => matches!(command, DeadLetterCommand::Replay { .. }),
+        Command::Migrate | Command::Repartition { .. } | Command::AdminToken { .. } => false,
+    }
+}
+
+/// Refuses to write under another partition count than the one recorded in Redis
+/// (`redis_layout`). An unreachable Redis is left to the command: registry changes are saved in
+/// PostgreSQL and copied once Redis answers.
+async fn same_layout(redis: &Redis, keyspace: Keyspace) -> Result<(), AdminError> {
+    match redis_layout::recorded(redis, keyspace.partitions()).await {
+        Ok(Some(recorded)) => match redis_layout::refusal(keyspace.partitions(), &recorded) {
+            Some(line) => Err(AdminError::Redis(line)),
+            None => Ok(()),
+        },
+        Ok(None) | Err(_) => Ok(()),
+    }
+}
+
 /// Every primary's memory, once Redis has answered and keeps what it is given (an evicting
 /// policy is an error unless `allow_eviction`).
 async fn fit_for_the_backlog(
@@ -450,8 +503,6 @@ async fn fit_for_the_backlog(
     let memory = Memory::read(redis, keyspace)
         .await
         .map_err(|e| AdminError::Redis(e.to_string()))?;
-    memory
-        .check_policy(allow_eviction)
-        .map_err(AdminError::Redis)?;
+    memory.check(allow_eviction).map_err(AdminError::Redis)?;
     Ok(memory.nodes)
 }

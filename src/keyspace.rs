@@ -12,6 +12,7 @@
 //! | `sluice:{pNN}:events`                 | stream | admitted events, one entry per request (`stream::entry`) |
 //! | `sluice:{pNN}:dead`                   | stream | events the worker could not store                |
 //! | `sluice:keys`                         | hash   | sha256(api key) → [`KeyIndexEntry`]              |
+//! | `sluice:partitions`                   | string | the partition count `P` the streams are laid out over (`redis_layout`) |
 //!
 //! The rate-limit windows are one hash per tenant with a field per slug, not a key per signal
 //! and window as first sketched: the api knows only slugs before the script runs, the window

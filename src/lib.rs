@@ -35,6 +35,8 @@
 //!   call (503, never a hang).
 //! - [`redis_memory`]: Redis's memory, where the backlog waits: evicting policies refused, the
 //!   api's early brake before Redis is full, the memory gauges.
+//! - [`redis_layout`]: the partition count recorded in Redis, so that no binary lays events out
+//!   over another one; `sluice-admin repartition` changes it.
 //! - [`pg`]: the PostgreSQL pool (TLS as the URL's `sslmode` says), database creation and the
 //!   embedded migrations.
 //! - [`ops`]: `/livez`, `/readyz`, `/metrics` and the JSON 404/405 answers, for both services.
@@ -59,6 +61,7 @@ pub mod keyspace;
 pub mod metrics;
 pub mod ops;
 pub mod pg;
+pub mod redis_layout;
 pub mod redis_memory;
 pub mod redis_pool;
 pub mod registry;

@@ -30,6 +30,7 @@ use redis::Value;
 
 use crate::keyspace::{Keyspace, cluster_slot};
 use crate::metrics::MemoryMetrics;
+use crate::redis_layout;
 use crate::redis_pool::{Redis, RedisError};
 
 /// The only policy under which a full Redis refuses writes instead of dropping data.
@@ -97,6 +98,8 @@ pub struct Memory {
     /// Per partition, its primary in `nodes` (`None` while a cluster's slot map and its
     /// primaries disagree, as during a failover).
     partition_node: Vec<Option<usize>>,
+    /// The partition count the streams are laid out over (`redis_layout`), when recorded.
+    pub layout: Option<String>,
 }
 
 impl Memory {
@@ -143,9 +146,11 @@ impl Memory {
         } else {
             vec![Some(0); usize::from(keyspace.partitions())]
         };
+        let layout = redis_layout::recorded(redis, keyspace.partitions()).await?;
         Ok(Memory {
             nodes,
             partition_node,
+            layout,
         })
     }
 
@@ -154,8 +159,16 @@ impl Memory {
         self.nodes.iter().find(|n| n.evicts())
     }
 
-    /// Refuses an evicting policy unless `allowed`, in which case it is only logged.
-    pub fn check_policy(&self, allowed: bool) -> Result<(), String> {
+    /// Refuses a Redis that would lose or strand acknowledged events: streams laid out over
+    /// another partition count than this binary's (`redis_layout`), or an evicting policy
+    /// unless `allowed`, in which case that is only logged.
+    pub fn check(&self, allowed: bool) -> Result<(), String> {
+        let partitions = self.partition_node.len() as u16;
+        if let Some(line) =
+            (self.layout.as_deref()).and_then(|r| redis_layout::refusal(partitions, r))
+        {
+            return Err(line);
+        }
         match self.evicting() {
             Some(node) if allowed => {
                 tracing::warn!(
@@ -201,15 +214,16 @@ fn slot_primaries(reply: &Value) -> Vec<(u16, u16, String)> {
         .collect()
 }
 
-/// A binary's check at start: an evicting Redis stops it (unless allowed); an unreachable one
-/// does not (the binary starts unready and checks again on every readiness probe).
-pub async fn refuse_evicting_at_start(
+/// A binary's check at start: an evicting Redis (unless allowed) or one laid out over another
+/// partition count stops it; an unreachable one does not (the binary starts unready and checks
+/// again on every readiness probe).
+pub async fn refuse_unfit_at_start(
     redis: &Redis,
     keyspace: Keyspace,
     allow_eviction: bool,
 ) -> Result<(), String> {
     match Memory::read(redis, keyspace).await {
-        Ok(memory) => memory.check_policy(allow_eviction),
+        Ok(memory) => memory.check(allow_eviction),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read Redis's maxmemory-policy yet; checked again when ready");
             Ok(())
@@ -220,8 +234,9 @@ pub async fn refuse_evicting_at_start(
 /// Why the api refuses a request before sending it to Redis.
 #[derive(Debug)]
 pub enum Refusal {
-    /// A primary evicts (the line says which and how to fix it).
-    Evicting(String),
+    /// A primary evicts, or the streams are laid out over another partition count (the line
+    /// says which, and how to fix it).
+    Unfit(String),
     /// The tenant's primary is above the brake's share of `maxmemory`.
     Full,
 }
@@ -233,9 +248,9 @@ pub struct Brake {
     /// Share of `maxmemory` from which requests are refused; 1.0 leaves it to Redis.
     fraction: f64,
     allow_eviction: bool,
-    /// Set while a primary evicts and that is not allowed.
-    evicting: AtomicBool,
-    /// The refusal line while `evicting`.
+    /// Set while Redis is unfit for the backlog ([`Memory::check`]).
+    unfit: AtomicBool,
+    /// The refusal line while `unfit`.
     why: Mutex<String>,
     /// Per partition: its primary is over `fraction`.
     full: Vec<AtomicBool>,
@@ -283,7 +298,7 @@ impl Brake {
             keyspace,
             fraction,
             allow_eviction,
-            evicting: AtomicBool::new(false),
+            unfit: AtomicBool::new(false),
             why: Mutex::new(String::new()),
             full: (0..keyspace.partitions())
                 .map(|_| AtomicBool::new(false))
@@ -295,8 +310,8 @@ impl Brake {
 
     /// Whether a request of a tenant of `partition` may go to Redis.
     pub fn check(&self, partition: u16) -> Result<(), Refusal> {
-        if self.evicting.load(Ordering::Relaxed) {
-            return Err(Refusal::Evicting(
+        if self.unfit.load(Ordering::Relaxed) {
+            return Err(Refusal::Unfit(
                 self.why.lock().expect("refusal lock").clone(),
             ));
         }
@@ -311,16 +326,16 @@ impl Brake {
     pub async fn refresh(&self, redis: &Redis) -> Result<Option<String>, RedisError> {
         let reading = self.readings.start();
         let memory = Memory::read(redis, self.keyspace).await?;
-        let refusal = memory.check_policy(self.allow_eviction).err();
+        let refusal = memory.check(self.allow_eviction).err();
         self.readings.apply(reading, || {
             memory.publish(&self.metrics);
             if let Some(line) = &refusal {
-                if !self.evicting.load(Ordering::Relaxed) {
+                if !self.unfit.load(Ordering::Relaxed) {
                     tracing::error!("{line}; admitting nothing until it is fixed");
                 }
                 line.clone_into(&mut self.why.lock().expect("refusal lock"));
             }
-            self.evicting.store(refusal.is_some(), Ordering::Relaxed);
+            self.unfit.store(refusal.is_some(), Ordering::Relaxed);
             for (partition, full) in self.full.iter().enumerate() {
                 let over = memory.partition_node[partition]
                     .is_some_and(|n| memory.nodes[n].is_over(self.fraction));

@@ -71,11 +71,12 @@ pub enum ApiError {
          stored events make room"
     )]
     BacklogFull,
-    /// Redis would evict acknowledged events (operators see which node and policy).
+    /// Redis would evict acknowledged events, or its streams are laid out over another partition
+    /// count (operators see which).
     #[error(
         "Event store is not configured to keep events: nothing was ingested, please retry later"
     )]
-    Evicting(String),
+    Unfit(String),
     /// The admission script was sent but its answer did not arrive: it may have run.
     #[error(
         "Event store did not confirm in time; the events may have been accepted. Retry with the \
@@ -139,7 +140,7 @@ impl ResponseError for ApiError {
             | ApiError::CopyStale(_)
             | ApiError::Dependency(_)
             | ApiError::BacklogFull
-            | ApiError::Evicting(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::Unfit(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -162,7 +163,7 @@ impl ResponseError for ApiError {
                 response.insert_header((RETRY_AFTER, BACKLOG_RETRY_AFTER_SECS));
             }
             // An operator has to change a setting: ask for patience.
-            ApiError::Evicting(cause) => {
+            ApiError::Unfit(cause) => {
                 tracing::warn!(%cause, "answering 503");
                 response.insert_header((RETRY_AFTER, "30"));
             }
@@ -228,7 +229,7 @@ impl From<crate::stream::dead_letters::DeadLetterError> for ApiError {
 impl From<crate::redis_memory::Refusal> for ApiError {
     fn from(refusal: crate::redis_memory::Refusal) -> Self {
         match refusal {
-            crate::redis_memory::Refusal::Evicting(why) => ApiError::Evicting(why),
+            crate::redis_memory::Refusal::Unfit(why) => ApiError::Unfit(why),
             crate::redis_memory::Refusal::Full => ApiError::BacklogFull,
         }
     }

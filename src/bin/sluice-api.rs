@@ -51,7 +51,7 @@ async fn main() -> ExitCode {
             Ok(started) => started,
             Err(exit) => return exit,
         };
-    if let Err(line) = refuse_evicting_redis(&settings).await {
+    if let Err(line) = refuse_unfit_redis(&settings).await {
         eprintln!("sluice-api: {line}");
         return ExitCode::from(2);
     }
@@ -91,10 +91,11 @@ async fn main() -> ExitCode {
     }
 }
 
-/// An evicting Redis would lose acknowledged events: the api does not start on one.
-async fn refuse_evicting_redis(settings: &Settings) -> Result<(), String> {
+/// An evicting Redis would lose acknowledged events, and one laid out over another partition
+/// count would strand them: the api does not start on either.
+async fn refuse_unfit_redis(settings: &Settings) -> Result<(), String> {
     let redis = sluice::redis_pool::Redis::new(&settings.redis)?;
     let keyspace = sluice::keyspace::Keyspace::new(settings.redis.partitions);
-    sluice::redis_memory::refuse_evicting_at_start(&redis, keyspace, settings.redis.allow_eviction)
+    sluice::redis_memory::refuse_unfit_at_start(&redis, keyspace, settings.redis.allow_eviction)
         .await
 }

@@ -11,6 +11,7 @@ mod generators;
 mod hostile;
 mod idempotency;
 mod ingest;
+mod layout;
 mod limits;
 mod memory;
 mod openapi;

@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::support::servers::free_port;
 use crate::support::{
-    PATIENCE, Reply, TestApi, TestEnv, eventually, ids_of, metric_value, run_binary,
-    spawn_api_process,
+    PATIENCE, Reply, TestApi, TestEnv, eventually, exits_refusing, ids_of, metric_value,
+    run_binary, spawn_api_process,
 };
 use crate::worker::assert_exactly_once;
 
@@ -82,33 +82,6 @@ fn assert_backlog_full(reply: &Reply) {
     assert_eq!(reply.status, 503, "{}", reply.body["error"]);
     assert!(reply.error().contains("backlog is full"), "{}", reply.text);
     assert_eq!(reply.header("retry-after"), Some("5"));
-}
-
-/// Runs `bin` with `env`'s settings and `extra`, and waits for it to exit by itself: its exit
-/// code and stderr. One that keeps running (it accepted the Redis) fails the test.
-fn exits_refusing(env: &TestEnv, bin: &str, extra: &[(&str, String)]) -> (Option<i32>, String) {
-    let mut cmd = std::process::Command::new(bin);
-    cmd.envs(env.env_vars())
-        .env_remove("SLUICE_CONFIG")
-        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > PATIENCE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{bin} kept running on an evicting Redis");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status.code(), stderr)
 }
 
 #[actix_web::test]

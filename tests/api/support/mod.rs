@@ -536,6 +536,33 @@ pub fn run_binary(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32
     )
 }
 
+/// Runs `bin` with `env`'s settings and `extra`, and waits for it to exit by itself: its exit
+/// code and stderr. One that keeps running (it accepted the Redis) fails the test.
+pub fn exits_refusing(env: &TestEnv, bin: &str, extra: &[(&str, String)]) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.envs(env.env_vars())
+        .env_remove("SLUICE_CONFIG")
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > PATIENCE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{bin} kept running on a Redis it must refuse");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
 /// An event of `signal` for account `id`.
 pub fn event(signal: &str, id: &str) -> Value {
     serde_json::json!({"signal": signal, "identity": {"type": "account", "id": id}})
