@@ -288,7 +288,7 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
     let keyspace = Keyspace::new(settings.redis.partitions);
     let registry = Registry::new(pg.clone(), redis.clone(), keyspace);
     let allow_eviction = settings.redis.allow_eviction;
-    if writes_to_redis(&cli.command) {
+    if uses_the_layout(&cli.command) {
         same_layout(&redis, keyspace).await?;
     }
     Ok(match cli.command {
@@ -465,18 +465,21 @@ fn read_json(file: &std::path::Path) -> Result<Value, AdminError> {
     })
 }
 
-/// Whether a command writes what lives under the partitions' keys (the registry copy, dead
+/// Whether a command names the partitions' keys (the registry copy, a tenant's stream, dead
 /// letters replayed into the streams), and so must use the deployment's partition count.
-fn writes_to_redis(command: &Command) -> bool {
+/// `sync` and `doctor` check it with Redis memory (`fit_for_the_backlog`).
+fn uses_the_layout(command: &Command) -> bool {
     match command {
         Command::Tenant { .. }
         | Command::Key { .. }
         | Command::Signal { .. }
-        | Command::Schema { .. }
-        | Command::Sync
-        | Command::Doctor => true,
+        | Command::Schema { .. } => true,
         Command::DeadLetters { command } => matches!(command, DeadLetterCommand::Replay { .. }),
-        Command::Migrate | Command::Repartition { .. } | Command::AdminToken { .. } => false,
+        Command::Sync
+        | Command::Doctor
+        | Command::Migrate
+        | Command::Repartition { .. }
+        | Command::AdminToken { .. } => false,
     }
 }
 
@@ -484,11 +487,8 @@ fn writes_to_redis(command: &Command) -> bool {
 /// (`redis_layout`). An unreachable Redis is left to the command: registry changes are saved in
 /// PostgreSQL and copied once Redis answers.
 async fn same_layout(redis: &Redis, keyspace: Keyspace) -> Result<(), AdminError> {
-    match redis_layout::recorded(redis, keyspace.partitions()).await {
-        Ok(Some(recorded)) => match redis_layout::refusal(keyspace.partitions(), &recorded) {
-            Some(line) => Err(AdminError::Redis(line)),
-            None => Ok(()),
-        },
+    match redis_layout::other_layout(redis, keyspace.partitions()).await {
+        Ok(Some(line)) => Err(AdminError::Redis(line)),
         Ok(None) | Err(_) => Ok(()),
     }
 }

@@ -29,7 +29,7 @@ pub const RECORD: &str = "sluice:partitions";
 
 /// The record as it stands, made `partitions` when there is none. A Redis that refuses the write
 /// (full, or a replica mid-failover) leaves it unmade this time: `None`, and no refusal.
-pub async fn recorded(redis: &Redis, partitions: u16) -> Result<Option<String>, RedisError> {
+async fn recorded(redis: &Redis, partitions: u16) -> Result<Option<String>, RedisError> {
     let found: Option<String> = redis.query(redis::cmd("GET").arg(RECORD)).await?;
     if found.is_some() {
         return Ok(found);
@@ -46,8 +46,16 @@ pub async fn recorded(redis: &Redis, partitions: u16) -> Result<Option<String>, 
     }
 }
 
+/// Why a binary configured with `partitions` must not use this Redis (the refusal of the
+/// record, made first if missing); `None` when it may.
+pub async fn other_layout(redis: &Redis, partitions: u16) -> Result<Option<String>, RedisError> {
+    Ok(recorded(redis, partitions)
+        .await?
+        .and_then(|recorded| refusal(partitions, &recorded)))
+}
+
 /// Why a binary configured with `partitions` must not use a Redis whose record is `recorded`.
-pub fn refusal(partitions: u16, recorded: &str) -> Option<String> {
+fn refusal(partitions: u16, recorded: &str) -> Option<String> {
     if recorded == partitions.to_string() {
         return None;
     }

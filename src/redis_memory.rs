@@ -98,8 +98,9 @@ pub struct Memory {
     /// Per partition, its primary in `nodes` (`None` while a cluster's slot map and its
     /// primaries disagree, as during a failover).
     partition_node: Vec<Option<usize>>,
-    /// The partition count the streams are laid out over (`redis_layout`), when recorded.
-    pub layout: Option<String>,
+    /// Why this binary's partition count is not the one the streams are laid out over
+    /// (`redis_layout`); `None` when they agree or nothing is recorded yet.
+    other_layout: Option<String>,
 }
 
 impl Memory {
@@ -146,11 +147,11 @@ impl Memory {
         } else {
             vec![Some(0); usize::from(keyspace.partitions())]
         };
-        let layout = redis_layout::recorded(redis, keyspace.partitions()).await?;
+        let other_layout = redis_layout::other_layout(redis, keyspace.partitions()).await?;
         Ok(Memory {
             nodes,
             partition_node,
-            layout,
+            other_layout,
         })
     }
 
@@ -163,11 +164,8 @@ impl Memory {
     /// another partition count than this binary's (`redis_layout`), or an evicting policy
     /// unless `allowed`, in which case that is only logged.
     pub fn check(&self, allowed: bool) -> Result<(), String> {
-        let partitions = self.partition_node.len() as u16;
-        if let Some(line) =
-            (self.layout.as_deref()).and_then(|r| redis_layout::refusal(partitions, r))
-        {
-            return Err(line);
+        if let Some(line) = &self.other_layout {
+            return Err(line.clone());
         }
         match self.evicting() {
             Some(node) if allowed => {

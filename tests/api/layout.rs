@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 
 use crate::support::servers::free_port;
 use crate::support::{
-    TestApi, TestEnv, event, eventually, exits_refusing, ids_of, run_binary, spawn_api_process_to,
+    TestApi, TestEnv, events, eventually, exits_refusing, ids_of, roomy_tenant, run_binary,
+    spawn_api_process_to,
 };
 use crate::worker::assert_exactly_once;
 
@@ -65,20 +66,10 @@ async fn wait_ready(api: &TestApi) {
     .await;
 }
 
-fn batch_of(n: usize, prefix: &str) -> Value {
-    Value::Array(
-        (0..n)
-            .map(|i| event("page_view", &format!("{prefix}{i}")))
-            .collect(),
-    )
-}
-
 #[actix_web::test]
 async fn no_binary_uses_streams_laid_out_over_another_partition_count() {
     let env = TestEnv::start().await;
-    let (tenant, key) = env.tenant().await;
-    env.signal(&tenant, "page_view", "event", Some(100_000))
-        .await;
+    let (_, key) = roomy_tenant(&env).await;
     // The first binary to reach Redis records its count (16, the default).
     let worker = env.spawn_worker(&[]);
     worker.wait_ready(200).await;
@@ -120,7 +111,12 @@ async fn no_binary_uses_streams_laid_out_over_another_partition_count() {
     // A running api reads the record with Redis memory: another count recorded under it makes
     // it unready and it admits nothing, until the record is its own again.
     let api = env.spawn_api().await;
-    assert_eq!(api.batch(&key, batch_of(1, "before")).await.status, 200);
+    assert_eq!(
+        api.batch(&key, events("page_view", "before", 1))
+            .await
+            .status,
+        200
+    );
     set_record(&env, "32");
     let ready = api.get("/readyz").await;
     assert_eq!(ready.status, 503, "{}", ready.text);
@@ -132,12 +128,17 @@ async fn no_binary_uses_streams_laid_out_over_another_partition_count() {
     let (status, body) = worker.get("/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("laid out over 32 partitions"), "{body}");
-    let refused = api.batch(&key, batch_of(1, "refused")).await;
+    let refused = api.batch(&key, events("page_view", "refused", 1)).await;
     assert_eq!(refused.status, 503, "{}", refused.text);
     assert!(refused.error().contains("not configured to keep events"));
     set_record(&env, "16");
     assert_eq!(api.get("/readyz").await.status, 200);
-    assert_eq!(api.batch(&key, batch_of(1, "after")).await.status, 200);
+    assert_eq!(
+        api.batch(&key, events("page_view", "after", 1))
+            .await
+            .status,
+        200
+    );
 
     // A Redis that lost its data has no record: the next reading makes it again.
     let () = redis::cmd("DEL")
@@ -151,14 +152,12 @@ async fn no_binary_uses_streams_laid_out_over_another_partition_count() {
 #[actix_web::test]
 async fn repartition_waits_until_the_streams_drain_and_strands_no_event() {
     let env = TestEnv::start().await;
-    let (tenant, key) = env.tenant().await;
-    env.signal(&tenant, "page_view", "event", Some(100_000))
-        .await;
+    let (_, key) = roomy_tenant(&env).await;
     let (_api16, base) = spawn_api_process_to(&env, None, &[], Stdio::null());
     let api16 = TestApi::at(&base);
     wait_ready(&api16).await;
     let mut acked = Vec::new();
-    let first = api16.batch(&key, batch_of(50, "queued")).await;
+    let first = api16.batch(&key, events("page_view", "queued", 50)).await;
     assert_eq!(first.status, 200, "{}", first.text);
     acked.extend(ids_of(&first));
 
@@ -171,7 +170,7 @@ async fn repartition_waits_until_the_streams_drain_and_strands_no_event() {
     );
     assert_eq!(recorded(&env).as_deref(), Some("16"));
     let resumed = eventually("ingest resumed", async || {
-        let reply = api16.batch(&key, batch_of(10, "resumed")).await;
+        let reply = api16.batch(&key, events("page_view", "resumed", 10)).await;
         (reply.status == 200).then_some(reply)
     })
     .await;
@@ -196,7 +195,7 @@ async fn repartition_waits_until_the_streams_drain_and_strands_no_event() {
         (ready.status == 503).then_some(())
     })
     .await;
-    let refused = api16.batch(&key, batch_of(1, "refused")).await;
+    let refused = api16.batch(&key, events("page_view", "refused", 1)).await;
     assert_eq!(refused.status, 503, "{}", refused.text);
     let out = change.wait_with_output();
     assert!(
@@ -216,7 +215,13 @@ async fn repartition_waits_until_the_streams_drain_and_strands_no_event() {
         "{}",
         ready.text
     );
-    assert_eq!(api16.batch(&key, batch_of(1, "old")).await.status, 503);
+    assert_eq!(
+        api16
+            .batch(&key, events("page_view", "old", 1))
+            .await
+            .status,
+        503
+    );
     drop(worker16);
 
     // Binaries of the new count start, admit and store; every acknowledged event is stored once.
@@ -226,7 +231,7 @@ async fn repartition_waits_until_the_streams_drain_and_strands_no_event() {
     wait_ready(&api8).await;
     let worker8 = env.spawn_worker(&eight);
     worker8.wait_ready(200).await;
-    let later = api8.batch(&key, batch_of(20, "later")).await;
+    let later = api8.batch(&key, events("page_view", "later", 20)).await;
     assert_eq!(later.status, 200, "{}", later.text);
     acked.extend(ids_of(&later));
     assert_eq!(

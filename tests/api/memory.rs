@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::support::servers::free_port;
 use crate::support::{
     PATIENCE, Reply, TestApi, TestEnv, eventually, exits_refusing, ids_of, metric_value,
-    run_binary, spawn_api_process,
+    roomy_tenant, run_binary, spawn_api_process,
 };
 use crate::worker::assert_exactly_once;
 
@@ -53,15 +53,6 @@ fn other_data(conn: &mut redis::Connection, prefix: &str) {
 /// Room for `bytes` more in Redis from now on.
 fn cap_memory(env: &TestEnv, bytes: u64) {
     config_set(env, "maxmemory", &(used_memory(env) + bytes).to_string());
-}
-
-/// A tenant whose `page_view` signal takes a billion events a minute, so that only memory ever
-/// refuses its events (four producers get well over a million a minute in); (tenant, key).
-async fn roomy_tenant(env: &TestEnv) -> (String, String) {
-    let (tenant, key) = env.tenant().await;
-    env.signal(&tenant, "page_view", "event", Some(1_000_000_000))
-        .await;
-    (tenant, key)
 }
 
 /// 100 events of about 300 bytes each, referenced `{prefix}-{n}-{i}`.

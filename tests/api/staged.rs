@@ -12,17 +12,8 @@ use sluice::stream::entry::{EVENTS, STAGED};
 
 use crate::idempotency::send;
 use crate::support::proxy::DelayProxy;
-use crate::support::{Reply, TestApi, TestEnv, event, eventually, ids_of};
+use crate::support::{Reply, TestApi, TestEnv, events, eventually, ids_of};
 use crate::worker::assert_exactly_once;
-
-/// `n` events of `signal`, each about 250 bytes in its entry: 100 of them are staged.
-fn events(signal: &str, tag: &str, n: usize) -> Value {
-    json!(
-        (0..n)
-            .map(|i| event(signal, &format!("{tag}-{i}")))
-            .collect::<Vec<_>>()
-    )
-}
 
 fn staged_keys(conn: &mut redis::Connection) -> Vec<String> {
     redis::cmd("KEYS")

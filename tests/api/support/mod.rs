@@ -563,6 +563,25 @@ pub fn exits_refusing(env: &TestEnv, bin: &str, extra: &[(&str, String)]) -> (Op
     (status.code(), stderr)
 }
 
+/// `n` events of `signal` for accounts `{tag}-0`, `{tag}-1`…, each about 250 bytes in its
+/// entry (100 of them are staged).
+pub fn events(signal: &str, tag: &str, n: usize) -> Value {
+    serde_json::json!(
+        (0..n)
+            .map(|i| event(signal, &format!("{tag}-{i}")))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// A tenant whose `page_view` signal takes a billion events a minute, so that only memory ever
+/// refuses its events (four producers get well over a million a minute in); (tenant, key).
+pub async fn roomy_tenant(env: &TestEnv) -> (String, String) {
+    let (tenant, key) = env.tenant().await;
+    env.signal(&tenant, "page_view", "event", Some(1_000_000_000))
+        .await;
+    (tenant, key)
+}
+
 /// An event of `signal` for account `id`.
 pub fn event(signal: &str, id: &str) -> Value {
     serde_json::json!({"signal": signal, "identity": {"type": "account", "id": id}})
