@@ -323,7 +323,8 @@ pub async fn run(cli: Cli, settings: &Settings) -> Result<Value, AdminError> {
                 .await
                 .map_err(|e| AdminError::Redis(e.to_string()))?;
             let registry = serde_json::to_value(registry.sync().await?).expect("counts serialize");
-            json!({"partitions": changed.partitions, "was": changed.was, "registry": registry})
+            json!({"partitions": changed.partitions, "was": changed.was, "moved": changed.moved,
+                   "registry": registry})
         }
         Command::DeadLetters {
             command: DeadLetterCommand::List { all, limit, cursor },

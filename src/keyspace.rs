@@ -55,6 +55,35 @@ pub struct TenantKeys {
     pub windows: Arc<str>,
 }
 
+/// Which of a tenant's own keys a name is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TenantKind {
+    Registry,
+    Windows,
+    Idempotency,
+}
+
+impl TenantKind {
+    fn segment(self) -> &'static str {
+        match self {
+            TenantKind::Registry => "reg",
+            TenantKind::Windows => "rl",
+            TenantKind::Idempotency => "idem",
+        }
+    }
+}
+
+/// A key of one tenant's own, read from its name ([`Keyspace::parse_tenant_key`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct TenantKey<'a> {
+    /// The partition the name carries (of the count that made it).
+    pub partition: u16,
+    pub kind: TenantKind,
+    pub tenant: &'a str,
+    /// An idempotency record's `Idempotency-Key`.
+    pub key: Option<&'a str>,
+}
+
 /// Maps tenants to partitions and names their keys.
 #[derive(Clone, Copy, Debug)]
 pub struct Keyspace {
@@ -97,27 +126,73 @@ impl Keyspace {
     }
 
     pub fn registry(&self, tenant: &str) -> String {
+        self.of_tenant(TenantKind::Registry, tenant)
+    }
+
+    /// `sluice:{pNN}:<kind>:<tenant>`, the start of each key a tenant has of its own.
+    fn of_tenant(&self, kind: TenantKind, tenant: &str) -> String {
         format!(
-            "sluice:{}:reg:{tenant}",
-            Self::tag(self.partition_of(tenant))
+            "sluice:{}:{}:{tenant}",
+            Self::tag(self.partition_of(tenant)),
+            kind.segment()
         )
+    }
+
+    /// The keys of one tenant's own ([`Keyspace::registry`], [`Keyspace::rate_limits`],
+    /// [`Keyspace::idempotency`]) read back from a name, whichever partition count made it.
+    pub fn parse_tenant_key(name: &str) -> Option<TenantKey<'_>> {
+        let rest = name.strip_prefix("sluice:{p")?;
+        let (partition, rest) = rest.split_once("}:")?;
+        if partition.len() < 2 || !partition.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let partition = partition.parse().ok()?;
+        let (segment, rest) = rest.split_once(':')?;
+        let kind = [
+            TenantKind::Registry,
+            TenantKind::Windows,
+            TenantKind::Idempotency,
+        ]
+        .into_iter()
+        .find(|kind| kind.segment() == segment)?;
+        let (tenant, key) = match kind {
+            TenantKind::Idempotency => {
+                let (tenant, key) = rest.split_once(':')?;
+                (tenant, Some(key))
+            }
+            _ => (rest, None),
+        };
+        if tenant.is_empty() || tenant.contains(':') {
+            return None;
+        }
+        Some(TenantKey {
+            partition,
+            kind,
+            tenant,
+            key,
+        })
+    }
+
+    /// The name of `key` in this keyspace.
+    pub fn name_of(&self, key: &TenantKey) -> String {
+        match key.kind {
+            TenantKind::Idempotency => self.idempotency(key.tenant, key.key.unwrap_or_default()),
+            kind => self.of_tenant(kind, key.tenant),
+        }
     }
 
     /// The recorded answer to a tenant's request with an `Idempotency-Key`, beside the tenant's
     /// stream (same slot) so that the admission script writes both.
     pub fn idempotency(&self, tenant: &str, key: &str) -> String {
-        format!(
-            "sluice:{}:idem:{tenant}:{key}",
-            Self::tag(self.partition_of(tenant))
-        )
+        let mut name = self.of_tenant(TenantKind::Idempotency, tenant);
+        name.push(':');
+        name.push_str(key);
+        name
     }
 
     /// A tenant's rate-limit windows: a hash with one field per slug, `<window start>:<count>`.
     pub fn rate_limits(&self, tenant: &str) -> String {
-        format!(
-            "sluice:{}:rl:{tenant}",
-            Self::tag(self.partition_of(tenant))
-        )
+        self.of_tenant(TenantKind::Windows, tenant)
     }
 
     pub fn stream(partition: u16) -> String {
@@ -351,6 +426,47 @@ mod tests {
             &*keys.windows,
             format!("sluice:{tag}:rl:ten_AbCdEfGh12345678")
         );
+    }
+
+    #[test]
+    fn a_tenants_own_keys_read_back_from_their_names_and_move_to_another_count() {
+        let (sixteen, eight) = (Keyspace::new(16), Keyspace::new(8));
+        let tenant = "ten_AbCdEfGh12345678";
+        for name in [
+            sixteen.registry(tenant),
+            sixteen.rate_limits(tenant),
+            sixteen.idempotency(tenant, "order:42:retry"),
+        ] {
+            let key = Keyspace::parse_tenant_key(&name).unwrap();
+            assert_eq!(
+                (key.partition, key.tenant),
+                (sixteen.partition_of(tenant), tenant)
+            );
+            assert_eq!(sixteen.name_of(&key), name);
+            let moved = eight.name_of(&key);
+            assert_eq!(
+                Keyspace::parse_tenant_key(&moved).unwrap().partition,
+                eight.partition_of(tenant)
+            );
+        }
+        let name = sixteen.idempotency(tenant, "a:b");
+        let record = Keyspace::parse_tenant_key(&name).unwrap();
+        assert_eq!(
+            (record.kind, record.key),
+            (TenantKind::Idempotency, Some("a:b"))
+        );
+        for other in [
+            Keyspace::stream(3),
+            Keyspace::dead_stream(3),
+            Keyspace::staged(3, &uuid::Uuid::nil()),
+            API_KEYS.to_owned(),
+            "sluice:{p3}:reg:ten_x".to_owned(),
+            "sluice:{p03}:reg:".to_owned(),
+            "sluice:{p03}:rl:ten_x:y".to_owned(),
+            "sluice:{p03}:idem:ten_x".to_owned(),
+        ] {
+            assert_eq!(Keyspace::parse_tenant_key(&other), None, "{other}");
+        }
     }
 
     #[test]

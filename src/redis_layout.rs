@@ -13,14 +13,18 @@
 //! The count changes only through `sluice-admin repartition` ([`change`]): it marks the record
 //! as changing (`16->8`), which stops admission on every api replica within a second; waits
 //! until every stream of the old count is drained (everything in it delivered to the workers
-//! and acknowledged); then records the new count, or, if the streams do not drain in time, puts
-//! the old one back, and ingest resumes as before.
+//! and acknowledged); moves each tenant whose partition changes — its rate-limit windows and
+//! its idempotency records, so that limits carry on through the minute of the change and a
+//! retry of a request answered before it is answered from its record — and drops its registry
+//! copy under the old partition; then records the new count. If the streams do not drain in
+//! time, it puts the old count back, and ingest resumes as before.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use redis::streams::{StreamInfoGroupsReply, StreamInfoStreamReply};
 
-use crate::keyspace::Keyspace;
+use crate::keyspace::{Keyspace, TenantKey, TenantKind};
 use crate::redis_pool::{Redis, RedisError};
 use crate::stream::group::GROUP;
 
@@ -49,9 +53,20 @@ async fn recorded(redis: &Redis, partitions: u16) -> Result<Option<String>, Redi
 /// Why a binary configured with `partitions` must not use this Redis (the refusal of the
 /// record, made first if missing); `None` when it may.
 pub async fn other_layout(redis: &Redis, partitions: u16) -> Result<Option<String>, RedisError> {
-    Ok(recorded(redis, partitions)
-        .await?
-        .and_then(|recorded| refusal(partitions, &recorded)))
+    Ok(layout(redis, partitions).await?.0)
+}
+
+/// As [`other_layout`], and whether the record says the count is being changed from
+/// `partitions`: a worker of that count drains the old streams meanwhile, which the change waits
+/// for, so it may start and run then.
+pub async fn layout(redis: &Redis, partitions: u16) -> Result<(Option<String>, bool), RedisError> {
+    let Some(recorded) = recorded(redis, partitions).await? else {
+        return Ok((None, false));
+    };
+    let changing_from_here = recorded
+        .split_once("->")
+        .is_some_and(|(from, _)| from == partitions.to_string());
+    Ok((refusal(partitions, &recorded), changing_from_here))
 }
 
 /// Why a binary configured with `partitions` must not use a Redis whose record is `recorded`.
@@ -79,6 +94,19 @@ pub struct Changed {
     /// The count recorded before; `None` when there was none.
     pub was: Option<u16>,
     pub partitions: u16,
+    /// The keys of the tenants whose partition changed.
+    pub moved: Moved,
+}
+
+/// A change's moves (see the module's documentation).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Moved {
+    /// Tenants' rate-limit windows, each one hash.
+    pub windows: u64,
+    /// Idempotency records still within their expiry.
+    pub idempotency_records: u64,
+    /// Registry copies dropped under the old partitions (the registry sync writes the new ones).
+    pub registry_copies: u64,
 }
 
 /// Why [`change`] did not change the count.
@@ -118,6 +146,7 @@ pub async fn change(
         return Ok(Changed {
             was: None,
             partitions: to,
+            moved: Moved::default(),
         });
     };
     // A change that stopped half-way (the command was killed) resumes from its old count.
@@ -137,6 +166,7 @@ pub async fn change(
         return Ok(Changed {
             was: Some(from),
             partitions: to,
+            moved: Moved::default(),
         });
     }
     set(redis, &format!("{from}->{to}")).await?;
@@ -152,10 +182,13 @@ pub async fn change(
         }
         match left {
             None => {
+                // Nothing admits meanwhile; a run killed half-way moves the rest when run again.
+                let moved = move_tenant_keys(redis, Keyspace::new(from), Keyspace::new(to)).await?;
                 set(redis, &to.to_string()).await?;
                 return Ok(Changed {
                     was: Some(from),
                     partitions: to,
+                    moved,
                 });
             }
             Some((partition, what)) if Instant::now() >= deadline => {
@@ -170,6 +203,126 @@ pub async fn change(
             Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+}
+
+/// Every key of a partition (the API-key index and [`RECORD`] have none).
+const PARTITIONED: &str = "sluice:{p*}:*";
+
+/// Moves the keys of each tenant whose partition differs between `from` and `to` (see the
+/// module's documentation), primary by primary.
+async fn move_tenant_keys(
+    redis: &Redis,
+    from: Keyspace,
+    to: Keyspace,
+) -> Result<Moved, RedisError> {
+    let mut moved = Moved::default();
+    for (node, _) in redis.on_each_primary(&redis::cmd("PING")).await? {
+        let mut cursor = 0_u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(PARTITIONED)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, names): (u64, Vec<String>) = redis.on_primary(&node, &scan).await?;
+            // By old partition: on a cluster a pipeline's keys share one slot.
+            let mut by_partition: BTreeMap<u16, Vec<TenantKey>> = BTreeMap::new();
+            for key in names
+                .iter()
+                .filter_map(|name| Keyspace::parse_tenant_key(name))
+            {
+                // Only what the old count laid out, and only where the new one moves it.
+                let old = from.partition_of(key.tenant);
+                if key.partition == old && to.partition_of(key.tenant) != old {
+                    by_partition.entry(old).or_default().push(key);
+                }
+            }
+            for keys in by_partition.values() {
+                move_keys(redis, from, to, keys, &mut moved).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(moved)
+}
+
+/// Copies `keys` (of one old partition) to their names under `to`, with the time each had
+/// left, then deletes them.
+async fn move_keys(
+    redis: &Redis,
+    from: Keyspace,
+    to: Keyspace,
+    keys: &[TenantKey<'_>],
+    moved: &mut Moved,
+) -> Result<(), RedisError> {
+    let copied: Vec<&TenantKey> = keys
+        .iter()
+        .filter(|key| key.kind != TenantKind::Registry)
+        .collect();
+    let mut read = redis::pipe();
+    for key in &copied {
+        let name = from.name_of(key);
+        match key.kind {
+            TenantKind::Windows => read.cmd("HGETALL").arg(&name),
+            _ => read.cmd("GET").arg(&name),
+        };
+        read.cmd("PTTL").arg(&name);
+    }
+    let values: Vec<redis::Value> = if copied.is_empty() {
+        Vec::new()
+    } else {
+        redis.query_pipeline(&read).await?
+    };
+    let mut writes: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
+    for (key, pair) in copied.iter().zip(values.chunks(2)) {
+        let [value, ttl] = pair else { break };
+        // -2: gone meanwhile (expired); -1: kept for good.
+        let ttl: i64 = redis::from_redis_value(ttl.clone()).map_err(redis::RedisError::from)?;
+        if ttl == -2 || *value == redis::Value::Nil {
+            continue;
+        }
+        let name = to.name_of(key);
+        let write = writes.entry(to.partition_of(key.tenant)).or_default();
+        match key.kind {
+            TenantKind::Windows => {
+                let fields: Vec<(String, String)> =
+                    redis::from_redis_value(value.clone()).map_err(redis::RedisError::from)?;
+                if fields.is_empty() {
+                    continue;
+                }
+                write.cmd("HSET").arg(&name).arg(fields).ignore();
+                if ttl > 0 {
+                    write.cmd("PEXPIRE").arg(&name).arg(ttl).ignore();
+                }
+                moved.windows += 1;
+            }
+            _ => {
+                let text: String =
+                    redis::from_redis_value(value.clone()).map_err(redis::RedisError::from)?;
+                let set = write.cmd("SET").arg(&name).arg(text);
+                if ttl > 0 {
+                    set.arg("PX").arg(ttl);
+                }
+                set.arg("NX").ignore();
+                moved.idempotency_records += 1;
+            }
+        }
+    }
+    for write in writes.values() {
+        redis.query_pipeline::<()>(write).await?;
+    }
+    let mut drop = redis::pipe();
+    for key in keys {
+        drop.cmd("DEL").arg(from.name_of(key)).ignore();
+        if key.kind == TenantKind::Registry {
+            moved.registry_copies += 1;
+        }
+    }
+    redis.query_pipeline::<()>(&drop).await
 }
 
 async fn set(redis: &Redis, value: &str) -> Result<(), RedisError> {

@@ -101,6 +101,8 @@ pub struct Memory {
     /// Why this binary's partition count is not the one the streams are laid out over
     /// (`redis_layout`); `None` when they agree or nothing is recorded yet.
     other_layout: Option<String>,
+    /// The count is being changed from this binary's (`redis_layout::layout`).
+    changing_from_here: bool,
 }
 
 impl Memory {
@@ -147,11 +149,13 @@ impl Memory {
         } else {
             vec![Some(0); usize::from(keyspace.partitions())]
         };
-        let other_layout = redis_layout::other_layout(redis, keyspace.partitions()).await?;
+        let (other_layout, changing_from_here) =
+            redis_layout::layout(redis, keyspace.partitions()).await?;
         Ok(Memory {
             nodes,
             partition_node,
             other_layout,
+            changing_from_here,
         })
     }
 
@@ -164,7 +168,15 @@ impl Memory {
     /// another partition count than this binary's (`redis_layout`), or an evicting policy
     /// unless `allowed`, in which case that is only logged.
     pub fn check(&self, allowed: bool) -> Result<(), String> {
-        if let Some(line) = &self.other_layout {
+        self.check_as(Role::Api, allowed)
+    }
+
+    /// As [`Memory::check`], for `role`: a worker of the count being changed from is fit (it
+    /// drains the old streams, which the change waits for).
+    pub fn check_as(&self, role: Role, allowed: bool) -> Result<(), String> {
+        if let Some(line) = &self.other_layout
+            && !(role == Role::Worker && self.changing_from_here)
+        {
             return Err(line.clone());
         }
         match self.evicting() {
@@ -212,16 +224,24 @@ fn slot_primaries(reply: &Value) -> Vec<(u16, u16, String)> {
         .collect()
 }
 
+/// Which binary checks (`Memory::check_as`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Api,
+    Worker,
+}
+
 /// A binary's check at start: an evicting Redis (unless allowed) or one laid out over another
 /// partition count stops it; an unreachable one does not (the binary starts unready and checks
 /// again on every readiness probe).
 pub async fn refuse_unfit_at_start(
     redis: &Redis,
     keyspace: Keyspace,
+    role: Role,
     allow_eviction: bool,
 ) -> Result<(), String> {
     match Memory::read(redis, keyspace).await {
-        Ok(memory) => memory.check(allow_eviction),
+        Ok(memory) => memory.check_as(role, allow_eviction),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read Redis's maxmemory-policy yet; checked again when ready");
             Ok(())

@@ -373,6 +373,35 @@ impl Redis {
             .collect()
     }
 
+    /// Runs `cmd` on the primary `node` (`host:port`, as [`Redis::on_each_primary`] names it).
+    pub async fn on_primary<T: FromRedisValue>(
+        &self,
+        node: &str,
+        cmd: &Cmd,
+    ) -> Result<T, RedisError> {
+        if let Client::Standalone(_) = &self.client {
+            return self.query(cmd).await;
+        }
+        let (host, port) = node
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host.to_owned(), port.parse().ok()?)))
+            .ok_or_else(|| {
+                RedisError::Command(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "not a node address",
+                    node.to_owned(),
+                )))
+            })?;
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+        let reply = self
+            .with_connection(false, async |conn| match conn {
+                Conn::Cluster(c) => Ok(c.route_command(cmd.clone(), route.clone()).await?),
+                Conn::Standalone(c) => Ok(cmd.query_async(c).await?),
+            })
+            .await?;
+        Ok(redis::from_redis_value(reply).map_err(redis::RedisError::from)?)
+    }
+
     /// `PING`, for readiness checks (on a cluster, every primary must answer).
     pub async fn ping(&self) -> Result<(), RedisError> {
         self.query::<String>(&redis::cmd("PING")).await.map(drop)

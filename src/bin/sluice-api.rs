@@ -96,6 +96,11 @@ async fn main() -> ExitCode {
 async fn refuse_unfit_redis(settings: &Settings) -> Result<(), String> {
     let redis = sluice::redis_pool::Redis::new(&settings.redis)?;
     let keyspace = sluice::keyspace::Keyspace::new(settings.redis.partitions);
-    sluice::redis_memory::refuse_unfit_at_start(&redis, keyspace, settings.redis.allow_eviction)
-        .await
+    sluice::redis_memory::refuse_unfit_at_start(
+        &redis,
+        keyspace,
+        sluice::redis_memory::Role::Api,
+        settings.redis.allow_eviction,
+    )
+    .await
 }

@@ -119,7 +119,13 @@ impl Worker {
     pub async fn run(&self) -> Result<(), String> {
         tracing::info!(consumer = self.streams.consumer(), "worker starting");
         let keyspace = Keyspace::new(self.streams.partitions());
-        redis_memory::refuse_unfit_at_start(&self.redis, keyspace, self.allow_eviction).await?;
+        redis_memory::refuse_unfit_at_start(
+            &self.redis,
+            keyspace,
+            redis_memory::Role::Worker,
+            self.allow_eviction,
+        )
+        .await?;
         // One attempt first: a server that refuses this configuration stops the worker with the
         // reason, rather than a retry loop that could never succeed. Other failures (an outage)
         // are retried by `start`.

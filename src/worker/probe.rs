@@ -14,7 +14,9 @@ impl crate::ops::Probe for Worker {
         let keyspace = Keyspace::new(self.streams.partitions());
         let redis = match self.redis.ping().await {
             Ok(()) => match redis_memory::Memory::read(&self.redis, keyspace).await {
-                Ok(memory) => memory.check(self.allow_eviction).err(),
+                Ok(memory) => memory
+                    .check_as(redis_memory::Role::Worker, self.allow_eviction)
+                    .err(),
                 Err(e) => Some(e.to_string()),
             },
             Err(e) => Some(e.to_string()),

@@ -242,3 +242,46 @@ async fn with_replica_acks_required_a_shard_without_its_replica_answers_503() {
     })
     .await;
 }
+
+/// `sluice-admin repartition` finds each tenant's keys on the master that holds them and moves
+/// them to the master of its new partition.
+#[actix_web::test]
+async fn repartition_moves_each_tenants_keys_across_shards() {
+    let cluster = RedisCluster::start();
+    let env = TestEnv::start_on_cluster(&cluster, HIGH_LIMITS).await;
+    let tenants = tenants(&env).await;
+    let (_api, base) = spawn_api_process(&env, None, &[]);
+    let api = crate::support::TestApi::at(&base);
+    let body = json!({"events": [event("clicks", "acc-1")]});
+    for (_, key) in &tenants {
+        let reply =
+            crate::idempotency::send(&api, "/v1/events/batch", key, Some("k-1"), &body).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let worker = env.spawn_worker(&[]);
+    worker.wait_ready(200).await;
+    let (code, stdout, stderr) = crate::layout::admin(&env, "8", &["repartition", "--wait", "120"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (sixteen, eight) = (Keyspace::new(16), Keyspace::new(8));
+    let exists = |key: &str| cluster.on_key(key, &["EXISTS", key]).unwrap().trim() == "1";
+    let mut moved = 0;
+    for (tenant, _) in &tenants {
+        let (old, new) = (
+            sixteen.idempotency(tenant, "k-1"),
+            eight.idempotency(tenant, "k-1"),
+        );
+        assert!(exists(&new), "{new} missing: {stdout}");
+        if old != new {
+            assert!(!exists(&old), "{old} left behind");
+            assert!(exists(&eight.rate_limits(tenant)));
+            moved += 1;
+        }
+    }
+    let changed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        changed["moved"]["idempotency_records"],
+        json!(moved),
+        "{stdout}"
+    );
+    assert!(moved > 0, "no tenant changed partition");
+}

@@ -5,7 +5,9 @@
 use std::process::Stdio;
 
 use serde_json::{Value, json};
+use sluice::keyspace::Keyspace;
 
+use crate::idempotency::send;
 use crate::support::servers::free_port;
 use crate::support::{
     TestApi, TestEnv, events, eventually, exits_refusing, ids_of, roomy_tenant, run_binary,
@@ -31,7 +33,7 @@ fn set_record(env: &TestEnv, value: &str) {
 }
 
 /// `sluice-admin` with the environment's settings but `partitions`.
-fn admin(env: &TestEnv, partitions: &str, args: &[&str]) -> (Option<i32>, String, String) {
+pub fn admin(env: &TestEnv, partitions: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let mut vars: Vec<(&str, &str)> = env
         .env_vars()
         .iter()
@@ -57,6 +59,23 @@ impl Drop for Running {
             let _ = child.wait();
         }
     }
+}
+
+/// A hash's fields, sorted.
+fn hash(env: &TestEnv, key: &str) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(key)
+        .query(&mut env.redis.conn())
+        .unwrap();
+    fields.sort();
+    fields
+}
+
+fn exists(env: &TestEnv, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query(&mut env.redis.conn())
+        .unwrap()
 }
 
 async fn wait_ready(api: &TestApi) {
@@ -152,7 +171,15 @@ async fn no_binary_uses_streams_laid_out_over_another_partition_count() {
 #[actix_web::test]
 async fn repartition_waits_until_the_streams_drain_and_strands_no_event() {
     let env = TestEnv::start().await;
-    let (_, key) = roomy_tenant(&env).await;
+    let (sixteen, eight) = (Keyspace::new(16), Keyspace::new(8));
+    // A tenant the change moves to another partition (half of them).
+    let (tenant, key) = loop {
+        let (tenant, key) = roomy_tenant(&env).await;
+        if sixteen.partition_of(&tenant) != eight.partition_of(&tenant) {
+            break (tenant, key);
+        }
+    };
+    env.signal(&tenant, "scarce", "event", Some(5)).await;
     let (_api16, base) = spawn_api_process_to(&env, None, &[], Stdio::null());
     let api16 = TestApi::at(&base);
     wait_ready(&api16).await;
@@ -160,6 +187,18 @@ async fn repartition_waits_until_the_streams_drain_and_strands_no_event() {
     let first = api16.batch(&key, events("page_view", "queued", 50)).await;
     assert_eq!(first.status, 200, "{}", first.text);
     acked.extend(ids_of(&first));
+    // A request answered before the change, whose client retries after it.
+    let keyed = json!({"events": events("scarce", "keyed", 3)});
+    let answered = send(
+        &api16,
+        "/v1/events/batch",
+        &key,
+        Some("before-the-change"),
+        &keyed,
+    )
+    .await;
+    assert_eq!(answered.status, 200, "{}", answered.text);
+    acked.extend(ids_of(&answered));
 
     // No worker: the stream does not drain, so the count stays and ingest resumes.
     let (code, stdout, stderr) = admin(&env, "8", &["repartition", "--wait", "1"]);
@@ -178,8 +217,6 @@ async fn repartition_waits_until_the_streams_drain_and_strands_no_event() {
 
     // With a worker draining, the change goes through. While it is under way no replica
     // admits anything, and afterwards the replicas of the old count admit nothing either.
-    let worker16 = env.spawn_worker(&[]);
-    worker16.wait_ready(200).await;
     let change = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-admin"))
         .args(["repartition", "--wait", "120"])
         .envs(env.env_vars())
@@ -197,6 +234,16 @@ async fn repartition_waits_until_the_streams_drain_and_strands_no_event() {
     .await;
     let refused = api16.batch(&key, events("page_view", "refused", 1)).await;
     assert_eq!(refused.status, 503, "{}", refused.text);
+    // A worker of the old count that starts while the count changes (a restart, a reschedule)
+    // runs, and drains the old streams the change waits for.
+    let worker16 = env.spawn_worker(&[]);
+    worker16.wait_ready(200).await;
+    // What the tenant's windows held once nothing could be admitted any more.
+    let windows = hash(&env, &sixteen.rate_limits(&tenant));
+    assert!(
+        windows.iter().any(|(slug, _)| slug == "scarce"),
+        "{windows:?}"
+    );
     let out = change.wait_with_output();
     assert!(
         out.status.success(),
@@ -208,6 +255,25 @@ async fn repartition_waits_until_the_streams_drain_and_strands_no_event() {
         (&changed["partitions"], &changed["was"]),
         (&json!(8), &json!(16))
     );
+    // The tenant's windows and records moved with it; its old registry copy is gone.
+    assert!(changed["moved"]["windows"].as_u64() >= Some(1), "{changed}");
+    assert!(
+        changed["moved"]["idempotency_records"].as_u64() >= Some(1),
+        "{changed}"
+    );
+    assert_eq!(hash(&env, &eight.rate_limits(&tenant)), windows);
+    for old in [
+        sixteen.rate_limits(&tenant),
+        sixteen.registry(&tenant),
+        sixteen.idempotency(&tenant, "before-the-change"),
+    ] {
+        assert!(!exists(&env, &old), "{old} left behind");
+    }
+    assert!(exists(
+        &env,
+        &eight.idempotency(&tenant, "before-the-change")
+    ));
+    assert!(exists(&env, &eight.registry(&tenant)));
     assert_eq!(recorded(&env).as_deref(), Some("8"));
     let ready = api16.get("/readyz").await;
     assert!(
@@ -234,6 +300,17 @@ async fn repartition_waits_until_the_streams_drain_and_strands_no_event() {
     let later = api8.batch(&key, events("page_view", "later", 20)).await;
     assert_eq!(later.status, 200, "{}", later.text);
     acked.extend(ids_of(&later));
+    // The retry is answered from the record made before the change: the same events, once.
+    let retried = send(
+        &api8,
+        "/v1/events/batch",
+        &key,
+        Some("before-the-change"),
+        &keyed,
+    )
+    .await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    assert_eq!(ids_of(&retried), ids_of(&answered));
     assert_eq!(
         env.wait_for_events(acked.len() as i64, 60).await,
         acked.len() as i64
