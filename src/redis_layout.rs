@@ -278,11 +278,14 @@ async fn move_keys(
         redis.query_pipeline(&read).await?
     };
     let mut writes: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
-    for (key, pair) in copied.iter().zip(values.chunks(2)) {
-        let [value, ttl] = pair else { break };
+    let mut replies = values.into_iter();
+    for key in &copied {
+        let (Some(value), Some(ttl)) = (replies.next(), replies.next()) else {
+            break;
+        };
         // -2: gone meanwhile (expired); -1: kept for good.
-        let ttl: i64 = redis::from_redis_value(ttl.clone()).map_err(redis::RedisError::from)?;
-        if ttl == -2 || *value == redis::Value::Nil {
+        let ttl: i64 = redis::from_redis_value(ttl).map_err(redis::RedisError::from)?;
+        if ttl == -2 || value == redis::Value::Nil {
             continue;
         }
         let name = to.name_of(key);
@@ -290,7 +293,7 @@ async fn move_keys(
         match key.kind {
             TenantKind::Windows => {
                 let fields: Vec<(String, String)> =
-                    redis::from_redis_value(value.clone()).map_err(redis::RedisError::from)?;
+                    redis::from_redis_value(value).map_err(redis::RedisError::from)?;
                 if fields.is_empty() {
                     continue;
                 }
@@ -302,7 +305,7 @@ async fn move_keys(
             }
             _ => {
                 let text: String =
-                    redis::from_redis_value(value.clone()).map_err(redis::RedisError::from)?;
+                    redis::from_redis_value(value).map_err(redis::RedisError::from)?;
                 let set = write.cmd("SET").arg(&name).arg(text);
                 if ttl > 0 {
                     set.arg("PX").arg(ttl);
