@@ -254,7 +254,7 @@ impl EventPath {
 struct RawEvent<'a> {
     signal: Option<&'a RawValue>,
     version: Option<&'a RawValue>,
-    identity: Option<&'a RawValue>,
+    identity: Option<IdentityItem<'a>>,
     data: Option<&'a RawValue>,
     timestamp: Option<&'a RawValue>,
     reference: Option<&'a RawValue>,
@@ -295,19 +295,25 @@ impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
                 let mut duplicate = None;
                 while let Some(field) = map.next_key::<Field>()? {
                     let (slot, n, name) = match field {
-                        Field::Signal => (&mut event.signal, 0, "signal"),
-                        Field::Version => (&mut event.version, 1, "version"),
-                        Field::Identity => (&mut event.identity, 2, "identity"),
-                        Field::Data => (&mut event.data, 3, "data"),
-                        Field::Timestamp => (&mut event.timestamp, 4, "timestamp"),
-                        Field::Reference => (&mut event.reference, 5, "reference"),
+                        Field::Signal => (Some(&mut event.signal), 0, "signal"),
+                        Field::Version => (Some(&mut event.version), 1, "version"),
+                        Field::Identity => {
+                            // `null` reads as absent.
+                            event.identity = map.next_value::<Option<IdentityItem<'de>>>()?;
+                            (None, 2, "identity")
+                        }
+                        Field::Data => (Some(&mut event.data), 3, "data"),
+                        Field::Timestamp => (Some(&mut event.timestamp), 4, "timestamp"),
+                        Field::Reference => (Some(&mut event.reference), 5, "reference"),
                         Field::Other => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
                         }
                     };
-                    // `null` reads as absent.
-                    *slot = map.next_value::<Option<&'de RawValue>>()?;
+                    if let Some(slot) = slot {
+                        // `null` reads as absent.
+                        *slot = map.next_value::<Option<&'de RawValue>>()?;
+                    }
                     if std::mem::replace(&mut seen[n], true) {
                         duplicate.get_or_insert(name);
                     }
@@ -327,12 +333,65 @@ impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
     }
 }
 
-#[derive(Deserialize)]
-struct RawIdentity<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: Option<&'a RawValue>,
-    #[serde(borrow)]
-    id: Option<&'a RawValue>,
+/// An event's `identity` as the client wrote it, read in the same pass as the body.
+enum IdentityItem<'a> {
+    /// An object: its `type` and `id` (`null` reads as absent); other fields are ignored.
+    Object {
+        kind: Option<&'a RawValue>,
+        id: Option<&'a RawValue>,
+    },
+    NotObject,
+    /// An object naming a field twice: that field.
+    Duplicate(&'static str),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for IdentityItem<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Field {
+            Type,
+            Id,
+            #[serde(other)]
+            Other,
+        }
+        struct IdentityVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for IdentityVisitor<'a> {
+            type Value = IdentityItem<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an identity")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut kind, mut id) = (None, None);
+                let mut seen = [false; 2];
+                let mut duplicate = None;
+                while let Some(field) = map.next_key::<Field>()? {
+                    let (slot, n, name) = match field {
+                        Field::Type => (&mut kind, 0, "type"),
+                        Field::Id => (&mut id, 1, "id"),
+                        Field::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = map.next_value::<Option<&'de RawValue>>()?;
+                    if std::mem::replace(&mut seen[n], true) {
+                        duplicate.get_or_insert(name);
+                    }
+                }
+                Ok(match duplicate {
+                    Some(name) => IdentityItem::Duplicate(name),
+                    None => IdentityItem::Object { kind, id },
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(IdentityItem::NotObject)
+            }
+            scalars_give!(IdentityItem::NotObject);
+        }
+        d.deserialize_any(IdentityVisitor(std::marker::PhantomData))
+    }
 }
 
 fn check_event<'a>(
@@ -397,7 +456,7 @@ fn parse_signal<'a>(
     errors: &mut Vec<FieldError>,
 ) -> Option<Cow<'a, str>> {
     let s = required_string(raw, at, "signal", errors)?;
-    if s.chars().count() > MAX_SIGNAL_LEN {
+    if s.len() > MAX_SIGNAL_LEN && s.chars().count() > MAX_SIGNAL_LEN {
         let problem = format!("must be at most {MAX_SIGNAL_LEN} characters");
         errors.push(at.error("signal", &problem));
         return None;
@@ -407,29 +466,27 @@ fn parse_signal<'a>(
 
 /// `identity`: a required object of a valid `type` and `id`.
 fn parse_identity<'a>(
-    raw: Option<&'a RawValue>,
+    identity: Option<IdentityItem<'a>>,
     at: EventPath,
     errors: &mut Vec<FieldError>,
 ) -> (Option<Cow<'a, str>>, Option<Cow<'a, str>>) {
-    let identity = match raw {
+    let (kind, id) = match identity {
         None => {
             errors.push(at.error("identity", "is required"));
             return (None, None);
         }
-        Some(raw) if !raw.get().starts_with('{') => {
+        Some(IdentityItem::NotObject) => {
             errors.push(at.error("identity", "must be an object with type and id"));
             return (None, None);
         }
-        Some(raw) => match serde_json::from_str::<RawIdentity>(raw.get()) {
-            Ok(identity) => identity,
-            Err(e) => {
-                let problem = format!("is not valid: {}", strip_position(&e));
-                errors.push(at.error("identity", &problem));
-                return (None, None);
-            }
-        },
+        Some(IdentityItem::Duplicate(name)) => {
+            let problem = format!("is not valid: duplicate field `{name}`");
+            errors.push(at.error("identity", &problem));
+            return (None, None);
+        }
+        Some(IdentityItem::Object { kind, id }) => (kind, id),
     };
-    let kind = required_string(identity.kind, at, "identity.type", errors).and_then(|t| {
+    let kind = required_string(kind, at, "identity.type", errors).and_then(|t| {
         if IdentityType::is_valid(&t) {
             return Some(t);
         }
@@ -439,7 +496,7 @@ fn parse_identity<'a>(
         ));
         None
     });
-    let id = required_string(identity.id, at, "identity.id", errors)
+    let id = required_string(id, at, "identity.id", errors)
         .and_then(|id| bounded_text(id, IdentityId::MAX_CHARS, at, "identity.id", errors));
     (kind, id)
 }
@@ -504,14 +561,17 @@ fn without_leap_second(t: DateTime<FixedOffset>) -> DateTime<FixedOffset> {
 
 /// A JSON string's text, or what is wrong with it.
 fn string_of(raw: &RawValue) -> Result<Cow<'_, str>, &'static str> {
-    if !raw.get().starts_with('"') {
+    let raw = raw.get();
+    if !raw.starts_with('"') {
         return Err("must be a string");
     }
-    // Borrowed when the text has no escapes, which is the usual case.
-    if let Ok(text) = serde_json::from_str::<&str>(raw.get()) {
-        return Ok(Cow::Borrowed(text));
+    // The usual case, a text without escapes, is what lies between the quotes: the body's
+    // parse has checked the string already (no control characters, valid UTF-8).
+    let inner = &raw[1..raw.len() - 1];
+    if !inner.contains('\\') {
+        return Ok(Cow::Borrowed(inner));
     }
-    serde_json::from_str::<String>(raw.get())
+    serde_json::from_str::<String>(raw)
         .map(Cow::Owned)
         .map_err(|_| "must be valid Unicode text (it has an unpaired surrogate escape)")
 }
@@ -547,7 +607,8 @@ fn bounded_text<'a>(
     name: &str,
     errors: &mut Vec<FieldError>,
 ) -> Option<Cow<'a, str>> {
-    if s.chars().count() > max {
+    // A text of at most `max` bytes has at most `max` characters: counted only when longer.
+    if s.len() > max && s.chars().count() > max {
         errors.push(at.error(name, &format!("must be 1-{max} characters")));
         None
     } else if s.contains('\0') {
@@ -566,16 +627,6 @@ fn parse_version(raw: &str) -> Option<SchemaVersion> {
     let n = serde_json::from_str::<serde_json::Number>(raw).ok()?;
     let n = super::whole_number(&n)?;
     SchemaVersion::number(n).map(SchemaVersion::Exact)
-}
-
-/// serde_json appends "at line L column C" positions relative to the event's own text, which
-/// would mislead a client reading them against the whole body.
-fn strip_position(e: &serde_json::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" at line ") {
-        Some(i) => s[..i].to_owned(),
-        None => s,
-    }
 }
 
 #[cfg(test)]
@@ -834,6 +885,95 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn identity_in_every_form() {
+        let with = |identity: &str| batch(&[format!(r#"{{"signal":"s","identity":{identity}}}"#)]);
+        let accepted = |identity: &str| {
+            let body = with(identity);
+            let e = &parse_batch(&body).unwrap()[0];
+            (e.identity_type.to_string(), e.identity_id.to_string())
+        };
+        let refused = |identity: &str| -> Vec<String> {
+            errors_of(&with(identity))
+                .into_iter()
+                .map(|e| e.message)
+                .collect()
+        };
+        let ok = |t: &str, id: &str| (t.to_owned(), id.to_owned());
+        assert_eq!(
+            accepted(r#"{"type":"account","id":"a-1"}"#),
+            ok("account", "a-1")
+        );
+        // Field order, escaped names, escapes in values, other fields and text beyond ASCII.
+        assert_eq!(accepted(r#"{"id":"7","type":"deal"}"#), ok("deal", "7"));
+        assert_eq!(
+            accepted(r#"{"typ\u0065":"lead","\u0069d":"x"}"#),
+            ok("lead", "x")
+        );
+        assert_eq!(
+            accepted(r#"{"type":"account","id":"a\"b\u00e9"}"#),
+            ok("account", "a\"b\u{e9}")
+        );
+        assert_eq!(
+            accepted(r#"{"type":"account","id":"\u00e9t\u00e9"}"#),
+            ok("account", "\u{e9}t\u{e9}")
+        );
+        assert_eq!(
+            accepted("{\"type\":\"account\",\"id\":\"\u{e9}t\u{e9}\"}"),
+            ok("account", "\u{e9}t\u{e9}")
+        );
+        assert_eq!(
+            accepted(r#"{"type":"account","extra":{"deep":[1,{"id":2}]},"id":"a"}"#),
+            ok("account", "a")
+        );
+        for (identity, messages) in [
+            ("null", vec!["events[0].identity is required"]),
+            (
+                r#"["account","a"]"#,
+                vec!["events[0].identity must be an object with type and id"],
+            ),
+            (
+                r#""account:a""#,
+                vec!["events[0].identity must be an object with type and id"],
+            ),
+            (
+                "7",
+                vec!["events[0].identity must be an object with type and id"],
+            ),
+            (
+                r#"{"type":"account","id":"a","id":"b"}"#,
+                vec!["events[0].identity is not valid: duplicate field `id`"],
+            ),
+            (
+                r#"{"type":null,"id":"a","type":"account","id":"b"}"#,
+                vec!["events[0].identity is not valid: duplicate field `type`"],
+            ),
+            (
+                "{}",
+                vec![
+                    "events[0].identity.type is required",
+                    "events[0].identity.id is required",
+                ],
+            ),
+            (
+                r#"{"type":null,"id":""}"#,
+                vec![
+                    "events[0].identity.type is required",
+                    "events[0].identity.id is required",
+                ],
+            ),
+            (
+                r#"{"type":7,"id":["a"]}"#,
+                vec![
+                    "events[0].identity.type must be a string",
+                    "events[0].identity.id must be a string",
+                ],
+            ),
+        ] {
+            assert_eq!(refused(identity), messages, "{identity}");
+        }
     }
 
     #[test]
