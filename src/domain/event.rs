@@ -195,7 +195,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for BoundedList<'a> {
                 f.write_str("an array")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_BATCH));
+                // serde_json gives no size hint: room for a full batch up front saves the
+                // copies of growing one element at a time.
+                let mut items = Vec::with_capacity(MAX_BATCH);
                 while items.len() < MAX_BATCH {
                     match seq.next_element::<Item<'de>>()? {
                         Some(item) => items.push(item),

@@ -252,12 +252,14 @@ impl Driver {
         pipeline.ignore_errors();
         for part in group.iter().map(|w| &w.part) {
             if let Some((key, events)) = &part.staged {
-                pipeline
-                    .cmd("SET")
+                // Sized once: the events are tens of kilobytes.
+                let mut set = redis::Cmd::with_capacity(5, 32 + key.len() + events.len());
+                set.arg("SET")
                     .arg(&**key)
                     .arg(events)
                     .arg("PX")
                     .arg(STAGED_TTL_MS);
+                pipeline.add_command(set);
             }
         }
         // Sized once: the call can be hundreds of kilobytes.
