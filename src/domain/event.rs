@@ -251,148 +251,136 @@ impl EventPath {
     }
 }
 
-/// One event's fields as the client wrote them.
+/// One event's fields as the client wrote them (`null` reads as absent).
 #[derive(Default)]
 struct RawEvent<'a> {
     signal: Option<&'a RawValue>,
     version: Option<&'a RawValue>,
-    identity: Option<IdentityItem<'a>>,
+    identity: Option<Object<RawIdentity<'a>>>,
     data: Option<&'a RawValue>,
     timestamp: Option<&'a RawValue>,
     reference: Option<&'a RawValue>,
 }
 
-/// One element of the events array (or the single event), read in the same pass as the body:
-/// a problem with one event is that event's error, never the whole body's.
-enum Item<'a> {
-    Event(RawEvent<'a>),
-    NotObject,
-    /// An object naming a field twice: that field.
-    Duplicate(&'static str),
-}
+impl<'de: 'a, 'a> Fields<'de> for RawEvent<'a> {
+    const NAMES: &'static [&'static str] = &[
+        "signal",
+        "version",
+        "identity",
+        "data",
+        "timestamp",
+        "reference",
+    ];
 
-impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(field_identifier, rename_all = "lowercase")]
-        enum Field {
-            Signal,
-            Version,
-            Identity,
-            Data,
-            Timestamp,
-            Reference,
-            #[serde(other)]
-            Other,
+    fn read<A: MapAccess<'de>>(&mut self, field: usize, map: &mut A) -> Result<(), A::Error> {
+        match field {
+            0 => self.signal = map.next_value()?,
+            1 => self.version = map.next_value()?,
+            2 => self.identity = map.next_value()?,
+            3 => self.data = map.next_value()?,
+            4 => self.timestamp = map.next_value()?,
+            _ => self.reference = map.next_value()?,
         }
-        struct ItemVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for ItemVisitor<'a> {
-            type Value = Item<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an event")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut event = RawEvent::default();
-                let mut seen = [false; 6];
-                let mut duplicate = None;
-                while let Some(field) = map.next_key::<Field>()? {
-                    let (slot, n, name) = match field {
-                        Field::Signal => (Some(&mut event.signal), 0, "signal"),
-                        Field::Version => (Some(&mut event.version), 1, "version"),
-                        Field::Identity => {
-                            // `null` reads as absent.
-                            event.identity = map.next_value::<Option<IdentityItem<'de>>>()?;
-                            (None, 2, "identity")
-                        }
-                        Field::Data => (Some(&mut event.data), 3, "data"),
-                        Field::Timestamp => (Some(&mut event.timestamp), 4, "timestamp"),
-                        Field::Reference => (Some(&mut event.reference), 5, "reference"),
-                        Field::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
-                    };
-                    if let Some(slot) = slot {
-                        // `null` reads as absent.
-                        *slot = map.next_value::<Option<&'de RawValue>>()?;
-                    }
-                    if std::mem::replace(&mut seen[n], true) {
-                        duplicate.get_or_insert(name);
-                    }
-                }
-                Ok(match duplicate {
-                    Some(name) => Item::Duplicate(name),
-                    None => Item::Event(event),
-                })
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Item::NotObject)
-            }
-            scalars_give!(Item::NotObject);
-        }
-        d.deserialize_any(ItemVisitor(std::marker::PhantomData))
+        Ok(())
     }
 }
 
-/// An event's `identity` as the client wrote it, read in the same pass as the body.
-enum IdentityItem<'a> {
-    /// An object: its `type` and `id` (`null` reads as absent); other fields are ignored.
-    Object {
-        kind: Option<&'a RawValue>,
-        id: Option<&'a RawValue>,
-    },
-    NotObject,
+/// One element of the events array (or the single event).
+type Item<'a> = Object<RawEvent<'a>>;
+
+/// An event's `identity` as the client wrote it (`null` reads as absent).
+#[derive(Default)]
+struct RawIdentity<'a> {
+    kind: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> Fields<'de> for RawIdentity<'a> {
+    const NAMES: &'static [&'static str] = &["type", "id"];
+
+    fn read<A: MapAccess<'de>>(&mut self, field: usize, map: &mut A) -> Result<(), A::Error> {
+        match field {
+            0 => self.kind = map.next_value()?,
+            _ => self.id = map.next_value()?,
+        }
+        Ok(())
+    }
+}
+
+/// The named fields of a JSON object, each kept as the client wrote it.
+trait Fields<'de>: Default {
+    /// The names kept; any other field is skipped.
+    const NAMES: &'static [&'static str];
+    /// Reads the value of the field `NAMES[field]`.
+    fn read<A: MapAccess<'de>>(&mut self, field: usize, map: &mut A) -> Result<(), A::Error>;
+}
+
+/// A value the rules want to be an object of known fields (an event, its identity), read in the
+/// same pass as the body: what is wrong with one event is that event's error, never the whole
+/// body's.
+enum Object<T> {
+    Fields(T),
+    /// Any value but an object.
+    Other,
     /// An object naming a field twice: that field.
     Duplicate(&'static str),
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for IdentityItem<'a> {
+impl<'de, T: Fields<'de>> Deserialize<'de> for Object<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(field_identifier, rename_all = "lowercase")]
-        enum Field {
-            Type,
-            Id,
-            #[serde(other)]
-            Other,
-        }
-        struct IdentityVisitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for IdentityVisitor<'a> {
-            type Value = IdentityItem<'a>;
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Fields<'de>> Visitor<'de> for ObjectVisitor<T> {
+            type Value = Object<T>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an identity")
+                f.write_str("an object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let (mut kind, mut id) = (None, None);
-                let mut seen = [false; 2];
+                let mut fields = T::default();
+                let mut seen = 0u64;
                 let mut duplicate = None;
-                while let Some(field) = map.next_key::<Field>()? {
-                    let (slot, n, name) = match field {
-                        Field::Type => (&mut kind, 0, "type"),
-                        Field::Id => (&mut id, 1, "id"),
-                        Field::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
+                while let Some(field) = map.next_key_seed(FieldOf(T::NAMES))? {
+                    let Some(n) = field else {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
                     };
-                    *slot = map.next_value::<Option<&'de RawValue>>()?;
-                    if std::mem::replace(&mut seen[n], true) {
-                        duplicate.get_or_insert(name);
+                    fields.read(n, &mut map)?;
+                    if seen & (1 << n) != 0 {
+                        duplicate.get_or_insert(T::NAMES[n]);
                     }
+                    seen |= 1 << n;
                 }
                 Ok(match duplicate {
-                    Some(name) => IdentityItem::Duplicate(name),
-                    None => IdentityItem::Object { kind, id },
+                    Some(name) => Object::Duplicate(name),
+                    None => Object::Fields(fields),
                 })
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(IdentityItem::NotObject)
+                Ok(Object::Other)
             }
-            scalars_give!(IdentityItem::NotObject);
+            scalars_give!(Object::Other);
         }
-        d.deserialize_any(IdentityVisitor(std::marker::PhantomData))
+        d.deserialize_any(ObjectVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A field's name as its place among `names` (`None` for another name), escaped names included.
+struct FieldOf(&'static [&'static str]);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FieldOf {
+    type Value = Option<usize>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldOf {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|n| *n == name))
     }
 }
 
@@ -402,12 +390,12 @@ fn check_event<'a>(
     errors: &mut Vec<FieldError>,
 ) -> Option<Event<'a>> {
     let ev = match item {
-        Item::Event(ev) => ev,
-        Item::NotObject => {
+        Object::Fields(ev) => ev,
+        Object::Other => {
             errors.push(at.error("", "must be an object"));
             return None;
         }
-        Item::Duplicate(name) => {
+        Object::Duplicate(name) => {
             let problem = format!("is not a valid event: duplicate field `{name}`");
             errors.push(at.error("", &problem));
             return None;
@@ -468,7 +456,7 @@ fn parse_signal<'a>(
 
 /// `identity`: a required object of a valid `type` and `id`.
 fn parse_identity<'a>(
-    identity: Option<IdentityItem<'a>>,
+    identity: Option<Object<RawIdentity<'a>>>,
     at: EventPath,
     errors: &mut Vec<FieldError>,
 ) -> (Option<Cow<'a, str>>, Option<Cow<'a, str>>) {
@@ -477,16 +465,16 @@ fn parse_identity<'a>(
             errors.push(at.error("identity", "is required"));
             return (None, None);
         }
-        Some(IdentityItem::NotObject) => {
+        Some(Object::Other) => {
             errors.push(at.error("identity", "must be an object with type and id"));
             return (None, None);
         }
-        Some(IdentityItem::Duplicate(name)) => {
+        Some(Object::Duplicate(name)) => {
             let problem = format!("is not valid: duplicate field `{name}`");
             errors.push(at.error("identity", &problem));
             return (None, None);
         }
-        Some(IdentityItem::Object { kind, id }) => (kind, id),
+        Some(Object::Fields(RawIdentity { kind, id })) => (kind, id),
     };
     let kind = required_string(kind, at, "identity.type", errors).and_then(|t| {
         if IdentityType::is_valid(&t) {
