@@ -31,12 +31,25 @@ pub trait Probe: Send + Sync + 'static {
     fn metrics(&self) -> String;
 }
 
-/// A resource at `path` that answers 405, naming the methods in `allow`, to any method its
-/// routes do not take.
-pub fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+/// A resource at `path` that answers 405, naming the methods in `allow` (and `HEAD` beside
+/// `GET`, which every [`get`] route answers too), to any method its routes do not take.
+pub fn resource(path: &str, allow: &str) -> actix_web::Resource {
+    let allow: Arc<str> = with_head(allow).into();
     web::resource(path).default_service(web::to(move |req: HttpRequest| {
-        method_not_allowed(req, allow)
+        method_not_allowed(req, Arc::clone(&allow))
     }))
+}
+
+/// The methods of `allow` (`"GET, POST"`) with `HEAD` after `GET`.
+fn with_head(allow: &str) -> String {
+    let mut methods = Vec::new();
+    for method in allow.split(", ") {
+        methods.push(method);
+        if method == "GET" {
+            methods.push("HEAD");
+        }
+    }
+    methods.join(", ")
 }
 
 /// A route for `GET` that also answers `HEAD`, as HTTP asks of every `GET` resource: the same
@@ -148,7 +161,7 @@ pub enum RouteError {
     #[error("Not found: {method} {path}")]
     NotFound { method: String, path: String },
     #[error("Method {method} not allowed; use {allow}")]
-    MethodNotAllowed { method: String, allow: &'static str },
+    MethodNotAllowed { method: String, allow: Arc<str> },
 }
 
 impl ResponseError for RouteError {
@@ -162,7 +175,7 @@ impl ResponseError for RouteError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         if let RouteError::MethodNotAllowed { allow, .. } = self {
-            response.insert_header((ALLOW, *allow));
+            response.insert_header((ALLOW, allow.to_string()));
         }
         // The contract's field order, as every other error answer has it.
         response.json(crate::api::error::Body::message(self.to_string()))
@@ -178,7 +191,7 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, RouteError> {
 
 pub async fn method_not_allowed(
     req: HttpRequest,
-    allow: &'static str,
+    allow: Arc<str>,
 ) -> Result<HttpResponse, RouteError> {
     Err(RouteError::MethodNotAllowed {
         method: req.method().to_string(),

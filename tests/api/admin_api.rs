@@ -461,7 +461,7 @@ async fn lists_page_with_a_cursor_and_bad_requests_get_clear_4xx() {
     );
     let wrong_method = admin.call("DELETE", &signals, &token, None).await;
     assert_eq!(wrong_method.status, 405);
-    assert_eq!(wrong_method.header("allow"), Some("GET, POST"));
+    assert_eq!(wrong_method.header("allow"), Some("GET, HEAD, POST"));
 }
 
 /// Admin bodies are read by the ingest API's rules: a JSON-based media type, gzip, a byte order

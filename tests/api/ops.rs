@@ -475,3 +475,40 @@ async fn healthcheck_says_whether_the_service_on_this_host_is_ready() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("postgres"), "{stderr}");
 }
+
+/// A 405 names every method the resource takes, `HEAD` included wherever `GET` is (every `GET`
+/// route answers `HEAD` too), on the ingest and the admin listeners alike.
+#[actix_web::test]
+async fn a_405_names_head_wherever_get_is_taken() {
+    let env = TestEnv::start().await;
+    let token = env.admin(&["admin-token", "create", "--name", "ops"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (api, admin) = env.spawn_api_with_admin();
+    // The admin listener checks the token first.
+    let bearer = format!("Bearer {token}");
+    for (service, method, path, allow) in [
+        (&api, "DELETE", "/livez", "GET, HEAD"),
+        (&api, "POST", "/v1/signals", "GET, HEAD"),
+        (&api, "PUT", "/v1/events", "GET, HEAD, POST"),
+        (&api, "GET", "/v1/events/batch", "POST"),
+        (&admin, "DELETE", "/admin/v1/tenants", "GET, HEAD, POST"),
+        (&admin, "GET", "/admin/v1/sync", "POST"),
+    ] {
+        let request = service
+            .request(method.parse().unwrap(), path)
+            .insert_header(("Authorization", bearer.as_str()));
+        let wrong = service.send(request, vec![]).await;
+        assert_eq!(
+            (wrong.status, wrong.header("allow")),
+            (405, Some(allow)),
+            "{method} {path}"
+        );
+        assert_eq!(
+            wrong.error(),
+            format!("Method {method} not allowed; use {allow}"),
+            "{method} {path}"
+        );
+    }
+}

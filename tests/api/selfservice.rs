@@ -156,5 +156,8 @@ async fn a_key_sees_its_own_signals_and_the_window_admission_uses() {
     let wrong = api
         .call("POST", "/v1/signals", &key, Some(&json!({})))
         .await;
-    assert_eq!((wrong.status, wrong.header("allow")), (405, Some("GET")));
+    assert_eq!(
+        (wrong.status, wrong.header("allow")),
+        (405, Some("GET, HEAD"))
+    );
 }
