@@ -235,15 +235,32 @@ async fn head_answers_every_get_route_as_get_does_without_the_body() {
     assert_eq!(head.status(), 200);
 }
 
-/// How many sockets process `pid` holds open.
-fn sockets_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|fds| {
-            fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-                .filter(|target| target.to_string_lossy().starts_with("socket:"))
-                .count()
-        })
-        .unwrap_or(0)
+/// Whether process `pid` has accepted `client`'s connection: it holds the socket of the
+/// connection's other end (found by its ports in `/proc/net/tcp`). Counting the process's
+/// sockets would not tell: the connection that found it listening may still be closing.
+fn holds_connection(pid: u32, client: &TcpStream) -> bool {
+    let (ours, theirs) = (client.local_addr().unwrap(), client.peer_addr().unwrap());
+    let port = |address: &str| {
+        address
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    // Columns: sl, local address, remote address, state, queues, timer, retransmits, uid,
+    // timeout, inode. A connection not yet accepted has no inode (0).
+    let inode = table.lines().skip(1).find_map(|line| {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, inode) = (columns.get(1)?, columns.get(2)?, columns.get(9)?);
+        (port(local) == Some(theirs.port()) && port(remote) == Some(ours.port()) && *inode != "0")
+            .then(|| format!("socket:[{inode}]"))
+    });
+    let Some(inode) = inode else {
+        return false;
+    };
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .any(|target| target.to_string_lossy() == inode)
+    })
 }
 
 fn sigterm(child: &std::process::Child) {
@@ -372,10 +389,9 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_zero() {
     );
     let body = json!({"events": [event("page_view", "in-flight")]}).to_string();
     // Half the body is sent and the api has taken the connection; then it is asked to stop.
-    let before = sockets_of(child.id());
     let mut stream = start_post(&base, &key, body.as_bytes(), body.len() / 2);
     crate::support::wait_until("the api to accept the connection", || {
-        sockets_of(child.id()) > before
+        holds_connection(child.id(), &stream)
     });
     sigterm(&child);
     // No new connections once stopping.
