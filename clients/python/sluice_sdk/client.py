@@ -467,18 +467,34 @@ class Client:
             # spend a try, though nothing was wrong.
             self._drop_connection()
             conn = None
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        try:
-            conn.request("POST", self._target, body=body, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
+        # A kept-alive connection can also be closed by the server just as the request goes
+        # out, after the check above: the request then gets no answer at all. It is sent again
+        # at once on a new connection, once, and that costs no try either (under the same
+        # Idempotency-Key, a request the server did take is stored once all the same).
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = self._local.conn = self._connect()
+            try:
+                conn.request("POST", self._target, body=body, headers=headers)
+                response = conn.getresponse()
+            except _CLOSED_UNDER_REQUEST:
+                self._drop_connection()
+                if not reused:
+                    raise
+                reused, conn = False, None
+                continue
+            except BaseException:
+                self._drop_connection()
+                raise
+            try:
+                data = response.read()
+            except BaseException:
+                self._drop_connection()
+                raise
             if response.getheader("Connection", "").lower() == "close":
                 self._drop_connection()
             return response.status, response, data
-        except BaseException:
-            self._drop_connection()
-            raise
 
     def _drop_connection(self):
         conn = getattr(self._local, "conn", None)
@@ -507,6 +523,16 @@ class Client:
                 if not isinstance(error, (QueueFull, ClientClosed)):
                     self._unfinished -= len(events)
                 self._cond.notify_all()
+
+
+# How a request fails on a connection the server closed as it was sent: before any answer.
+_CLOSED_UNDER_REQUEST = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+    ssl.SSLEOFError,
+)
 
 
 def _closed_by_peer(conn):

@@ -98,6 +98,32 @@ def test_a_connection_the_server_closed_while_idle_costs_no_try(server, errors):
     assert server.references() == ["before", "after"]
 
 
+def test_a_connection_the_server_closes_as_a_request_goes_out_costs_no_try(server, errors):
+    # The close can also come after the idle check, just as the next request is sent: that
+    # request gets no answer. It goes again at once on a new connection, under the same key.
+    c = client(server, sync_mode=True, max_retries=0, on_error=errors)
+    c.track("page_view", ACCOUNT, reference="before")
+    server.then("drop")
+    c.track("page_view", ACCOUNT, reference="after")
+    assert errors.seen == []
+    first, dropped, again = server.requests
+    assert dropped.headers["Idempotency-Key"] == again.headers["Idempotency-Key"]
+    assert dropped.raw == again.raw
+    assert server.references() == ["before", "after", "after"]
+
+
+def test_only_one_request_a_try_goes_again_for_free(server, errors):
+    # A second failure, on the new connection, is a failed try like any other.
+    c = client(server, sync_mode=True, max_retries=0, on_error=errors)
+    c.track("page_view", ACCOUNT, reference="before")
+    server.then("drop", "drop")
+    c.track("page_view", ACCOUNT, reference="after")
+    assert len(server.requests) == 3
+    [(error, events)] = errors.seen
+    assert isinstance(error, RetriesExhausted)
+    assert [e["reference"] for e in events] == ["after"]
+
+
 def test_retry_after_is_respected(server):
     server.then((503, {"Retry-After": "1"}, None))
     c = client(server)
