@@ -1,4 +1,5 @@
-//! JSON text written straight into a buffer, for the texts written per event or per request:
+//! JSON text written straight into a buffer (a `Vec`, or a Redis command's next argument), for
+//! the texts written per event or per request:
 //! the entry's events field (`stream::entry::events_field`), the ingest answers
 //! (`api::events`) and JSON log lines (`telemetry`).
 //!
@@ -9,6 +10,7 @@
 //! (the usual case); one that does goes through serde_json's own escaping, so the bytes are
 //! always the ones serde_json writes. The tests of the callers hold each text to serde's.
 
+use bytes::BufMut;
 use uuid::Uuid;
 
 /// U+FEFF, the byte order mark some tools write before UTF-8 text (PowerShell 5's `Out-File
@@ -17,72 +19,71 @@ use uuid::Uuid;
 pub const BOM: &str = "\u{FEFF}";
 
 /// Appends `s` as a JSON string, escaped exactly as serde_json escapes it.
-pub fn string(out: &mut Vec<u8>, s: &str) {
+pub fn string(out: &mut impl BufMut, s: &str) {
     if needs_escape(s.as_bytes()) {
-        serde_json::to_writer(&mut *out, s).expect("a string always serializes");
+        serde_json::to_writer(out.writer(), s).expect("a string always serializes");
     } else {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+        out.put_u8(b'"');
+        out.put_slice(s.as_bytes());
+        out.put_u8(b'"');
     }
 }
 
 /// Appends `s` as a JSON string, or `null`.
-pub fn optional_string(out: &mut Vec<u8>, s: Option<&str>) {
+pub fn optional_string(out: &mut impl BufMut, s: Option<&str>) {
     match s {
         Some(s) => string(out, s),
-        None => out.extend_from_slice(b"null"),
+        None => out.put_slice(b"null"),
     }
 }
 
 /// Appends `n`, or `null`.
-pub fn optional_number(out: &mut Vec<u8>, n: Option<u32>) {
+pub fn optional_number(out: &mut impl BufMut, n: Option<u32>) {
     match n {
         Some(n) => number(out, n),
-        None => out.extend_from_slice(b"null"),
+        None => out.put_slice(b"null"),
     }
 }
 
 /// Appends `b`.
-pub fn boolean(out: &mut Vec<u8>, b: bool) {
-    out.extend_from_slice(if b { b"true" } else { b"false" });
+pub fn boolean(out: &mut impl BufMut, b: bool) {
+    out.put_slice(if b { b"true" } else { b"false" });
 }
 
 /// Appends an array of `items`, each written by `write`.
-pub fn array<T>(
-    out: &mut Vec<u8>,
+pub fn array<T, B: BufMut>(
+    out: &mut B,
     items: impl IntoIterator<Item = T>,
-    mut write: impl FnMut(&mut Vec<u8>, T),
+    mut write: impl FnMut(&mut B, T),
 ) {
-    out.push(b'[');
+    out.put_u8(b'[');
     for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.put_u8(b',');
         }
         write(out, item);
     }
-    out.push(b']');
+    out.put_u8(b']');
 }
 
 /// Appends the integer `n`.
-pub fn number(out: &mut Vec<u8>, n: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+pub fn number(out: &mut impl BufMut, n: impl itoa::Integer) {
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends `n` as serde_json writes an `f64`: the shortest text that reads back as `n`, and
 /// `null` for a NaN or an infinity.
-pub fn float(out: &mut Vec<u8>, n: f64) {
-    serde_json::to_writer(&mut *out, &n).expect("a number always serializes");
+pub fn float(out: &mut impl BufMut, n: f64) {
+    serde_json::to_writer(out.writer(), &n).expect("a number always serializes");
 }
 
 /// Appends `id` as serde writes a [`Uuid`]: a hyphenated, lower-case string.
-pub fn uuid(out: &mut Vec<u8>, id: &Uuid) {
+pub fn uuid(out: &mut impl BufMut, id: &Uuid) {
     let mut text = [0u8; 38];
     text[0] = b'"';
     id.hyphenated().encode_lower(&mut text[1..37]);
     text[37] = b'"';
-    out.extend_from_slice(&text);
+    out.put_slice(&text);
 }
 
 /// Whether a JSON string of these bytes holds anything JSON escapes: a control character, a

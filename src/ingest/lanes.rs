@@ -43,9 +43,39 @@ pub(super) struct Part {
     pub args: redis::Cmd,
     /// The events (the entry's `b` field); empty when they are staged.
     pub events: Vec<u8>,
-    /// A large request's staged events: the key they are set under ahead of the call, and
-    /// their text.
-    pub staged: Option<(Arc<str>, Vec<u8>)>,
+    /// A large request's staged events.
+    pub staged: Option<Staged>,
+}
+
+/// A large request's events, set under a key of their own ahead of the call.
+pub(super) struct Staged {
+    key: Arc<str>,
+    /// `SET key <events> PX ...`; taken into the call's pipeline when it is sent.
+    set: redis::Cmd,
+}
+
+impl Staged {
+    /// The `SET` of the events under `key`, `events` writing them into the command as its next
+    /// argument (about `size` bytes): they are written once, where Redis's copy is made from.
+    pub fn new(key: Arc<str>, size: usize, events: impl FnOnce(&mut redis::Cmd)) -> Self {
+        let mut set = redis::Cmd::with_capacity(5, 32 + key.len() + size);
+        set.arg("SET").arg(&*key);
+        events(&mut set);
+        set.arg("PX").arg(STAGED_TTL_MS);
+        Staged { key, set }
+    }
+
+    /// What the `SET` sends.
+    fn bytes(&self) -> usize {
+        self.set
+            .args_iter()
+            .map(|arg| match arg {
+                Arg::Simple(arg) => arg.len(),
+                // Never made: the command takes plain values only, no cursor.
+                _ => 0,
+            })
+            .sum()
+    }
 }
 
 impl Part {
@@ -54,7 +84,7 @@ impl Part {
         self.tenant_keys
             .iter()
             .chain(&self.record)
-            .chain(self.staged.as_ref().map(|(key, _)| key))
+            .chain(self.staged.as_ref().map(|staged| &staged.key))
     }
 
     /// Its arguments, the events last.
@@ -77,7 +107,7 @@ impl Part {
 
     /// What it sends: the call's share and any staged events.
     fn bytes(&self) -> usize {
-        self.call_bytes() + self.staged.as_ref().map_or(0, |(_, events)| events.len())
+        self.call_bytes() + self.staged.as_ref().map_or(0, Staged::bytes)
     }
 }
 
@@ -206,8 +236,8 @@ impl Driver {
         // Should the task end early (it panicked, or its runtime stopped), the lane is freed
         // and its waiting requests are answered with an error, never left waiting.
         let mut guard = Release(Some(&self.lane));
-        while let Some(group) = self.next_group(&mut guard) {
-            let answers = self.send(&group).await;
+        while let Some(mut group) = self.next_group(&mut guard) {
+            let answers = self.send(&mut group).await;
             for (waiting, answer) in group.into_iter().zip(answers) {
                 // The request may have gone (its client left): nothing to tell it.
                 let _ = waiting.answer.send(answer);
@@ -246,20 +276,13 @@ impl Driver {
 
     /// One call for `group`: an answer per request, in order. Staged events are set in the
     /// same pipeline, ahead of the call.
-    async fn send(&self, group: &[Waiting]) -> Vec<Answer> {
+    async fn send(&self, group: &mut [Waiting]) -> Vec<Answer> {
         let common = &self.common;
         let mut pipeline = redis::pipe();
         pipeline.ignore_errors();
-        for part in group.iter().map(|w| &w.part) {
-            if let Some((key, events)) = &part.staged {
-                // Sized once: the events are tens of kilobytes.
-                let mut set = redis::Cmd::with_capacity(5, 32 + key.len() + events.len());
-                set.arg("SET")
-                    .arg(&**key)
-                    .arg(events)
-                    .arg("PX")
-                    .arg(STAGED_TTL_MS);
-                pipeline.add_command(set);
+        for part in group.iter_mut().map(|w| &mut w.part) {
+            if let Some(staged) = &mut part.staged {
+                pipeline.add_command(std::mem::take(&mut staged.set));
             }
         }
         // Sized once: the call can be hundreds of kilobytes.

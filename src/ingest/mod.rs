@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use redis::Value;
+use redis::{RedisWrite, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -23,14 +23,15 @@ use crate::domain::{Event, SchemaVersion, SignalType};
 use crate::keyspace::{Keyspace, TenantKeys};
 use crate::redis_pool::{Redis, RedisError};
 use crate::stream::entry;
-use lanes::{Lanes, Part};
+use lanes::{Lanes, Part, Staged};
 
 static ADMIT_LUA: &str = include_str!("../../lua/admit.lua");
 
-/// An events field of at least this many bytes is staged under a key of its own, set just
-/// before the call, instead of passed to the script: every byte of a script's arguments costs
-/// Redis about 1.3 ns before the script runs, while staging costs a request about the same as
-/// 2 KiB of arguments (docs/design.md, "Large requests are staged").
+/// A request whose events field may reach this many bytes (by `entry::events_field_size`, a
+/// bound from above) has its events staged under a key of their own, set just before the call,
+/// instead of passed to the script: every byte of a script's arguments costs Redis about 1.3 ns
+/// before the script runs, while staging costs a request about the same as 2 KiB of arguments
+/// (docs/design.md, "Large requests are staged").
 const STAGE_FROM: usize = 4 * 1024;
 
 /// Between the parts of the script's answer to a request: each answer is one text (see
@@ -193,19 +194,17 @@ impl Admission {
         let key = idempotency.map(|i| i.key);
         let ids = event_ids(tenant, key, received_us, events.len());
         let mut part = self.part(tenant, keys, &request, idempotency, received_us);
-        let events_field = entry::events_field(
-            events,
-            &request.event_slugs,
-            &request.requested,
-            &ids,
-            received_at,
-        );
         let partition = keys.partition;
-        if events_field.len() >= STAGE_FROM {
+        let (slugs, requested) = (&request.event_slugs, &request.requested);
+        let size = entry::events_field_size(events);
+        if size >= STAGE_FROM {
             let key = Keyspace::staged(partition, &Uuid::now_v7()).into();
-            part.staged = Some((key, events_field));
+            part.staged = Some(Staged::new(key, size, |set| {
+                let mut out = set.bufmut_for_next_arg(size);
+                entry::write_events_field(&mut out, events, slugs, requested, &ids, received_at);
+            }));
         } else {
-            part.events = events_field;
+            part.events = entry::events_field(events, slugs, requested, &ids, received_at);
         }
         let reply = self.lanes.call(redis, partition, part).await?;
         let replay_ids =

@@ -35,6 +35,7 @@
 
 use std::borrow::Cow;
 
+use bytes::BufMut;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -117,44 +118,62 @@ pub fn events_field(
     ids: &[Uuid],
     received_at: DateTime<Utc>,
 ) -> Vec<u8> {
-    // The receipt time's JSON text, made once for every event.
-    let mut received = Vec::with_capacity(32);
-    json::string(&mut received, &timestamp(received_at));
-    // The fixed text of an event is under 250 bytes; its own texts come on top.
-    let size: usize = events
+    let mut out = Vec::with_capacity(events_field_size(events));
+    write_events_field(&mut out, events, event_slugs, requested, ids, received_at);
+    out
+}
+
+/// At least the length of the events field of `events`, for its buffer: the fixed text of an
+/// event is under 250 bytes, its own texts come on top (more when they need escapes).
+pub fn events_field_size(events: &[Event<'_>]) -> usize {
+    let each: usize = events
         .iter()
         .map(|e| {
             let reference = e.reference.as_deref().map_or(0, str::len);
             250 + e.identity_type.len() + e.identity_id.len() + e.data.get().len() + reference
         })
         .sum();
-    let mut out = Vec::with_capacity(size + 2);
+    each + 2
+}
+
+/// Writes [`events_field`] into `out`: a buffer of its own, or the argument of the command that
+/// stages it (no copy of tens of kilobytes on the way to Redis).
+pub fn write_events_field(
+    out: &mut impl BufMut,
+    events: &[Event<'_>],
+    event_slugs: &[usize],
+    requested: &[u32],
+    ids: &[Uuid],
+    received_at: DateTime<Utc>,
+) {
+    // The receipt time's JSON text, made once for every event.
+    let mut received = Vec::with_capacity(32);
+    json::string(&mut received, &timestamp(received_at));
     let items = events.iter().zip(event_slugs).zip(requested).zip(ids);
-    json::array(&mut out, items, |out, (((event, &slug), &version), id)| {
-        out.extend_from_slice(b"{\"n\":");
+    json::array(out, items, |out, (((event, &slug), &version), id)| {
+        out.put_slice(b"{\"n\":");
         json::number(out, slug as u64 + 1);
-        out.extend_from_slice(b",\"v\":");
+        out.put_slice(b",\"v\":");
         json::number(out, version);
-        out.extend_from_slice(b",\"id\":");
+        out.put_slice(b",\"id\":");
         json::uuid(out, id);
-        out.extend_from_slice(b",\"identity_type\":");
+        out.put_slice(b",\"identity_type\":");
         json::string(out, &event.identity_type);
-        out.extend_from_slice(b",\"identity_id\":");
+        out.put_slice(b",\"identity_id\":");
         json::string(out, &event.identity_id);
-        out.extend_from_slice(b",\"data\":");
-        out.extend_from_slice(event.data.get().as_bytes());
-        out.extend_from_slice(b",\"occurred_at\":");
+        out.put_slice(b",\"data\":");
+        out.put_slice(event.data.get().as_bytes());
+        out.put_slice(b",\"occurred_at\":");
         match event.timestamp {
             Some(t) => json::string(out, &timestamp(t.with_timezone(&Utc))),
-            None => out.extend_from_slice(&received),
+            None => out.put_slice(&received),
         }
-        out.extend_from_slice(b",\"received_at\":");
-        out.extend_from_slice(&received);
-        out.extend_from_slice(b",\"reference\":");
+        out.put_slice(b",\"received_at\":");
+        out.put_slice(&received);
+        out.put_slice(b",\"reference\":");
         json::optional_string(out, event.reference.as_deref());
-        out.push(b'}');
+        out.put_u8(b'}');
     });
-    out
 }
 
 /// A stream entry as the worker reads it back.
