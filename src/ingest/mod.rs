@@ -27,11 +27,11 @@ use lanes::{Lanes, Part, Staged};
 
 static ADMIT_LUA: &str = include_str!("../../lua/admit.lua");
 
-/// A request whose events field may reach this many bytes (by `entry::events_field_size`, a
-/// bound from above) has its events staged under a key of their own, set just before the call,
-/// instead of passed to the script: every byte of a script's arguments costs Redis about 1.3 ns
-/// before the script runs, while staging costs a request about the same as 2 KiB of arguments
-/// (docs/design.md, "Large requests are staged").
+/// A request whose events field is sized at this many bytes or more (`entry::events_field_size`,
+/// judged before it is written) has its events staged under a key of their own, set just before
+/// the call, instead of passed to the script: every byte of a script's arguments costs Redis
+/// about 1.3 ns before the script runs, while staging costs a request about the same as 2 KiB of
+/// arguments (docs/design.md, "Large requests are staged").
 const STAGE_FROM: usize = 4 * 1024;
 
 /// Between the parts of the script's answer to a request: each answer is one text (see

@@ -123,8 +123,9 @@ pub fn events_field(
     out
 }
 
-/// At least the length of the events field of `events`, for its buffer: the fixed text of an
-/// event is under 250 bytes, its own texts come on top (more when they need escapes).
+/// The room the events field of `events` is given, and the size staging is judged by: the fixed
+/// text of an event is under 250 bytes, and its own texts come on top. Texts that need escapes
+/// can make the field longer; the buffer then grows.
 pub fn events_field_size(events: &[Event<'_>]) -> usize {
     let each: usize = events
         .iter()
